@@ -22,6 +22,8 @@
 #![warn(missing_debug_implementations)]
 
 pub mod cc;
+pub mod conn;
+pub mod endpoint;
 pub mod recv_buf;
 pub mod rtt;
 pub mod send_buf;
@@ -29,5 +31,7 @@ pub mod seq;
 pub mod time;
 pub mod wire;
 
+pub use conn::{Config, Connection, ConnectionError, Event, State, Transmit};
+pub use endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
 pub use seq::SeqNumber;
 pub use time::Instant;

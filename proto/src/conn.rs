@@ -1,0 +1,2039 @@
+//! The XTCP connection: an RFC 9293 TCP state machine carried in datagrams.
+//!
+//! # The sans-IO boundary
+//!
+//! A [`Connection`] never touches a socket or a clock. The caller feeds it:
+//! - [`Connection::handle_segment`] / [`Connection::handle_datagram`] for every
+//!   datagram that arrives for it (the [`crate::endpoint::Endpoint`] routes them),
+//! - [`Connection::handle_timeout`] whenever [`Connection::poll_timeout`]'s
+//!   instant is reached (an early or repeated call is harmless),
+//!
+//! and drains, after each input and each application call:
+//! - [`Connection::poll_transmit`] until it returns `None` (datagrams to send,
+//!   written into the caller's buffer of at least `max_datagram_size` bytes),
+//! - [`Connection::poll_timeout`] (the next instant to call `handle_timeout`),
+//! - [`Connection::poll_event`] (state changes for the application).
+//!
+//! Every time-dependent call takes `now`. The application side is
+//! [`Connection::write`], [`Connection::read`], [`Connection::shutdown`]
+//! (half-close: sends FIN after queued data) and [`Connection::abort`] (RST).
+//!
+//! Sequence space: data byte `k` of the stream has sequence number
+//! `ISS + 1 + k`; the FIN occupies the number after the last data byte.
+//! Internally positions are 64-bit offsets in that space ("send offsets" from
+//! ISS+1, "receive offsets" from IRS+1), so wrap-around is handled once, at the
+//! boundary where segments come in and go out.
+
+use crate::cc::{CongestionController, Pacer, SharedFactory};
+use crate::recv_buf::RecvBuffer;
+use crate::rtt::RttEstimator;
+use crate::send_buf::SendBuffer;
+use crate::seq::SeqNumber;
+use crate::time::Instant;
+use crate::wire::{
+    SackBlock, SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags, MAX_SACK_BLOCKS,
+    TCP_HEADER_LEN, XTCP_HEADER_LEN,
+};
+use core::fmt;
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest window scale shift (RFC 7323 §2.3).
+const MAX_WSCALE: u8 = 14;
+/// DupThresh (RFC 6675 §2, RFC 5681 §3.2).
+const DUP_THRESH: u64 = 3;
+/// Bytes of the timestamps option as emitted (NOP NOP TS).
+const TS_OPTION_LEN: usize = 12;
+
+/// Keepalive parameters (RFC 1122 §4.2.3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe (RFC 1122: no less than two hours by default; the application chooses).
+    pub idle: Duration,
+    /// Time between unanswered probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is declared dead.
+    pub probes: u32,
+}
+
+/// Per-connection configuration. Shared by all connections of an endpoint.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest datagram (XTCP header + TCP header + options + payload) this side sends or accepts.
+    /// 1472 = a 1500-byte IPv4 MTU minus IP and UDP headers.
+    pub max_datagram_size: usize,
+    /// Send buffer limit, bytes (written, not yet acknowledged).
+    pub send_buffer: usize,
+    /// Receive buffer limit, bytes; bounds the advertised window.
+    pub recv_buffer: usize,
+    /// RTO before the first RTT sample (RFC 6298 §2.1: 1 s).
+    pub initial_rto: Duration,
+    /// RTO floor. See spec/xtcp.md §4 for why the default is 50 ms rather than RFC 6298's 1 s or Linux's 200 ms.
+    pub min_rto: Duration,
+    /// RTO ceiling (RFC 6298 §2.5: at least 60 s).
+    pub max_rto: Duration,
+    /// Abort when sent data stays unacknowledged this long (RFC 9293 §3.10.8, RFC 5482).
+    pub user_timeout: Duration,
+    /// Maximum segment lifetime; TIME-WAIT lasts 2×MSL (RFC 9293 §3.4.2).
+    pub msl: Duration,
+    /// Keepalive probes, off by default (RFC 1122 §4.2.3.6).
+    pub keepalive: Option<Keepalive>,
+    /// Nagle's algorithm (RFC 896, RFC 9293 §3.7.4).
+    pub nagle: bool,
+    /// Delayed ACK timeout (RFC 1122 §4.2.3.2: < 0.5 s), `None` = ACK every segment.
+    pub delayed_ack: Option<Duration>,
+    /// Offer and use SACK (RFC 2018).
+    pub sack: bool,
+    /// Offer and use timestamps (RFC 7323 §3).
+    pub timestamps: bool,
+    /// Offer and use window scaling (RFC 7323 §2).
+    pub window_scaling: bool,
+    /// Congestion controller factory (CUBIC by default).
+    pub congestion: SharedFactory,
+    /// Pace transmissions over the RTT.
+    pub pacing: bool,
+    /// SYN / SYN-ACK retransmissions before giving up.
+    pub syn_retries: u32,
+    /// Challenge ACKs per second at most (RFC 5961 §7).
+    pub challenge_ack_limit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_datagram_size: 1472,
+            send_buffer: 4 << 20,
+            recv_buffer: 4 << 20,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(50),
+            max_rto: Duration::from_secs(60),
+            user_timeout: Duration::from_secs(60),
+            msl: Duration::from_secs(30),
+            keepalive: None,
+            nagle: true,
+            delayed_ack: Some(Duration::from_millis(25)),
+            sack: true,
+            timestamps: true,
+            window_scaling: true,
+            congestion: Arc::new(crate::cc::Algorithm::Cubic),
+            pacing: true,
+            syn_retries: 6,
+            challenge_ack_limit: 100,
+        }
+    }
+}
+
+impl Config {
+    /// The MSS this side announces: the datagram size minus XTCP and TCP headers (RFC 9293 §3.7.1).
+    pub fn announced_mss(&self) -> u16 {
+        let mss = self
+            .max_datagram_size
+            .saturating_sub(XTCP_HEADER_LEN + TCP_HEADER_LEN);
+        mss.clamp(64, usize::from(u16::MAX)) as u16
+    }
+
+    fn wscale_for_buffer(&self) -> u8 {
+        // RFC 7323 §2.3: the smallest shift that lets the 16-bit field cover the buffer.
+        let mut shift = 0u8;
+        while shift < MAX_WSCALE && (self.recv_buffer >> shift) > 0xffff {
+            shift += 1;
+        }
+        shift
+    }
+}
+
+/// RFC 9293 §3.3.2 connection states. `Display` prints the RFC's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Closed,
+    Listen,
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+}
+
+impl State {
+    /// Synchronized states (RFC 9293 §3.5: after the handshake).
+    pub fn is_synchronized(self) -> bool {
+        !matches!(
+            self,
+            State::Closed | State::Listen | State::SynSent | State::SynReceived
+        )
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Closed => "CLOSED",
+            State::Listen => "LISTEN",
+            State::SynSent => "SYN-SENT",
+            State::SynReceived => "SYN-RECEIVED",
+            State::Established => "ESTABLISHED",
+            State::FinWait1 => "FIN-WAIT-1",
+            State::FinWait2 => "FIN-WAIT-2",
+            State::CloseWait => "CLOSE-WAIT",
+            State::Closing => "CLOSING",
+            State::LastAck => "LAST-ACK",
+            State::TimeWait => "TIME-WAIT",
+        })
+    }
+}
+
+/// Why a connection ended abnormally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The peer sent RST in a synchronized state.
+    Reset,
+    /// The peer answered our SYN with RST.
+    Refused,
+    /// User timeout, SYN retries or keepalive exhausted.
+    TimedOut,
+    /// This side called [`Connection::abort`].
+    Aborted,
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectionError::Reset => "reset by peer",
+            ConnectionError::Refused => "connection refused",
+            ConnectionError::TimedOut => "timed out",
+            ConnectionError::Aborted => "aborted",
+        })
+    }
+}
+
+impl std::error::Error for ConnectionError {}
+
+/// Application-visible happenings, drained with [`Connection::poll_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed.
+    Connected,
+    /// In-order data became readable.
+    Readable,
+    /// Send buffer space became available.
+    Writable,
+    /// The peer's FIN was received in order: `read` returns 0 once drained.
+    PeerFinished,
+    /// The peer's address changed (NAT rebinding) and the connection followed it.
+    AddressChanged(SocketAddr),
+    /// The connection is closed (`None`: orderly close).
+    Closed(Option<ConnectionError>),
+}
+
+/// Why `read` returned no data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Nothing to read yet.
+    Blocked,
+    /// The connection failed.
+    Failed(ConnectionError),
+    /// Not connected (closed before establishment).
+    NotConnected,
+}
+
+/// Why `write` accepted nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// Send buffer full.
+    Blocked,
+    /// `shutdown` was called: no more data may be written (RFC 9293 §3.10.2 "connection closing").
+    Closed,
+    /// The connection failed.
+    Failed(ConnectionError),
+}
+
+/// A datagram produced by [`Connection::poll_transmit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub size: usize,
+}
+
+/// Counters and gauges for tests, traces and `--progress`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub segments_sent: u64,
+    pub segments_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_retransmitted: u64,
+    pub bytes_received: u64,
+    pub fast_retransmits: u64,
+    pub rto_events: u64,
+    pub recovery_episodes: u64,
+    pub cwnd: u64,
+    pub ssthresh: u64,
+    pub srtt: Option<Duration>,
+    pub rto: Duration,
+    pub challenge_acks: u64,
+    pub dropped_segments: u64,
+}
+
+/// Timer kinds; one deadline each (quinn's `TimerTable`, smoltcp's `PollAt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    Rto = 0,
+    DelayedAck = 1,
+    Persist = 2,
+    Keepalive = 3,
+    TimeWait = 4,
+    Pacing = 5,
+    Rack = 6,
+}
+const TIMER_COUNT: usize = 7;
+const ALL_TIMERS: [Timer; TIMER_COUNT] = [
+    Timer::Rto,
+    Timer::DelayedAck,
+    Timer::Persist,
+    Timer::Keepalive,
+    Timer::TimeWait,
+    Timer::Pacing,
+    Timer::Rack,
+];
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Timers([Option<Instant>; TIMER_COUNT]);
+
+impl Timers {
+    fn set(&mut self, t: Timer, at: Instant) {
+        self.0[t as usize] = Some(at);
+    }
+    fn stop(&mut self, t: Timer) {
+        self.0[t as usize] = None;
+    }
+    fn get(&self, t: Timer) -> Option<Instant> {
+        self.0[t as usize]
+    }
+    fn is_set(&self, t: Timer) -> bool {
+        self.0[t as usize].is_some()
+    }
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+    fn stop_all(&mut self) {
+        self.0 = [None; TIMER_COUNT];
+    }
+}
+
+/// One transmitted segment awaiting acknowledgement (the retransmission queue
+/// and the RFC 6675 scoreboard in one record).
+#[derive(Clone, Copy, Debug)]
+struct SentSeg {
+    /// Send offsets `[start, end)`; a FIN counts one at `end - 1`.
+    start: u64,
+    end: u64,
+    /// Last (re)transmission time, for RACK (RFC 8985 §6.1).
+    sent_at: Instant,
+    /// Transmissions so far (Karn's rule: RTT samples only when 1).
+    xmits: u16,
+    sacked: bool,
+    /// Marked lost and not yet retransmitted.
+    lost: bool,
+    /// Sent while the sender was application-limited (RFC 7661).
+    app_limited: bool,
+}
+
+impl SentSeg {
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// RFC 6582 / RFC 6675 recovery episode.
+#[derive(Clone, Copy, Debug)]
+struct Recovery {
+    /// "recover": the highest offset sent when the episode started.
+    recover: u64,
+}
+
+/// The pending-ACK state (RFC 1122 §4.2.3.2, RFC 9293 §3.8.6.3).
+#[derive(Clone, Copy, Debug, Default)]
+struct AckState {
+    /// Full-sized segments received since the last ACK sent.
+    unacked_segments: u32,
+    /// An ACK must go out at the next `poll_transmit`.
+    now: bool,
+}
+
+/// Options agreed in the handshake.
+#[derive(Clone, Copy, Debug, Default)]
+struct Negotiated {
+    sack: bool,
+    timestamps: bool,
+    snd_wscale: u8,
+    rcv_wscale: u8,
+    /// Peer's MSS option (RFC 9293 §3.7.1; 536 when absent).
+    peer_mss: u16,
+}
+
+/// What an SYN or SYN-ACK must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SynPending {
+    None,
+    Syn,
+    SynAck,
+}
+
+/// Parameters the endpoint chooses for a new connection (RFC 6528 ISN, the
+/// connection id, the timestamp offset of RFC 7323 §5.4).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionParams {
+    pub conn_id: u64,
+    pub iss: SeqNumber,
+    pub ts_offset: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub remote: SocketAddr,
+}
+
+/// See the module documentation.
+pub struct Connection {
+    cfg: Arc<Config>,
+    state: State,
+    params: ConnectionParams,
+    remote: SocketAddr,
+    error: Option<ConnectionError>,
+    opts: Negotiated,
+
+    // ---- send side (RFC 9293 §3.3.1 send sequence variables, as offsets)
+    iss: SeqNumber,
+    snd_una: u64,
+    snd_nxt: u64,
+    /// Right edge of the peer's window (offset): SND.WL2-relative ACK + SND.WND.
+    snd_wnd_edge: u64,
+    snd_wnd: u64,
+    max_snd_wnd: u64,
+    snd_wl1: SeqNumber,
+    snd_wl2: SeqNumber,
+    send_buf: SendBuffer,
+    /// Offset of our FIN once `shutdown` was called.
+    fin_off: Option<u64>,
+    syn_pending: SynPending,
+    syn_sent_at: Option<Instant>,
+    syn_xmits: u32,
+    skip_syn_rtt: bool,
+    rtx: VecDeque<SentSeg>,
+    /// RFC 6675 §4 "pipe": bytes believed in flight.
+    pipe: u64,
+    sacked_bytes: u64,
+    lost_bytes: u64,
+    recovery: Option<Recovery>,
+    /// After an RTO, NewReno must not re-enter recovery before this (RFC 6582 §3.2 step 1).
+    recover_floor: u64,
+    dupacks: u32,
+    rtt: RttEstimator,
+    rto_backoff: u32,
+    /// When the oldest unacknowledged data was first sent without progress (user timeout).
+    stall_since: Option<Instant>,
+    cc: Box<dyn CongestionController>,
+    pacer: Pacer,
+    /// RACK state (RFC 8985 §6.2): send time and end of the most recently sent delivered segment.
+    rack_xmit: Option<Instant>,
+    rack_end: u64,
+    rack_rtt: Option<Duration>,
+    persist_backoff: u32,
+    persist_probe_due: bool,
+    keepalive_probes: u32,
+    keepalive_due: bool,
+    last_send: Instant,
+    last_recv: Instant,
+
+    // ---- receive side (RFC 9293 §3.3.1 receive sequence variables)
+    irs: SeqNumber,
+    recv_buf: RecvBuffer,
+    /// Receive offset of the peer's FIN, once seen (possibly out of order).
+    rcv_fin: Option<u64>,
+    fin_received: bool,
+    /// Right edge of the window we advertised (offset), never moved left (RFC 9293 §3.8.6.2.2... SHOULD NOT shrink).
+    rcv_adv_edge: u64,
+    ack: AckState,
+    ts_recent: u32,
+    ts_recent_at: Instant,
+    last_ack_sent: SeqNumber,
+    /// Most recent out-of-order arrival, for the first SACK block (RFC 2018 §4).
+    pending_rst: Option<(SeqNumber, SeqNumber, bool)>,
+    challenge_window: (Instant, u32),
+
+    timers: Timers,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("state", &self.state)
+            .field("conn_id", &format_args!("{:016x}", self.params.conn_id))
+            .field("remote", &self.remote)
+            .field("snd_una", &self.snd_una)
+            .field("snd_nxt", &self.snd_nxt)
+            .field("rcv_nxt", &self.rcv_nxt_off())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn new(cfg: Arc<Config>, now: Instant, params: ConnectionParams, state: State) -> Self {
+        let mss = usize::from(cfg.announced_mss());
+        let cc = cfg.congestion.build(mss, now);
+        Connection {
+            rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
+            send_buf: SendBuffer::new(cfg.send_buffer),
+            recv_buf: RecvBuffer::new(cfg.recv_buffer),
+            pacer: Pacer::new(mss),
+            cc,
+            state,
+            remote: params.remote,
+            params,
+            error: None,
+            opts: Negotiated {
+                peer_mss: 536,
+                ..Negotiated::default()
+            },
+            iss: params.iss,
+            snd_una: 0,
+            snd_nxt: 0,
+            snd_wnd_edge: 0,
+            snd_wnd: 0,
+            max_snd_wnd: 0,
+            snd_wl1: SeqNumber(0),
+            snd_wl2: SeqNumber(0),
+            fin_off: None,
+            syn_pending: SynPending::None,
+            syn_sent_at: None,
+            syn_xmits: 0,
+            skip_syn_rtt: false,
+            rtx: VecDeque::new(),
+            pipe: 0,
+            sacked_bytes: 0,
+            lost_bytes: 0,
+            recovery: None,
+            recover_floor: 0,
+            dupacks: 0,
+            rto_backoff: 0,
+            stall_since: None,
+            rack_xmit: None,
+            rack_end: 0,
+            rack_rtt: None,
+            persist_backoff: 0,
+            persist_probe_due: false,
+            keepalive_probes: 0,
+            keepalive_due: false,
+            last_send: now,
+            last_recv: now,
+            irs: SeqNumber(0),
+            rcv_fin: None,
+            fin_received: false,
+            rcv_adv_edge: 0,
+            ack: AckState::default(),
+            ts_recent: 0,
+            ts_recent_at: now,
+            last_ack_sent: SeqNumber(0),
+            pending_rst: None,
+            challenge_window: (now, 0),
+            timers: Timers::default(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    /// Active open (RFC 9293 §3.10.1): the connection starts in SYN-SENT and its
+    /// first `poll_transmit` is the SYN.
+    pub fn connect(cfg: Arc<Config>, now: Instant, params: ConnectionParams) -> Self {
+        let mut c = Connection::new(cfg, now, params, State::SynSent);
+        c.syn_pending = SynPending::Syn;
+        c
+    }
+
+    /// Passive open (RFC 9293 §3.10.1): a connection in LISTEN that will accept
+    /// one SYN. (The [`crate::endpoint::Endpoint`] creates these per incoming SYN.)
+    pub fn listen(cfg: Arc<Config>, now: Instant, params: ConnectionParams) -> Self {
+        Connection::new(cfg, now, params, State::Listen)
+    }
+
+    /// A connection established from a validated SYN cookie (RFC 4987 §3.6): the
+    /// handshake's state was carried in the cookie, not kept here.
+    pub(crate) fn from_cookie(
+        cfg: Arc<Config>,
+        now: Instant,
+        params: ConnectionParams,
+        ack_seg: &SegmentRepr<'_>,
+        cookie: crate::endpoint::CookieOptions,
+    ) -> Self {
+        let mut c = Connection::new(cfg, now, params, State::SynReceived);
+        c.irs = ack_seg.seq + u32::MAX; // seq - 1
+        c.opts.peer_mss = cookie.mss;
+        c.opts.sack = cookie.sack && c.cfg.sack;
+        if let (Some(wscale), true) = (cookie.wscale, c.cfg.window_scaling) {
+            c.opts.snd_wscale = wscale.min(MAX_WSCALE);
+            c.opts.rcv_wscale = c.cfg.wscale_for_buffer();
+        }
+        c.opts.timestamps = ack_seg.options.timestamps.is_some() && c.cfg.timestamps;
+        if let Some((tsval, _)) = ack_seg.options.timestamps {
+            c.ts_recent = tsval;
+            c.ts_recent_at = now;
+        }
+        c.syn_xmits = 1;
+        // The cookie's TSval had its low bits replaced: no handshake RTT sample.
+        c.syn_sent_at = None;
+        c.skip_syn_rtt = true;
+        c.rcv_adv_edge = c.recv_buf.window() as u64;
+        c.last_ack_sent = c.rcv_nxt_seq();
+        c.handle_segment(now, params.remote, ack_seg);
+        c
+    }
+
+    // ------------------------------------------------------------------
+    // Accessors
+    // ------------------------------------------------------------------
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn conn_id(&self) -> u64 {
+        self.params.conn_id
+    }
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+    pub fn error(&self) -> Option<ConnectionError> {
+        self.error
+    }
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+    /// The connection may be forgotten: CLOSED with nothing left to send.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Closed && self.pending_rst.is_none()
+    }
+    pub fn congestion_window(&self) -> u64 {
+        self.cc.window()
+    }
+    pub fn in_recovery(&self) -> bool {
+        self.recovery.is_some()
+    }
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.pipe
+    }
+    /// Bytes written by the application and not yet acknowledged by the peer.
+    pub fn unacked(&self) -> usize {
+        self.send_buf.len()
+    }
+    /// Bytes the application may still write.
+    pub fn send_space(&self) -> usize {
+        if self.fin_off.is_some() {
+            0
+        } else {
+            self.send_buf.free()
+        }
+    }
+    /// In-order bytes ready for `read`.
+    pub fn readable(&self) -> usize {
+        self.recv_buf.readable()
+    }
+    /// The peer's FIN was received and every byte before it read.
+    pub fn is_read_finished(&self) -> bool {
+        self.fin_received && self.recv_buf.readable() == 0
+    }
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.cwnd = self.cc.window();
+        s.ssthresh = self.cc.ssthresh();
+        s.srtt = self.rtt.srtt();
+        s.rto = self.rtt.rto();
+        s
+    }
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    fn mss(&self) -> usize {
+        // RFC 9293 §3.7.1: effective send MSS = min(peer MSS, our MTU-derived MSS) minus options.
+        let base = usize::from(self.opts.peer_mss.min(self.cfg.announced_mss()));
+        let opt = if self.opts.timestamps { TS_OPTION_LEN } else { 0 };
+        base.saturating_sub(opt).max(32)
+    }
+
+    fn snd_seq(&self, off: u64) -> SeqNumber {
+        self.iss + 1u32 + (off as u32)
+    }
+
+    fn rcv_nxt_off(&self) -> u64 {
+        self.recv_buf.contiguous_end() + u64::from(self.fin_received)
+    }
+
+    fn rcv_nxt_seq(&self) -> SeqNumber {
+        self.irs + 1u32 + (self.rcv_nxt_off() as u32)
+    }
+
+    fn rcv_wnd(&self) -> u64 {
+        // RFC 9293 §3.8.6.2.2: never shrink the advertised right edge.
+        let edge = (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64)
+            .max(self.rcv_adv_edge);
+        edge.saturating_sub(self.recv_buf.contiguous_end())
+    }
+
+    fn ts_now(&self, now: Instant) -> u32 {
+        // RFC 7323 §5.4: a 1 ms clock with a random per-connection offset.
+        ((now.as_micros() / 1000) as u32).wrapping_add(self.params.ts_offset)
+    }
+
+    // ------------------------------------------------------------------
+    // Application interface
+    // ------------------------------------------------------------------
+
+    /// Queue bytes for sending. Valid in SYN-SENT, SYN-RECEIVED, ESTABLISHED and
+    /// CLOSE-WAIT (RFC 9293 §3.10.2); returns how many bytes were taken.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        if let Some(e) = self.error {
+            return Err(WriteError::Failed(e));
+        }
+        if self.fin_off.is_some() || matches!(self.state, State::Closed | State::Listen) {
+            return Err(WriteError::Closed);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = self.send_buf.write(data);
+        if n == 0 {
+            return Err(WriteError::Blocked);
+        }
+        Ok(n)
+    }
+
+    /// Read in-order bytes. `Ok(0)` means the peer finished (FIN) and all data was read.
+    pub fn read(&mut self, out: &mut [u8]) -> Result<usize, ReadError> {
+        let before = self.rcv_wnd();
+        let n = self.recv_buf.read(out);
+        if n > 0 {
+            self.after_read(before);
+            return Ok(n);
+        }
+        if self.fin_received {
+            return Ok(0);
+        }
+        if let Some(e) = self.error {
+            return Err(ReadError::Failed(e));
+        }
+        match self.state {
+            State::Closed | State::Listen => Err(ReadError::NotConnected),
+            // RFC 9293 §3.10.3: no more data can arrive in these states once FIN is in.
+            _ if out.is_empty() => Ok(0),
+            _ => Err(ReadError::Blocked),
+        }
+    }
+
+    /// Zero-copy read: a contiguous run of readable bytes (empty if none).
+    pub fn read_chunk(&self) -> &[u8] {
+        self.recv_buf.chunk()
+    }
+
+    /// Consume `n` bytes returned by [`Connection::read_chunk`].
+    pub fn consume(&mut self, n: usize) {
+        let before = self.rcv_wnd();
+        self.recv_buf.consume(n);
+        self.after_read(before);
+    }
+
+    fn after_read(&mut self, before: u64) {
+        // RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): announce the reopened
+        // window only once it grew by min(buffer/2, MSS); always when it was
+        // below one MSS (the peer may be waiting on a persist timer).
+        let after = (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64)
+            .saturating_sub(self.recv_buf.contiguous_end());
+        let adv = self.rcv_adv_edge.saturating_sub(self.recv_buf.contiguous_end());
+        let threshold = (self.recv_buf.capacity() as u64 / 2).min(self.mss() as u64);
+        if self.state.is_synchronized()
+            && !self.fin_received
+            && after >= adv + threshold.max(1)
+            && (adv < self.mss() as u64 || after - adv >= 2 * self.mss() as u64)
+        {
+            let _ = before;
+            self.ack.now = true;
+        }
+    }
+
+    /// Half-close (RFC 9293 §3.10.4 CLOSE): FIN goes out after queued data;
+    /// reading remains possible until the peer's FIN.
+    pub fn shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Listen | State::SynSent => {
+                // RFC 9293 §3.10.4: delete the TCB.
+                self.close(now, None);
+            }
+            State::SynReceived | State::Established => {
+                self.fin_off.get_or_insert(self.send_buf.end());
+                // RFC 9293 §3.10.4: "enter FIN-WAIT-1" (SYN-RECEIVED: after data is sent; we queue).
+                if self.state == State::Established {
+                    self.state = State::FinWait1;
+                }
+            }
+            State::CloseWait => {
+                self.fin_off.get_or_insert(self.send_buf.end());
+                self.state = State::LastAck;
+            }
+            _ => {}
+        }
+    }
+
+    /// Abort (RFC 9293 §3.10.5 ABORT): send RST if synchronized, close at once.
+    pub fn abort(&mut self, now: Instant) {
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.close(now, Some(ConnectionError::Aborted));
+            return;
+        }
+        if self.state != State::SynSent && self.state != State::TimeWait {
+            let seq = self.snd_seq(self.snd_nxt);
+            self.pending_rst = Some((seq, self.rcv_nxt_seq(), true));
+        }
+        self.close(now, Some(ConnectionError::Aborted));
+    }
+
+    fn close(&mut self, _now: Instant, error: Option<ConnectionError>) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        if self.error.is_none() {
+            self.error = error;
+        }
+        self.timers.stop_all();
+        self.events.push_back(Event::Closed(error));
+    }
+
+    /// Events are waiting in the queue.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    // ------------------------------------------------------------------
+    // Input: datagrams
+    // ------------------------------------------------------------------
+
+    /// Parse and process one datagram addressed to this connection.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), WireError> {
+        let seg = SegmentRepr::parse(datagram)?;
+        self.handle_segment(now, from, &seg);
+        Ok(())
+    }
+
+    /// Process one parsed segment (RFC 9293 §3.10.7 SEGMENT ARRIVES).
+    pub fn handle_segment(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
+        if seg.conn_id != self.params.conn_id {
+            self.stats.dropped_segments += 1;
+            return;
+        }
+        self.stats.segments_received += 1;
+        match self.state {
+            State::Closed => {}
+            State::Listen => self.on_segment_listen(now, from, seg),
+            State::SynSent => self.on_segment_syn_sent(now, seg),
+            _ => self.on_segment_synchronized(now, from, seg),
+        }
+    }
+
+    fn reset_reply(&mut self, seg: &SegmentRepr<'_>) {
+        // RFC 9293 §3.10.7.1: if the segment has ACK, RST seq = SEG.ACK; else
+        // RST/ACK with seq 0 and ack = SEG.SEQ + SEG.LEN.
+        if seg.flags.rst() {
+            return;
+        }
+        if seg.flags.ack() {
+            self.pending_rst = Some((seg.ack, SeqNumber(0), false));
+        } else {
+            self.pending_rst = Some((SeqNumber(0), seg.seq + seg.segment_len(), true));
+        }
+    }
+
+    fn parse_syn_options(&mut self, seg: &SegmentRepr<'_>) {
+        let o = &seg.options;
+        // RFC 9293 §3.7.1: absent MSS option means 536.
+        self.opts.peer_mss = o.mss.unwrap_or(536).max(64);
+        // RFC 7323 §2.2: window scaling only if both SYNs carry the option.
+        match (o.window_scale, self.cfg.window_scaling) {
+            (Some(s), true) => {
+                // RFC 7323 §2.3: shifts above 14 are treated as 14.
+                self.opts.snd_wscale = s.min(MAX_WSCALE);
+                self.opts.rcv_wscale = self.cfg.wscale_for_buffer();
+            }
+            _ => {
+                self.opts.snd_wscale = 0;
+                self.opts.rcv_wscale = 0;
+            }
+        }
+        self.opts.sack = o.sack_permitted && self.cfg.sack;
+        self.opts.timestamps = o.timestamps.is_some() && self.cfg.timestamps;
+        if let (Some((tsval, _)), true) = (o.timestamps, self.opts.timestamps) {
+            self.ts_recent = tsval;
+        }
+    }
+
+    fn on_segment_listen(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
+        // RFC 9293 §3.10.7.2.
+        if seg.flags.rst() {
+            return;
+        }
+        if seg.flags.ack() {
+            self.reset_reply(seg);
+            return;
+        }
+        if !seg.flags.syn() {
+            return;
+        }
+        self.remote = from;
+        self.irs = seg.seq;
+        self.parse_syn_options(seg);
+        self.ts_recent_at = now;
+        self.rcv_adv_edge = self.recv_buf.window() as u64;
+        self.snd_wnd = u64::from(seg.window); // RFC 7323 §2.2: the SYN's window is never scaled.
+        self.snd_wnd_edge = self.snd_wnd;
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = seg.seq;
+        self.state = State::SynReceived;
+        self.syn_pending = SynPending::SynAck;
+        // Data on a SYN is not accepted (no TFO); the peer retransmits it.
+    }
+
+    fn on_segment_syn_sent(&mut self, now: Instant, seg: &SegmentRepr<'_>) {
+        // RFC 9293 §3.10.7.3.
+        let iss1 = self.iss + 1u32;
+        if seg.flags.ack() && seg.ack != iss1 {
+            // First check: unacceptable ACK.
+            if !seg.flags.rst() {
+                self.reset_reply(seg);
+            }
+            return;
+        }
+        if seg.flags.rst() {
+            if seg.flags.ack() {
+                self.close(now, Some(ConnectionError::Refused));
+            }
+            return;
+        }
+        if !seg.flags.syn() {
+            return;
+        }
+        self.irs = seg.seq;
+        self.parse_syn_options(seg);
+        self.ts_recent_at = now;
+        self.rcv_adv_edge = self.recv_buf.window() as u64;
+        self.snd_wnd = u64::from(seg.window);
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = seg.ack;
+        if seg.flags.ack() {
+            // Our SYN is acknowledged: ESTABLISHED.
+            self.syn_acked(now, seg);
+            self.snd_wnd_edge = self.snd_wnd;
+            self.max_snd_wnd = self.snd_wnd;
+            self.state = State::Established;
+            self.events.push_back(Event::Connected);
+            self.ack.now = true;
+            if self.fin_off.is_some() {
+                self.state = State::FinWait1;
+            }
+        } else {
+            // Simultaneous open (RFC 9293 §3.5, Figure 8): SYN-RECEIVED, send SYN-ACK.
+            self.state = State::SynReceived;
+            self.syn_pending = SynPending::SynAck;
+            self.timers.stop(Timer::Rto);
+        }
+    }
+
+    /// RTT sample from the handshake and end of SYN retransmission.
+    fn syn_acked(&mut self, now: Instant, seg: &SegmentRepr<'_>) {
+        self.syn_pending = SynPending::None;
+        if self.skip_syn_rtt {
+        } else if let (true, Some((_, tsecr))) = (self.opts.timestamps, seg.options.timestamps) {
+            if tsecr != 0 {
+                let ms = self.ts_now(now).wrapping_sub(tsecr);
+                if ms < 60_000 {
+                    self.rtt.on_sample(Duration::from_millis(u64::from(ms)));
+                }
+            }
+        } else if let (Some(at), 1) = (self.syn_sent_at, self.syn_xmits) {
+            // Karn (RFC 6298 §3): only if the SYN was sent once.
+            self.rtt.on_sample(now - at);
+        }
+        self.timers.stop(Timer::Rto);
+        self.rto_backoff = 0;
+        self.last_recv = now;
+        self.arm_keepalive(now);
+    }
+
+    fn challenge_ack(&mut self, now: Instant) {
+        // RFC 5961 §7: rate-limit challenge ACKs.
+        let (start, count) = self.challenge_window;
+        if now - start >= Duration::from_secs(1) {
+            self.challenge_window = (now, 0);
+        }
+        if self.challenge_window.1 < self.cfg.challenge_ack_limit {
+            self.challenge_window.1 += 1;
+            self.stats.challenge_acks += 1;
+            self.ack.now = true;
+        }
+        let _ = count;
+    }
+
+    fn on_segment_synchronized(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
+        let rcv_nxt = self.rcv_nxt_seq();
+        let rcv_wnd = self.rcv_wnd();
+        let seg_len = seg.segment_len();
+
+        // A retransmitted SYN in SYN-RECEIVED: our SYN-ACK was lost.
+        if self.state == State::SynReceived && seg.flags.syn() && !seg.flags.ack() {
+            if seg.seq == self.irs {
+                self.syn_pending = SynPending::SynAck;
+            }
+            return;
+        }
+
+        // RFC 7323 §5.3 PAWS: R1) drop a segment whose TSval is older than TS.Recent,
+        // unless TS.Recent is over 24 days old (R2 of §5.5).
+        if self.opts.timestamps && !seg.flags.rst() {
+            if let Some((tsval, _)) = seg.options.timestamps {
+                let stale = now - self.ts_recent_at > Duration::from_secs(24 * 86_400);
+                if (tsval.wrapping_sub(self.ts_recent) as i32) < 0 && !stale {
+                    self.stats.dropped_segments += 1;
+                    self.ack.now = true;
+                    return;
+                }
+            }
+        }
+
+        // RFC 9293 §3.10.7.4 first check: segment acceptability.
+        let wnd = rcv_wnd.min(u64::from(u32::MAX >> 1)) as u32;
+        let acceptable = match (seg_len, wnd) {
+            (0, 0) => seg.seq == rcv_nxt,
+            (0, _) => seg.seq.in_window(rcv_nxt, rcv_nxt + wnd),
+            (_, 0) => false,
+            (len, _) => {
+                let last = seg.seq + (len as u32).wrapping_sub(1);
+                seg.seq.in_window(rcv_nxt, rcv_nxt + wnd) || last.in_window(rcv_nxt, rcv_nxt + wnd)
+            }
+        };
+        // A zero-window probe / keepalive (seq = RCV.NXT-1 or data beyond a zero
+        // window) is "not acceptable" but must still be ACKed and its ACK field used.
+        if !acceptable {
+            if seg.flags.rst() {
+                return;
+            }
+            self.ack.now = true;
+            self.stats.dropped_segments += 1;
+            // Still process a valid ACK field (RFC 9293 §3.8.6.1 zero-window
+            // probes must not stop the window from reopening on our side).
+            if seg.flags.ack() && self.state != State::SynReceived && seg_len > 0 {
+                self.process_ack(now, seg);
+            }
+            return;
+        }
+
+        // Second check: RST (RFC 5961 §3.2).
+        if seg.flags.rst() {
+            if seg.seq == rcv_nxt {
+                let err = if self.state == State::SynReceived && self.syn_pending != SynPending::Syn {
+                    ConnectionError::Refused
+                } else {
+                    ConnectionError::Reset
+                };
+                match self.state {
+                    // RFC 9293 §3.10.7.4: in CLOSING, LAST-ACK, TIME-WAIT simply close.
+                    State::Closing | State::LastAck | State::TimeWait => self.close(now, None),
+                    _ => self.close(now, Some(err)),
+                }
+            } else {
+                self.challenge_ack(now);
+            }
+            return;
+        }
+
+        // Fourth check: SYN in a synchronized state → challenge ACK (RFC 5961 §4.2).
+        if seg.flags.syn() {
+            self.challenge_ack(now);
+            return;
+        }
+
+        // Fifth check: ACK bit off → drop (RFC 9293 §3.10.7.4).
+        if !seg.flags.ack() {
+            return;
+        }
+
+        // The segment is in window and authenticated by its connection id: follow
+        // a peer address change (NAT rebinding).
+        if from != self.remote {
+            self.remote = from;
+            self.events.push_back(Event::AddressChanged(from));
+        }
+        self.last_recv = now;
+        self.keepalive_probes = 0;
+        self.arm_keepalive(now);
+
+        // RFC 7323 §4.3: update TS.Recent if SEG.SEQ <= Last.ACK.sent < SEG.SEQ + SEG.LEN (+1 for FIN/empty).
+        if let (true, Some((tsval, _))) = (self.opts.timestamps, seg.options.timestamps) {
+            let end = seg.seq + (seg_len as u32).max(1);
+            if self.last_ack_sent.diff(seg.seq) >= 0 && end.diff(self.last_ack_sent) > 0
+                && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0
+            {
+                self.ts_recent = tsval;
+                self.ts_recent_at = now;
+            }
+        }
+
+        if self.state == State::SynReceived {
+            // RFC 9293 §3.10.7.4 fifth check, SYN-RECEIVED.
+            if seg.ack != self.iss + 1u32 {
+                self.reset_reply(seg);
+                return;
+            }
+            self.syn_acked(now, seg);
+            self.state = State::Established;
+            self.snd_wnd = u64::from(seg.window) << self.opts.snd_wscale;
+            self.snd_wnd_edge = self.snd_wnd;
+            self.max_snd_wnd = self.snd_wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+            self.events.push_back(Event::Connected);
+            if self.fin_off.is_some() {
+                self.state = State::FinWait1;
+            }
+        }
+
+        if !self.process_ack(now, seg) {
+            return;
+        }
+
+        // Seventh check: segment text (RFC 9293 §3.10.7.4).
+        match self.state {
+            State::Established | State::FinWait1 | State::FinWait2 => {
+                if !seg.payload.is_empty() {
+                    self.receive_data(now, seg);
+                }
+                if seg.flags.fin() {
+                    let off = self.rcv_nxt_off() as i64
+                        + i64::from(seg.seq.diff(rcv_nxt))
+                        + seg.payload.len() as i64;
+                    if off >= 0 && self.rcv_fin.is_none() {
+                        self.rcv_fin = Some(off as u64);
+                    }
+                    self.ack.now = true;
+                }
+                self.check_fin(now);
+            }
+            _ => {
+                // CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT: the FIN was already
+                // received; ignore text. A retransmitted FIN is ACKed, and
+                // TIME-WAIT restarts its 2 MSL timeout (RFC 9293 §3.10.7.4 eighth check).
+                if seg.flags.fin() {
+                    self.ack.now = true;
+                    if self.state == State::TimeWait {
+                        self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
+                    }
+                }
+            }
+        }
+    }
+
+    /// ACK processing (RFC 9293 §3.10.7.4 fifth check, RFC 5961 §5.2, RFC 6675).
+    /// Returns false if the segment must be dropped.
+    fn process_ack(&mut self, now: Instant, seg: &SegmentRepr<'_>) -> bool {
+        let una_seq = self.snd_seq(self.snd_una);
+        let d = seg.ack.diff(una_seq);
+        let outstanding = self.snd_nxt - self.snd_una;
+        if d > 0 && d as u64 > outstanding {
+            // Acks something not yet sent: send an ACK, drop (RFC 9293 §3.10.7.4).
+            self.ack.now = true;
+            return false;
+        }
+        if d < 0 && (-(d as i64)) as u64 > self.max_snd_wnd.max(1) {
+            // RFC 5961 §5.2: too old to be acceptable: challenge ACK, drop.
+            self.challenge_ack(now);
+            return false;
+        }
+
+        let window = u64::from(seg.window) << self.opts.snd_wscale;
+        let mut sacked_new = false;
+        if self.opts.sack && !seg.options.sack_blocks().is_empty() {
+            sacked_new = self.process_sack(now, seg.options.sack_blocks());
+        }
+
+        if d > 0 {
+            self.ack_new_data(now, seg, d as u64);
+        } else if d == 0
+            && seg.payload.is_empty()
+            && !seg.flags.fin()
+            && self.snd_nxt > self.snd_una
+            && window == self.snd_wnd
+        {
+            // RFC 5681 §2: a duplicate ACK.
+            self.dupacks += 1;
+            if !self.opts.sack
+                && self.dupacks == DUP_THRESH as u32
+                && self.recovery.is_none()
+                && self.snd_una >= self.recover_floor
+            {
+                // RFC 6582 §3.2 step 2: fast retransmit, enter recovery.
+                self.mark_lost_front();
+                self.enter_recovery(now);
+            }
+        }
+
+        // RFC 9293 §3.10.7.4: update the send window if the segment is newer.
+        let wl1_newer = seg.seq.diff(self.snd_wl1) > 0;
+        let same_wl1 = seg.seq == self.snd_wl1 && seg.ack.diff(self.snd_wl2) >= 0;
+        if d >= 0 && (wl1_newer || same_wl1) {
+            let ack_off = self.snd_una;
+            self.snd_wnd = window;
+            self.snd_wnd_edge = ack_off + window;
+            self.max_snd_wnd = self.max_snd_wnd.max(window);
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+            if window > 0 {
+                self.timers.stop(Timer::Persist);
+                self.persist_backoff = 0;
+            }
+        }
+
+        if self.opts.sack && (sacked_new || self.sacked_bytes > 0) {
+            self.detect_losses(now);
+        }
+        true
+    }
+
+    fn ack_new_data(&mut self, now: Instant, seg: &SegmentRepr<'_>, acked: u64) {
+        let new_una = self.snd_una + acked;
+        let mut rtt_sample: Option<Duration> = None;
+        let mut newest_delivered: Option<(Instant, u64, u16)> = None;
+        let mut app_limited = false;
+        while let Some(front) = self.rtx.front_mut() {
+            if front.end <= new_una {
+                let s = *front;
+                self.rtx.pop_front();
+                self.forget_segment(&s);
+                if !s.sacked {
+                    if newest_delivered.is_none_or(|(t, _, _)| s.sent_at >= t) {
+                        newest_delivered = Some((s.sent_at, s.end, s.xmits));
+                    }
+                    if s.xmits == 1 {
+                        // Karn's rule (RFC 6298 §3): time only never-retransmitted segments.
+                        rtt_sample = Some(now - s.sent_at);
+                    }
+                }
+                app_limited |= s.app_limited;
+            } else if front.start < new_una {
+                // A peer acknowledging part of a segment: trim it.
+                let cut = new_una - front.start;
+                let counted = !front.sacked && !front.lost;
+                front.start = new_una;
+                if counted {
+                    self.pipe = self.pipe.saturating_sub(cut);
+                } else if front.lost {
+                    self.lost_bytes = self.lost_bytes.saturating_sub(cut);
+                } else {
+                    self.sacked_bytes = self.sacked_bytes.saturating_sub(cut);
+                }
+                break;
+            } else {
+                break;
+            }
+        }
+        if let Some((t, end, xmits)) = newest_delivered {
+            self.rack_update(now, t, end, xmits);
+        }
+        // RFC 7323 §4.2: with timestamps, every ACK that advances SND.UNA yields a sample.
+        if let (true, Some((_, tsecr))) = (self.opts.timestamps, seg.options.timestamps) {
+            if tsecr != 0 {
+                let ms = self.ts_now(now).wrapping_sub(tsecr);
+                if ms < 60_000 {
+                    rtt_sample = Some(Duration::from_millis(u64::from(ms)));
+                }
+            }
+        }
+        if let Some(r) = rtt_sample {
+            self.rtt.on_sample(r);
+        }
+
+        let data_end = self.send_buf.end();
+        self.send_buf.ack_to(new_una.min(data_end));
+        self.snd_una = new_una;
+        self.dupacks = 0;
+        self.rto_backoff = 0;
+        self.stall_since = if self.snd_nxt > self.snd_una { Some(now) } else { None };
+        if self.send_buf.free() > 0 && self.fin_off.is_none() {
+            self.events.push_back(Event::Writable);
+        }
+
+        match self.recovery {
+            Some(r) if self.snd_una >= r.recover => {
+                // RFC 6582 §3.2 step 3 / RFC 6675 §5: full acknowledgement ends recovery.
+                self.recovery = None;
+                self.cc.on_recovery_exit(now);
+            }
+            Some(_) => {
+                // RFC 6582 §3.2 step 4: a partial ACK; without SACK the next
+                // unacknowledged segment is presumed lost.
+                if !self.opts.sack {
+                    self.mark_lost_front();
+                }
+            }
+            None => {
+                self.cc.on_ack(now, acked, &self.rtt, app_limited);
+            }
+        }
+
+        // RFC 6298 §5.2/5.3: restart the timer, or stop it if nothing is outstanding.
+        if self.snd_nxt > self.snd_una {
+            self.timers.set(Timer::Rto, now + self.rto_interval());
+        } else {
+            self.timers.stop(Timer::Rto);
+            self.timers.stop(Timer::Rack);
+        }
+
+        // Our FIN acknowledged?
+        if let Some(fin) = self.fin_off {
+            if self.snd_una > fin {
+                match self.state {
+                    State::FinWait1 => self.state = State::FinWait2,
+                    State::Closing => self.enter_time_wait(now),
+                    State::LastAck => self.close(now, None),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn forget_segment(&mut self, s: &SentSeg) {
+        if s.sacked {
+            self.sacked_bytes = self.sacked_bytes.saturating_sub(s.len());
+        } else if s.lost {
+            self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
+        } else {
+            self.pipe = self.pipe.saturating_sub(s.len());
+        }
+    }
+
+    fn rack_update(&mut self, now: Instant, sent_at: Instant, end: u64, xmits: u16) {
+        // RFC 8985 §6.2 step 2: ignore a retransmitted segment whose delivery
+        // could be the original (RTT below min_rtt).
+        let rtt = now - sent_at;
+        if xmits > 1 {
+            if let Some(min) = self.rtt.min_rtt() {
+                if rtt < min {
+                    return;
+                }
+            }
+        }
+        if self.rack_xmit.is_none_or(|t| sent_at > t || (sent_at == t && end > self.rack_end)) {
+            self.rack_xmit = Some(sent_at);
+            self.rack_end = end;
+            self.rack_rtt = Some(rtt);
+        }
+    }
+
+    /// Mark SACKed segments (RFC 2018 §3, RFC 6675 §4 "Update()").
+    fn process_sack(&mut self, now: Instant, blocks: &[SackBlock]) -> bool {
+        let una_seq = self.snd_seq(self.snd_una);
+        let mut any = false;
+        let mut newest: Option<(Instant, u64, u16)> = None;
+        for b in blocks {
+            let l = b.left.diff(una_seq);
+            let r = b.right.diff(una_seq);
+            // Ignore D-SACKs and blocks outside [SND.UNA, SND.NXT] (RFC 2883, RFC 6675 §5).
+            if l < 0 || r <= l || r as u64 > self.snd_nxt - self.snd_una {
+                continue;
+            }
+            let (lo, hi) = (self.snd_una + l as u64, self.snd_una + r as u64);
+            let first = self.rtx.partition_point(|s| s.end <= lo);
+            for i in first..self.rtx.len() {
+                let Some(s) = self.rtx.get(i).copied() else { break };
+                if s.start >= hi {
+                    break;
+                }
+                if s.sacked || s.start < lo || s.end > hi {
+                    continue;
+                }
+                if s.lost {
+                    self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
+                } else {
+                    self.pipe = self.pipe.saturating_sub(s.len());
+                }
+                self.sacked_bytes += s.len();
+                if let Some(seg) = self.rtx.get_mut(i) {
+                    seg.sacked = true;
+                    seg.lost = false;
+                }
+                any = true;
+                if newest.is_none_or(|(t, _, _)| s.sent_at >= t) {
+                    newest = Some((s.sent_at, s.end, s.xmits));
+                }
+            }
+        }
+        if let Some((t, end, x)) = newest {
+            self.rack_update(now, t, end, x);
+        }
+        any
+    }
+
+    /// Loss detection with SACK: RFC 6675 §4 IsLost (DupThresh segments SACKed
+    /// above) and RACK (RFC 8985 §6.2: sent before a delivered segment, longer
+    /// ago than RACK.rtt + reordering window).
+    fn detect_losses(&mut self, now: Instant) {
+        let mss = self.mss() as u64;
+        let reo_wnd = match (self.rtt.min_rtt(), self.rack_rtt) {
+            // RFC 8985 §6.2 step 4: min_RTT/4, bounded by SRTT.
+            (Some(min), _) => (min / 4).min(self.rtt.srtt().unwrap_or(min)),
+            _ => Duration::ZERO,
+        };
+        let rack = match (self.rack_xmit, self.rack_rtt) {
+            (Some(x), Some(r)) => Some((x, r + reo_wnd)),
+            _ => None,
+        };
+        let mut sacked_above = self.sacked_bytes;
+        let mut newly_lost = 0u64;
+        let mut rack_wait: Option<Instant> = None;
+        for s in self.rtx.iter_mut() {
+            if sacked_above == 0 && rack.is_none() {
+                break;
+            }
+            if s.sacked {
+                sacked_above = sacked_above.saturating_sub(s.len());
+                continue;
+            }
+            if s.lost {
+                continue;
+            }
+            let by_count = sacked_above >= DUP_THRESH * mss;
+            let mut by_time = false;
+            if let Some((xmit, thresh)) = rack {
+                if s.sent_at < xmit || (s.sent_at == xmit && s.end < self.rack_end) {
+                    let deadline = s.sent_at + thresh;
+                    if now >= deadline {
+                        by_time = true;
+                    } else {
+                        rack_wait = Some(rack_wait.map_or(deadline, |w| w.min(deadline)));
+                    }
+                } else if sacked_above == 0 {
+                    break;
+                }
+            }
+            if by_count || by_time {
+                s.lost = true;
+                self.pipe = self.pipe.saturating_sub(s.len());
+                self.lost_bytes += s.len();
+                newly_lost += 1;
+            }
+        }
+        match rack_wait {
+            // RFC 8985 §6.2 step 5: arm the reordering timer for the earliest candidate.
+            Some(at) => self.timers.set(Timer::Rack, at),
+            None => self.timers.stop(Timer::Rack),
+        }
+        if newly_lost > 0 && self.recovery.is_none() {
+            self.enter_recovery(now);
+        }
+    }
+
+    fn mark_lost_front(&mut self) {
+        if let Some(s) = self.rtx.iter_mut().find(|s| !s.sacked) {
+            if !s.lost {
+                s.lost = true;
+                self.pipe = self.pipe.saturating_sub(s.len());
+                self.lost_bytes += s.len();
+            }
+        }
+    }
+
+    fn enter_recovery(&mut self, now: Instant) {
+        // RFC 6675 §5 step 4 / RFC 6582 §3.2 step 2: one multiplicative decrease per episode.
+        let flight = self.snd_nxt - self.snd_una;
+        self.cc.on_congestion_event(now, flight);
+        self.recovery = Some(Recovery {
+            recover: self.snd_nxt,
+        });
+        self.stats.recovery_episodes += 1;
+        self.stats.fast_retransmits += 1;
+    }
+
+    fn receive_data(&mut self, now: Instant, seg: &SegmentRepr<'_>) {
+        let rcv_nxt = self.rcv_nxt_seq();
+        let mut off = self.rcv_nxt_off() as i64 + i64::from(seg.seq.diff(rcv_nxt));
+        let mut data = seg.payload;
+        if off < 0 {
+            let skip = usize::try_from(-off).unwrap_or(usize::MAX).min(data.len());
+            data = data.get(skip..).unwrap_or(&[]);
+            off = 0;
+        }
+        let full_sized = seg.payload.len() >= self.mss();
+        let res = self.recv_buf.insert(off as u64, data);
+        if !res.accepted {
+            self.stats.dropped_segments += 1;
+        }
+        self.stats.bytes_received += res.advanced as u64;
+        if res.advanced > 0 {
+            self.events.push_back(Event::Readable);
+        }
+        // Advance the advertised edge bookkeeping: data consumed window space.
+        // RFC 5681 §4.2: ACK at once for out-of-order data and for data that fills a hole.
+        if res.out_of_order || !res.new_data || self.recv_buf.has_out_of_order() || (res.advanced > 0 && off as u64 + (data.len() as u64) < self.recv_buf.contiguous_end()) {
+            self.ack.now = true;
+        } else if res.advanced > 0 {
+            self.ack.unacked_segments += 1;
+            // RFC 1122 §4.2.3.2 / RFC 5681 §4.2: ACK at least every second full-sized segment.
+            if self.ack.unacked_segments >= 2 || !full_sized && self.cfg.delayed_ack.is_none() {
+                self.ack.now = true;
+            }
+            match self.cfg.delayed_ack {
+                None => self.ack.now = true,
+                Some(d) => {
+                    if !self.ack.now && !self.timers.is_set(Timer::DelayedAck) {
+                        self.timers.set(Timer::DelayedAck, now + d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_fin(&mut self, now: Instant) {
+        let Some(fin) = self.rcv_fin else { return };
+        if self.fin_received || self.recv_buf.contiguous_end() != fin {
+            return;
+        }
+        // RFC 9293 §3.10.7.4 eighth check: FIN processed in order.
+        self.fin_received = true;
+        self.ack.now = true;
+        self.events.push_back(Event::PeerFinished);
+        match self.state {
+            State::SynReceived | State::Established => self.state = State::CloseWait,
+            State::FinWait1 => {
+                if self.fin_off.is_some_and(|f| self.snd_una > f) {
+                    self.enter_time_wait(now);
+                } else {
+                    self.state = State::Closing;
+                }
+            }
+            State::FinWait2 => self.enter_time_wait(now),
+            _ => {}
+        }
+    }
+
+    fn enter_time_wait(&mut self, now: Instant) {
+        self.state = State::TimeWait;
+        let keep = [Timer::TimeWait];
+        for t in ALL_TIMERS {
+            if !keep.contains(&t) {
+                self.timers.stop(t);
+            }
+        }
+        // RFC 9293 §3.10.7.4: TIME-WAIT lasts 2 MSL.
+        self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
+    }
+
+    // ------------------------------------------------------------------
+    // Input: time
+    // ------------------------------------------------------------------
+
+    fn rto_interval(&self) -> Duration {
+        // RFC 6298 §5.5: back off by doubling, bounded by max_rto.
+        let base = self.rtt.rto();
+        let mult = 1u32 << self.rto_backoff.min(16);
+        (base * mult).min(self.cfg.max_rto)
+    }
+
+    /// Process expired timers. Idempotent: timers not yet due are untouched.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for t in ALL_TIMERS {
+            match self.timers.get(t) {
+                Some(at) if at <= now => {
+                    self.timers.stop(t);
+                    self.on_timer(now, t);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, t: Timer) {
+        match t {
+            Timer::Rto => self.on_rto(now),
+            Timer::DelayedAck => self.ack.now = true,
+            Timer::Persist => {
+                // RFC 9293 §3.8.6.1: send a window probe; back off like the RTO.
+                self.persist_probe_due = true;
+                self.persist_backoff = (self.persist_backoff + 1).min(16);
+            }
+            Timer::Keepalive => self.on_keepalive(now),
+            Timer::TimeWait => self.close(now, None),
+            Timer::Pacing => {}
+            Timer::Rack => {
+                if self.opts.sack {
+                    self.detect_losses(now);
+                }
+            }
+        }
+    }
+
+    fn on_rto(&mut self, now: Instant) {
+        match self.state {
+            State::SynSent | State::SynReceived => {
+                if self.syn_xmits > self.cfg.syn_retries
+                    || self.syn_sent_at.is_some_and(|_| now - self.last_recv >= self.cfg.user_timeout)
+                {
+                    self.close(now, Some(ConnectionError::TimedOut));
+                    return;
+                }
+                self.rto_backoff += 1;
+                self.syn_pending = if self.state == State::SynSent {
+                    SynPending::Syn
+                } else {
+                    SynPending::SynAck
+                };
+            }
+            State::Closed | State::Listen | State::TimeWait => {}
+            _ => {
+                if self.snd_nxt <= self.snd_una {
+                    return;
+                }
+                // RFC 9293 §3.10.8 / RFC 5482: user timeout.
+                if self.stall_since.is_some_and(|s| now - s >= self.cfg.user_timeout) {
+                    let seq = self.snd_seq(self.snd_nxt);
+                    self.pending_rst = Some((seq, self.rcv_nxt_seq(), true));
+                    self.close(now, Some(ConnectionError::TimedOut));
+                    return;
+                }
+                self.stats.rto_events += 1;
+                // RFC 6298 §5.4-5.6 and RFC 6675 §5.1: everything outstanding and
+                // not SACKed is presumed lost; cwnd to one segment; back off.
+                let flight = self.snd_nxt - self.snd_una;
+                self.cc.on_retransmission_timeout(now, flight);
+                for s in self.rtx.iter_mut() {
+                    if !s.sacked && !s.lost {
+                        s.lost = true;
+                        self.pipe = self.pipe.saturating_sub(s.len());
+                        self.lost_bytes += s.len();
+                    }
+                }
+                self.recovery = None;
+                // RFC 6582 §3.2 step 1 / §4: no fast retransmit for the data sent before the timeout.
+                self.recover_floor = self.snd_nxt;
+                self.dupacks = 0;
+                self.rto_backoff = (self.rto_backoff + 1).min(16);
+                self.rack_xmit = None;
+                self.rack_rtt = None;
+                self.timers.set(Timer::Rto, now + self.rto_interval());
+            }
+        }
+    }
+
+    fn arm_keepalive(&mut self, now: Instant) {
+        if let Some(k) = self.cfg.keepalive {
+            if self.state.is_synchronized() && self.state != State::TimeWait {
+                let at = if self.keepalive_probes == 0 {
+                    now + k.idle
+                } else {
+                    now + k.interval
+                };
+                self.timers.set(Timer::Keepalive, at);
+            }
+        }
+    }
+
+    fn on_keepalive(&mut self, now: Instant) {
+        let Some(k) = self.cfg.keepalive else { return };
+        if !self.state.is_synchronized() || self.state == State::TimeWait {
+            return;
+        }
+        // RFC 1122 §4.2.3.6: after `probes` unanswered probes the connection is dead.
+        if self.keepalive_probes >= k.probes {
+            self.close(now, Some(ConnectionError::TimedOut));
+            return;
+        }
+        self.keepalive_probes += 1;
+        self.keepalive_due = true;
+        self.timers.set(Timer::Keepalive, now + k.interval);
+    }
+
+    // ------------------------------------------------------------------
+    // Output
+    // ------------------------------------------------------------------
+
+    fn base_options(&self, now: Instant) -> TcpOptions {
+        let mut o = TcpOptions::default();
+        if self.opts.timestamps {
+            o.timestamps = Some((self.ts_now(now), self.ts_recent));
+        }
+        o
+    }
+
+    fn ack_fields(&mut self, now: Instant) -> (SeqNumber, u16, TcpOptions) {
+        let ack = self.rcv_nxt_seq();
+        let wnd = self.rcv_wnd();
+        let field = (wnd >> self.opts.rcv_wscale).min(0xffff) as u16;
+        let edge = self.recv_buf.contiguous_end() + (u64::from(field) << self.opts.rcv_wscale);
+        self.rcv_adv_edge = self.rcv_adv_edge.max(edge);
+        let mut o = self.base_options(now);
+        if self.opts.sack && self.recv_buf.has_out_of_order() {
+            let mut blocks = [(0u64, 0u64); MAX_SACK_BLOCKS];
+            let max = if self.opts.timestamps { 3 } else { MAX_SACK_BLOCKS };
+            let n = self.recv_buf.sack_blocks(&mut blocks[..max]);
+            let base = self.irs + 1u32;
+            for (i, (l, r)) in blocks.iter().take(n).enumerate() {
+                if let Some(slot) = o.sack.get_mut(i) {
+                    *slot = SackBlock {
+                        left: base + (*l as u32),
+                        right: base + (*r as u32),
+                    };
+                }
+            }
+            o.sack_len = n as u8;
+        }
+        self.last_ack_sent = ack;
+        (ack, field, o)
+    }
+
+    fn repr<'a>(&self, seq: SeqNumber, ack: SeqNumber, flags: TcpFlags, window: u16, options: TcpOptions, payload: &'a [u8]) -> SegmentRepr<'a> {
+        SegmentRepr {
+            xflags: XtcpFlags(0),
+            conn_id: self.params.conn_id,
+            src_port: self.params.local_port,
+            dst_port: self.params.remote_port,
+            seq,
+            ack,
+            flags,
+            window,
+            options,
+            payload,
+        }
+    }
+
+    fn emit(&mut self, now: Instant, repr: &SegmentRepr<'_>, buf: &mut [u8]) -> Option<Transmit> {
+        let size = repr.emit(buf).ok()?;
+        self.stats.segments_sent += 1;
+        self.last_send = now;
+        if repr.flags.ack() {
+            self.ack = AckState::default();
+            self.timers.stop(Timer::DelayedAck);
+        }
+        Some(Transmit {
+            destination: self.remote,
+            size,
+        })
+    }
+
+    /// The next datagram to send, written into `buf` (at least
+    /// `max_datagram_size` bytes). Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((seq, ack, with_ack)) = self.pending_rst.take() {
+            let flags = if with_ack {
+                TcpFlags::RST | TcpFlags::ACK
+            } else {
+                TcpFlags::RST
+            };
+            let repr = self.repr(seq, ack, flags, 0, TcpOptions::default(), &[]);
+            return self.emit(now, &repr, buf);
+        }
+        match self.state {
+            State::Closed | State::Listen => return None,
+            State::SynSent | State::SynReceived => return self.transmit_syn(now, buf),
+            _ => {}
+        }
+        if let Some(t) = self.transmit_data(now, buf) {
+            return Some(t);
+        }
+        if self.keepalive_due {
+            // RFC 1122 §4.2.3.6: a probe with SEG.SEQ = SND.NXT - 1 and no data.
+            self.keepalive_due = false;
+            let (ack, wnd, opts) = self.ack_fields(now);
+            let seq = self.snd_seq(self.snd_nxt) + u32::MAX;
+            let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, &[]);
+            return self.emit(now, &repr, buf);
+        }
+        if self.ack.now {
+            let (ack, wnd, opts) = self.ack_fields(now);
+            let seq = self.snd_seq(self.snd_nxt);
+            let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, &[]);
+            return self.emit(now, &repr, buf);
+        }
+        None
+    }
+
+    fn transmit_syn(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.syn_pending == SynPending::None {
+            return None;
+        }
+        let synack = self.syn_pending == SynPending::SynAck;
+        self.syn_pending = SynPending::None;
+        let mut o = TcpOptions {
+            mss: Some(self.cfg.announced_mss()),
+            ..TcpOptions::default()
+        };
+        // RFC 7323 §2.2 / RFC 2018 §2: offer options on SYN; on SYN-ACK only if the peer offered.
+        let offer_ws = self.cfg.window_scaling && (!synack || self.opts.snd_wscale > 0 || self.opts.rcv_wscale > 0);
+        if offer_ws {
+            o.window_scale = Some(self.cfg.wscale_for_buffer());
+        }
+        o.sack_permitted = self.cfg.sack && (!synack || self.opts.sack);
+        if self.cfg.timestamps && (!synack || self.opts.timestamps) {
+            o.timestamps = Some((self.ts_now(now), if synack { self.ts_recent } else { 0 }));
+        }
+        // RFC 7323 §2.2: the window field of a SYN is never scaled.
+        let wnd = self.recv_buf.window().min(0xffff) as u16;
+        let (flags, ack) = if synack {
+            (TcpFlags::SYN | TcpFlags::ACK, self.irs + 1u32)
+        } else {
+            (TcpFlags::SYN, SeqNumber(0))
+        };
+        if synack {
+            self.rcv_adv_edge = self.rcv_adv_edge.max(u64::from(wnd));
+            self.last_ack_sent = ack;
+        }
+        self.syn_xmits += 1;
+        self.syn_sent_at = Some(now);
+        let repr = self.repr(self.iss, ack, flags, wnd, o, &[]);
+        // RFC 6298 §5.1: the SYN is timed by the retransmission timer.
+        self.timers.set(Timer::Rto, now + self.rto_interval());
+        self.emit(now, &repr, buf)
+    }
+
+    /// Retransmissions, new data, FIN and window probes (one segment).
+    fn transmit_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let mss = self.mss();
+        let cwnd = self.cc.window();
+        // 1. Retransmit a lost segment (RFC 6675 §5 NextSeg rule 1; the first
+        //    retransmission of an episode is sent regardless of cwnd, §5 step 4.3).
+        if self.lost_bytes > 0 {
+            let first_rtx = self.pipe == 0 || self.rtx.iter().take_while(|s| s.sacked || s.lost).all(|s| s.xmits == 1);
+            if self.pipe + mss as u64 <= cwnd || first_rtx {
+                if let Some(idx) = self.rtx.iter().position(|s| s.lost) {
+                    return self.retransmit(now, idx, buf);
+                }
+            }
+        }
+        // 2. New data within the congestion and send windows, subject to Nagle
+        //    and sender SWS avoidance (RFC 9293 §3.8.6.2.1), then FIN.
+        let data_end = self.send_buf.end();
+        let avail = data_end.saturating_sub(self.snd_nxt);
+        let fin_unsent = self.fin_off.is_some_and(|f| self.snd_nxt <= f);
+        let wnd_room = self.snd_wnd_edge.saturating_sub(self.snd_nxt);
+        let cwnd_room = cwnd.saturating_sub(self.pipe);
+        let room = wnd_room.min(cwnd_room);
+        if avail > 0 || fin_unsent {
+            let len = avail.min(room).min(mss as u64) as usize;
+            let in_flight = self.snd_nxt > self.snd_una;
+            let all_queued_fits = avail as usize == len;
+            let full = len == mss;
+            let nagle_ok = !self.cfg.nagle || !in_flight || fin_unsent;
+            let sws_ok = full
+                || (all_queued_fits && nagle_ok)
+                || (self.max_snd_wnd > 0 && len as u64 >= self.max_snd_wnd / 2 && nagle_ok);
+            let fin_only = avail == 0 && fin_unsent;
+            if (len > 0 && sws_ok) || (fin_only && (room > 0 || wnd_room == 0 && cwnd_room > 0 && !in_flight)) {
+                if self.cfg.pacing {
+                    let bytes = len.max(1);
+                    if let Some(at) = self.pacer.delay(now, bytes, cwnd, self.rtt.srtt(), self.cc.in_slow_start()) {
+                        self.timers.set(Timer::Pacing, at);
+                        return None;
+                    }
+                }
+                return self.send_new(now, len, buf);
+            }
+            // 3. Zero window with data waiting and nothing in flight: persist (RFC 9293 §3.8.6.1).
+            if wnd_room == 0 && !in_flight {
+                if self.persist_probe_due {
+                    self.persist_probe_due = false;
+                    let r = self.send_probe(now, buf);
+                    self.arm_persist(now);
+                    return r;
+                }
+                if !self.timers.is_set(Timer::Persist) {
+                    self.arm_persist(now);
+                }
+            }
+        }
+        None
+    }
+
+    fn arm_persist(&mut self, now: Instant) {
+        let base = self.rtt.rto();
+        let iv = (base * (1u32 << self.persist_backoff.min(16))).min(self.cfg.max_rto);
+        self.timers.set(Timer::Persist, now + iv);
+    }
+
+    /// A zero-window probe: one byte beyond the window (RFC 9293 §3.8.6.1).
+    fn send_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (ack, wnd, opts) = self.ack_fields(now);
+        let seq = self.snd_seq(self.snd_nxt);
+        let byte = self.send_buf.slice(self.snd_nxt, 1);
+        let mut one = [0u8; 1];
+        let payload: &[u8] = match byte.first() {
+            Some(b) => {
+                one[0] = *b;
+                &one
+            }
+            None => &[],
+        };
+        let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, payload);
+        self.emit(now, &repr, buf)
+    }
+
+    fn send_new(&mut self, now: Instant, len: usize, buf: &mut [u8]) -> Option<Transmit> {
+        let start = self.snd_nxt;
+        let payload_len = self.fill_payload_len(start, len);
+        let data_end = self.send_buf.end();
+        let fin = self
+            .fin_off
+            .is_some_and(|f| start + payload_len as u64 == f && f == data_end);
+        let (ack, wnd, opts) = self.ack_fields(now);
+        let mut flags = TcpFlags::ACK;
+        if fin {
+            flags = flags | TcpFlags::FIN;
+        }
+        if payload_len > 0 && start + payload_len as u64 == data_end {
+            flags = flags | TcpFlags::PSH;
+        }
+        let seq = self.snd_seq(start);
+        let t = self.emit_with_payload(now, seq, ack, flags, wnd, opts, start, payload_len, buf)?;
+        let end = start + payload_len as u64 + u64::from(fin);
+        let app_limited = self.snd_wnd_edge.saturating_sub(end) > 0
+            && self.send_buf.end() <= end
+            && self.pipe + (end - start) < self.cc.window();
+        if self.snd_nxt == self.snd_una {
+            if self.stall_since.is_none() {
+                self.stall_since = Some(now);
+            }
+            // RFC 5681 §4.1 / RFC 7661: restart after idle.
+            if now - self.last_send_data_or(now) > self.rtt.rto() {
+                self.cc.on_idle_restart(now);
+            }
+        }
+        self.rtx.push_back(SentSeg {
+            start,
+            end,
+            sent_at: now,
+            xmits: 1,
+            sacked: false,
+            lost: false,
+            app_limited,
+        });
+        self.pipe += end - start;
+        self.snd_nxt = end;
+        self.stats.bytes_sent += payload_len as u64;
+        if self.cfg.pacing {
+            self.pacer.on_sent(now, t.size);
+        }
+        // RFC 6298 §5.1: start the timer if it is not running.
+        if !self.timers.is_set(Timer::Rto) {
+            self.timers.set(Timer::Rto, now + self.rto_interval());
+        }
+        Some(t)
+    }
+
+    fn last_send_data_or(&self, now: Instant) -> Instant {
+        // The idle test uses the last transmission of any kind (a conservative choice).
+        if self.stats.segments_sent == 0 {
+            now
+        } else {
+            self.last_send
+        }
+    }
+
+    fn fill_payload_len(&self, start: u64, len: usize) -> usize {
+        let end = self.send_buf.end();
+        (end.saturating_sub(start) as usize).min(len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_with_payload(
+        &mut self,
+        now: Instant,
+        seq: SeqNumber,
+        ack: SeqNumber,
+        flags: TcpFlags,
+        wnd: u16,
+        opts: TcpOptions,
+        start: u64,
+        len: usize,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
+        let chunk = self.send_buf.slice(start, len);
+        if chunk.len() == len {
+            // Fast path: the bytes are contiguous in the send buffer.
+            let repr = self.repr(seq, ack, flags, wnd, opts, chunk);
+            let size = repr.emit(buf).ok()?;
+            return self.after_emit(now, flags, size);
+        }
+        let mut tmp = vec![0u8; len];
+        let n = self.send_buf.copy_out(start, &mut tmp);
+        tmp.truncate(n);
+        let repr = self.repr(seq, ack, flags, wnd, opts, &tmp);
+        let size = repr.emit(buf).ok()?;
+        self.after_emit(now, flags, size)
+    }
+
+    fn after_emit(&mut self, now: Instant, flags: TcpFlags, size: usize) -> Option<Transmit> {
+        self.stats.segments_sent += 1;
+        self.last_send = now;
+        if flags.ack() {
+            self.ack = AckState::default();
+            self.timers.stop(Timer::DelayedAck);
+        }
+        Some(Transmit {
+            destination: self.remote,
+            size,
+        })
+    }
+
+    fn retransmit(&mut self, now: Instant, idx: usize, buf: &mut [u8]) -> Option<Transmit> {
+        let s = *self.rtx.get(idx)?;
+        let data_end = self.send_buf.end();
+        let payload_end = s.end.min(data_end);
+        let payload_len = payload_end.saturating_sub(s.start) as usize;
+        let fin = self.fin_off.is_some_and(|f| s.end == f + 1);
+        let (ack, wnd, opts) = self.ack_fields(now);
+        let mut flags = TcpFlags::ACK;
+        if fin {
+            flags = flags | TcpFlags::FIN;
+        }
+        let seq = self.snd_seq(s.start);
+        let t = self.emit_with_payload(now, seq, ack, flags, wnd, opts, s.start, payload_len, buf)?;
+        if let Some(seg) = self.rtx.get_mut(idx) {
+            seg.lost = false;
+            seg.xmits = seg.xmits.saturating_add(1);
+            seg.sent_at = now;
+        }
+        self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
+        self.pipe += s.len();
+        self.stats.bytes_retransmitted += payload_len as u64;
+        if !self.timers.is_set(Timer::Rto) {
+            self.timers.set(Timer::Rto, now + self.rto_interval());
+        }
+        Some(t)
+    }
+}

@@ -1,0 +1,579 @@
+//! The XTCP endpoint: one UDP socket's worth of connections.
+//!
+//! It routes datagrams to connections by their 64-bit connection id (not by
+//! address, so a connection survives a NAT rebinding), accepts new connections
+//! when listening, answers strays with RST, and resists SYN floods: half-open
+//! state is bounded, and past that bound SYN-ACKs carry a SYN cookie
+//! (RFC 4987 §3.6) so no state is kept until the handshake completes.
+//!
+//! Like [`Connection`], it is sans-IO: the caller passes datagrams and time in
+//! and drains `poll_transmit` / `poll_timeout`. Randomness comes from the
+//! 32-byte secret the caller supplies (from its CSPRNG); connection ids, ISNs
+//! (RFC 6528) and cookies are keyed PRF outputs of it.
+
+use crate::conn::{Config, Connection, ConnectionParams, Event, State, Transmit};
+use crate::seq::SeqNumber;
+use crate::time::Instant;
+use crate::wire::{SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags};
+use ring::hmac;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Index of a connection inside its endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle(pub usize);
+
+/// Endpoint configuration.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Configuration given to every connection.
+    pub conn: Arc<Config>,
+    /// Accept incoming connections.
+    pub listen: bool,
+    /// Local port written into segments (informational; XTCP routes by connection id).
+    pub local_port: u16,
+    /// Half-open (SYN-RECEIVED) connections kept with state; beyond this, SYN cookies.
+    pub max_half_open: usize,
+    /// Most connections at once (new SYNs beyond it are answered with RST).
+    pub max_connections: usize,
+    /// Accepted connections waiting for `accept` at most.
+    pub accept_backlog: usize,
+    /// Always answer SYNs with cookies (for tests; normally only under pressure).
+    pub always_cookie: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            conn: Arc::new(Config::default()),
+            listen: false,
+            local_port: 0,
+            max_half_open: 1024,
+            max_connections: 65_536,
+            accept_backlog: 1024,
+            always_cookie: false,
+        }
+    }
+}
+
+/// Options recovered from a SYN cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CookieOptions {
+    pub mss: u16,
+    pub wscale: Option<u8>,
+    pub sack: bool,
+}
+
+/// MSS values a cookie can encode in 3 bits (RFC 4987 §3.6).
+const COOKIE_MSS: [u16; 8] = [536, 1200, 1220, 1360, 1400, 1420, 1428, 1440];
+/// Stateless replies queued at most (RSTs, cookie SYN-ACKs); beyond, dropped.
+const MAX_STATELESS: usize = 256;
+/// Cookie time slot length in seconds (RFC 4987 §3.6: a slowly incrementing counter).
+const COOKIE_SLOT_SECS: u64 = 64;
+
+/// Endpoint counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub datagrams_in: u64,
+    pub malformed: u64,
+    pub unknown_conn: u64,
+    pub resets_sent: u64,
+    pub cookies_sent: u64,
+    pub cookies_accepted: u64,
+    pub cookies_rejected: u64,
+    pub accepted: u64,
+    pub refused_full: u64,
+}
+
+/// See the module documentation.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    key: hmac::Key,
+    counter: u64,
+    slots: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    accept_queue: VecDeque<ConnectionHandle>,
+    /// Handles accepted but not yet established (they join the queue on `Connected`).
+    pending_accept: Vec<usize>,
+    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    next_poll: usize,
+    stats: EndpointStats,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("connections", &self.by_id.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint; `secret` must come from a CSPRNG.
+    pub fn new(cfg: EndpointConfig, secret: [u8; 32]) -> Self {
+        Endpoint {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            cfg,
+            counter: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            accept_queue: VecDeque::new(),
+            pending_accept: Vec::new(),
+            stateless: VecDeque::new(),
+            next_poll: 0,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.cfg
+    }
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+    /// Live connections (any state but drained CLOSED).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+    /// Handshake-incomplete connections held with state.
+    pub fn half_open(&self) -> usize {
+        self.pending_accept.len()
+    }
+
+    fn prf(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for p in parts {
+            ctx.update(p);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    fn prf_u64(&self, parts: &[&[u8]]) -> u64 {
+        let b = self.prf(parts);
+        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    fn addr_bytes(a: &SocketAddr) -> [u8; 18] {
+        let mut out = [0u8; 18];
+        match a {
+            SocketAddr::V4(v4) => out[..4].copy_from_slice(&v4.ip().octets()),
+            SocketAddr::V6(v6) => out[..16].copy_from_slice(&v6.ip().octets()),
+        }
+        out[16..].copy_from_slice(&a.port().to_be_bytes());
+        out
+    }
+
+    /// RFC 6528 §3: ISN = M + F(connection identity, secret), M a 4 µs clock.
+    fn isn(&self, now: Instant, remote: &SocketAddr, conn_id: u64) -> SeqNumber {
+        let f = self.prf_u64(&[b"isn", &Self::addr_bytes(remote), &conn_id.to_be_bytes()]);
+        SeqNumber(((now.as_micros() / 4) as u32).wrapping_add(f as u32))
+    }
+
+    fn ts_offset(&self, remote: &SocketAddr, conn_id: u64) -> u32 {
+        // RFC 7323 §5.4: a per-connection random timestamp offset.
+        self.prf_u64(&[b"ts", &Self::addr_bytes(remote), &conn_id.to_be_bytes()]) as u32
+    }
+
+    fn insert(&mut self, conn: Connection) -> usize {
+        let id = conn.conn_id();
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.slots.get_mut(i) {
+                    *slot = Some(conn);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(conn));
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(id, idx);
+        idx
+    }
+
+    /// Open a connection to `remote` (active open). Its SYN goes out at the next `poll_transmit`.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> ConnectionHandle {
+        let conn_id = loop {
+            self.counter += 1;
+            let id = self.prf_u64(&[b"cid", &self.counter.to_be_bytes()]);
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        let params = ConnectionParams {
+            conn_id,
+            iss: self.isn(now, &remote, conn_id),
+            ts_offset: self.ts_offset(&remote, conn_id),
+            local_port: self.cfg.local_port,
+            remote_port: remote.port(),
+            remote,
+        };
+        let conn = Connection::connect(self.cfg.conn.clone(), now, params);
+        ConnectionHandle(self.insert(conn))
+    }
+
+    pub fn connection(&self, h: ConnectionHandle) -> Option<&Connection> {
+        self.slots.get(h.0).and_then(|s| s.as_ref())
+    }
+
+    pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
+        self.slots.get_mut(h.0).and_then(|s| s.as_mut())
+    }
+
+    /// Handles of all live connections.
+    pub fn handles(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| ConnectionHandle(i))
+    }
+
+    /// The next established incoming connection.
+    pub fn accept(&mut self) -> Option<ConnectionHandle> {
+        self.accept_queue.pop_front()
+    }
+
+    /// Process one datagram. Returns the connection it was routed to, if any.
+    /// Malformed datagrams are counted and dropped (returned as the error).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<Option<ConnectionHandle>, WireError> {
+        self.stats.datagrams_in += 1;
+        let seg = match SegmentRepr::parse(datagram) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e);
+            }
+        };
+        if let Some(&idx) = self.by_id.get(&seg.conn_id) {
+            if let Some(Some(conn)) = self.slots.get_mut(idx) {
+                conn.handle_segment(now, from, &seg);
+            }
+            self.after_conn_input(idx);
+            return Ok(Some(ConnectionHandle(idx)));
+        }
+        self.stats.unknown_conn += 1;
+        Ok(self.handle_unknown(now, from, &seg))
+    }
+
+    fn after_conn_input(&mut self, idx: usize) {
+        // Move newly established incoming connections to the accept queue.
+        if let Some(pos) = self.pending_accept.iter().position(|&i| i == idx) {
+            let st = self.slots.get(idx).and_then(|s| s.as_ref()).map(|c| c.state());
+            match st {
+                Some(State::SynReceived) | Some(State::Listen) => {}
+                Some(State::Closed) | None => {
+                    // Never handed to the application: forget it at once.
+                    self.pending_accept.swap_remove(pos);
+                    if let Some(slot) = self.slots.get_mut(idx) {
+                        if let Some(c) = slot.take() {
+                            self.by_id.remove(&c.conn_id());
+                            self.free.push(idx);
+                        }
+                    }
+                }
+                Some(_) => {
+                    self.pending_accept.swap_remove(pos);
+                    self.push_accept(idx);
+                }
+            }
+        }
+    }
+
+    fn push_accept(&mut self, idx: usize) {
+        self.stats.accepted += 1;
+        self.accept_queue.push_back(ConnectionHandle(idx));
+    }
+
+    fn handle_unknown(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+    ) -> Option<ConnectionHandle> {
+        let f = seg.flags;
+        if f.rst() {
+            return None; // RFC 9293 §3.10.7.1: never answer a RST.
+        }
+        if f.syn() && !f.ack() {
+            if !self.cfg.listen {
+                self.send_reset(from, seg);
+                return None;
+            }
+            if self.by_id.len() >= self.cfg.max_connections
+                || self.accept_queue.len() >= self.cfg.accept_backlog
+            {
+                self.stats.refused_full += 1;
+                self.send_reset(from, seg);
+                return None;
+            }
+            if self.cfg.always_cookie || self.pending_accept.len() >= self.cfg.max_half_open {
+                self.send_cookie_synack(now, from, seg);
+                return None;
+            }
+            let params = self.params_for(now, from, seg);
+            let mut conn = Connection::listen(self.cfg.conn.clone(), now, params);
+            conn.handle_segment(now, from, seg);
+            let idx = self.insert(conn);
+            self.pending_accept.push(idx);
+            return Some(ConnectionHandle(idx));
+        }
+        if f.ack() && !f.syn() && self.cfg.listen {
+            if let Some(opts) = self.check_cookie(now, from, seg) {
+                self.stats.cookies_accepted += 1;
+                let mut params = self.params_for(now, from, seg);
+                params.iss = seg.ack + u32::MAX; // ISS = SEG.ACK - 1
+                let conn =
+                    Connection::from_cookie(self.cfg.conn.clone(), now, params, seg, opts);
+                let established = conn.state().is_synchronized();
+                let idx = self.insert(conn);
+                if established {
+                    self.push_accept(idx);
+                }
+                return Some(ConnectionHandle(idx));
+            }
+            self.stats.cookies_rejected += 1;
+        }
+        self.send_reset(from, seg);
+        None
+    }
+
+    fn params_for(&self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) -> ConnectionParams {
+        ConnectionParams {
+            conn_id: seg.conn_id,
+            iss: self.isn(now, &from, seg.conn_id),
+            ts_offset: self.ts_offset(&from, seg.conn_id),
+            local_port: seg.dst_port,
+            remote_port: seg.src_port,
+            remote: from,
+        }
+    }
+
+    fn queue_stateless(&mut self, to: SocketAddr, repr: &SegmentRepr<'_>) {
+        if self.stateless.len() >= MAX_STATELESS {
+            return;
+        }
+        let mut buf = vec![0u8; repr.buffer_len()];
+        if let Ok(n) = repr.emit(&mut buf) {
+            buf.truncate(n);
+            self.stateless.push_back((to, buf));
+        }
+    }
+
+    fn send_reset(&mut self, to: SocketAddr, seg: &SegmentRepr<'_>) {
+        if seg.flags.rst() {
+            return;
+        }
+        // RFC 9293 §3.10.7.1.
+        let (seq, ack, flags) = if seg.flags.ack() {
+            (seg.ack, SeqNumber(0), TcpFlags::RST)
+        } else {
+            (
+                SeqNumber(0),
+                seg.seq + seg.segment_len(),
+                TcpFlags::RST | TcpFlags::ACK,
+            )
+        };
+        let repr = SegmentRepr {
+            xflags: XtcpFlags(0),
+            conn_id: seg.conn_id,
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            seq,
+            ack,
+            flags,
+            window: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        self.stats.resets_sent += 1;
+        self.queue_stateless(to, &repr);
+    }
+
+    fn cookie_mac(&self, slot: u32, from: &SocketAddr, seg_conn: u64, peer_isn: SeqNumber, mss_idx: u32) -> u32 {
+        let b = self.prf(&[
+            b"cookie",
+            &slot.to_be_bytes(),
+            &Self::addr_bytes(from),
+            &seg_conn.to_be_bytes(),
+            &peer_isn.0.to_be_bytes(),
+            &mss_idx.to_be_bytes(),
+        ]);
+        u32::from_be_bytes([0, b[0], b[1], b[2]])
+    }
+
+    fn cookie_slot(now: Instant) -> u32 {
+        (now.as_micros() / 1_000_000 / COOKIE_SLOT_SECS) as u32
+    }
+
+    /// RFC 4987 §3.6: ISN = 5-bit time slot | 3-bit MSS index | 24-bit MAC. When
+    /// the client uses timestamps, window scale and SACK-permitted ride in the low
+    /// 6 bits of our TSval (as Linux does), and come back in its TSecr.
+    fn send_cookie_synack(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
+        let peer_mss = seg.options.mss.unwrap_or(536);
+        let mss_idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let slot = Self::cookie_slot(now);
+        let mac = self.cookie_mac(slot & 0x1f, &from, seg.conn_id, seg.seq, mss_idx);
+        let isn = SeqNumber(((slot & 0x1f) << 27) | (mss_idx << 24) | mac);
+        let cfg = &self.cfg.conn;
+        let mut o = TcpOptions {
+            mss: Some(cfg.announced_mss()),
+            ..TcpOptions::default()
+        };
+        if let (Some((tsval, _)), true) = (seg.options.timestamps, cfg.timestamps) {
+            let ws_bits = match (seg.options.window_scale, cfg.window_scaling) {
+                (Some(s), true) => u32::from(s.min(14)),
+                _ => 15,
+            };
+            let sack_bit = u32::from(seg.options.sack_permitted && cfg.sack);
+            let off = self.ts_offset(&from, seg.conn_id);
+            let ts = ((now.as_micros() / 1000) as u32).wrapping_add(off);
+            let enc = (ts & !0x3f) | 0x20 | (sack_bit << 4) | ws_bits;
+            o.timestamps = Some((enc, tsval));
+            if ws_bits != 15 {
+                o.window_scale = Some(wscale_for(cfg));
+            }
+            o.sack_permitted = sack_bit == 1;
+        }
+        let repr = SegmentRepr {
+            xflags: XtcpFlags(0),
+            conn_id: seg.conn_id,
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            seq: isn,
+            ack: seg.seq + 1u32,
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window: cfg.recv_buffer.min(0xffff) as u16,
+            options: o,
+            payload: &[],
+        };
+        self.stats.cookies_sent += 1;
+        self.queue_stateless(from, &repr);
+    }
+
+    fn check_cookie(&self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) -> Option<CookieOptions> {
+        let isn = seg.ack.0.wrapping_sub(1);
+        let slot = isn >> 27;
+        let mss_idx = (isn >> 24) & 0x7;
+        let cur = Self::cookie_slot(now);
+        // Accept the current and the previous slot (a cookie lives 64-128 s).
+        let fresh = slot == cur & 0x1f || slot == cur.wrapping_sub(1) & 0x1f;
+        if !fresh {
+            return None;
+        }
+        let peer_isn = seg.seq + u32::MAX; // SEG.SEQ - 1
+        let mac = self.cookie_mac(slot, &from, seg.conn_id, peer_isn, mss_idx);
+        if mac != isn & 0x00ff_ffff {
+            return None;
+        }
+        let mss = *COOKIE_MSS.get(mss_idx as usize)?;
+        let (wscale, sack) = match seg.options.timestamps {
+            Some((_, tsecr)) if tsecr & 0x20 != 0 => {
+                let ws = (tsecr & 0xf) as u8;
+                (if ws == 15 { None } else { Some(ws) }, tsecr & 0x10 != 0)
+            }
+            _ => (None, false),
+        };
+        Some(CookieOptions { mss, wscale, sack })
+    }
+
+    /// Next datagram to send: stateless replies first, then connections in turn.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, bytes)) = self.stateless.pop_front() {
+            let n = bytes.len().min(buf.len());
+            buf.get_mut(..n)?.copy_from_slice(bytes.get(..n)?);
+            return Some(Transmit {
+                destination: to,
+                size: n,
+            });
+        }
+        let n = self.slots.len();
+        for k in 0..n {
+            let idx = (self.next_poll + k) % n;
+            if let Some(Some(conn)) = self.slots.get_mut(idx) {
+                if let Some(t) = conn.poll_transmit(now, buf) {
+                    self.next_poll = idx;
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// Earliest timer of any connection.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|c| c.poll_timeout())
+            .min()
+    }
+
+    /// Fire due timers of every connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let due = matches!(self.slots.get(i), Some(Some(c)) if c.poll_timeout().is_some_and(|t| t <= now));
+            if due {
+                if let Some(Some(c)) = self.slots.get_mut(i) {
+                    c.handle_timeout(now);
+                }
+                self.after_conn_input(i);
+            }
+        }
+    }
+
+    /// Drain one connection's events.
+    pub fn poll_event(&mut self, h: ConnectionHandle) -> Option<Event> {
+        self.connection_mut(h)?.poll_event()
+    }
+
+    /// Forget drained CLOSED connections whose events were all read. Their
+    /// handles become invalid (and may be reused).
+    pub fn reap(&mut self) {
+        for i in 0..self.slots.len() {
+            let dead = matches!(self.slots.get(i), Some(Some(c)) if c.is_drained() && !c.has_events() && !self.accept_queue.contains(&ConnectionHandle(i)));
+            if dead {
+                if let Some(slot) = self.slots.get_mut(i) {
+                    if let Some(c) = slot.take() {
+                        self.by_id.remove(&c.conn_id());
+                    }
+                }
+                self.pending_accept.retain(|&p| p != i);
+                self.free.push(i);
+            }
+        }
+    }
+
+    /// Remove a connection now (the application is done with it).
+    pub fn remove(&mut self, h: ConnectionHandle) -> Option<Connection> {
+        let c = self.slots.get_mut(h.0)?.take()?;
+        self.by_id.remove(&c.conn_id());
+        self.pending_accept.retain(|&p| p != h.0);
+        self.free.push(h.0);
+        Some(c)
+    }
+}
+
+fn wscale_for(cfg: &Config) -> u8 {
+    let mut shift = 0u8;
+    while shift < 14 && (cfg.recv_buffer >> shift) > 0xffff {
+        shift += 1;
+    }
+    shift
+}

@@ -1,0 +1,1004 @@
+//! Segment-level scripted tests (packetdrill style): inject this segment at t,
+//! expect that segment at t′. One section per behaviour, citing the RFC.
+
+use xtcp_proto::conn::{Config, ConnectionParams, Event, ReadError};
+use xtcp_proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
+use xtcp_proto::{Connection, ConnectionError, Endpoint, EndpointConfig, Instant, SeqNumber, State};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CID: u64 = 0x1122_3344_5566_7788;
+const ISS: u32 = 1000;
+const IRS: u32 = 5000;
+
+fn remote() -> SocketAddr {
+    "192.0.2.2:4000".parse().unwrap()
+}
+
+fn ms(v: u64) -> Instant {
+    Instant::from_millis(v)
+}
+
+/// A segment as the tests write and read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seg {
+    seq: u32,
+    ack: u32,
+    flags: TcpFlags,
+    window: u16,
+    opts: TcpOptions,
+    payload: Vec<u8>,
+}
+
+const A: TcpFlags = TcpFlags::ACK;
+const S: TcpFlags = TcpFlags::SYN;
+const F: TcpFlags = TcpFlags::FIN;
+const R: TcpFlags = TcpFlags::RST;
+
+fn seg(seq: u32, ack: u32, flags: TcpFlags) -> Seg {
+    Seg {
+        seq,
+        ack,
+        flags,
+        window: 65535,
+        opts: TcpOptions::default(),
+        payload: Vec::new(),
+    }
+}
+
+impl Seg {
+    fn data(mut self, p: &[u8]) -> Self {
+        self.payload = p.to_vec();
+        self
+    }
+    fn win(mut self, w: u16) -> Self {
+        self.window = w;
+        self
+    }
+    fn mss(mut self, m: u16) -> Self {
+        self.opts.mss = Some(m);
+        self
+    }
+    fn ts(mut self, val: u32, ecr: u32) -> Self {
+        self.opts.timestamps = Some((val, ecr));
+        self
+    }
+    fn sack(mut self, blocks: &[(u32, u32)]) -> Self {
+        for (i, (l, r)) in blocks.iter().enumerate() {
+            self.opts.sack[i] = SackBlock {
+                left: SeqNumber(*l),
+                right: SeqNumber(*r),
+            };
+        }
+        self.opts.sack_len = blocks.len() as u8;
+        self.opts.sack_permitted = false;
+        self
+    }
+}
+
+fn plain_config() -> Config {
+    Config {
+        timestamps: false,
+        sack: false,
+        window_scaling: false,
+        pacing: false,
+        nagle: false,
+        delayed_ack: None,
+        recv_buffer: 65535,
+        send_buffer: 1 << 20,
+        initial_rto: Duration::from_secs(1),
+        min_rto: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+fn params() -> ConnectionParams {
+    ConnectionParams {
+        conn_id: CID,
+        iss: SeqNumber(ISS),
+        ts_offset: 0,
+        local_port: 1,
+        remote_port: 2,
+        remote: remote(),
+    }
+}
+
+struct T {
+    c: Connection,
+}
+
+impl T {
+    fn client(cfg: Config) -> T {
+        T {
+            c: Connection::connect(Arc::new(cfg), ms(0), params()),
+        }
+    }
+    fn server(cfg: Config) -> T {
+        T {
+            c: Connection::listen(Arc::new(cfg), ms(0), params()),
+        }
+    }
+    /// Inject a segment at `t` (after firing due timers).
+    fn send(&mut self, t: u64, s: Seg) {
+        self.c.handle_timeout(ms(t));
+        let repr = SegmentRepr {
+            xflags: XtcpFlags(0),
+            conn_id: CID,
+            src_port: 2,
+            dst_port: 1,
+            seq: SeqNumber(s.seq),
+            ack: SeqNumber(s.ack),
+            flags: s.flags,
+            window: s.window,
+            options: s.opts,
+            payload: &s.payload,
+        };
+        let mut buf = vec![0u8; repr.buffer_len()];
+        let n = repr.emit(&mut buf).unwrap();
+        self.c.handle_datagram(ms(t), remote(), &buf[..n]).unwrap();
+    }
+    /// The next segment the connection emits at `t` (timers due by then fired first).
+    fn recv(&mut self, t: u64) -> Option<Seg> {
+        self.c.handle_timeout(ms(t));
+        let mut buf = [0u8; 2048];
+        let tx = self.c.poll_transmit(ms(t), &mut buf)?;
+        assert_eq!(tx.destination, remote());
+        let r = SegmentRepr::parse(&buf[..tx.size]).unwrap();
+        assert_eq!(r.conn_id, CID);
+        Some(Seg {
+            seq: r.seq.0,
+            ack: r.ack.0,
+            flags: r.flags,
+            window: r.window,
+            opts: r.options,
+            payload: r.payload.to_vec(),
+        })
+    }
+    fn expect(&mut self, t: u64, seq: u32, ack: u32, flags: TcpFlags) -> Seg {
+        let s = self
+            .recv(t)
+            .unwrap_or_else(|| panic!("expected {flags:?} seq={seq} ack={ack} at {t} ms, got nothing"));
+        assert_eq!((s.seq, s.ack, s.flags), (seq, ack, flags), "segment at {t} ms: {s:?}");
+        s
+    }
+    fn expect_none(&mut self, t: u64) {
+        if let Some(s) = self.recv(t) {
+            panic!("expected silence at {t} ms, got {s:?}");
+        }
+    }
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.c.poll_event()).collect()
+    }
+    /// Client connected: SYN out, SYN-ACK in, ACK out.
+    fn established_client(cfg: Config) -> T {
+        let mut t = T::client(cfg);
+        t.expect(0, ISS, 0, S);
+        t.send(10, seg(IRS, ISS + 1, S | A).mss(1000));
+        t.expect(10, ISS + 1, IRS + 1, A);
+        assert_eq!(t.c.state(), State::Established);
+        t
+    }
+    fn established_server(cfg: Config) -> T {
+        let mut t = T::server(cfg);
+        t.send(0, seg(IRS, 0, S).mss(1000));
+        t.expect(0, ISS, IRS + 1, S | A);
+        t.send(10, seg(IRS + 1, ISS + 1, A));
+        assert_eq!(t.c.state(), State::Established);
+        t
+    }
+}
+
+// ===================================================================
+// Handshake (RFC 9293 §3.5)
+// ===================================================================
+
+#[test]
+fn three_way_handshake_client() {
+    let mut t = T::client(plain_config());
+    assert_eq!(t.c.state(), State::SynSent);
+    let syn = t.expect(0, ISS, 0, S);
+    assert!(syn.opts.mss.is_some());
+    t.expect_none(0);
+    t.send(10, seg(IRS, ISS + 1, S | A).mss(1000));
+    assert_eq!(t.c.state(), State::Established);
+    t.expect(10, ISS + 1, IRS + 1, A);
+    assert_eq!(t.events(), vec![Event::Connected]);
+}
+
+#[test]
+fn three_way_handshake_server() {
+    let mut t = T::server(plain_config());
+    assert_eq!(t.c.state(), State::Listen);
+    t.send(0, seg(IRS, 0, S).mss(1000));
+    assert_eq!(t.c.state(), State::SynReceived);
+    t.expect(0, ISS, IRS + 1, S | A);
+    t.send(10, seg(IRS + 1, ISS + 1, A));
+    assert_eq!(t.c.state(), State::Established);
+    assert_eq!(t.events(), vec![Event::Connected]);
+}
+
+#[test]
+fn handshake_negotiates_options_only_when_both_offer() {
+    let cfg = Config {
+        timestamps: true,
+        sack: true,
+        window_scaling: true,
+        recv_buffer: 1 << 20,
+        ..plain_config()
+    };
+    let mut t = T::client(cfg);
+    let syn = t.expect(0, ISS, 0, S);
+    assert!(syn.opts.sack_permitted);
+    assert!(syn.opts.timestamps.is_some());
+    assert_eq!(syn.opts.window_scale, Some(5)); // 1 MiB >> 5 fits 16 bits
+    // The peer offers nothing: no option may be used afterwards (RFC 7323 §2.2, RFC 2018 §2).
+    t.send(10, seg(IRS, ISS + 1, S | A).mss(1000));
+    let ack = t.expect(10, ISS + 1, IRS + 1, A);
+    assert_eq!(ack.opts.timestamps, None);
+    // Unscaled window, capped at 65535.
+    assert_eq!(ack.window, 65535);
+}
+
+#[test]
+fn simultaneous_open() {
+    // RFC 9293 §3.5 Figure 8.
+    let mut t = T::client(plain_config());
+    t.expect(0, ISS, 0, S);
+    t.send(5, seg(IRS, 0, S).mss(1000));
+    assert_eq!(t.c.state(), State::SynReceived);
+    t.expect(5, ISS, IRS + 1, S | A);
+    t.send(10, seg(IRS, ISS + 1, S | A).mss(1000));
+    // The peer's SYN-ACK repeats its SYN: we are synchronised by its ACK.
+    t.send(11, seg(IRS + 1, ISS + 1, A));
+    assert_eq!(t.c.state(), State::Established);
+}
+
+#[test]
+fn syn_retransmitted_with_backoff_then_times_out() {
+    let cfg = Config {
+        syn_retries: 2,
+        ..plain_config()
+    };
+    let mut t = T::client(cfg);
+    t.expect(0, ISS, 0, S);
+    t.expect_none(999);
+    t.expect(1000, ISS, 0, S); // RFC 6298 §2.1: initial RTO 1 s
+    t.expect_none(2999);
+    t.expect(3000, ISS, 0, S); // §5.5 backoff: 2 s
+    t.expect_none(6999);
+    assert!(t.recv(7000).is_none());
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), Some(ConnectionError::TimedOut));
+}
+
+#[test]
+fn bad_ack_in_syn_sent_gets_reset() {
+    // RFC 9293 §3.10.7.3: an unacceptable ACK in SYN-SENT → RST seq=SEG.ACK.
+    let mut t = T::client(plain_config());
+    t.expect(0, ISS, 0, S);
+    t.send(5, seg(IRS, 777, S | A));
+    t.expect(5, 777, 0, R);
+    assert_eq!(t.c.state(), State::SynSent);
+}
+
+// ===================================================================
+// RST in each state (RFC 9293 §3.10.7, RFC 5961 §3)
+// ===================================================================
+
+#[test]
+fn rst_in_syn_sent_refuses() {
+    let mut t = T::client(plain_config());
+    t.expect(0, ISS, 0, S);
+    // Without an acceptable ACK the RST is ignored.
+    t.send(5, seg(0, 0, R));
+    assert_eq!(t.c.state(), State::SynSent);
+    t.send(6, seg(0, ISS + 1, R | A));
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), Some(ConnectionError::Refused));
+}
+
+#[test]
+fn rst_in_syn_received() {
+    let mut t = T::server(plain_config());
+    t.send(0, seg(IRS, 0, S));
+    t.expect(0, ISS, IRS + 1, S | A);
+    t.send(5, seg(IRS + 1, 0, R));
+    assert_eq!(t.c.state(), State::Closed);
+}
+
+#[test]
+fn rst_in_listen_is_ignored_and_ack_gets_reset() {
+    let mut t = T::server(plain_config());
+    t.send(0, seg(IRS, 0, R));
+    assert_eq!(t.c.state(), State::Listen);
+    t.expect_none(0);
+    t.send(1, seg(IRS, 4242, A));
+    t.expect(1, 4242, 0, R);
+    assert_eq!(t.c.state(), State::Listen);
+}
+
+#[test]
+fn rst_exact_sequence_resets_established() {
+    let mut t = T::established_client(plain_config());
+    t.send(20, seg(IRS + 1, 0, R));
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), Some(ConnectionError::Reset));
+    let mut b = [0u8; 4];
+    assert_eq!(t.c.read(&mut b), Err(ReadError::Failed(ConnectionError::Reset)));
+}
+
+#[test]
+fn rst_in_window_but_not_exact_gets_challenge_ack() {
+    // RFC 5961 §3.2.
+    let mut t = T::established_client(plain_config());
+    t.send(20, seg(IRS + 100, 0, R));
+    assert_eq!(t.c.state(), State::Established);
+    t.expect(20, ISS + 1, IRS + 1, A);
+    // Outside the window: silently dropped.
+    t.send(21, seg(IRS + 1_000_000, 0, R));
+    t.expect_none(21);
+    assert_eq!(t.c.state(), State::Established);
+}
+
+#[test]
+fn syn_in_established_gets_challenge_ack() {
+    // RFC 5961 §4.2.
+    let mut t = T::established_client(plain_config());
+    t.send(20, seg(IRS + 1, 0, S));
+    t.expect(20, ISS + 1, IRS + 1, A);
+    assert_eq!(t.c.state(), State::Established);
+}
+
+#[test]
+fn rst_in_fin_wait_states_and_close_wait() {
+    for setup in 0..3 {
+        let mut t = T::established_client(plain_config());
+        match setup {
+            0 => {
+                t.c.shutdown(ms(20));
+                t.expect(20, ISS + 1, IRS + 1, F | A);
+                assert_eq!(t.c.state(), State::FinWait1);
+            }
+            1 => {
+                t.c.shutdown(ms(20));
+                t.expect(20, ISS + 1, IRS + 1, F | A);
+                t.send(30, seg(IRS + 1, ISS + 2, A));
+                assert_eq!(t.c.state(), State::FinWait2);
+            }
+            _ => {
+                t.send(30, seg(IRS + 1, ISS + 1, F | A));
+                assert_eq!(t.c.state(), State::CloseWait);
+            }
+        }
+        let rcv_nxt = if setup == 2 { IRS + 2 } else { IRS + 1 };
+        t.send(40, seg(rcv_nxt, 0, R));
+        assert_eq!(t.c.state(), State::Closed, "setup {setup}");
+        assert_eq!(t.c.error(), Some(ConnectionError::Reset));
+    }
+}
+
+#[test]
+fn rst_in_last_ack_and_time_wait_closes_quietly() {
+    let mut t = T::established_client(plain_config());
+    t.send(20, seg(IRS + 1, ISS + 1, F | A));
+    t.expect(20, ISS + 1, IRS + 2, A);
+    t.c.shutdown(ms(25));
+    assert_eq!(t.c.state(), State::LastAck);
+    t.expect(25, ISS + 1, IRS + 2, F | A);
+    t.send(30, seg(IRS + 2, 0, R));
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), None);
+}
+
+#[test]
+fn abort_sends_rst() {
+    let mut t = T::established_client(plain_config());
+    t.c.write(b"abc").unwrap();
+    t.c.abort(ms(20));
+    t.expect(20, ISS + 1, IRS + 1, R | A);
+    t.expect_none(20);
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), Some(ConnectionError::Aborted));
+}
+
+// ===================================================================
+// FIN in each state (RFC 9293 §3.6, §3.10.7.4 eighth check)
+// ===================================================================
+
+#[test]
+fn active_close_fin_wait_1_2_time_wait() {
+    let cfg = Config {
+        msl: Duration::from_secs(1),
+        ..plain_config()
+    };
+    let mut t = T::established_client(cfg);
+    t.c.shutdown(ms(20));
+    assert_eq!(t.c.state(), State::FinWait1);
+    t.expect(20, ISS + 1, IRS + 1, F | A);
+    t.send(30, seg(IRS + 1, ISS + 2, A));
+    assert_eq!(t.c.state(), State::FinWait2);
+    // Half-close: data still flows toward us.
+    t.send(40, seg(IRS + 1, ISS + 2, A).data(b"late"));
+    let mut b = [0u8; 8];
+    assert_eq!(t.c.read(&mut b), Ok(4));
+    t.send(50, seg(IRS + 5, ISS + 2, F | A));
+    assert_eq!(t.c.state(), State::TimeWait);
+    t.expect(50, ISS + 2, IRS + 6, A);
+    assert_eq!(t.c.read(&mut b), Ok(0));
+    // A retransmitted FIN in TIME-WAIT is ACKed and restarts 2 MSL.
+    t.send(1000, seg(IRS + 5, ISS + 2, F | A));
+    t.expect(1000, ISS + 2, IRS + 6, A);
+    t.expect_none(2999);
+    assert_eq!(t.c.state(), State::TimeWait);
+    t.expect_none(3000);
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), None);
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let mut t = T::established_client(plain_config());
+    t.c.shutdown(ms(20));
+    t.expect(20, ISS + 1, IRS + 1, F | A);
+    t.send(21, seg(IRS + 1, ISS + 1, F | A)); // peer's FIN crosses ours
+    assert_eq!(t.c.state(), State::Closing);
+    t.expect(21, ISS + 2, IRS + 2, A);
+    t.send(30, seg(IRS + 2, ISS + 2, A));
+    assert_eq!(t.c.state(), State::TimeWait);
+}
+
+#[test]
+fn fin_with_ack_of_our_fin_goes_straight_to_time_wait() {
+    let mut t = T::established_client(plain_config());
+    t.c.shutdown(ms(20));
+    t.expect(20, ISS + 1, IRS + 1, F | A);
+    t.send(30, seg(IRS + 1, ISS + 2, F | A));
+    assert_eq!(t.c.state(), State::TimeWait);
+}
+
+#[test]
+fn passive_close_close_wait_last_ack() {
+    let mut t = T::established_server(plain_config());
+    t.send(20, seg(IRS + 1, ISS + 1, A).data(b"hello"));
+    t.send(21, seg(IRS + 6, ISS + 1, F | A));
+    assert_eq!(t.c.state(), State::CloseWait);
+    t.expect(21, ISS + 1, IRS + 7, A);
+    let mut b = [0u8; 16];
+    assert_eq!(t.c.read(&mut b), Ok(5));
+    assert_eq!(t.c.read(&mut b), Ok(0));
+    // We may still send in CLOSE-WAIT (half-close).
+    assert_eq!(t.c.write(b"bye"), Ok(3));
+    t.c.shutdown(ms(30));
+    assert_eq!(t.c.state(), State::LastAck);
+    let s = t.expect(30, ISS + 1, IRS + 7, F | A | TcpFlags::PSH);
+    assert_eq!(s.payload, b"bye");
+    t.send(40, seg(IRS + 7, ISS + 5, A));
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), None);
+}
+
+#[test]
+fn out_of_order_fin_waits_for_the_hole() {
+    let mut t = T::established_server(plain_config());
+    t.send(20, seg(IRS + 4, ISS + 1, F | A).data(b"def"));
+    assert_eq!(t.c.state(), State::Established);
+    t.send(21, seg(IRS + 1, ISS + 1, A).data(b"abc"));
+    assert_eq!(t.c.state(), State::CloseWait);
+    let mut b = [0u8; 16];
+    assert_eq!(t.c.read(&mut b), Ok(6));
+    assert_eq!(&b[..6], b"abcdef");
+}
+
+// ===================================================================
+// Retransmission timeout (RFC 6298), Karn's rule
+// ===================================================================
+
+#[test]
+fn rto_timing_and_exponential_backoff() {
+    let mut t = T::established_client(plain_config());
+    // Handshake RTT sample: 10 ms → RTO = max(min_rto 200 ms, 10 + 4*5) = 200 ms.
+    t.c.write(b"x").unwrap();
+    t.expect(100, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    t.expect_none(299);
+    t.expect(300, ISS + 1, IRS + 1, A);
+    t.expect_none(699);
+    t.expect(700, ISS + 1, IRS + 1, A); // doubled: 400 ms
+    t.expect_none(1499);
+    t.expect(1500, ISS + 1, IRS + 1, A); // 800 ms
+    assert_eq!(t.c.stats().rto_events, 3);
+    // An ACK resets the backoff (RFC 6298 §5.7 does not apply: not a SYN).
+    t.send(1510, seg(IRS + 1, ISS + 2, A));
+    assert_eq!(t.c.unacked(), 0);
+}
+
+#[test]
+fn karn_no_rtt_sample_from_retransmitted_segment() {
+    let mut t = T::established_client(plain_config());
+    let srtt0 = t.c.rtt().srtt().unwrap();
+    t.c.write(b"x").unwrap();
+    t.expect(100, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    t.expect(300, ISS + 1, IRS + 1, A); // retransmission
+    // An ACK 2 s later must not produce a 2 s sample (ambiguous, RFC 6298 §3).
+    t.send(2300, seg(IRS + 1, ISS + 2, A));
+    assert_eq!(t.c.rtt().srtt().unwrap(), srtt0);
+    // A fresh segment acked after 50 ms yields a sample.
+    t.c.write(b"y").unwrap();
+    t.expect(2400, ISS + 2, IRS + 1, A | TcpFlags::PSH);
+    t.send(2450, seg(IRS + 1, ISS + 3, A));
+    assert_ne!(t.c.rtt().srtt().unwrap(), srtt0);
+}
+
+#[test]
+fn user_timeout_aborts_with_timed_out() {
+    let cfg = Config {
+        user_timeout: Duration::from_secs(3),
+        ..plain_config()
+    };
+    let mut t = T::established_client(cfg);
+    t.c.write(b"x").unwrap();
+    t.expect(100, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    let mut last = 100;
+    let mut closed_at = None;
+    for step in (101..10_000).step_by(1) {
+        while let Some(s) = t.recv(step) {
+            if s.flags.rst() {
+                closed_at = Some(step);
+            }
+            last = step;
+        }
+        if t.c.state() == State::Closed {
+            break;
+        }
+    }
+    assert_eq!(t.c.error(), Some(ConnectionError::TimedOut));
+    let at = closed_at.expect("an RST when giving up");
+    assert!(at >= 3100 && at <= 100 + 3000 + 1600, "closed at {at} (last {last})");
+}
+
+// ===================================================================
+// Fast retransmit / NewReno (RFC 5681 §3.2, RFC 6582)
+// ===================================================================
+
+fn send_n_segments(t: &mut T, n: usize, at: u64) -> Vec<Seg> {
+    let data = vec![7u8; 1000 * n];
+    assert_eq!(t.c.write(&data).unwrap(), data.len());
+    let mut out = Vec::new();
+    while let Some(s) = t.recv(at) {
+        out.push(s);
+    }
+    out
+}
+
+#[test]
+fn fast_retransmit_on_three_duplicate_acks() {
+    let mut t = T::established_client(plain_config());
+    let segs = send_n_segments(&mut t, 6, 100);
+    assert_eq!(segs.len(), 6);
+    assert!(segs.iter().all(|s| s.payload.len() == 1000));
+    // Segment 1 lost; 2, 3, 4 arrive → three duplicate ACKs.
+    t.send(110, seg(IRS + 1, ISS + 1, A));
+    t.expect_none(110);
+    t.send(111, seg(IRS + 1, ISS + 1, A));
+    t.expect_none(111);
+    t.send(112, seg(IRS + 1, ISS + 1, A));
+    let rtx = t.expect(112, ISS + 1, IRS + 1, A);
+    assert_eq!(rtx.payload.len(), 1000);
+    assert!(t.c.in_recovery());
+    assert_eq!(t.c.stats().fast_retransmits, 1);
+    // Partial ACK (RFC 6582 §3.2 step 4): retransmit the next hole at once.
+    t.send(120, seg(IRS + 1, ISS + 2001, A));
+    t.expect(120, ISS + 2001, IRS + 1, A);
+    // Full ACK ends recovery.
+    t.send(130, seg(IRS + 1, ISS + 6001, A));
+    assert!(!t.c.in_recovery());
+}
+
+// ===================================================================
+// SACK-based recovery (RFC 2018, RFC 6675)
+// ===================================================================
+
+fn sack_config() -> Config {
+    Config {
+        sack: true,
+        ..plain_config()
+    }
+}
+
+fn established_sack_client() -> T {
+    let mut t = T::client(sack_config());
+    let syn = t.expect(0, ISS, 0, S);
+    assert!(syn.opts.sack_permitted);
+    let mut sa = seg(IRS, ISS + 1, S | A).mss(1000);
+    sa.opts.sack_permitted = true;
+    t.send(10, sa);
+    t.expect(10, ISS + 1, IRS + 1, A);
+    t
+}
+
+#[test]
+fn sack_recovery_retransmits_only_the_holes() {
+    let mut t = established_sack_client();
+    let segs = send_n_segments(&mut t, 8, 100);
+    assert_eq!(segs.len(), 8);
+    // Segments 1 and 4 lost. SACKs for 2-3, then 2-3 & 5-8.
+    let b = ISS + 1;
+    t.send(110, seg(IRS + 1, b, A).sack(&[(b + 1000, b + 3000)]));
+    t.expect_none(110);
+    t.send(111, seg(IRS + 1, b, A).sack(&[(b + 4000, b + 6000), (b + 1000, b + 3000)]));
+    // Four segments SACKed above segment 1 → lost by DupThresh (RFC 6675 §4 IsLost).
+    let r1 = t.expect(111, b, IRS + 1, A);
+    assert_eq!(r1.payload.len(), 1000);
+    t.send(112, seg(IRS + 1, b, A).sack(&[(b + 4000, b + 8000), (b + 1000, b + 3000)]));
+    // Now segment 4 (at +3000) also has ≥ 3 segments SACKed above it.
+    let r2 = t.expect(112, b + 3000, IRS + 1, A);
+    assert_eq!(r2.payload.len(), 1000);
+    t.expect_none(112);
+    assert_eq!(t.c.stats().bytes_retransmitted, 2000);
+    t.send(130, seg(IRS + 1, b + 8000, A));
+    assert!(!t.c.in_recovery());
+    assert_eq!(t.c.unacked(), 0);
+}
+
+#[test]
+fn receiver_generates_sack_blocks_most_recent_first() {
+    // RFC 2018 §4.
+    let mut t = T::client(sack_config());
+    t.expect(0, ISS, 0, S);
+    let mut sa = seg(IRS, ISS + 1, S | A).mss(1000);
+    sa.opts.sack_permitted = true;
+    t.send(10, sa);
+    t.expect(10, ISS + 1, IRS + 1, A);
+    let r = IRS + 1;
+    t.send(20, seg(r + 100, ISS + 1, A).data(&[1; 100]));
+    let a1 = t.expect(20, ISS + 1, r, A);
+    assert_eq!(a1.opts.sack_blocks(), &[SackBlock { left: SeqNumber(r + 100), right: SeqNumber(r + 200) }]);
+    t.send(21, seg(r + 300, ISS + 1, A).data(&[1; 100]));
+    let a2 = t.expect(21, ISS + 1, r, A);
+    assert_eq!(
+        a2.opts.sack_blocks(),
+        &[
+            SackBlock { left: SeqNumber(r + 300), right: SeqNumber(r + 400) },
+            SackBlock { left: SeqNumber(r + 100), right: SeqNumber(r + 200) },
+        ]
+    );
+    // Filling the first hole: cumulative ACK moves, one block remains.
+    t.send(22, seg(r, ISS + 1, A).data(&[1; 100]));
+    let a3 = t.expect(22, ISS + 1, r + 200, A);
+    assert_eq!(a3.opts.sack_blocks(), &[SackBlock { left: SeqNumber(r + 300), right: SeqNumber(r + 400) }]);
+}
+
+// ===================================================================
+// Zero window and persist probes (RFC 9293 §3.8.6.1)
+// ===================================================================
+
+#[test]
+fn zero_window_persist_probes_back_off_and_window_reopens() {
+    let mut t = T::established_client(plain_config());
+    // Peer closes its window.
+    t.send(20, seg(IRS + 1, ISS + 1, A).win(0));
+    t.c.write(b"hello").unwrap();
+    t.expect_none(20);
+    // Persist timer at RTO (200 ms), then backed off.
+    t.expect_none(219);
+    let p1 = t.expect(220, ISS + 1, IRS + 1, A);
+    assert_eq!(p1.payload, b"h");
+    t.send(225, seg(IRS + 1, ISS + 1, A).win(0));
+    t.expect_none(619);
+    let p2 = t.expect(620, ISS + 1, IRS + 1, A);
+    assert_eq!(p2.payload, b"h");
+    // Window opens: all data goes.
+    t.send(630, seg(IRS + 1, ISS + 1, A).win(1000));
+    let d = t.expect(630, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    assert_eq!(d.payload, b"hello");
+}
+
+#[test]
+fn receiver_advertises_zero_window_and_reopens_on_read() {
+    let cfg = Config {
+        recv_buffer: 4000,
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    for i in 0..4u32 {
+        t.send(20 + u64::from(i), seg(IRS + 1 + i * 1000, ISS + 1, A).data(&[9; 1000]));
+    }
+    let mut last = None;
+    while let Some(s) = t.recv(30) {
+        last = Some(s);
+    }
+    let last = last.expect("acks");
+    assert_eq!((last.ack, last.window), (IRS + 4001, 0));
+    // A probe beyond the zero window is not accepted but is ACKed.
+    t.send(40, seg(IRS + 4001, ISS + 1, A).data(b"z"));
+    let a = t.expect(40, ISS + 1, IRS + 4001, A);
+    assert_eq!(a.window, 0);
+    // The application reads: a window update goes out.
+    let mut b = vec![0u8; 4000];
+    assert_eq!(t.c.read(&mut b), Ok(4000));
+    let upd = t.expect(50, ISS + 1, IRS + 4001, A);
+    assert_eq!(upd.window, 4000);
+}
+
+// ===================================================================
+// PAWS (RFC 7323 §5)
+// ===================================================================
+
+#[test]
+fn paws_drops_old_timestamps() {
+    let cfg = Config {
+        timestamps: true,
+        ..plain_config()
+    };
+    let mut t = T::server(cfg);
+    t.send(0, seg(IRS, 0, S).ts(100, 0));
+    let sa = t.expect(0, ISS, IRS + 1, S | A);
+    let (my_ts, echo) = sa.opts.timestamps.unwrap();
+    assert_eq!(echo, 100);
+    t.send(10, seg(IRS + 1, ISS + 1, A).ts(110, my_ts));
+    assert_eq!(t.c.state(), State::Established);
+    t.send(20, seg(IRS + 1, ISS + 1, A).ts(120, my_ts).data(b"new"));
+    // A segment with an older TSval is dropped but ACKed (RFC 7323 §5.3 R1).
+    t.send(30, seg(IRS + 4, ISS + 1, A).ts(50, my_ts).data(b"old"));
+    let a = t.expect(30, ISS + 1, IRS + 4, A);
+    assert_eq!(a.opts.timestamps.unwrap().1, 120);
+    let mut b = [0u8; 8];
+    assert_eq!(t.c.read(&mut b), Ok(3));
+    assert_eq!(&b[..3], b"new");
+    assert!(t.c.stats().dropped_segments >= 1);
+}
+
+// ===================================================================
+// Delayed ACK (RFC 1122 §4.2.3.2, RFC 5681 §4.2)
+// ===================================================================
+
+#[test]
+fn delayed_ack_every_second_segment_or_timer() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(40)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    let mss = 1000 - 0; // peer MSS 1000, no timestamps
+    t.send(20, seg(IRS + 1, ISS + 1, A).data(&vec![1; mss]));
+    t.expect_none(20);
+    // Second full-sized segment → ACK at once.
+    t.send(21, seg(IRS + 1 + 1000, ISS + 1, A).data(&vec![1; mss]));
+    t.expect(21, ISS + 1, IRS + 2001, A);
+    // A lone segment waits for the timer.
+    t.send(30, seg(IRS + 2001, ISS + 1, A).data(&[1; 10]));
+    t.expect_none(69);
+    t.expect(70, ISS + 1, IRS + 2011, A);
+    // Out-of-order data is ACKed immediately (RFC 5681 §4.2).
+    t.send(80, seg(IRS + 3000, ISS + 1, A).data(&[1; 10]));
+    t.expect(80, ISS + 1, IRS + 2011, A);
+}
+
+// ===================================================================
+// Nagle (RFC 896, RFC 9293 §3.7.4)
+// ===================================================================
+
+#[test]
+fn nagle_holds_small_segments_while_data_is_unacked() {
+    let cfg = Config {
+        nagle: true,
+        ..plain_config()
+    };
+    let mut t = T::established_client(cfg);
+    t.c.write(b"a").unwrap();
+    t.expect(20, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    t.c.write(b"b").unwrap();
+    t.c.write(b"c").unwrap();
+    t.expect_none(21); // held: "a" is unacknowledged
+    t.send(30, seg(IRS + 1, ISS + 2, A));
+    let s = t.expect(30, ISS + 2, IRS + 1, A | TcpFlags::PSH);
+    assert_eq!(s.payload, b"bc");
+}
+
+#[test]
+fn nagle_off_sends_small_segments_at_once() {
+    let mut t = T::established_client(plain_config());
+    t.c.write(b"a").unwrap();
+    t.expect(20, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    t.c.write(b"b").unwrap();
+    let s = t.expect(21, ISS + 2, IRS + 1, A | TcpFlags::PSH);
+    assert_eq!(s.payload, b"b");
+}
+
+// ===================================================================
+// Keepalive (RFC 1122 §4.2.3.6)
+// ===================================================================
+
+#[test]
+fn keepalive_probes_then_timeout() {
+    let cfg = Config {
+        keepalive: Some(xtcp_proto::conn::Keepalive {
+            idle: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+            probes: 2,
+        }),
+        ..plain_config()
+    };
+    let mut t = T::established_client(cfg);
+    t.expect_none(10_009);
+    t.expect(10_010, ISS, IRS + 1, A); // SEG.SEQ = SND.NXT - 1
+    t.expect(11_010, ISS, IRS + 1, A);
+    t.expect_none(12_009);
+    t.expect_none(12_010);
+    assert_eq!(t.c.error(), Some(ConnectionError::TimedOut));
+}
+
+// ===================================================================
+// Endpoint: SYN cookies (RFC 4987 §3.6), routing, strays
+// ===================================================================
+
+fn endpoint(always_cookie: bool) -> Endpoint {
+    Endpoint::new(
+        EndpointConfig {
+            conn: Arc::new(plain_config()),
+            listen: true,
+            always_cookie,
+            ..EndpointConfig::default()
+        },
+        [7u8; 32],
+    )
+}
+
+fn dgram(s: &Seg, cid: u64) -> Vec<u8> {
+    let repr = SegmentRepr {
+        xflags: XtcpFlags(0),
+        conn_id: cid,
+        src_port: 2,
+        dst_port: 1,
+        seq: SeqNumber(s.seq),
+        ack: SeqNumber(s.ack),
+        flags: s.flags,
+        window: s.window,
+        options: s.opts,
+        payload: &s.payload,
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    let n = repr.emit(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn ep_out(ep: &mut Endpoint, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        out.push(buf[..t.size].to_vec());
+    }
+    out
+}
+
+#[test]
+fn syn_cookie_accept_keeps_no_state_until_the_ack() {
+    let mut ep = endpoint(true);
+    let mut syn = seg(IRS, 0, S).mss(1200).ts(1, 0);
+    syn.opts.sack_permitted = true;
+    ep.handle_datagram(ms(0), remote(), &dgram(&syn, CID)).unwrap();
+    assert_eq!(ep.len(), 0, "no state for a cookie SYN");
+    let out = ep_out(&mut ep, ms(0));
+    assert_eq!(out.len(), 1);
+    let sa = SegmentRepr::parse(&out[0]).unwrap();
+    assert_eq!(sa.flags, S | A);
+    assert_eq!(sa.ack, SeqNumber(IRS + 1));
+    assert!(sa.options.sack_permitted);
+    let (tsval, _) = sa.options.timestamps.unwrap();
+    // The completing ACK creates an ESTABLISHED connection.
+    let ack = seg(IRS + 1, sa.seq.0.wrapping_add(1), A).ts(2, tsval).data(b"hi");
+    let h = ep.handle_datagram(ms(5), remote(), &dgram(&ack, CID)).unwrap().unwrap();
+    assert_eq!(ep.accept(), Some(h));
+    let c = ep.connection_mut(h).unwrap();
+    assert_eq!(c.state(), State::Established);
+    let mut b = [0u8; 4];
+    assert_eq!(c.read(&mut b), Ok(2));
+    assert_eq!(ep.stats().cookies_accepted, 1);
+}
+
+#[test]
+fn forged_cookie_ack_is_reset_and_creates_nothing() {
+    let mut ep = endpoint(true);
+    let ack = seg(IRS + 1, 0xdead_beef, A);
+    assert_eq!(ep.handle_datagram(ms(0), remote(), &dgram(&ack, CID)).unwrap(), None);
+    assert_eq!(ep.len(), 0);
+    let out = ep_out(&mut ep, ms(0));
+    assert_eq!(out.len(), 1);
+    let r = SegmentRepr::parse(&out[0]).unwrap();
+    assert_eq!((r.flags, r.seq), (R, SeqNumber(0xdead_beef)));
+    assert_eq!(ep.stats().cookies_rejected, 1);
+}
+
+#[test]
+fn syn_flood_bounded_half_open_then_cookies() {
+    let mut ep = Endpoint::new(
+        EndpointConfig {
+            conn: Arc::new(plain_config()),
+            listen: true,
+            max_half_open: 16,
+            ..EndpointConfig::default()
+        },
+        [9u8; 32],
+    );
+    for i in 0..10_000u64 {
+        let syn = seg(IRS, 0, S);
+        let from: SocketAddr = format!("198.51.100.{}:{}", i % 200, 1000 + i % 50_000).parse().unwrap();
+        ep.handle_datagram(ms(i / 100), from, &dgram(&syn, 0x1000 + i)).unwrap();
+        let _ = ep_out(&mut ep, ms(i / 100));
+    }
+    assert_eq!(ep.half_open(), 16);
+    assert_eq!(ep.len(), 16);
+    assert!(ep.stats().cookies_sent >= 10_000 - 16);
+}
+
+#[test]
+fn stray_segments_get_rst_and_garbage_is_dropped() {
+    let mut ep = endpoint(false);
+    assert!(ep.handle_datagram(ms(0), remote(), b"\x01\x00garbage").is_err());
+    assert!(ep_out(&mut ep, ms(0)).is_empty());
+    // RST for an unknown connection is never answered.
+    ep.handle_datagram(ms(0), remote(), &dgram(&seg(1, 2, R), 5)).unwrap();
+    assert!(ep_out(&mut ep, ms(0)).is_empty());
+}
+
+#[test]
+fn endpoint_to_endpoint_connect_transfer_close() {
+    let a_addr: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+    let b_addr = remote();
+    let mut a = Endpoint::new(EndpointConfig::default(), [1; 32]);
+    let mut b = endpoint(false);
+    let h = a.connect(ms(0), b_addr);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut written = 0;
+    let mut got = Vec::new();
+    let mut hb = None;
+    let mut now = ms(0);
+    for _ in 0..100_000 {
+        if let Some(c) = a.connection_mut(h) {
+            if written < data.len() {
+                if let Ok(n) = c.write(&data[written..]) {
+                    written += n;
+                }
+            } else if c.state() == State::Established {
+                c.shutdown(now);
+            }
+        }
+        for d in ep_out(&mut a, now) {
+            b.handle_datagram(now, a_addr, &d).unwrap();
+        }
+        if hb.is_none() {
+            hb = b.accept();
+        }
+        if let Some(hb) = hb {
+            let c = b.connection_mut(hb).unwrap();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 {
+                    if c.state() == State::CloseWait {
+                        c.shutdown(now);
+                    }
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        for d in ep_out(&mut b, now) {
+            a.handle_datagram(now, b_addr, &d).unwrap();
+        }
+        if a.connection(h).map(|c| c.state()) == Some(State::TimeWait)
+            && hb.and_then(|h| b.connection(h)).map(|c| c.state()) == Some(State::Closed)
+        {
+            break;
+        }
+        let next = [a.poll_timeout(), b.poll_timeout()].into_iter().flatten().min();
+        now = match next {
+            Some(t) if t > now => t,
+            _ => now + Duration::from_micros(100),
+        };
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+    }
+    assert_eq!(got, data);
+    assert_eq!(a.connection(h).unwrap().state(), State::TimeWait);
+}

@@ -1,0 +1,193 @@
+//! An XTCP application node for the simulator: an `Endpoint` plus a bulk
+//! sender/receiver that verifies every byte with SHA-256.
+#![allow(dead_code)]
+
+use ring::digest;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use xtcp_proto::conn::Config;
+use xtcp_proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
+use xtcp_sim::Node;
+
+/// Deterministic payload: a cheap keyed stream so both sides can regenerate it.
+pub fn payload(seed: u64, len: usize) -> Arc<Vec<u8>> {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        // SplitMix64.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let b = z.to_le_bytes();
+        let n = (len - v.len()).min(8);
+        v.extend_from_slice(&b[..n]);
+    }
+    Arc::new(v)
+}
+
+pub fn sha256(b: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, b).as_ref().to_vec()
+}
+
+/// One side of a bulk transfer in both directions.
+pub struct App {
+    pub ep: Endpoint,
+    pub h: Option<ConnectionHandle>,
+    pub client: bool,
+    pub peer: SocketAddr,
+    pub data: Arc<Vec<u8>>,
+    pub written: usize,
+    pub shut: bool,
+    pub received: usize,
+    hasher: Option<digest::Context>,
+    pub digest: Option<Vec<u8>>,
+    pub eof_at: Option<Instant>,
+    pub last_byte_at: Option<Instant>,
+    pub connected_at: Option<Instant>,
+    pub started: bool,
+    /// Samples of (time, cwnd, ssthresh, in_recovery) when tracing.
+    pub trace: Option<Vec<(Instant, u64, u64, bool)>>,
+    /// Read at most this many bytes per wake-up (to model a slow reader); 0 = unlimited.
+    pub read_limit: usize,
+    pub final_state: Option<State>,
+    pub error: Option<xtcp_proto::ConnectionError>,
+}
+
+impl App {
+    pub fn new(cfg: Config, client: bool, peer: SocketAddr, data: Arc<Vec<u8>>, key: u8) -> App {
+        let ep = Endpoint::new(
+            EndpointConfig {
+                conn: Arc::new(cfg),
+                listen: !client,
+                local_port: if client { 40000 } else { 443 },
+                ..EndpointConfig::default()
+            },
+            [key; 32],
+        );
+        App {
+            ep,
+            h: None,
+            client,
+            peer,
+            data,
+            written: 0,
+            shut: false,
+            received: 0,
+            hasher: Some(digest::Context::new(&digest::SHA256)),
+            digest: None,
+            eof_at: None,
+            last_byte_at: None,
+            connected_at: None,
+            started: false,
+            trace: None,
+            read_limit: 0,
+            final_state: None,
+            error: None,
+        }
+    }
+
+    pub fn state(&self) -> Option<State> {
+        self.h
+            .and_then(|h| self.ep.connection(h))
+            .map(|c| c.state())
+            .or(self.final_state)
+    }
+
+    /// Done: all sent data acknowledged... i.e. our FIN was acked, peer's FIN read.
+    pub fn finished(&self) -> bool {
+        self.eof_at.is_some()
+            && matches!(self.state(), Some(State::TimeWait) | Some(State::Closed))
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if self.client && !self.started {
+            self.started = true;
+            self.h = Some(self.ep.connect(now, self.peer));
+        }
+        if self.h.is_none() {
+            self.h = self.ep.accept();
+        }
+        let Some(h) = self.h else { return };
+        let Some(c) = self.ep.connection_mut(h) else {
+            return;
+        };
+        while let Some(ev) = c.poll_event() {
+            if let xtcp_proto::Event::Connected = ev {
+                self.connected_at.get_or_insert(now);
+            }
+        }
+        if let Some(t) = self.trace.as_mut() {
+            let s = c.stats();
+            if t.last().is_none_or(|l| l.1 != s.cwnd || l.3 != c.in_recovery()) {
+                t.push((now, s.cwnd, s.ssthresh, c.in_recovery()));
+            }
+        }
+        while self.written < self.data.len() {
+            match c.write(&self.data[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(_) => break,
+            }
+        }
+        if self.written == self.data.len() && !self.shut && c.state().is_synchronized() {
+            self.shut = true;
+            c.shutdown(now);
+        }
+        let mut budget = if self.read_limit == 0 { usize::MAX } else { self.read_limit };
+        loop {
+            let chunk = c.read_chunk();
+            if chunk.is_empty() || budget == 0 {
+                break;
+            }
+            let n = chunk.len().min(budget);
+            if let Some(hs) = self.hasher.as_mut() {
+                hs.update(&chunk[..n]);
+            }
+            self.received += n;
+            budget -= n;
+            self.last_byte_at = Some(now);
+            c.consume(n);
+        }
+        if c.is_read_finished() && self.eof_at.is_none() {
+            self.eof_at = Some(now);
+            if let Some(hs) = self.hasher.take() {
+                self.digest = Some(hs.finish().as_ref().to_vec());
+            }
+        }
+        self.final_state = Some(c.state());
+        if c.error().is_some() {
+            self.error = c.error();
+        }
+    }
+}
+
+impl Node for App {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _to: SocketAddr, data: &[u8]) {
+        let _ = self.ep.handle_datagram(now, from, data);
+        self.pump(now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.ep.handle_timeout(now);
+        self.pump(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let t = self.ep.poll_transmit(now, buf)?;
+        Some((t.destination, t.size))
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.client && !self.started {
+            return Some(Instant::ZERO);
+        }
+        self.ep.poll_timeout()
+    }
+}
+
+/// A configuration for simulations: the defaults, with timeouts scaled for tests.
+pub fn sim_config() -> Config {
+    Config {
+        msl: Duration::from_secs(1),
+        ..Config::default()
+    }
+}
