@@ -961,6 +961,7 @@ impl Connection {
             if self.fin_off.is_some() {
                 self.state = State::FinWait1;
             }
+            self.arm_keepalive(now);
         } else {
             // Simultaneous open (RFC 9293 §3.5, Figure 8): SYN-RECEIVED, send SYN-ACK.
             self.state = State::SynReceived;
@@ -1006,6 +1007,7 @@ impl Connection {
 
     fn on_segment_synchronized(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
         let rcv_nxt = self.rcv_nxt_seq();
+        let rcv_nxt_off = self.rcv_nxt_off();
         let rcv_wnd = self.rcv_wnd();
         let seg_len = seg.segment_len();
 
@@ -1047,6 +1049,10 @@ impl Connection {
             if seg.flags.rst() {
                 return;
             }
+            if self.state == State::TimeWait && seg.flags.fin() {
+                // RFC 9293 §3.10.7.4: a retransmitted FIN restarts the 2 MSL timeout.
+                self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
+            }
             self.ack.now = true;
             self.stats.dropped_segments += 1;
             // Still process a valid ACK field (RFC 9293 §3.8.6.1 zero-window
@@ -1066,8 +1072,10 @@ impl Connection {
                     ConnectionError::Reset
                 };
                 match self.state {
-                    // RFC 9293 §3.10.7.4: in CLOSING, LAST-ACK, TIME-WAIT simply close.
-                    State::Closing | State::LastAck | State::TimeWait => self.close(now, None),
+                    // RFC 1337 §3 (TIME-WAIT assassination): ignore RST in TIME-WAIT.
+                    State::TimeWait => {}
+                    // RFC 9293 §3.10.7.4: in CLOSING and LAST-ACK simply close.
+                    State::Closing | State::LastAck => self.close(now, None),
                     _ => self.close(now, Some(err)),
                 }
             } else {
@@ -1125,6 +1133,7 @@ impl Connection {
             if self.fin_off.is_some() {
                 self.state = State::FinWait1;
             }
+            self.arm_keepalive(now);
         }
 
         if !self.process_ack(now, seg) {
@@ -1138,7 +1147,7 @@ impl Connection {
                     self.receive_data(now, seg);
                 }
                 if seg.flags.fin() {
-                    let off = self.rcv_nxt_off() as i64
+                    let off = rcv_nxt_off as i64
                         + i64::from(seg.seq.diff(rcv_nxt))
                         + seg.payload.len() as i64;
                     if off >= 0 && self.rcv_fin.is_none() {
@@ -1430,7 +1439,9 @@ impl Connection {
             if s.lost {
                 continue;
             }
-            let by_count = sacked_above >= DUP_THRESH * mss;
+            // RFC 6675 §4 IsLost applies once per episode: a segment already
+            // retransmitted is judged lost again only by time (RACK).
+            let by_count = s.xmits == 1 && sacked_above >= DUP_THRESH * mss;
             let mut by_time = false;
             if let Some((xmit, thresh)) = rack {
                 if s.sent_at < xmit || (s.sent_at == xmit && s.end < self.rack_end) {

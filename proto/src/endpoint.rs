@@ -263,10 +263,17 @@ impl Endpoint {
         };
         if let Some(&idx) = self.by_id.get(&seg.conn_id) {
             if let Some(Some(conn)) = self.slots.get_mut(idx) {
-                conn.handle_segment(now, from, &seg);
+                // A CLOSED connection not yet reaped answers like an unknown one.
+                if conn.state() != State::Closed {
+                    conn.handle_segment(now, from, &seg);
+                    self.after_conn_input(idx);
+                    return Ok(Some(ConnectionHandle(idx)));
+                }
             }
-            self.after_conn_input(idx);
-            return Ok(Some(ConnectionHandle(idx)));
+            if !seg.flags.syn() || seg.flags.ack() {
+                self.send_reset(from, &seg);
+                return Ok(None);
+            }
         }
         self.stats.unknown_conn += 1;
         Ok(self.handle_unknown(now, from, &seg))
@@ -551,7 +558,9 @@ impl Endpoint {
             if dead {
                 if let Some(slot) = self.slots.get_mut(i) {
                     if let Some(c) = slot.take() {
-                        self.by_id.remove(&c.conn_id());
+                        if self.by_id.get(&c.conn_id()) == Some(&i) {
+                            self.by_id.remove(&c.conn_id());
+                        }
                     }
                 }
                 self.pending_accept.retain(|&p| p != i);
@@ -563,7 +572,9 @@ impl Endpoint {
     /// Remove a connection now (the application is done with it).
     pub fn remove(&mut self, h: ConnectionHandle) -> Option<Connection> {
         let c = self.slots.get_mut(h.0)?.take()?;
-        self.by_id.remove(&c.conn_id());
+        if self.by_id.get(&c.conn_id()) == Some(&h.0) {
+            self.by_id.remove(&c.conn_id());
+        }
         self.pending_accept.retain(|&p| p != h.0);
         self.free.push(h.0);
         Some(c)

@@ -24,6 +24,8 @@
 pub mod cc;
 pub mod conn;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod recv_buf;
 pub mod rtt;
 pub mod send_buf;

@@ -874,7 +874,19 @@ fn ep_out(ep: &mut Endpoint, now: Instant) -> Vec<Vec<u8>> {
 
 #[test]
 fn syn_cookie_accept_keeps_no_state_until_the_ack() {
-    let mut ep = endpoint(true);
+    let mut ep = Endpoint::new(
+        EndpointConfig {
+            conn: Arc::new(Config {
+                sack: true,
+                timestamps: true,
+                ..plain_config()
+            }),
+            listen: true,
+            always_cookie: true,
+            ..EndpointConfig::default()
+        },
+        [7u8; 32],
+    );
     let mut syn = seg(IRS, 0, S).mss(1200).ts(1, 0);
     syn.opts.sack_permitted = true;
     ep.handle_datagram(ms(0), remote(), &dgram(&syn, CID)).unwrap();
@@ -965,6 +977,7 @@ fn endpoint_to_endpoint_connect_transfer_close() {
             }
         }
         for d in ep_out(&mut a, now) {
+            if std::env::var("DBG").is_ok() { let r = SegmentRepr::parse(&d).unwrap(); if r.payload.len() < 1000 || r.flags.fin() { eprintln!("{now:?} A> {:?} seq={} ack={} len={} win={}", r.flags, r.seq, r.ack, r.payload.len(), r.window); } }
             b.handle_datagram(now, a_addr, &d).unwrap();
         }
         if hb.is_none() {
@@ -984,6 +997,7 @@ fn endpoint_to_endpoint_connect_transfer_close() {
             }
         }
         for d in ep_out(&mut b, now) {
+            if std::env::var("DBG").is_ok() { let r = SegmentRepr::parse(&d).unwrap(); eprintln!("{now:?} B> {:?} seq={} ack={} len={} win={} state={:?}", r.flags, r.seq, r.ack, r.payload.len(), r.window, hb.and_then(|h| b.connection(h)).map(|c| c.state())); }
             a.handle_datagram(now, b_addr, &d).unwrap();
         }
         if a.connection(h).map(|c| c.state()) == Some(State::TimeWait)
@@ -1000,5 +1014,6 @@ fn endpoint_to_endpoint_connect_transfer_close() {
         b.handle_timeout(now);
     }
     assert_eq!(got, data);
-    assert_eq!(a.connection(h).unwrap().state(), State::TimeWait);
+    let ca = a.connection(h).unwrap();
+    assert_eq!(ca.state(), State::TimeWait, "{ca:?} err={:?} stats={:?}", ca.error(), ca.stats());
 }

@@ -25,6 +25,9 @@ pub use cubic::Cubic;
 pub use newreno::NewReno;
 pub use pacer::Pacer;
 
+/// Largest congestion window any controller reports (1 GiB): a sanity cap.
+pub const MAX_WINDOW: u64 = 1 << 30;
+
 /// Initial window in segments (RFC 6928 §2).
 pub const INITIAL_WINDOW_SEGMENTS: u64 = 10;
 

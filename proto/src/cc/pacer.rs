@@ -9,22 +9,117 @@
 //!   tcp_pacing_ss_ratio / ca_ratio); a burst allowance of a few segments;
 //!   no pacing before the first RTT sample (srtt = None).
 //! - `on_sent(now, bytes)`: account a transmitted segment.
+//!
+//! A token bucket: tokens (bytes) refill at the pacing rate up to the burst
+//! allowance and are spent by each transmission.
 use crate::time::Instant;
 use core::time::Duration;
 
+/// Segments that may leave back to back.
+const BURST_SEGMENTS: f64 = 10.0;
+
 #[derive(Debug, Clone)]
 pub struct Pacer {
-    _todo: (),
+    mss: f64,
+    tokens: f64,
+    last: Instant,
+    rate: f64,
 }
 
 impl Pacer {
-    pub fn new(_mss: usize) -> Self {
-        todo!("cc helper")
+    pub fn new(mss: usize) -> Self {
+        let mss = mss.max(1) as f64;
+        Pacer {
+            mss,
+            tokens: BURST_SEGMENTS * mss,
+            last: Instant::ZERO,
+            rate: 0.0,
+        }
     }
-    pub fn delay(&mut self, _now: Instant, _bytes: usize, _cwnd: u64, _srtt: Option<Duration>, _slow_start: bool) -> Option<Instant> {
-        todo!()
+
+    fn burst(&self) -> f64 {
+        BURST_SEGMENTS * self.mss
     }
-    pub fn on_sent(&mut self, _now: Instant, _bytes: usize) {
-        todo!()
+
+    fn refill(&mut self, now: Instant) {
+        let dt = (now - self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        if self.rate > 0.0 {
+            self.tokens = (self.tokens + dt * self.rate).min(self.burst());
+        } else {
+            self.tokens = self.burst();
+        }
+    }
+
+    pub fn delay(&mut self, now: Instant, bytes: usize, cwnd: u64, srtt: Option<Duration>, slow_start: bool) -> Option<Instant> {
+        let srtt = srtt?.as_secs_f64();
+        if srtt <= 0.0 {
+            self.rate = 0.0;
+            return None;
+        }
+        let ratio = if slow_start { 2.0 } else { 1.2 };
+        let rate = cwnd as f64 / srtt * ratio;
+        if !rate.is_finite() || rate <= 0.0 {
+            self.rate = 0.0;
+            return None;
+        }
+        self.refill(now);
+        self.rate = rate;
+        let need = bytes as f64 - self.tokens;
+        if need <= 0.0 {
+            return None;
+        }
+        let wait_us = (need / rate * 1e6).ceil().clamp(1.0, 1e9) as u64;
+        Some(now + Duration::from_micros(wait_us))
+    }
+
+    pub fn on_sent(&mut self, now: Instant, bytes: usize) {
+        self.refill(now);
+        self.tokens = (self.tokens - bytes as f64).max(-self.burst());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_run_rate_matches_formula() {
+        let mut p = Pacer::new(1000);
+        let srtt = Some(Duration::from_millis(100));
+        let cwnd = 100_000u64; // 1 MB/s, ×1.2 in CA = 1.2 MB/s
+        let mut now = Instant::ZERO;
+        let mut sent = 0usize;
+        for _ in 0..10_000 {
+            match p.delay(now, 1000, cwnd, srtt, false) {
+                None => {
+                    p.on_sent(now, 1000);
+                    sent += 1000;
+                }
+                Some(t) => {
+                    assert!(t > now, "a time in the past");
+                    now = t;
+                }
+            }
+        }
+        let rate = sent as f64 / now.as_micros() as f64 * 1e6;
+        assert!((rate / 1.2e6 - 1.0).abs() < 0.03, "rate {rate}");
+    }
+
+    #[test]
+    fn burst_then_spacing_and_no_pacing_without_rtt() {
+        let mut p = Pacer::new(1000);
+        assert_eq!(p.delay(Instant::ZERO, 1000, 10_000, None, true), None);
+        let srtt = Some(Duration::from_millis(10));
+        let mut n = 0;
+        while p.delay(Instant::ZERO, 1000, 10_000, srtt, true).is_none() {
+            p.on_sent(Instant::ZERO, 1000);
+            n += 1;
+            assert!(n < 100);
+        }
+        assert_eq!(n, 10);
+        // 2 MB/s in slow start: the next segment 0.5 ms later.
+        let t = p.delay(Instant::ZERO, 1000, 10_000, srtt, true).unwrap();
+        assert_eq!(t, Instant::from_micros(500));
     }
 }

@@ -6,8 +6,8 @@ use ring::digest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use xtcp_proto::conn::Config;
-use xtcp_proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
+use proto::conn::Config;
+use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use xtcp_sim::Node;
 
 /// Deterministic payload: a cheap keyed stream so both sides can regenerate it.
@@ -53,7 +53,7 @@ pub struct App {
     /// Read at most this many bytes per wake-up (to model a slow reader); 0 = unlimited.
     pub read_limit: usize,
     pub final_state: Option<State>,
-    pub error: Option<xtcp_proto::ConnectionError>,
+    pub error: Option<proto::ConnectionError>,
 }
 
 impl App {
@@ -115,7 +115,7 @@ impl App {
             return;
         };
         while let Some(ev) = c.poll_event() {
-            if let xtcp_proto::Event::Connected = ev {
+            if let proto::Event::Connected = ev {
                 self.connected_at.get_or_insert(now);
             }
         }
