@@ -8,8 +8,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use xtcp_proto::conn::{Config, ConnectionParams};
-use xtcp_proto::{Connection, Instant, SeqNumber, State};
+use xtcp::proto::conn::{Config, ConnectionParams};
+use xtcp::proto::{Connection, Instant, SeqNumber, State};
 
 const TOTAL: usize = 64 << 20;
 

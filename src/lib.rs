@@ -9,3 +9,6 @@
 #![forbid(unsafe_code)]
 
 pub use proto;
+
+pub mod simdemo;
+pub use sim;

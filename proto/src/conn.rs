@@ -665,7 +665,11 @@ impl Connection {
     fn mss(&self) -> usize {
         // RFC 9293 §3.7.1: effective send MSS = min(peer MSS, our MTU-derived MSS) minus options.
         let base = usize::from(self.opts.peer_mss.min(self.cfg.announced_mss()));
-        let opt = if self.opts.timestamps { TS_OPTION_LEN } else { 0 };
+        let opt = if self.opts.timestamps {
+            TS_OPTION_LEN
+        } else {
+            0
+        };
         base.saturating_sub(opt).max(32)
     }
 
@@ -683,8 +687,8 @@ impl Connection {
 
     fn rcv_wnd(&self) -> u64 {
         // RFC 9293 §3.8.6.2.2: never shrink the advertised right edge.
-        let edge = (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64)
-            .max(self.rcv_adv_edge);
+        let edge =
+            (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64).max(self.rcv_adv_edge);
         edge.saturating_sub(self.recv_buf.contiguous_end())
     }
 
@@ -756,7 +760,9 @@ impl Connection {
         // below one MSS (the peer may be waiting on a persist timer).
         let after = (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64)
             .saturating_sub(self.recv_buf.contiguous_end());
-        let adv = self.rcv_adv_edge.saturating_sub(self.recv_buf.contiguous_end());
+        let adv = self
+            .rcv_adv_edge
+            .saturating_sub(self.recv_buf.contiguous_end());
         let threshold = (self.recv_buf.capacity() as u64 / 2).min(self.mss() as u64);
         if self.state.is_synchronized()
             && !self.fin_received
@@ -1066,7 +1072,8 @@ impl Connection {
         // Second check: RST (RFC 5961 §3.2).
         if seg.flags.rst() {
             if seg.seq == rcv_nxt {
-                let err = if self.state == State::SynReceived && self.syn_pending != SynPending::Syn {
+                let err = if self.state == State::SynReceived && self.syn_pending != SynPending::Syn
+                {
                     ConnectionError::Refused
                 } else {
                     ConnectionError::Reset
@@ -1108,7 +1115,8 @@ impl Connection {
         // RFC 7323 §4.3: update TS.Recent if SEG.SEQ <= Last.ACK.sent < SEG.SEQ + SEG.LEN (+1 for FIN/empty).
         if let (true, Some((tsval, _))) = (self.opts.timestamps, seg.options.timestamps) {
             let end = seg.seq + (seg_len as u32).max(1);
-            if self.last_ack_sent.diff(seg.seq) >= 0 && end.diff(self.last_ack_sent) > 0
+            if self.last_ack_sent.diff(seg.seq) >= 0
+                && end.diff(self.last_ack_sent) > 0
                 && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0
             {
                 self.ts_recent = tsval;
@@ -1295,7 +1303,11 @@ impl Connection {
         self.snd_una = new_una;
         self.dupacks = 0;
         self.rto_backoff = 0;
-        self.stall_since = if self.snd_nxt > self.snd_una { Some(now) } else { None };
+        self.stall_since = if self.snd_nxt > self.snd_una {
+            Some(now)
+        } else {
+            None
+        };
         if self.send_buf.free() > 0 && self.fin_off.is_none() {
             self.events.push_back(Event::Writable);
         }
@@ -1360,7 +1372,10 @@ impl Connection {
                 }
             }
         }
-        if self.rack_xmit.is_none_or(|t| sent_at > t || (sent_at == t && end > self.rack_end)) {
+        if self
+            .rack_xmit
+            .is_none_or(|t| sent_at > t || (sent_at == t && end > self.rack_end))
+        {
             self.rack_xmit = Some(sent_at);
             self.rack_end = end;
             self.rack_rtt = Some(rtt);
@@ -1382,7 +1397,9 @@ impl Connection {
             let (lo, hi) = (self.snd_una + l as u64, self.snd_una + r as u64);
             let first = self.rtx.partition_point(|s| s.end <= lo);
             for i in first..self.rtx.len() {
-                let Some(s) = self.rtx.get(i).copied() else { break };
+                let Some(s) = self.rtx.get(i).copied() else {
+                    break;
+                };
                 if s.start >= hi {
                     break;
                 }
@@ -1513,7 +1530,12 @@ impl Connection {
         }
         // Advance the advertised edge bookkeeping: data consumed window space.
         // RFC 5681 §4.2: ACK at once for out-of-order data and for data that fills a hole.
-        if res.out_of_order || !res.new_data || self.recv_buf.has_out_of_order() || (res.advanced > 0 && off as u64 + (data.len() as u64) < self.recv_buf.contiguous_end()) {
+        if res.out_of_order
+            || !res.new_data
+            || self.recv_buf.has_out_of_order()
+            || (res.advanced > 0
+                && off as u64 + (data.len() as u64) < self.recv_buf.contiguous_end())
+        {
             self.ack.now = true;
         } else if res.advanced > 0 {
             self.ack.unacked_segments += 1;
@@ -1615,7 +1637,9 @@ impl Connection {
         match self.state {
             State::SynSent | State::SynReceived => {
                 if self.syn_xmits > self.cfg.syn_retries
-                    || self.syn_sent_at.is_some_and(|_| now - self.last_recv >= self.cfg.user_timeout)
+                    || self
+                        .syn_sent_at
+                        .is_some_and(|_| now - self.last_recv >= self.cfg.user_timeout)
                 {
                     self.close(now, Some(ConnectionError::TimedOut));
                     return;
@@ -1633,7 +1657,10 @@ impl Connection {
                     return;
                 }
                 // RFC 9293 §3.10.8 / RFC 5482: user timeout.
-                if self.stall_since.is_some_and(|s| now - s >= self.cfg.user_timeout) {
+                if self
+                    .stall_since
+                    .is_some_and(|s| now - s >= self.cfg.user_timeout)
+                {
                     let seq = self.snd_seq(self.snd_nxt);
                     self.pending_rst = Some((seq, self.rcv_nxt_seq(), true));
                     self.close(now, Some(ConnectionError::TimedOut));
@@ -1712,7 +1739,11 @@ impl Connection {
         let mut o = self.base_options(now);
         if self.opts.sack && self.recv_buf.has_out_of_order() {
             let mut blocks = [(0u64, 0u64); MAX_SACK_BLOCKS];
-            let max = if self.opts.timestamps { 3 } else { MAX_SACK_BLOCKS };
+            let max = if self.opts.timestamps {
+                3
+            } else {
+                MAX_SACK_BLOCKS
+            };
             let n = self.recv_buf.sack_blocks(&mut blocks[..max]);
             let base = self.irs + 1u32;
             for (i, (l, r)) in blocks.iter().take(n).enumerate() {
@@ -1729,7 +1760,15 @@ impl Connection {
         (ack, field, o)
     }
 
-    fn repr<'a>(&self, seq: SeqNumber, ack: SeqNumber, flags: TcpFlags, window: u16, options: TcpOptions, payload: &'a [u8]) -> SegmentRepr<'a> {
+    fn repr<'a>(
+        &self,
+        seq: SeqNumber,
+        ack: SeqNumber,
+        flags: TcpFlags,
+        window: u16,
+        options: TcpOptions,
+        payload: &'a [u8],
+    ) -> SegmentRepr<'a> {
         SegmentRepr {
             xflags: XtcpFlags(0),
             conn_id: self.params.conn_id,
@@ -1806,7 +1845,8 @@ impl Connection {
             ..TcpOptions::default()
         };
         // RFC 7323 §2.2 / RFC 2018 §2: offer options on SYN; on SYN-ACK only if the peer offered.
-        let offer_ws = self.cfg.window_scaling && (!synack || self.opts.snd_wscale > 0 || self.opts.rcv_wscale > 0);
+        let offer_ws = self.cfg.window_scaling
+            && (!synack || self.opts.snd_wscale > 0 || self.opts.rcv_wscale > 0);
         if offer_ws {
             o.window_scale = Some(self.cfg.wscale_for_buffer());
         }
@@ -1840,7 +1880,12 @@ impl Connection {
         // 1. Retransmit a lost segment (RFC 6675 §5 NextSeg rule 1; the first
         //    retransmission of an episode is sent regardless of cwnd, §5 step 4.3).
         if self.lost_bytes > 0 {
-            let first_rtx = self.pipe == 0 || self.rtx.iter().take_while(|s| s.sacked || s.lost).all(|s| s.xmits == 1);
+            let first_rtx = self.pipe == 0
+                || self
+                    .rtx
+                    .iter()
+                    .take_while(|s| s.sacked || s.lost)
+                    .all(|s| s.xmits == 1);
             if self.pipe + mss as u64 <= cwnd || first_rtx {
                 if let Some(idx) = self.rtx.iter().position(|s| s.lost) {
                     return self.retransmit(now, idx, buf);
@@ -1865,10 +1910,15 @@ impl Connection {
                 || (all_queued_fits && nagle_ok)
                 || (self.max_snd_wnd > 0 && len as u64 >= self.max_snd_wnd / 2 && nagle_ok);
             let fin_only = avail == 0 && fin_unsent;
-            if (len > 0 && sws_ok) || (fin_only && (room > 0 || wnd_room == 0 && cwnd_room > 0 && !in_flight)) {
+            if (len > 0 && sws_ok)
+                || (fin_only && (room > 0 || wnd_room == 0 && cwnd_room > 0 && !in_flight))
+            {
                 if self.cfg.pacing {
                     let bytes = len.max(1);
-                    if let Some(at) = self.pacer.delay(now, bytes, cwnd, self.rtt.srtt(), self.cc.in_slow_start()) {
+                    if let Some(at) =
+                        self.pacer
+                            .delay(now, bytes, cwnd, self.rtt.srtt(), self.cc.in_slow_start())
+                    {
                         self.timers.set(Timer::Pacing, at);
                         return None;
                     }
@@ -1993,6 +2043,14 @@ impl Connection {
         len: usize,
         buf: &mut [u8],
     ) -> Option<Transmit> {
+        let mut opts = opts;
+        if self.repr(seq, ack, flags, wnd, opts, &[]).header_len() + len
+            > self.cfg.max_datagram_size
+        {
+            // The MSS leaves room for timestamps only: SACK blocks that would push
+            // the datagram past max_datagram_size are left to the next pure ACK.
+            opts.sack_len = 0;
+        }
         let chunk = self.send_buf.slice(start, len);
         if chunk.len() == len {
             // Fast path: the bytes are contiguous in the send buffer.
@@ -2033,7 +2091,8 @@ impl Connection {
             flags = flags | TcpFlags::FIN;
         }
         let seq = self.snd_seq(s.start);
-        let t = self.emit_with_payload(now, seq, ack, flags, wnd, opts, s.start, payload_len, buf)?;
+        let t =
+            self.emit_with_payload(now, seq, ack, flags, wnd, opts, s.start, payload_len, buf)?;
         if let Some(seg) = self.rtx.get_mut(idx) {
             seg.lost = false;
             seg.xmits = seg.xmits.saturating_add(1);

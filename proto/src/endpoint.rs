@@ -282,7 +282,11 @@ impl Endpoint {
     fn after_conn_input(&mut self, idx: usize) {
         // Move newly established incoming connections to the accept queue.
         if let Some(pos) = self.pending_accept.iter().position(|&i| i == idx) {
-            let st = self.slots.get(idx).and_then(|s| s.as_ref()).map(|c| c.state());
+            let st = self
+                .slots
+                .get(idx)
+                .and_then(|s| s.as_ref())
+                .map(|c| c.state());
             match st {
                 Some(State::SynReceived) | Some(State::Listen) => {}
                 Some(State::Closed) | None => {
@@ -346,8 +350,7 @@ impl Endpoint {
                 self.stats.cookies_accepted += 1;
                 let mut params = self.params_for(now, from, seg);
                 params.iss = seg.ack + u32::MAX; // ISS = SEG.ACK - 1
-                let conn =
-                    Connection::from_cookie(self.cfg.conn.clone(), now, params, seg, opts);
+                let conn = Connection::from_cookie(self.cfg.conn.clone(), now, params, seg, opts);
                 let established = conn.state().is_synchronized();
                 let idx = self.insert(conn);
                 if established {
@@ -361,7 +364,12 @@ impl Endpoint {
         None
     }
 
-    fn params_for(&self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) -> ConnectionParams {
+    fn params_for(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+    ) -> ConnectionParams {
         ConnectionParams {
             conn_id: seg.conn_id,
             iss: self.isn(now, &from, seg.conn_id),
@@ -413,7 +421,14 @@ impl Endpoint {
         self.queue_stateless(to, &repr);
     }
 
-    fn cookie_mac(&self, slot: u32, from: &SocketAddr, seg_conn: u64, peer_isn: SeqNumber, mss_idx: u32) -> u32 {
+    fn cookie_mac(
+        &self,
+        slot: u32,
+        from: &SocketAddr,
+        seg_conn: u64,
+        peer_isn: SeqNumber,
+        mss_idx: u32,
+    ) -> u32 {
         let b = self.prf(&[
             b"cookie",
             &slot.to_be_bytes(),
@@ -474,7 +489,12 @@ impl Endpoint {
         self.queue_stateless(from, &repr);
     }
 
-    fn check_cookie(&self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) -> Option<CookieOptions> {
+    fn check_cookie(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+    ) -> Option<CookieOptions> {
         let isn = seg.ack.0.wrapping_sub(1);
         let slot = isn >> 27;
         let mss_idx = (isn >> 24) & 0x7;

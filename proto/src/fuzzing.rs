@@ -34,3 +34,155 @@ pub fn segment_codec(data: &[u8]) {
         "parse(emit(parse(x))) != parse(x)"
     );
 }
+
+/// Connection oracle: a connection fed an arbitrary sequence of datagrams
+/// (raw bytes and structured segments aimed near its sequence space),
+/// timeouts and API calls must never panic, must keep its buffers within
+/// their limits, must only emit datagrams that parse, and must never ask to
+/// be woken in the past.
+pub fn connection(data: &[u8]) {
+    use crate::conn::{Config, Connection, ConnectionParams};
+    use crate::seq::SeqNumber;
+    use crate::time::Instant;
+    use crate::wire::{SackBlock, TcpFlags, TcpOptions, XtcpFlags};
+    use core::time::Duration;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    struct Bytes<'a>(&'a [u8]);
+    impl Bytes<'_> {
+        fn u8(&mut self) -> Option<u8> {
+            let (b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(*b)
+        }
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_be_bytes([self.u8()?, self.u8()?]))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_be_bytes([self.u8()?, self.u8()?, self.u8()?, self.u8()?]))
+        }
+        fn take(&mut self, n: usize) -> &[u8] {
+            let n = n.min(self.0.len());
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            a
+        }
+    }
+
+    let mut b = Bytes(data);
+    let Some(mode) = b.u8() else { return };
+    let remote: SocketAddr = ([192, 0, 2, 2], 4000).into();
+    let cfg = Arc::new(Config {
+        send_buffer: 64 * 1024,
+        recv_buffer: 32 * 1024,
+        timestamps: mode & 2 != 0,
+        sack: mode & 4 != 0,
+        nagle: mode & 8 != 0,
+        pacing: mode & 16 != 0,
+        delayed_ack: if mode & 32 != 0 { Some(Duration::from_millis(25)) } else { None },
+        keepalive: if mode & 64 != 0 {
+            Some(crate::conn::Keepalive { idle: Duration::from_secs(1), interval: Duration::from_millis(300), probes: 2 })
+        } else {
+            None
+        },
+        ..Config::default()
+    });
+    let iss = 0xffff_ff00u32; // close to wrapping
+    let params = ConnectionParams { conn_id: 7, iss: SeqNumber(iss), ts_offset: 0, local_port: 1, remote_port: 2, remote };
+    let mut now = Instant::ZERO;
+    let mut c = if mode & 1 == 0 {
+        Connection::connect(cfg.clone(), now, params)
+    } else {
+        Connection::listen(cfg.clone(), now, params)
+    };
+    let irs = 0x7fff_fff0u32;
+    let mut out = vec![0u8; cfg.max_datagram_size + 64];
+    let mut inbuf = vec![0u8; 4096];
+    let payload = [0xabu8; 2048];
+    for _ in 0..512 {
+        let Some(op) = b.u8() else { break };
+        match op % 8 {
+            0 => {
+                let n = usize::from(b.u8().unwrap_or(0)) * 4;
+                let raw = b.take(n).to_vec();
+                let _ = c.handle_datagram(now, remote, &raw);
+            }
+            1 | 2 => {
+                let flags = TcpFlags(b.u8().unwrap_or(0x10));
+                let seq = SeqNumber(irs.wrapping_add(b.u16().unwrap_or(0) as u32).wrapping_sub(0x100));
+                let ack = SeqNumber(iss.wrapping_add(b.u16().unwrap_or(0) as u32).wrapping_sub(0x100));
+                let window = b.u16().unwrap_or(0);
+                let len = usize::from(b.u16().unwrap_or(0)) % 1500;
+                let o = b.u8().unwrap_or(0);
+                let mut options = TcpOptions::default();
+                if o & 1 != 0 {
+                    options.mss = Some(b.u16().unwrap_or(536));
+                }
+                if o & 2 != 0 {
+                    options.window_scale = Some(b.u8().unwrap_or(0));
+                }
+                options.sack_permitted = o & 4 != 0;
+                if o & 8 != 0 {
+                    options.timestamps = Some((b.u32().unwrap_or(0), b.u32().unwrap_or(0)));
+                }
+                let nsack = usize::from(o >> 5) % 4;
+                for i in 0..nsack {
+                    let l = iss.wrapping_add(b.u16().unwrap_or(0) as u32);
+                    let r = l.wrapping_add(b.u16().unwrap_or(0) as u32);
+                    if let Some(slot) = options.sack.get_mut(i) {
+                        *slot = SackBlock { left: SeqNumber(l), right: SeqNumber(r) };
+                    }
+                }
+                options.sack_len = nsack as u8;
+                let seg = SegmentRepr {
+                    xflags: XtcpFlags(0),
+                    conn_id: 7,
+                    src_port: 2,
+                    dst_port: 1,
+                    seq,
+                    ack,
+                    flags,
+                    window,
+                    options,
+                    payload: payload.get(..len).unwrap_or(&[]),
+                };
+                let from = if op % 8 == 2 { ([192, 0, 2, 9], 4001).into() } else { remote };
+                c.handle_segment(now, from, &seg);
+            }
+            3 => {
+                now += Duration::from_micros(u64::from(b.u16().unwrap_or(0)) * 50);
+                c.handle_timeout(now);
+                if let Some(t) = c.poll_timeout() {
+                    assert!(t > now, "timer {t:?} not in the future after handle_timeout({now:?})");
+                }
+            }
+            4 => {
+                let n = usize::from(b.u16().unwrap_or(0));
+                let _ = c.write(payload.get(..n.min(payload.len())).unwrap_or(&[]));
+            }
+            5 => {
+                let _ = c.read(&mut inbuf);
+            }
+            6 => match b.u8().unwrap_or(0) % 4 {
+                0 => c.shutdown(now),
+                1 => c.abort(now),
+                _ => {
+                    let k = c.read_chunk().len().min(100);
+                    c.consume(k);
+                }
+            },
+            _ => {}
+        }
+        // Drain output: everything emitted must parse and be addressed somewhere known.
+        for _ in 0..64 {
+            let Some(t) = c.poll_transmit(now, &mut out) else { break };
+            let dgram = out.get(..t.size).unwrap_or(&[]);
+            assert!(SegmentRepr::parse(dgram).is_ok(), "emitted an unparseable datagram");
+            assert!(t.size <= cfg.max_datagram_size, "datagram larger than max_datagram_size");
+        }
+        while c.poll_event().is_some() {}
+        assert!(c.unacked() <= cfg.send_buffer);
+        assert!(c.readable() <= cfg.recv_buffer);
+    }
+}

@@ -100,7 +100,11 @@ mod tests {
     use super::*;
 
     fn est() -> RttEstimator {
-        RttEstimator::new(Duration::from_secs(1), Duration::from_millis(50), Duration::from_secs(60))
+        RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )
     }
 
     #[test]
@@ -144,8 +148,12 @@ mod tests {
         let mut e = est();
         e.on_sample(Duration::from_secs(100));
         assert_eq!(e.rto(), Duration::from_secs(60)); // §2.5 ceiling
-        // G: with RTTVAR ~ 0 the RTO is SRTT + 1 ms.
-        let mut e = RttEstimator::new(Duration::from_secs(1), Duration::ZERO, Duration::from_secs(60));
+                                                      // G: with RTTVAR ~ 0 the RTO is SRTT + 1 ms.
+        let mut e = RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
         for _ in 0..200 {
             e.on_sample(Duration::from_millis(10));
         }

@@ -88,6 +88,9 @@ mod tests {
         assert_eq!(a + Duration::from_millis(1), Instant::from_micros(6000));
         assert_eq!(Instant::ZERO - a, Duration::ZERO);
         assert_eq!(a - Instant::ZERO, Duration::from_millis(5));
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
     }
 }

@@ -40,3 +40,4 @@ macro_rules! replay {
 }
 
 replay!(segment_codec, xtcp_proto::fuzzing::segment_codec);
+replay!(connection, xtcp_proto::fuzzing::connection);

@@ -1,12 +1,14 @@
 //! Segment-level scripted tests (packetdrill style): inject this segment at t,
 //! expect that segment at t′. One section per behaviour, citing the RFC.
 
-use xtcp_proto::conn::{Config, ConnectionParams, Event, ReadError};
-use xtcp_proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
-use xtcp_proto::{Connection, ConnectionError, Endpoint, EndpointConfig, Instant, SeqNumber, State};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use xtcp_proto::conn::{Config, ConnectionParams, Event, ReadError};
+use xtcp_proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
+use xtcp_proto::{
+    Connection, ConnectionError, Endpoint, EndpointConfig, Instant, SeqNumber, State,
+};
 
 const CID: u64 = 0x1122_3344_5566_7788;
 const ISS: u32 = 1000;
@@ -156,10 +158,14 @@ impl T {
         })
     }
     fn expect(&mut self, t: u64, seq: u32, ack: u32, flags: TcpFlags) -> Seg {
-        let s = self
-            .recv(t)
-            .unwrap_or_else(|| panic!("expected {flags:?} seq={seq} ack={ack} at {t} ms, got nothing"));
-        assert_eq!((s.seq, s.ack, s.flags), (seq, ack, flags), "segment at {t} ms: {s:?}");
+        let s = self.recv(t).unwrap_or_else(|| {
+            panic!("expected {flags:?} seq={seq} ack={ack} at {t} ms, got nothing")
+        });
+        assert_eq!(
+            (s.seq, s.ack, s.flags),
+            (seq, ack, flags),
+            "segment at {t} ms: {s:?}"
+        );
         s
     }
     fn expect_none(&mut self, t: u64) {
@@ -232,7 +238,7 @@ fn handshake_negotiates_options_only_when_both_offer() {
     assert!(syn.opts.sack_permitted);
     assert!(syn.opts.timestamps.is_some());
     assert_eq!(syn.opts.window_scale, Some(5)); // 1 MiB >> 5 fits 16 bits
-    // The peer offers nothing: no option may be used afterwards (RFC 7323 §2.2, RFC 2018 §2).
+                                                // The peer offers nothing: no option may be used afterwards (RFC 7323 §2.2, RFC 2018 §2).
     t.send(10, seg(IRS, ISS + 1, S | A).mss(1000));
     let ack = t.expect(10, ISS + 1, IRS + 1, A);
     assert_eq!(ack.opts.timestamps, None);
@@ -325,7 +331,10 @@ fn rst_exact_sequence_resets_established() {
     assert_eq!(t.c.state(), State::Closed);
     assert_eq!(t.c.error(), Some(ConnectionError::Reset));
     let mut b = [0u8; 4];
-    assert_eq!(t.c.read(&mut b), Err(ReadError::Failed(ConnectionError::Reset)));
+    assert_eq!(
+        t.c.read(&mut b),
+        Err(ReadError::Failed(ConnectionError::Reset))
+    );
 }
 
 #[test]
@@ -519,7 +528,7 @@ fn karn_no_rtt_sample_from_retransmitted_segment() {
     t.c.write(b"x").unwrap();
     t.expect(100, ISS + 1, IRS + 1, A | TcpFlags::PSH);
     t.expect(300, ISS + 1, IRS + 1, A); // retransmission
-    // An ACK 2 s later must not produce a 2 s sample (ambiguous, RFC 6298 §3).
+                                        // An ACK 2 s later must not produce a 2 s sample (ambiguous, RFC 6298 §3).
     t.send(2300, seg(IRS + 1, ISS + 2, A));
     assert_eq!(t.c.rtt().srtt().unwrap(), srtt0);
     // A fresh segment acked after 50 ms yields a sample.
@@ -553,7 +562,10 @@ fn user_timeout_aborts_with_timed_out() {
     }
     assert_eq!(t.c.error(), Some(ConnectionError::TimedOut));
     let at = closed_at.expect("an RST when giving up");
-    assert!(at >= 3100 && at <= 100 + 3000 + 1600, "closed at {at} (last {last})");
+    assert!(
+        (3100..=100 + 3000 + 1600).contains(&at),
+        "closed at {at} (last {last})"
+    );
 }
 
 // ===================================================================
@@ -625,11 +637,17 @@ fn sack_recovery_retransmits_only_the_holes() {
     let b = ISS + 1;
     t.send(110, seg(IRS + 1, b, A).sack(&[(b + 1000, b + 3000)]));
     t.expect_none(110);
-    t.send(111, seg(IRS + 1, b, A).sack(&[(b + 4000, b + 6000), (b + 1000, b + 3000)]));
+    t.send(
+        111,
+        seg(IRS + 1, b, A).sack(&[(b + 4000, b + 6000), (b + 1000, b + 3000)]),
+    );
     // Four segments SACKed above segment 1 → lost by DupThresh (RFC 6675 §4 IsLost).
     let r1 = t.expect(111, b, IRS + 1, A);
     assert_eq!(r1.payload.len(), 1000);
-    t.send(112, seg(IRS + 1, b, A).sack(&[(b + 4000, b + 8000), (b + 1000, b + 3000)]));
+    t.send(
+        112,
+        seg(IRS + 1, b, A).sack(&[(b + 4000, b + 8000), (b + 1000, b + 3000)]),
+    );
     // Now segment 4 (at +3000) also has ≥ 3 segments SACKed above it.
     let r2 = t.expect(112, b + 3000, IRS + 1, A);
     assert_eq!(r2.payload.len(), 1000);
@@ -652,20 +670,38 @@ fn receiver_generates_sack_blocks_most_recent_first() {
     let r = IRS + 1;
     t.send(20, seg(r + 100, ISS + 1, A).data(&[1; 100]));
     let a1 = t.expect(20, ISS + 1, r, A);
-    assert_eq!(a1.opts.sack_blocks(), &[SackBlock { left: SeqNumber(r + 100), right: SeqNumber(r + 200) }]);
+    assert_eq!(
+        a1.opts.sack_blocks(),
+        &[SackBlock {
+            left: SeqNumber(r + 100),
+            right: SeqNumber(r + 200)
+        }]
+    );
     t.send(21, seg(r + 300, ISS + 1, A).data(&[1; 100]));
     let a2 = t.expect(21, ISS + 1, r, A);
     assert_eq!(
         a2.opts.sack_blocks(),
         &[
-            SackBlock { left: SeqNumber(r + 300), right: SeqNumber(r + 400) },
-            SackBlock { left: SeqNumber(r + 100), right: SeqNumber(r + 200) },
+            SackBlock {
+                left: SeqNumber(r + 300),
+                right: SeqNumber(r + 400)
+            },
+            SackBlock {
+                left: SeqNumber(r + 100),
+                right: SeqNumber(r + 200)
+            },
         ]
     );
     // Filling the first hole: cumulative ACK moves, one block remains.
     t.send(22, seg(r, ISS + 1, A).data(&[1; 100]));
     let a3 = t.expect(22, ISS + 1, r + 200, A);
-    assert_eq!(a3.opts.sack_blocks(), &[SackBlock { left: SeqNumber(r + 300), right: SeqNumber(r + 400) }]);
+    assert_eq!(
+        a3.opts.sack_blocks(),
+        &[SackBlock {
+            left: SeqNumber(r + 300),
+            right: SeqNumber(r + 400)
+        }]
+    );
 }
 
 // ===================================================================
@@ -701,7 +737,10 @@ fn receiver_advertises_zero_window_and_reopens_on_read() {
     };
     let mut t = T::established_server(cfg);
     for i in 0..4u32 {
-        t.send(20 + u64::from(i), seg(IRS + 1 + i * 1000, ISS + 1, A).data(&[9; 1000]));
+        t.send(
+            20 + u64::from(i),
+            seg(IRS + 1 + i * 1000, ISS + 1, A).data(&[9; 1000]),
+        );
     }
     let mut last = None;
     while let Some(s) = t.recv(30) {
@@ -759,7 +798,7 @@ fn delayed_ack_every_second_segment_or_timer() {
         ..plain_config()
     };
     let mut t = T::established_server(cfg);
-    let mss = 1000 - 0; // peer MSS 1000, no timestamps
+    let mss = 1000; // peer MSS 1000, no timestamps
     t.send(20, seg(IRS + 1, ISS + 1, A).data(&vec![1; mss]));
     t.expect_none(20);
     // Second full-sized segment → ACK at once.
@@ -889,7 +928,8 @@ fn syn_cookie_accept_keeps_no_state_until_the_ack() {
     );
     let mut syn = seg(IRS, 0, S).mss(1200).ts(1, 0);
     syn.opts.sack_permitted = true;
-    ep.handle_datagram(ms(0), remote(), &dgram(&syn, CID)).unwrap();
+    ep.handle_datagram(ms(0), remote(), &dgram(&syn, CID))
+        .unwrap();
     assert_eq!(ep.len(), 0, "no state for a cookie SYN");
     let out = ep_out(&mut ep, ms(0));
     assert_eq!(out.len(), 1);
@@ -899,8 +939,13 @@ fn syn_cookie_accept_keeps_no_state_until_the_ack() {
     assert!(sa.options.sack_permitted);
     let (tsval, _) = sa.options.timestamps.unwrap();
     // The completing ACK creates an ESTABLISHED connection.
-    let ack = seg(IRS + 1, sa.seq.0.wrapping_add(1), A).ts(2, tsval).data(b"hi");
-    let h = ep.handle_datagram(ms(5), remote(), &dgram(&ack, CID)).unwrap().unwrap();
+    let ack = seg(IRS + 1, sa.seq.0.wrapping_add(1), A)
+        .ts(2, tsval)
+        .data(b"hi");
+    let h = ep
+        .handle_datagram(ms(5), remote(), &dgram(&ack, CID))
+        .unwrap()
+        .unwrap();
     assert_eq!(ep.accept(), Some(h));
     let c = ep.connection_mut(h).unwrap();
     assert_eq!(c.state(), State::Established);
@@ -913,7 +958,11 @@ fn syn_cookie_accept_keeps_no_state_until_the_ack() {
 fn forged_cookie_ack_is_reset_and_creates_nothing() {
     let mut ep = endpoint(true);
     let ack = seg(IRS + 1, 0xdead_beef, A);
-    assert_eq!(ep.handle_datagram(ms(0), remote(), &dgram(&ack, CID)).unwrap(), None);
+    assert_eq!(
+        ep.handle_datagram(ms(0), remote(), &dgram(&ack, CID))
+            .unwrap(),
+        None
+    );
     assert_eq!(ep.len(), 0);
     let out = ep_out(&mut ep, ms(0));
     assert_eq!(out.len(), 1);
@@ -935,8 +984,11 @@ fn syn_flood_bounded_half_open_then_cookies() {
     );
     for i in 0..10_000u64 {
         let syn = seg(IRS, 0, S);
-        let from: SocketAddr = format!("198.51.100.{}:{}", i % 200, 1000 + i % 50_000).parse().unwrap();
-        ep.handle_datagram(ms(i / 100), from, &dgram(&syn, 0x1000 + i)).unwrap();
+        let from: SocketAddr = format!("198.51.100.{}:{}", i % 200, 1000 + i % 50_000)
+            .parse()
+            .unwrap();
+        ep.handle_datagram(ms(i / 100), from, &dgram(&syn, 0x1000 + i))
+            .unwrap();
         let _ = ep_out(&mut ep, ms(i / 100));
     }
     assert_eq!(ep.half_open(), 16);
@@ -947,10 +999,13 @@ fn syn_flood_bounded_half_open_then_cookies() {
 #[test]
 fn stray_segments_get_rst_and_garbage_is_dropped() {
     let mut ep = endpoint(false);
-    assert!(ep.handle_datagram(ms(0), remote(), b"\x01\x00garbage").is_err());
+    assert!(ep
+        .handle_datagram(ms(0), remote(), b"\x01\x00garbage")
+        .is_err());
     assert!(ep_out(&mut ep, ms(0)).is_empty());
     // RST for an unknown connection is never answered.
-    ep.handle_datagram(ms(0), remote(), &dgram(&seg(1, 2, R), 5)).unwrap();
+    ep.handle_datagram(ms(0), remote(), &dgram(&seg(1, 2, R), 5))
+        .unwrap();
     assert!(ep_out(&mut ep, ms(0)).is_empty());
 }
 
@@ -977,7 +1032,19 @@ fn endpoint_to_endpoint_connect_transfer_close() {
             }
         }
         for d in ep_out(&mut a, now) {
-            if std::env::var("DBG").is_ok() { let r = SegmentRepr::parse(&d).unwrap(); if r.payload.len() < 1000 || r.flags.fin() { eprintln!("{now:?} A> {:?} seq={} ack={} len={} win={}", r.flags, r.seq, r.ack, r.payload.len(), r.window); } }
+            if std::env::var("DBG").is_ok() {
+                let r = SegmentRepr::parse(&d).unwrap();
+                if r.payload.len() < 1000 || r.flags.fin() {
+                    eprintln!(
+                        "{now:?} A> {:?} seq={} ack={} len={} win={}",
+                        r.flags,
+                        r.seq,
+                        r.ack,
+                        r.payload.len(),
+                        r.window
+                    );
+                }
+            }
             b.handle_datagram(now, a_addr, &d).unwrap();
         }
         if hb.is_none() {
@@ -997,7 +1064,18 @@ fn endpoint_to_endpoint_connect_transfer_close() {
             }
         }
         for d in ep_out(&mut b, now) {
-            if std::env::var("DBG").is_ok() { let r = SegmentRepr::parse(&d).unwrap(); eprintln!("{now:?} B> {:?} seq={} ack={} len={} win={} state={:?}", r.flags, r.seq, r.ack, r.payload.len(), r.window, hb.and_then(|h| b.connection(h)).map(|c| c.state())); }
+            if std::env::var("DBG").is_ok() {
+                let r = SegmentRepr::parse(&d).unwrap();
+                eprintln!(
+                    "{now:?} B> {:?} seq={} ack={} len={} win={} state={:?}",
+                    r.flags,
+                    r.seq,
+                    r.ack,
+                    r.payload.len(),
+                    r.window,
+                    hb.and_then(|h| b.connection(h)).map(|c| c.state())
+                );
+            }
             a.handle_datagram(now, b_addr, &d).unwrap();
         }
         if a.connection(h).map(|c| c.state()) == Some(State::TimeWait)
@@ -1005,7 +1083,10 @@ fn endpoint_to_endpoint_connect_transfer_close() {
         {
             break;
         }
-        let next = [a.poll_timeout(), b.poll_timeout()].into_iter().flatten().min();
+        let next = [a.poll_timeout(), b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         now = match next {
             Some(t) if t > now => t,
             _ => now + Duration::from_micros(100),
@@ -1015,5 +1096,11 @@ fn endpoint_to_endpoint_connect_transfer_close() {
     }
     assert_eq!(got, data);
     let ca = a.connection(h).unwrap();
-    assert_eq!(ca.state(), State::TimeWait, "{ca:?} err={:?} stats={:?}", ca.error(), ca.stats());
+    assert_eq!(
+        ca.state(),
+        State::TimeWait,
+        "{ca:?} err={:?} stats={:?}",
+        ca.error(),
+        ca.stats()
+    );
 }

@@ -116,8 +116,13 @@
 //! let first = sim.node(ib).got[0];
 //! // Sent at a multiple of 10 ms, + 0.8 ms serialization + 25 ms delay.
 //! assert_eq!(first.0.as_micros() % 10_000, 5_800);
+//! assert_eq!(sim.stats(ia, ib).delivered, 80);
+//!
+//! // Run the rest: idle once A has sent all 100 and nothing is in flight.
+//! let out = sim.run_until(Instant::from_millis(60_000), |_| false);
+//! assert_eq!(out.stop, Stop::Idle);
 //! let st = sim.stats(ia, ib);
-//! assert_eq!(st.delivered, 80);
+//! assert_eq!(st.sent, 100);
 //! assert_eq!(st.sent, st.delivered + st.dropped_loss);
 //!
 //! // The same seed replays exactly.
@@ -125,7 +130,7 @@
 //! # let ja = again.add_node(a, Peer { peer: b, left: 100, next: Instant::ZERO, got: vec![] });
 //! # let jb = again.add_node(b, Peer { peer: a, left: 0, next: Instant::ZERO, got: vec![] });
 //! # again.set_link(ja, jb, sim.link(ia, ib).clone());
-//! # again.run_until(Instant::from_millis(60_000), |s| s.node(jb).got.len() >= 80);
+//! # again.run_until(Instant::from_millis(60_000), |_| false);
 //! # assert_eq!(again.node(jb).got, sim.node(ib).got);
 //! ```
 //!

@@ -192,7 +192,10 @@ pub enum DropCause {
 pub(crate) enum Fate {
     Dropped(DropCause),
     /// Arrival time (µs) of the first copy, and of the duplicate, if any.
-    Deliver { at: u64, dup_at: Option<u64> },
+    Deliver {
+        at: u64,
+        dup_at: Option<u64>,
+    },
 }
 
 /// A link's configuration plus the state its impairments need.
@@ -245,7 +248,10 @@ impl Link {
             }
         }
         cfg.blackouts = merged;
-        let (old, new) = (u128::from(self.cfg.bandwidth_bps), u128::from(cfg.bandwidth_bps));
+        let (old, new) = (
+            u128::from(self.cfg.bandwidth_bps),
+            u128::from(cfg.bandwidth_bps),
+        );
         if old != new {
             if old == 0 || new == 0 {
                 self.tx_free = 0;
@@ -279,11 +285,16 @@ impl Link {
                 loss_in_good,
                 loss_in_bad,
             } => {
-                let flip = if self.bad { p_bad_to_good } else { p_good_to_bad };
+                let flip = if self.bad {
+                    p_bad_to_good
+                } else {
+                    p_good_to_bad
+                };
                 if self.rng.chance(flip) {
                     self.bad = !self.bad;
                 }
-                self.rng.chance(if self.bad { loss_in_bad } else { loss_in_good })
+                self.rng
+                    .chance(if self.bad { loss_in_bad } else { loss_in_good })
             }
         }
     }
@@ -316,7 +327,11 @@ impl Link {
             }
             let start = self.tx_free.max(now_s);
             if start > now_s {
-                if self.cfg.queue_bytes.is_some_and(|q| self.waiting_bytes + len > q) {
+                if self
+                    .cfg
+                    .queue_bytes
+                    .is_some_and(|q| self.waiting_bytes + len > q)
+                {
                     return Fate::Dropped(DropCause::Queue);
                 }
                 self.waiting.push_back((start, len));
@@ -384,7 +399,15 @@ mod tests {
             ..LinkConfig::default()
         });
         assert_eq!(l.cfg.blackouts, vec![(t(1), t(4)), (t(10), t(12))]);
-        for (s, expect) in [(0, false), (1, true), (3, true), (4, false), (9, false), (10, true), (12, false)] {
+        for (s, expect) in [
+            (0, false),
+            (1, true),
+            (3, true),
+            (4, false),
+            (9, false),
+            (10, true),
+            (12, false),
+        ] {
             assert_eq!(l.in_blackout(t(s)), expect, "at {s}");
         }
     }

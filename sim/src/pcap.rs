@@ -136,8 +136,10 @@ impl Pcap {
         let orig = u32::try_from(self.scratch.len()).unwrap_or(u32::MAX);
         let incl = orig.min(SNAPLEN);
         let r = (|| {
-            self.out.write_all(&((us / 1_000_000) as u32).to_le_bytes())?;
-            self.out.write_all(&((us % 1_000_000) as u32).to_le_bytes())?;
+            self.out
+                .write_all(&((us / 1_000_000) as u32).to_le_bytes())?;
+            self.out
+                .write_all(&((us % 1_000_000) as u32).to_le_bytes())?;
             self.out.write_all(&incl.to_le_bytes())?;
             self.out.write_all(&orig.to_le_bytes())?;
             self.out.write_all(&self.scratch[..incl as usize])

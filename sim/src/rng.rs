@@ -57,8 +57,8 @@ impl Rng {
     /// nothing when `p <= 0`, so a disabled impairment leaves the stream alone.
     #[inline]
     pub fn chance(&mut self, p: f64) -> bool {
-        // `!(p > 0.0)` rather than `p <= 0.0` so that NaN also means "never".
-        if !(p > 0.0) {
+        // Written so that NaN also means "never".
+        if p.is_nan() || p <= 0.0 {
             return false;
         }
         self.f64() < p

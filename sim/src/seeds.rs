@@ -60,7 +60,5 @@ fn run_one<F: Fn(u64) -> Result<(), String>>(name: &str, seed: u64, f: &F) {
             format!("panicked: {msg}")
         }
     };
-    panic!(
-        "{name}: seed {seed} failed: {err}\n  replay: {SEED_VAR}={seed} cargo test {name}"
-    );
+    panic!("{name}: seed {seed} failed: {err}\n  replay: {SEED_VAR}={seed} cargo test {name}");
 }

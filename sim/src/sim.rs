@@ -260,7 +260,9 @@ impl<N: Node> Sim<N> {
         for (from, row) in self.links.iter_mut().enumerate() {
             row.push(Link::new(link_seed(self.seed, from, id)));
         }
-        let row = (0..=id).map(|to| Link::new(link_seed(self.seed, id, to))).collect();
+        let row = (0..=id)
+            .map(|to| Link::new(link_seed(self.seed, id, to)))
+            .collect();
         self.links.push(row);
         self.schedule(self.now, Ev::Poll { node: id });
         NodeId(id)
@@ -326,7 +328,8 @@ impl<N: Node> Sim<N> {
     /// `addr` — a NAT rebinding. From then on its datagrams carry the new
     /// source; datagrams to the old address that arrive after it are dropped
     /// (unroutable). Links are keyed by node, so their configuration and
-    /// state carry over.
+    /// state carry over. If another node holds `addr` at that time, datagrams
+    /// to `addr` go to `id` from then on (the other node keeps sending from it).
     pub fn set_address(&mut self, id: NodeId, at: Instant, addr: SocketAddr) {
         let at = at.as_micros().max(self.now);
         self.schedule(at, Ev::Rebind { node: id.0, addr });
@@ -407,6 +410,12 @@ impl<N: Node> Sim<N> {
         }
     }
 
+    /// Events waiting in the queue (including timers that will be skipped
+    /// because they were re-armed).
+    pub fn pending_events(&self) -> usize {
+        self.queue.len()
+    }
+
     /// When the next event happens, if any.
     pub fn next_event_time(&mut self) -> Option<Instant> {
         self.prune();
@@ -430,7 +439,9 @@ impl<N: Node> Sim<N> {
             Ev::Deliver(p) => self.deliver(p),
             Ev::Timer { node, .. } => {
                 self.nodes[node].timer = None;
-                self.nodes[node].node.handle_timeout(Instant::from_micros(self.now));
+                self.nodes[node]
+                    .node
+                    .handle_timeout(Instant::from_micros(self.now));
                 self.service(node);
             }
             Ev::Poll { node } => self.service(node),
@@ -485,7 +496,15 @@ impl<N: Node> Sim<N> {
         self.run_until(deadline, done)
     }
 
-    fn record(&mut self, kind: RecordKind, from: usize, to: Option<usize>, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+    fn record(
+        &mut self,
+        kind: RecordKind,
+        from: usize,
+        to: Option<usize>,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) {
         let at = Instant::from_micros(self.now);
         if let Some(cap) = self.capture.as_mut() {
             let point = match kind {
@@ -515,14 +534,30 @@ impl<N: Node> Sim<N> {
         let len = p.data.len() as u64;
         if self.nodes[to].addr != p.dst {
             self.links[p.from][to].stats.dropped_unroutable += 1;
-            self.record(RecordKind::Dropped(DropCause::Unroutable), p.from, Some(to), p.src, p.dst, &p.data);
+            self.record(
+                RecordKind::Dropped(DropCause::Unroutable),
+                p.from,
+                Some(to),
+                p.src,
+                p.dst,
+                &p.data,
+            );
         } else {
             let st = &mut self.links[p.from][to].stats;
             st.delivered += 1;
             st.bytes_delivered += len;
-            self.record(RecordKind::Delivered, p.from, Some(to), p.src, p.dst, &p.data);
+            self.record(
+                RecordKind::Delivered,
+                p.from,
+                Some(to),
+                p.src,
+                p.dst,
+                &p.data,
+            );
             let now = Instant::from_micros(self.now);
-            self.nodes[to].node.handle_datagram(now, p.src, p.dst, &p.data);
+            self.nodes[to]
+                .node
+                .handle_datagram(now, p.src, p.dst, &p.data);
             self.service(to);
         }
         self.recycle(p.data);
@@ -568,7 +603,14 @@ impl<N: Node> Sim<N> {
         let Some(&to) = self.routes.get(&dst) else {
             self.nodes[from].unroutable += 1;
             self.record(RecordKind::Sent, from, None, src, dst, data);
-            self.record(RecordKind::Dropped(DropCause::Unroutable), from, None, src, dst, data);
+            self.record(
+                RecordKind::Dropped(DropCause::Unroutable),
+                from,
+                None,
+                src,
+                dst,
+                data,
+            );
             return;
         };
         self.record(RecordKind::Sent, from, Some(to), src, dst, data);
@@ -595,12 +637,39 @@ impl<N: Node> Sim<N> {
                     self.links[from][to].maybe_corrupt(&mut orig);
                     let mut copy = self.buffer(data);
                     self.links[from][to].maybe_corrupt(&mut copy);
-                    self.schedule(at, Ev::Deliver(Packet { from, to, src, dst, data: orig }));
-                    self.schedule(dup_at, Ev::Deliver(Packet { from, to, src, dst, data: copy }));
+                    self.schedule(
+                        at,
+                        Ev::Deliver(Packet {
+                            from,
+                            to,
+                            src,
+                            dst,
+                            data: orig,
+                        }),
+                    );
+                    self.schedule(
+                        dup_at,
+                        Ev::Deliver(Packet {
+                            from,
+                            to,
+                            src,
+                            dst,
+                            data: copy,
+                        }),
+                    );
                 } else {
                     let mut orig = self.buffer(data);
                     self.links[from][to].maybe_corrupt(&mut orig);
-                    self.schedule(at, Ev::Deliver(Packet { from, to, src, dst, data: orig }));
+                    self.schedule(
+                        at,
+                        Ev::Deliver(Packet {
+                            from,
+                            to,
+                            src,
+                            dst,
+                            data: orig,
+                        }),
+                    );
                 }
             }
         }

@@ -113,7 +113,11 @@ impl Cubic {
     fn reduce(&mut self, _now: Instant) {
         let cw = self.segs();
         // §4.7 fast convergence.
-        self.w_max = if cw < self.w_max { cw * (1.0 + BETA) / 2.0 } else { cw };
+        self.w_max = if cw < self.w_max {
+            cw * (1.0 + BETA) / 2.0
+        } else {
+            cw
+        };
         self.epoch = None;
         self.carry = 0.0;
     }
@@ -212,10 +216,18 @@ mod tests {
         // Concave: growth slows while approaching W_max.
         assert!(d[2] > d[cross - 3], "concave: {} vs {}", d[2], d[cross - 3]);
         // Convex: growth speeds up after W_max.
-        assert!(d[d.len() - 1] > d[cross + 1], "convex: {} vs {}", d[d.len() - 1], d[cross + 1]);
+        assert!(
+            d[d.len() - 1] > d[cross + 1],
+            "convex: {} vs {}",
+            d[d.len() - 1],
+            d[cross + 1]
+        );
         // The plateau is near K seconds.
         let k_rtts = c.k() / 0.1;
-        assert!(((cross as f64) - k_rtts).abs() < 0.25 * k_rtts + 3.0, "cross {cross} vs K {k_rtts}");
+        assert!(
+            ((cross as f64) - k_rtts).abs() < 0.25 * k_rtts + 3.0,
+            "cross {cross} vs K {k_rtts}"
+        );
     }
 
     #[test]

@@ -92,7 +92,11 @@ mod tests {
     const MSS: u64 = 1000;
 
     fn rtt() -> RttEstimator {
-        RttEstimator::new(Duration::from_secs(1), Duration::from_millis(50), Duration::from_secs(60))
+        RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )
     }
 
     /// One RTT: a window's worth of ACKs, one per two segments.

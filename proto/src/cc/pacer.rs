@@ -51,7 +51,14 @@ impl Pacer {
         }
     }
 
-    pub fn delay(&mut self, now: Instant, bytes: usize, cwnd: u64, srtt: Option<Duration>, slow_start: bool) -> Option<Instant> {
+    pub fn delay(
+        &mut self,
+        now: Instant,
+        bytes: usize,
+        cwnd: u64,
+        srtt: Option<Duration>,
+        slow_start: bool,
+    ) -> Option<Instant> {
         let srtt = srtt?.as_secs_f64();
         if srtt <= 0.0 {
             self.rate = 0.0;

@@ -2,12 +2,12 @@
 //! sender/receiver that verifies every byte with SHA-256.
 #![allow(dead_code)]
 
+use proto::conn::Config;
+use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use ring::digest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use proto::conn::Config;
-use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use xtcp_sim::Node;
 
 /// Deterministic payload: a cheap keyed stream so both sides can regenerate it.
@@ -98,8 +98,7 @@ impl App {
 
     /// Done: all sent data acknowledged... i.e. our FIN was acked, peer's FIN read.
     pub fn finished(&self) -> bool {
-        self.eof_at.is_some()
-            && matches!(self.state(), Some(State::TimeWait) | Some(State::Closed))
+        self.eof_at.is_some() && matches!(self.state(), Some(State::TimeWait) | Some(State::Closed))
     }
 
     fn pump(&mut self, now: Instant) {
@@ -121,7 +120,9 @@ impl App {
         }
         if let Some(t) = self.trace.as_mut() {
             let s = c.stats();
-            if t.last().is_none_or(|l| l.1 != s.cwnd || l.3 != c.in_recovery()) {
+            if t.last()
+                .is_none_or(|l| l.1 != s.cwnd || l.3 != c.in_recovery())
+            {
                 t.push((now, s.cwnd, s.ssthresh, c.in_recovery()));
             }
         }
@@ -135,7 +136,11 @@ impl App {
             self.shut = true;
             c.shutdown(now);
         }
-        let mut budget = if self.read_limit == 0 { usize::MAX } else { self.read_limit };
+        let mut budget = if self.read_limit == 0 {
+            usize::MAX
+        } else {
+            self.read_limit
+        };
         loop {
             let chunk = c.read_chunk();
             if chunk.is_empty() || budget == 0 {
