@@ -401,6 +401,27 @@ fn rst_in_last_ack_and_time_wait_closes_quietly() {
 }
 
 #[test]
+fn rst_in_closing_closes_and_in_time_wait_is_ignored() {
+    // CLOSING: RFC 9293 §3.10.7.4 — close without error.
+    let mut t = T::established_client(plain_config());
+    t.c.shutdown(ms(20));
+    t.expect(20, ISS + 1, IRS + 1, F | A);
+    t.send(21, seg(IRS + 1, ISS + 1, F | A));
+    assert_eq!(t.c.state(), State::Closing);
+    t.send(22, seg(IRS + 2, 0, R));
+    assert_eq!(t.c.state(), State::Closed);
+    assert_eq!(t.c.error(), None);
+    // TIME-WAIT: RFC 1337 §3 — an RST must not cut TIME-WAIT short.
+    let mut t = T::established_client(plain_config());
+    t.c.shutdown(ms(20));
+    t.expect(20, ISS + 1, IRS + 1, F | A);
+    t.send(30, seg(IRS + 1, ISS + 2, F | A));
+    assert_eq!(t.c.state(), State::TimeWait);
+    t.send(31, seg(IRS + 2, 0, R));
+    assert_eq!(t.c.state(), State::TimeWait);
+}
+
+#[test]
 fn abort_sends_rst() {
     let mut t = T::established_client(plain_config());
     t.c.write(b"abc").unwrap();
