@@ -722,10 +722,9 @@ impl Connection {
 
     /// Read in-order bytes. `Ok(0)` means the peer finished (FIN) and all data was read.
     pub fn read(&mut self, out: &mut [u8]) -> Result<usize, ReadError> {
-        let before = self.rcv_wnd();
         let n = self.recv_buf.read(out);
         if n > 0 {
-            self.after_read(before);
+            self.after_read();
             return Ok(n);
         }
         if self.fin_received {
@@ -749,12 +748,11 @@ impl Connection {
 
     /// Consume `n` bytes returned by [`Connection::read_chunk`].
     pub fn consume(&mut self, n: usize) {
-        let before = self.rcv_wnd();
         self.recv_buf.consume(n);
-        self.after_read(before);
+        self.after_read();
     }
 
-    fn after_read(&mut self, before: u64) {
+    fn after_read(&mut self) {
         // RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): announce the reopened
         // window only once it grew by min(buffer/2, MSS); always when it was
         // below one MSS (the peer may be waiting on a persist timer).
@@ -769,7 +767,6 @@ impl Connection {
             && after >= adv + threshold.max(1)
             && (adv < self.mss() as u64 || after - adv >= 2 * self.mss() as u64)
         {
-            let _ = before;
             self.ack.now = true;
         }
     }
@@ -999,7 +996,7 @@ impl Connection {
 
     fn challenge_ack(&mut self, now: Instant) {
         // RFC 5961 §7: rate-limit challenge ACKs.
-        let (start, count) = self.challenge_window;
+        let (start, _) = self.challenge_window;
         if now - start >= Duration::from_secs(1) {
             self.challenge_window = (now, 0);
         }
@@ -1008,7 +1005,6 @@ impl Connection {
             self.stats.challenge_acks += 1;
             self.ack.now = true;
         }
-        let _ = count;
     }
 
     fn on_segment_synchronized(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
