@@ -444,6 +444,8 @@ pub struct Connection {
     rack_rtt: Option<Duration>,
     persist_backoff: u32,
     persist_probe_due: bool,
+    /// A one-byte window probe beyond the window is outstanding (not in `rtx`).
+    probe_sent: Option<Instant>,
     keepalive_probes: u32,
     keepalive_due: bool,
     last_send: Instant,
@@ -528,6 +530,7 @@ impl Connection {
             rack_rtt: None,
             persist_backoff: 0,
             persist_probe_due: false,
+            probe_sent: None,
             keepalive_probes: 0,
             keepalive_due: false,
             last_send: now,
@@ -686,9 +689,18 @@ impl Connection {
     }
 
     fn rcv_wnd(&self) -> u64 {
-        // RFC 9293 §3.8.6.2.2: never shrink the advertised right edge.
-        let edge =
-            (self.recv_buf.read_offset() + self.recv_buf.capacity() as u64).max(self.rcv_adv_edge);
+        // RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): move the right edge only
+        // by at least min(buffer/2, MSS), so no small window is ever offered;
+        // and never move it left.
+        let potential = self.recv_buf.read_offset() + self.recv_buf.capacity() as u64;
+        let step = (self.recv_buf.capacity() as u64 / 2)
+            .min(self.mss() as u64)
+            .max(1);
+        let edge = if potential >= self.rcv_adv_edge + step {
+            potential
+        } else {
+            self.rcv_adv_edge
+        };
         edge.saturating_sub(self.recv_buf.contiguous_end())
     }
 
@@ -1180,7 +1192,26 @@ impl Connection {
     fn process_ack(&mut self, now: Instant, seg: &SegmentRepr<'_>) -> bool {
         let una_seq = self.snd_seq(self.snd_una);
         let d = seg.ack.diff(una_seq);
-        let outstanding = self.snd_nxt - self.snd_una;
+        let mut outstanding = self.snd_nxt - self.snd_una;
+        if let Some(at) = self.probe_sent {
+            if d > 0 && d as u64 == outstanding + 1 && self.send_buf.end() > self.snd_nxt {
+                // The peer accepted our window probe's byte (RFC 9293 §3.8.6.1): it
+                // becomes an ordinary transmitted segment, acknowledged below.
+                self.probe_sent = None;
+                self.rtx.push_back(SentSeg {
+                    start: self.snd_nxt,
+                    end: self.snd_nxt + 1,
+                    sent_at: at,
+                    xmits: 2,
+                    sacked: false,
+                    lost: false,
+                    app_limited: true,
+                });
+                self.snd_nxt += 1;
+                self.pipe += 1;
+                outstanding += 1;
+            }
+        }
         if d > 0 && d as u64 > outstanding {
             // Acks something not yet sent: send an ACK, drop (RFC 9293 §3.10.7.4).
             self.ack.now = true;
@@ -1921,11 +1952,21 @@ impl Connection {
                 }
                 return self.send_new(now, len, buf);
             }
-            // 3. Zero window with data waiting and nothing in flight: persist (RFC 9293 §3.8.6.1).
-            if wnd_room == 0 && !in_flight {
+            // 3. Data waiting, nothing in flight, and the window too small to send
+            //    (zero, or below what SWS avoidance wants): the persist timer. When
+            //    it fires, a zero window gets a one-byte probe (RFC 9293 §3.8.6.1)
+            //    and a small window gets what fits (the SWS override timeout of
+            //    §3.8.6.2.1). Without it a lost window update would stall us forever.
+            if !in_flight {
                 if self.persist_probe_due {
                     self.persist_probe_due = false;
-                    let r = self.send_probe(now, buf);
+                    let r = if wnd_room == 0 {
+                        self.send_probe(now, buf)
+                    } else if len > 0 || fin_only {
+                        self.send_new(now, len, buf)
+                    } else {
+                        None
+                    };
                     self.arm_persist(now);
                     return r;
                 }
@@ -1956,12 +1997,16 @@ impl Connection {
             }
             None => &[],
         };
+        if !payload.is_empty() {
+            self.probe_sent = Some(now);
+        }
         let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, payload);
         self.emit(now, &repr, buf)
     }
 
     fn send_new(&mut self, now: Instant, len: usize, buf: &mut [u8]) -> Option<Transmit> {
         let start = self.snd_nxt;
+        self.probe_sent = None;
         let payload_len = self.fill_payload_len(start, len);
         let data_end = self.send_buf.end();
         let fin = self

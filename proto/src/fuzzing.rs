@@ -60,7 +60,12 @@ pub fn connection(data: &[u8]) {
             Some(u16::from_be_bytes([self.u8()?, self.u8()?]))
         }
         fn u32(&mut self) -> Option<u32> {
-            Some(u32::from_be_bytes([self.u8()?, self.u8()?, self.u8()?, self.u8()?]))
+            Some(u32::from_be_bytes([
+                self.u8()?,
+                self.u8()?,
+                self.u8()?,
+                self.u8()?,
+            ]))
         }
         fn take(&mut self, n: usize) -> &[u8] {
             let n = n.min(self.0.len());
@@ -80,16 +85,31 @@ pub fn connection(data: &[u8]) {
         sack: mode & 4 != 0,
         nagle: mode & 8 != 0,
         pacing: mode & 16 != 0,
-        delayed_ack: if mode & 32 != 0 { Some(Duration::from_millis(25)) } else { None },
+        delayed_ack: if mode & 32 != 0 {
+            Some(Duration::from_millis(25))
+        } else {
+            None
+        },
         keepalive: if mode & 64 != 0 {
-            Some(crate::conn::Keepalive { idle: Duration::from_secs(1), interval: Duration::from_millis(300), probes: 2 })
+            Some(crate::conn::Keepalive {
+                idle: Duration::from_secs(1),
+                interval: Duration::from_millis(300),
+                probes: 2,
+            })
         } else {
             None
         },
         ..Config::default()
     });
     let iss = 0xffff_ff00u32; // close to wrapping
-    let params = ConnectionParams { conn_id: 7, iss: SeqNumber(iss), ts_offset: 0, local_port: 1, remote_port: 2, remote };
+    let params = ConnectionParams {
+        conn_id: 7,
+        iss: SeqNumber(iss),
+        ts_offset: 0,
+        local_port: 1,
+        remote_port: 2,
+        remote,
+    };
     let mut now = Instant::ZERO;
     let mut c = if mode & 1 == 0 {
         Connection::connect(cfg.clone(), now, params)
@@ -110,8 +130,14 @@ pub fn connection(data: &[u8]) {
             }
             1 | 2 => {
                 let flags = TcpFlags(b.u8().unwrap_or(0x10));
-                let seq = SeqNumber(irs.wrapping_add(b.u16().unwrap_or(0) as u32).wrapping_sub(0x100));
-                let ack = SeqNumber(iss.wrapping_add(b.u16().unwrap_or(0) as u32).wrapping_sub(0x100));
+                let seq = SeqNumber(
+                    irs.wrapping_add(b.u16().unwrap_or(0) as u32)
+                        .wrapping_sub(0x100),
+                );
+                let ack = SeqNumber(
+                    iss.wrapping_add(b.u16().unwrap_or(0) as u32)
+                        .wrapping_sub(0x100),
+                );
                 let window = b.u16().unwrap_or(0);
                 let len = usize::from(b.u16().unwrap_or(0)) % 1500;
                 let o = b.u8().unwrap_or(0);
@@ -131,7 +157,10 @@ pub fn connection(data: &[u8]) {
                     let l = iss.wrapping_add(b.u16().unwrap_or(0) as u32);
                     let r = l.wrapping_add(b.u16().unwrap_or(0) as u32);
                     if let Some(slot) = options.sack.get_mut(i) {
-                        *slot = SackBlock { left: SeqNumber(l), right: SeqNumber(r) };
+                        *slot = SackBlock {
+                            left: SeqNumber(l),
+                            right: SeqNumber(r),
+                        };
                     }
                 }
                 options.sack_len = nsack as u8;
@@ -147,14 +176,21 @@ pub fn connection(data: &[u8]) {
                     options,
                     payload: payload.get(..len).unwrap_or(&[]),
                 };
-                let from = if op % 8 == 2 { ([192, 0, 2, 9], 4001).into() } else { remote };
+                let from = if op % 8 == 2 {
+                    ([192, 0, 2, 9], 4001).into()
+                } else {
+                    remote
+                };
                 c.handle_segment(now, from, &seg);
             }
             3 => {
                 now += Duration::from_micros(u64::from(b.u16().unwrap_or(0)) * 50);
                 c.handle_timeout(now);
                 if let Some(t) = c.poll_timeout() {
-                    assert!(t > now, "timer {t:?} not in the future after handle_timeout({now:?})");
+                    assert!(
+                        t > now,
+                        "timer {t:?} not in the future after handle_timeout({now:?})"
+                    );
                 }
             }
             4 => {
@@ -176,10 +212,18 @@ pub fn connection(data: &[u8]) {
         }
         // Drain output: everything emitted must parse and be addressed somewhere known.
         for _ in 0..64 {
-            let Some(t) = c.poll_transmit(now, &mut out) else { break };
+            let Some(t) = c.poll_transmit(now, &mut out) else {
+                break;
+            };
             let dgram = out.get(..t.size).unwrap_or(&[]);
-            assert!(SegmentRepr::parse(dgram).is_ok(), "emitted an unparseable datagram");
-            assert!(t.size <= cfg.max_datagram_size, "datagram larger than max_datagram_size");
+            assert!(
+                SegmentRepr::parse(dgram).is_ok(),
+                "emitted an unparseable datagram"
+            );
+            assert!(
+                t.size <= cfg.max_datagram_size,
+                "datagram larger than max_datagram_size"
+            );
         }
         while c.poll_event().is_some() {}
         assert!(c.unacked() <= cfg.send_buffer);

@@ -751,6 +751,22 @@ fn zero_window_persist_probes_back_off_and_window_reopens() {
 }
 
 #[test]
+fn window_probe_byte_accepted_by_the_peer() {
+    let mut t = T::established_client(plain_config());
+    t.send(20, seg(IRS + 1, ISS + 1, A).win(0));
+    t.c.write(b"hello").unwrap();
+    t.expect_none(20);
+    let p = t.expect(220, ISS + 1, IRS + 1, A);
+    assert_eq!(p.payload, b"h");
+    // The window had just opened: the peer keeps the byte and acknowledges it.
+    t.send(225, seg(IRS + 1, ISS + 2, A).win(1000));
+    let d = t.expect(225, ISS + 2, IRS + 1, A | TcpFlags::PSH);
+    assert_eq!(d.payload, b"ello");
+    t.send(230, seg(IRS + 1, ISS + 6, A).win(1000));
+    assert_eq!(t.c.unacked(), 0);
+}
+
+#[test]
 fn receiver_advertises_zero_window_and_reopens_on_read() {
     let cfg = Config {
         recv_buffer: 4000,

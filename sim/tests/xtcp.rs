@@ -658,65 +658,57 @@ fn peer_vanishing_times_out_within_user_timeout() {
     );
 }
 
+
 #[test]
-#[ignore]
-fn debug_seed() {
-    let seed: u64 = std::env::var("DSEED").unwrap().parse().unwrap();
-    let one_way = Duration::from_micros(750 * 500);
-    let horizon = Instant::from_millis(3_600_000);
-    let link = LinkConfig {
-        delay: one_way,
-        jitter: one_way / 10,
-        bandwidth_bps: 50_000_000,
-        queue_bytes: Some(1 << 20),
-        loss: lossy(0.30, true),
-        reorder: Some((0.05, one_way / 4 + Duration::from_millis(1))),
-        duplicate: 0.05,
-        corrupt: 0.02,
-        mtu: Some(1500),
-        blackouts: LinkConfig::periodic_blackouts(
-            Instant::ZERO,
-            Duration::from_secs(5),
-            Duration::from_secs(2),
-            horizon,
-        ),
-    };
-    let mut sim: Sim<App> = Sim::new(seed);
-    let da = payload(seed.wrapping_mul(2).wrapping_add(1), 65536);
-    let db = payload(seed.wrapping_mul(2).wrapping_add(2), 65536);
-    let a = sim.add_node(addr_a(), App::new(chaos_config(), true, addr_b(), da, 1));
-    let b = sim.add_node(addr_b(), App::new(chaos_config(), false, addr_a(), db, 2));
-    sim.set_link(a, b, link.clone());
-    sim.set_link(b, a, link);
-    sim.set_observer(|r| {
-        if let Ok(s) = proto::wire::SegmentRepr::parse(r.data) {
-            if s.flags.fin() || s.flags.rst() || r.at.as_micros() > 150_000_000 {
-                eprintln!(
-                    "{:?} {:?} {}->{} {:?} seq={} ack={} len={}",
-                    r.at,
-                    r.kind,
-                    r.src,
-                    r.dst,
-                    s.flags,
-                    s.seq,
-                    s.ack,
-                    s.payload.len()
-                );
+fn slow_reader_zero_windows_byte_exact() {
+    // A receiver with a 16 KiB buffer that stops reading for 2 s: the sender meets
+    // a zero window, probes it (RFC 9293 §3.8.6.1) and must deliver every byte.
+    check_seeds("slow_reader_zero_windows_byte_exact", 0..10, |seed| {
+        let mut sim: Sim<App> = Sim::new(seed);
+        let cfg = Config {
+            recv_buffer: 16 << 10,
+            ..chaos_config()
+        };
+        let data = payload(seed, 512 << 10);
+        let a = sim.add_node(
+            addr_a(),
+            App::new(cfg.clone(), true, addr_b(), data.clone(), 1),
+        );
+        let mut rx = App::new(cfg, false, addr_a(), payload(0, 0), 2);
+        rx.pause = Some((Instant::from_millis(100), Instant::from_millis(2100)));
+        let b = sim.add_node(addr_b(), rx);
+        let link = LinkConfig {
+            delay: Duration::from_millis(5),
+            loss: lossy(0.02, false),
+            ..LinkConfig::default()
+        };
+        sim.set_links(a, b, link);
+        let zero = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let z = zero.clone();
+        let b_addr = addr_b();
+        sim.set_observer(move |r| {
+            if r.src == b_addr && matches!(r.kind, xtcp_sim::RecordKind::Sent) {
+                if let Ok(s) = proto::wire::SegmentRepr::parse(r.data) {
+                    if s.window == 0 {
+                        z.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
+        });
+        let out = sim.run_until(Instant::from_millis(3_600_000), |s| {
+            s.node(b).eof_at.is_some()
+        });
+        if zero.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return Err("the receiver never advertised a zero window".into());
         }
+        let nb = sim.node(b);
+        if !out.is_done() || nb.digest.as_deref() != Some(&sha256(&data)[..]) {
+            return Err(format!(
+                "{out:?} received {} of {}",
+                nb.received,
+                data.len()
+            ));
+        }
+        Ok(())
     });
-    let mut last = (None, None);
-    for _ in 0..10_000_000 {
-        if !sim.step() {
-            break;
-        }
-        let st = (sim.node(a).state(), sim.node(b).state());
-        if st != last {
-            eprintln!("{:?} A={:?} B={:?}", sim.now(), st.0, st.1);
-            last = st;
-        }
-        if sim.node(a).finished() && sim.node(b).finished() {
-            break;
-        }
-    }
 }

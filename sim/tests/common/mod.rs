@@ -54,6 +54,10 @@ pub struct App {
     pub read_limit: usize,
     pub final_state: Option<State>,
     pub error: Option<proto::ConnectionError>,
+    /// The application does not read during this interval (a stalled reader).
+    pub pause: Option<(Instant, Instant)>,
+    /// Last time the application ran (a slow reader wakes itself 1 ms later).
+    last_run: Instant,
 }
 
 impl App {
@@ -86,6 +90,8 @@ impl App {
             read_limit: 0,
             final_state: None,
             error: None,
+            last_run: Instant::ZERO,
+            pause: None,
         }
     }
 
@@ -102,6 +108,7 @@ impl App {
     }
 
     fn pump(&mut self, now: Instant) {
+        self.last_run = now;
         if self.client && !self.started {
             self.started = true;
             self.h = Some(self.ep.connect(now, self.peer));
@@ -136,7 +143,10 @@ impl App {
             self.shut = true;
             c.shutdown(now);
         }
-        let mut budget = if self.read_limit == 0 {
+        let paused = self.pause.is_some_and(|(a, b)| now >= a && now < b);
+        let mut budget = if paused {
+            0
+        } else if self.read_limit == 0 {
             usize::MAX
         } else {
             self.read_limit
@@ -185,7 +195,21 @@ impl Node for App {
         if self.client && !self.started {
             return Some(Instant::ZERO);
         }
-        self.ep.poll_timeout()
+        let unread = self
+            .h
+            .and_then(|h| self.ep.connection(h))
+            .is_some_and(|c| c.readable() > 0);
+        let resume = self
+            .pause
+            .map(|(_, b)| b)
+            .filter(|&b| b > self.last_run && unread);
+        let wake = (self.read_limit > 0 && unread)
+            .then(|| self.last_run + std::time::Duration::from_millis(1))
+            .or(resume);
+        match (self.ep.poll_timeout(), wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
