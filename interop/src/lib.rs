@@ -1,0 +1,205 @@
+//! # xtcp-lab — network namespaces for real-network tests
+//!
+//! Tests that must cross a real kernel network path (veth with MTU 1500,
+//! netem delay, nftables loss, NAT) build it here from iproute2 and nftables.
+//! Every namespace, link and rule is created by the test itself, named with a
+//! per-process prefix, uses only 198.18.0.0/15 addresses, and is removed on
+//! drop. Nothing touches the host's own namespace except creating and deleting
+//! the namespaces.
+//!
+//! Root is required. [`require_root`] fails loudly (never skips) so that CI,
+//! which runs as root, cannot silently pass without running these tests.
+
+use std::io;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Panics with a clear message unless running as root with `ip` and `nft` available.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "network-namespace tests need root (CI runs them as root); run as root or skip this test binary explicitly"
+    );
+    for tool in ["ip", "nft", "tc"] {
+        let ok = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "`{tool}` is missing: apt-get install -y iproute2 nftables"
+        );
+    }
+}
+
+fn run(cmd: &mut Command) -> io::Result<Output> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out)
+}
+
+/// Run a command in the host namespace (for `ip link add … netns …`).
+pub fn host(args: &[&str]) -> io::Result<Output> {
+    let (prog, rest) = args
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
+    run(Command::new(prog).args(rest))
+}
+
+/// A network namespace, deleted (with everything in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Create `xl<pid>-<n>-<label>`; loopback is brought up.
+    pub fn new(label: &str) -> io::Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("xl{}-{}-{}", std::process::id(), n, label);
+        host(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Run a command inside the namespace and wait for it; error if it fails.
+    pub fn exec(&self, args: &[&str]) -> io::Result<Output> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
+    }
+
+    /// Start a program inside the namespace.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> io::Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+
+    /// Drop `pct` % of packets arriving on `dev` at random (nftables `numgen random`).
+    pub fn random_drop(&self, dev: &str, pct: u32) -> io::Result<()> {
+        self.exec(&["nft", "add", "table", "inet", "xlab"])?;
+        self.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "xlab",
+            "input",
+            "{ type filter hook prerouting priority -300; }",
+        ])?;
+        let thr = (pct * 10).to_string();
+        self.exec(&[
+            "nft", "add", "rule", "inet", "xlab", "input", "iifname", dev, "numgen", "random",
+            "mod", "1000", "<", &thr, "drop",
+        ])?;
+        Ok(())
+    }
+
+    /// Add netem delay (and optional rate) on `dev`'s egress.
+    pub fn netem(&self, dev: &str, delay_ms: u32, rate_mbit: Option<u32>) -> io::Result<()> {
+        let delay = format!("{delay_ms}ms");
+        let mut args = vec![
+            "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", &delay,
+        ];
+        let rate;
+        if let Some(r) = rate_mbit {
+            rate = format!("{r}mbit");
+            args.extend(["rate", &rate]);
+        }
+        self.exec(&args)?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Connect two namespaces with a veth pair: `a_dev` in `a` with `a_cidr`,
+/// `b_dev` in `b` with `b_cidr`, both with `mtu`, both up.
+pub fn veth(
+    a: &Netns,
+    a_dev: &str,
+    a_cidr: &str,
+    b: &Netns,
+    b_dev: &str,
+    b_cidr: &str,
+    mtu: u32,
+) -> io::Result<()> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (ta, tb) = (
+        format!("xv{}a{}", std::process::id() % 100_000, n),
+        format!("xv{}b{}", std::process::id() % 100_000, n),
+    );
+    host(&[
+        "ip", "link", "add", &ta, "type", "veth", "peer", "name", &tb,
+    ])?;
+    host(&["ip", "link", "set", &ta, "netns", a.name()])?;
+    host(&["ip", "link", "set", &tb, "netns", b.name()])?;
+    let mtu = mtu.to_string();
+    for (ns, tmp, dev, cidr) in [(a, &ta, a_dev, a_cidr), (b, &tb, b_dev, b_cidr)] {
+        ns.exec(&["ip", "link", "set", tmp, "name", dev])?;
+        ns.exec(&["ip", "link", "set", dev, "mtu", &mtu])?;
+        ns.exec(&["ip", "addr", "add", cidr, "dev", dev])?;
+        ns.exec(&["ip", "link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+/// Deterministic test payload and its SHA-256, shared by peers in different processes.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        v.extend_from_slice(&z.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
