@@ -290,8 +290,9 @@ enum Timer {
     TimeWait = 4,
     Pacing = 5,
     Rack = 6,
+    Tlp = 7,
 }
-const TIMER_COUNT: usize = 7;
+const TIMER_COUNT: usize = 8;
 const ALL_TIMERS: [Timer; TIMER_COUNT] = [
     Timer::Rto,
     Timer::DelayedAck,
@@ -300,6 +301,7 @@ const ALL_TIMERS: [Timer; TIMER_COUNT] = [
     Timer::TimeWait,
     Timer::Pacing,
     Timer::Rack,
+    Timer::Tlp,
 ];
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -444,6 +446,9 @@ pub struct Connection {
     rack_rtt: Option<Duration>,
     persist_backoff: u32,
     persist_probe_due: bool,
+    /// A tail loss probe is due / has been sent in this flight (RFC 8985 §7).
+    tlp_due: bool,
+    tlp_outstanding: bool,
     /// A one-byte window probe beyond the window is outstanding (not in `rtx`).
     probe_sent: Option<Instant>,
     keepalive_probes: u32,
@@ -531,6 +536,8 @@ impl Connection {
             persist_backoff: 0,
             persist_probe_due: false,
             probe_sent: None,
+            tlp_due: false,
+            tlp_outstanding: false,
             keepalive_probes: 0,
             keepalive_due: false,
             last_send: now,
@@ -1358,11 +1365,14 @@ impl Connection {
         }
 
         // RFC 6298 §5.2/5.3: restart the timer, or stop it if nothing is outstanding.
+        self.tlp_outstanding = false;
         if self.snd_nxt > self.snd_una {
             self.timers.set(Timer::Rto, now + self.rto_interval());
+            self.arm_tlp(now);
         } else {
             self.timers.stop(Timer::Rto);
             self.timers.stop(Timer::Rack);
+            self.timers.stop(Timer::Tlp);
         }
 
         // Our FIN acknowledged?
@@ -1657,6 +1667,37 @@ impl Connection {
                     self.detect_losses(now);
                 }
             }
+            Timer::Tlp => {
+                // RFC 8985 §7.3: the probe timeout fired with the tail unacknowledged.
+                if self.snd_nxt > self.snd_una && self.recovery.is_none() && !self.tlp_outstanding {
+                    self.tlp_due = true;
+                    self.tlp_outstanding = true;
+                }
+            }
+        }
+    }
+
+    /// RFC 8985 §7.2: arm the probe timeout (PTO) for the tail of the flight.
+    fn arm_tlp(&mut self, now: Instant) {
+        let Some(srtt) = self.rtt.srtt() else { return };
+        if !self.opts.sack
+            || self.recovery.is_some()
+            || self.tlp_outstanding
+            || self.snd_nxt <= self.snd_una
+            || !self.state.is_synchronized()
+        {
+            self.timers.stop(Timer::Tlp);
+            return;
+        }
+        let mut pto = srtt * 2;
+        if self.pipe <= self.mss() as u64 {
+            // One segment in flight: allow for the peer's delayed ACK (WCDelAckT = 200 ms).
+            pto = pto.max(srtt * 3 / 2 + Duration::from_millis(200));
+        }
+        let at = now + pto;
+        match self.timers.get(Timer::Rto) {
+            Some(rto) if rto <= at => self.timers.stop(Timer::Tlp),
+            _ => self.timers.set(Timer::Tlp, at),
         }
     }
 
@@ -1919,6 +1960,20 @@ impl Connection {
                 }
             }
         }
+        // 1b. A tail loss probe (RFC 8985 §7.3): one segment of new data if the
+        //     peer's window allows, else the last segment again; cwnd does not apply.
+        if self.tlp_due {
+            self.tlp_due = false;
+            let room = self.snd_wnd_edge.saturating_sub(self.snd_nxt);
+            let avail = self.send_buf.end().saturating_sub(self.snd_nxt);
+            if avail > 0 && room > 0 {
+                let len = avail.min(room).min(mss as u64) as usize;
+                return self.send_new(now, len, buf);
+            }
+            if let Some(idx) = self.rtx.iter().rposition(|s| !s.sacked && !s.lost) {
+                return self.resend(now, idx, false, buf);
+            }
+        }
         // 2. New data within the congestion and send windows, subject to Nagle
         //    and sender SWS avoidance (RFC 9293 §3.8.6.2.1), then FIN.
         let data_end = self.send_buf.end();
@@ -2054,6 +2109,7 @@ impl Connection {
         if !self.timers.is_set(Timer::Rto) {
             self.timers.set(Timer::Rto, now + self.rto_interval());
         }
+        self.arm_tlp(now);
         Some(t)
     }
 
@@ -2121,6 +2177,18 @@ impl Connection {
     }
 
     fn retransmit(&mut self, now: Instant, idx: usize, buf: &mut [u8]) -> Option<Transmit> {
+        self.resend(now, idx, true, buf)
+    }
+
+    /// Send segment `idx` of the retransmission queue again; `was_lost`: it
+    /// was marked lost (so it re-enters `pipe`), else it is a TLP copy.
+    fn resend(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        was_lost: bool,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
         let s = *self.rtx.get(idx)?;
         let data_end = self.send_buf.end();
         let payload_end = s.end.min(data_end);
@@ -2139,8 +2207,10 @@ impl Connection {
             seg.xmits = seg.xmits.saturating_add(1);
             seg.sent_at = now;
         }
-        self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
-        self.pipe += s.len();
+        if was_lost {
+            self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
+            self.pipe += s.len();
+        }
         self.stats.bytes_retransmitted += payload_len as u64;
         if !self.timers.is_set(Timer::Rto) {
             self.timers.set(Timer::Rto, now + self.rto_interval());

@@ -680,6 +680,20 @@ fn sack_recovery_retransmits_only_the_holes() {
 }
 
 #[test]
+fn tail_loss_probe_resends_the_last_segment_at_two_srtt() {
+    // RFC 8985 §7: SRTT = 10 ms from the handshake, so PTO = 20 ms, well before the 200 ms RTO.
+    let mut t = established_sack_client();
+    let segs = send_n_segments(&mut t, 3, 100);
+    assert_eq!(segs.len(), 3);
+    t.expect_none(119);
+    let p = t.expect(120, ISS + 1 + 2000, IRS + 1, A);
+    assert_eq!(p.payload.len(), 1000);
+    // One probe per flight: nothing more until the RTO.
+    t.expect_none(299);
+    t.expect(300, ISS + 1, IRS + 1, A);
+}
+
+#[test]
 fn receiver_generates_sack_blocks_most_recent_first() {
     // RFC 2018 §4.
     let mut t = T::client(sack_config());

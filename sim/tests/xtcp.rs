@@ -658,7 +658,6 @@ fn peer_vanishing_times_out_within_user_timeout() {
     );
 }
 
-
 #[test]
 fn slow_reader_zero_windows_byte_exact() {
     // A receiver with a 16 KiB buffer that stops reading for 2 s: the sender meets
