@@ -10,5 +10,13 @@
 
 pub use proto;
 
+pub mod api;
+pub mod demo;
+pub mod e2e;
+pub mod relay;
+pub mod secret;
 pub mod simdemo;
+pub mod tls;
+
+pub use api::{host, join, Error, HostSession, Options, Path, Session};
 pub use sim;

@@ -230,3 +230,20 @@ pub fn connection(data: &[u8]) {
         assert!(c.readable() <= cfg.recv_buffer);
     }
 }
+
+/// Relay frame oracle: any bytes parse to a frame or a typed error; a parsed
+/// frame re-emits to exactly the bytes it consumed (the codec is canonical),
+/// and emitting into a buffer one byte short fails instead of truncating.
+pub fn relay_frame(data: &[u8]) {
+    use crate::relay_wire::Frame;
+    let mut rest = data;
+    // A stream of frames, as the relay reads them; bounded by the input length.
+    while let Ok((frame, used)) = Frame::parse(rest) {
+        assert_eq!(frame.buffer_len(), used, "buffer_len != consumed");
+        let bytes = frame.to_vec().expect("a parsed frame re-emits");
+        assert_eq!(&bytes[..], &rest[..used], "emit(parse(x)) != x");
+        let mut short = vec![0u8; used - 1];
+        assert!(frame.emit(&mut short).is_err(), "short emit must fail");
+        rest = &rest[used..];
+    }
+}

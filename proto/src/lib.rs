@@ -27,6 +27,7 @@ pub mod endpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod recv_buf;
+pub mod relay_wire;
 pub mod rtt;
 pub mod send_buf;
 pub mod seq;

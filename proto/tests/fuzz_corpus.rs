@@ -41,3 +41,4 @@ macro_rules! replay {
 
 replay!(segment_codec, xtcp_proto::fuzzing::segment_codec);
 replay!(connection, xtcp_proto::fuzzing::connection);
+replay!(relay_frame, xtcp_proto::fuzzing::relay_frame);

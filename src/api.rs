@@ -1,0 +1,249 @@
+//! The library API: a host creates a session on a relay and gets its code; a
+//! guest joins with the code; both get one [`Session`] stream carrying
+//! end-to-end TLS 1.3, authenticated by the session code.
+//!
+//! ```text
+//!   host                          relay                          guest
+//!   host(cfg) ── CreateSession(rendezvous_id, token) ──►
+//!   code() ─────────────── (out of band) ────────────────────► join(code, cfg)
+//!                               ◄── Join(rendezvous_id) ─────────
+//!   ◄──────── Paired, TLS ends ──┼── Paired, TLS ends ─────────►
+//!   ◄═══════ e2e TLS 1.3 + HMAC(auth_key, role ‖ exporter), forwarded blindly ═══►
+//! ```
+//!
+//! The relay only ever sees `rendezvous_id` (a one-way derivation of the
+//! secret); the auth key never leaves the peers, so a relay that terminates
+//! TLS itself, splices sessions or flips bits causes a clean failure, never
+//! accepted data (see `spec/session.md`, `spec/relay.md`).
+
+use crate::e2e::{self, E2eError, E2eOptions, E2eStream, Role};
+use crate::relay::client::{self, RelayClientConfig, RelayError, RelayedStream, WaitingSession};
+use crate::secret::SessionSecret;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Which path a session's bytes take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Path {
+    /// Through the relay (blind TCP forwarding).
+    Relay,
+    /// A direct TCP connection between the peers.
+    DirectTcp,
+    /// A direct XTCP (UDP) connection between the peers.
+    DirectUdp,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Relay => "relay",
+            Path::DirectTcp => "direct-tcp",
+            Path::DirectUdp => "direct-udp",
+        })
+    }
+}
+
+/// Everything that can go wrong, with one short line each.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    InvalidCode(String),
+    UnknownSession,
+    Expired,
+    LockedOut(Duration),
+    RelayUnreachable(String),
+    RelayCertificateMismatch(String),
+    Unauthorized,
+    PeerAuthFailed,
+    TimedOut,
+    Relay(RelayError),
+    E2e(E2eError),
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidCode(e) => write!(f, "invalid session code: {e}"),
+            Error::UnknownSession => f.write_str("unknown or expired session"),
+            Error::Expired => f.write_str("session expired: no guest joined in time"),
+            Error::LockedOut(d) => write!(f, "locked out, retry in {} s", d.as_secs().max(1)),
+            Error::RelayUnreachable(e) => write!(f, "relay unreachable: {e}"),
+            Error::RelayCertificateMismatch(e) => write!(f, "relay certificate mismatch ({e})"),
+            Error::Unauthorized => f.write_str("relay refused: operator token missing or wrong"),
+            Error::PeerAuthFailed => f.write_str("peer authentication failed"),
+            Error::TimedOut => f.write_str("timed out"),
+            Error::Relay(e) => write!(f, "relay: {e}"),
+            Error::E2e(e) => write!(f, "end-to-end: {e}"),
+            Error::Io(e) => write!(f, "i/o: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<RelayError> for Error {
+    fn from(e: RelayError) -> Error {
+        match e {
+            RelayError::UnknownSession => Error::UnknownSession,
+            RelayError::LockedOut { retry_after } => Error::LockedOut(retry_after),
+            RelayError::Unreachable(s) => Error::RelayUnreachable(s),
+            RelayError::CertificateMismatch(s) => Error::RelayCertificateMismatch(s),
+            RelayError::Unauthorized => Error::Unauthorized,
+            RelayError::Expired => Error::Expired,
+            other => Error::Relay(other),
+        }
+    }
+}
+
+impl From<E2eError> for Error {
+    fn from(e: E2eError) -> Error {
+        match e {
+            E2eError::PeerAuthFailed => Error::PeerAuthFailed,
+            E2eError::Timeout => Error::TimedOut,
+            other => Error::E2e(other),
+        }
+    }
+}
+
+/// Options shared by `host` and `join`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub relay: RelayClientConfig,
+    pub e2e: E2eOptions,
+}
+
+/// A host's session, registered on a relay and waiting for its guest.
+pub struct HostSession {
+    secret: SessionSecret,
+    waiting: WaitingSession,
+    e2e: E2eOptions,
+}
+
+impl fmt::Debug for HostSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSession")
+            .field("relay", &self.waiting.relay())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Create a session on the relay chosen by rendezvous hashing.
+pub async fn host(opts: &Options) -> Result<HostSession, Error> {
+    let secret = SessionSecret::generate().map_err(|e| Error::Io(io::Error::other(e)))?;
+    let waiting = client::create_session(&opts.relay, secret.rendezvous_id()).await?;
+    Ok(HostSession {
+        secret,
+        waiting,
+        e2e: opts.e2e.clone(),
+    })
+}
+
+impl HostSession {
+    /// The code the guest needs (give it out of band).
+    pub fn code(&self) -> String {
+        self.secret.code()
+    }
+    /// The relay the session lives on.
+    pub fn relay(&self) -> &str {
+        self.waiting.relay()
+    }
+    /// Wait for the guest, then run and verify the end-to-end handshake.
+    /// Cancel safety: dropping the future abandons the session.
+    pub async fn accept(self) -> Result<Session, Error> {
+        let relay = self.waiting.relay().to_string();
+        let paired = self.waiting.paired().await?;
+        let stream = e2e::handshake(paired.stream, Role::Host, &self.secret, &self.e2e).await?;
+        Ok(Session {
+            inner: stream,
+            path: Path::Relay,
+            relay,
+            observed: paired.observed,
+        })
+    }
+}
+
+/// Join the session named by `code`.
+pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
+    let secret = SessionSecret::parse(code).map_err(|e| Error::InvalidCode(e.to_string()))?;
+    let (paired, relay) = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
+    let stream = e2e::handshake(paired.stream, Role::Guest, &secret, &opts.e2e).await?;
+    Ok(Session {
+        inner: stream,
+        path: Path::Relay,
+        relay,
+        observed: paired.observed,
+    })
+}
+
+/// One authenticated, end-to-end encrypted byte stream between host and guest.
+/// Only [`HostSession::accept`] and [`join`] construct it, after the peer
+/// proved knowledge of the session code.
+pub struct Session {
+    inner: E2eStream<RelayedStream>,
+    path: Path,
+    relay: String,
+    observed: SocketAddr,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The path the bytes currently take.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+    /// The negotiated TLS 1.3 cipher suite.
+    pub fn cipher_suite(&self) -> String {
+        self.inner
+            .cipher_suite()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_default()
+    }
+    /// The relay the session met on.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+    /// This peer's address as the relay observed it.
+    pub fn observed_addr(&self) -> SocketAddr {
+        self.observed
+    }
+}
+
+impl AsyncRead for Session {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Session {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

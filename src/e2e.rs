@@ -1,0 +1,325 @@
+//! End-to-end TLS 1.3 between the peers, authenticated by the session code
+//! (`spec/session.md` §3). The same code runs over any byte stream: the relay
+//! pipe, a direct TCP connection, an XTCP stream.
+//!
+//! ```text
+//!   guest = TLS client                         host = TLS server
+//!   ── ClientHello ───────────────────────────────►   ephemeral self-signed cert,
+//!   ◄──────────────── ServerHello … Finished ──────   fresh ECDHE (forward secrecy)
+//!   ── Finished ──────────────────────────────────►
+//!   E  = TLS-Exporter("EXPORTER-xtcp-e2e-auth", no context, 32)     RFC 8446 §7.5
+//!   tag(role) = HMAC-SHA256(auth_key, "xtcp e2e v1" ‖ role ‖ E ‖ len16(binding) ‖ binding)
+//!   ── tag(guest) ────────────────────────────────►   checked in constant time
+//!   ◄──────────────────────────────── tag(host) ───   checked in constant time
+//!   application bytes, only after the peer's tag verified
+//! ```
+//!
+//! Certificates carry no trust here: whoever terminates TLS (a relay acting as
+//! man in the middle included) gets its own exporter value and cannot produce
+//! the tag without `auth_key`, which only holders of the code can derive.
+
+use crate::secret::SessionSecret;
+use crate::tls;
+use rustls::pki_types::ServerName;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-xtcp-e2e-auth";
+const TAG_CONTEXT: &[u8] = b"xtcp e2e v1";
+const TAG_LEN: usize = 32;
+/// ALPN of the peers' TLS.
+pub const ALPN: &[u8] = b"xtcp-e2e/1";
+/// The name the guest asks for (the certificate is ephemeral and unchecked).
+const PEER_NAME: &str = "peer.xtcp.invalid";
+
+/// Which side of the session this peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Created the session; TLS server.
+    Host,
+    /// Joined with the code; TLS client.
+    Guest,
+}
+
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Host => 1,
+            Role::Guest => 2,
+        }
+    }
+    fn peer(self) -> Role {
+        match self {
+            Role::Host => Role::Guest,
+            Role::Guest => Role::Host,
+        }
+    }
+}
+
+/// Options of the end-to-end handshake.
+#[derive(Clone, Debug)]
+pub struct E2eOptions {
+    /// Bound on TLS handshake plus tag exchange.
+    pub handshake_timeout: Duration,
+    /// Extra bytes both sides bind into the tag (e.g. the relay path's
+    /// exporter when authenticating a direct path); empty for the relay path.
+    pub binding: Vec<u8>,
+}
+
+impl Default for E2eOptions {
+    fn default() -> Self {
+        E2eOptions {
+            handshake_timeout: Duration::from_secs(20),
+            binding: Vec::new(),
+        }
+    }
+}
+
+/// Why the end-to-end channel could not be established.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum E2eError {
+    /// TLS failed (bad record, alert, wrong protocol …): e.g. a relay that
+    /// flipped bits or injected bytes.
+    Tls(String),
+    /// The peer's tag did not verify: it does not know the session code, or a
+    /// relay terminated TLS itself or spliced another session.
+    PeerAuthFailed,
+    /// The handshake or tag exchange did not finish within the timeout.
+    Timeout,
+    /// The stream closed during the handshake or tag exchange.
+    Closed,
+    /// Local setup failure (certificate generation).
+    Setup(String),
+}
+
+impl fmt::Display for E2eError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            E2eError::Tls(e) => write!(f, "TLS failure: {e}"),
+            E2eError::PeerAuthFailed => {
+                f.write_str("peer authentication failed (wrong code or tampering)")
+            }
+            E2eError::Timeout => f.write_str("end-to-end handshake timed out"),
+            E2eError::Closed => f.write_str("stream closed during the end-to-end handshake"),
+            E2eError::Setup(e) => write!(f, "TLS setup: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for E2eError {}
+
+fn io_to_e2e(e: io::Error) -> E2eError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe => E2eError::Closed,
+        _ => E2eError::Tls(e.to_string()),
+    }
+}
+
+fn client_config() -> Result<rustls::ClientConfig, E2eError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| E2eError::Setup(e.to_string()))?
+        .dangerous()
+        // The certificate is ephemeral: trust comes from the tag, not from it.
+        .with_custom_certificate_verifier(Arc::new(tls::SignatureOnlyVerifier::new(|_| Ok(()))))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
+fn server_config() -> Result<rustls::ServerConfig, E2eError> {
+    let ck = tls::self_signed(&[PEER_NAME]).map_err(|e| E2eError::Setup(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| E2eError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(ck.chain, ck.key)
+        .map_err(|e| E2eError::Setup(e.to_string()))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.send_tls13_tickets = 0;
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// The bytes a role's tag covers (`spec/session.md` §3.2).
+fn tag_input(role: Role, exporter: &[u8; 32], binding: &[u8]) -> Vec<u8> {
+    let binding = &binding[..binding.len().min(usize::from(u16::MAX))];
+    let mut msg = Vec::with_capacity(TAG_CONTEXT.len() + 1 + 32 + 2 + binding.len());
+    msg.extend_from_slice(TAG_CONTEXT);
+    msg.push(role.byte());
+    msg.extend_from_slice(exporter);
+    msg.extend_from_slice(&(binding.len() as u16).to_be_bytes());
+    msg.extend_from_slice(binding);
+    msg
+}
+
+/// Run the end-to-end handshake over `io` and verify the peer's knowledge of
+/// the session code. Returns only after the peer's tag verified.
+pub async fn handshake<S>(
+    io: S,
+    role: Role,
+    secret: &SessionSecret,
+    opts: &E2eOptions,
+) -> Result<E2eStream<S>, E2eError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(
+        opts.handshake_timeout,
+        handshake_inner(io, role, secret, &opts.binding),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(E2eError::Timeout),
+    }
+}
+
+async fn handshake_inner<S>(
+    io: S,
+    role: Role,
+    secret: &SessionSecret,
+    binding: &[u8],
+) -> Result<E2eStream<S>, E2eError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream: TlsStream<S> = match role {
+        Role::Guest => {
+            let name =
+                ServerName::try_from(PEER_NAME).map_err(|e| E2eError::Setup(e.to_string()))?;
+            TlsConnector::from(Arc::new(client_config()?))
+                .connect(name, io)
+                .await
+                .map_err(io_to_e2e)?
+                .into()
+        }
+        Role::Host => TlsAcceptor::from(Arc::new(server_config()?))
+            .accept(io)
+            .await
+            .map_err(io_to_e2e)?
+            .into(),
+    };
+    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(E2eError::Tls(
+            "peer did not negotiate ALPN xtcp-e2e/1".into(),
+        ));
+    }
+    let exported = match &stream {
+        TlsStream::Client(s) => {
+            s.get_ref()
+                .1
+                .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        }
+        TlsStream::Server(s) => {
+            s.get_ref()
+                .1
+                .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        }
+    };
+    let exporter: [u8; 32] = exported.map_err(|e| E2eError::Tls(e.to_string()))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.auth_key());
+    let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
+    stream.write_all(mine.as_ref()).await.map_err(io_to_e2e)?;
+    stream.flush().await.map_err(io_to_e2e)?;
+    let mut theirs = [0u8; TAG_LEN];
+    stream
+        .read_exact(&mut theirs)
+        .await
+        .map_err(|e| match e.kind() {
+            // A close_notify before the tag: the peer (or the relay) gave up.
+            io::ErrorKind::UnexpectedEof => E2eError::PeerAuthFailed,
+            _ => io_to_e2e(e),
+        })?;
+    // Constant-time comparison (ring::hmac::verify).
+    ring::hmac::verify(&key, &tag_input(role.peer(), &exporter, binding), &theirs)
+        .map_err(|_| E2eError::PeerAuthFailed)?;
+    let suite = stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .map(|s| s.suite());
+    Ok(E2eStream {
+        inner: stream,
+        suite,
+        exporter,
+    })
+}
+
+/// An authenticated end-to-end stream. Constructed only by [`handshake`],
+/// after the peer's tag verified.
+pub struct E2eStream<S> {
+    inner: TlsStream<S>,
+    suite: Option<rustls::CipherSuite>,
+    exporter: [u8; 32],
+}
+
+impl<S> fmt::Debug for E2eStream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("E2eStream")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> E2eStream<S> {
+    /// The negotiated cipher suite.
+    pub fn cipher_suite(&self) -> Option<rustls::CipherSuite> {
+        self.suite
+    }
+    /// This channel's exporter value (used to bind a later direct path to it).
+    pub fn exporter(&self) -> [u8; 32] {
+        self.exporter
+    }
+    /// The transport under TLS.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref().0
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for E2eStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for E2eStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

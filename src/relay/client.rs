@@ -1,0 +1,430 @@
+//! The client side of the relay protocol: create or join a session on the
+//! relay chosen by rendezvous hashing, and get back the raw TCP stream that
+//! the relay now forwards blindly (`spec/relay.md` §3, §5).
+
+use super::ctl::{CtlChannel, CtlError};
+use proto::relay_wire::{ErrorCode, Frame, VERSION};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// How the relay's certificate is trusted.
+#[derive(Clone, Debug)]
+pub enum RelayTrust {
+    /// The operating system's root store.
+    SystemRoots,
+    /// These CA certificates (e.g. from `--relay-ca FILE`).
+    Ca(Vec<CertificateDer<'static>>),
+    /// Exactly this certificate (SHA-256 of its DER, as `xtcp-relay --self-signed` prints).
+    Fingerprint([u8; 32]),
+}
+
+/// Client settings for reaching relays.
+#[derive(Clone, Debug)]
+pub struct RelayClientConfig {
+    /// The relay list (`host:port`); rendezvous hashing picks the order.
+    pub relays: Vec<String>,
+    /// How to trust the relays' certificates.
+    pub trust: RelayTrust,
+    /// Operator token for creating sessions.
+    pub token: Option<String>,
+    /// TCP connect plus TLS handshake, per relay.
+    pub connect_timeout: Duration,
+}
+
+impl RelayClientConfig {
+    /// A config for one relay pinned by fingerprint.
+    pub fn pinned(relay: impl Into<String>, fingerprint: [u8; 32]) -> Self {
+        RelayClientConfig {
+            relays: vec![relay.into()],
+            trust: RelayTrust::Fingerprint(fingerprint),
+            token: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors talking to relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No relay in the list could be reached (last error attached).
+    Unreachable(String),
+    /// The relay's certificate did not match the configured trust.
+    CertificateMismatch(String),
+    /// The operator token was missing or wrong.
+    Unauthorized,
+    /// No waiting session with this code on the relay (unknown, expired or taken).
+    UnknownSession,
+    /// This source failed too many joins.
+    LockedOut {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The session's waiting TTL expired before a guest joined.
+    Expired,
+    /// The relay is at a limit.
+    OverCapacity,
+    /// The relay is shutting down.
+    ShuttingDown,
+    /// The relay broke the protocol or closed the connection.
+    Protocol(String),
+    /// The relay list is empty or an address is invalid.
+    Config(String),
+}
+
+impl fmt::Display for RelayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelayError::Unreachable(e) => write!(f, "relay unreachable: {e}"),
+            RelayError::CertificateMismatch(e) => write!(f, "relay certificate mismatch: {e}"),
+            RelayError::Unauthorized => {
+                f.write_str("relay refused: operator token missing or wrong")
+            }
+            RelayError::UnknownSession => f.write_str("unknown or expired session"),
+            RelayError::LockedOut { retry_after } => {
+                write!(
+                    f,
+                    "locked out after too many failed attempts; retry in {} s",
+                    retry_after.as_secs()
+                )
+            }
+            RelayError::Expired => f.write_str("session expired before the guest joined"),
+            RelayError::OverCapacity => f.write_str("relay over capacity"),
+            RelayError::ShuttingDown => f.write_str("relay shutting down"),
+            RelayError::Protocol(e) => write!(f, "relay protocol error: {e}"),
+            RelayError::Config(e) => write!(f, "relay configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+/// The stream the peers' end-to-end TLS runs over once paired.
+pub type RelayedStream = TcpStream;
+
+/// Order `relays` by highest-random-weight hashing of `rid` (DESIGN.md "Relay
+/// fleet"): every client given the same set computes the same order.
+pub fn rendezvous_order(relays: &[String], rid: &[u8; 16]) -> Vec<String> {
+    let mut scored: Vec<(u64, String)> = relays
+        .iter()
+        .map(|r| {
+            let name = r.trim().to_ascii_lowercase();
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"xtcp hrw v1");
+            ctx.update(rid);
+            ctx.update(name.as_bytes());
+            let d = ctx.finish();
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&d.as_ref()[..8]);
+            (u64::from_be_bytes(w), name)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().map(|(_, n)| n).collect()
+}
+
+fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayError> {
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RelayError::Config(e.to_string()))?;
+    let mut cfg = match trust {
+        RelayTrust::Fingerprint(fp) => {
+            let fp = *fp;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(crate::tls::SignatureOnlyVerifier::new(
+                    move |cert| {
+                        let got = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+                        if got.as_ref() == fp {
+                            Ok(())
+                        } else {
+                            Err(rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::ApplicationVerificationFailure,
+                            ))
+                        }
+                    },
+                )))
+                .with_no_client_auth()
+        }
+        RelayTrust::SystemRoots | RelayTrust::Ca(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            match trust {
+                RelayTrust::Ca(cas) => {
+                    for c in cas {
+                        roots
+                            .add(c.clone())
+                            .map_err(|e| RelayError::Config(e.to_string()))?;
+                    }
+                }
+                _ => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![proto::relay_wire::ALPN.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+fn server_name(relay: &str) -> Result<ServerName<'static>, RelayError> {
+    let host = match relay.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => relay,
+    };
+    ServerName::try_from(host.to_string()).map_err(|e| RelayError::Config(format!("{relay}: {e}")))
+}
+
+/// Whether trying the next relay makes sense after this error.
+fn try_next(e: &RelayError) -> bool {
+    matches!(
+        e,
+        RelayError::Unreachable(_) | RelayError::ShuttingDown | RelayError::OverCapacity
+    )
+}
+
+async fn connect(
+    relay: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<CtlChannel, RelayError> {
+    let name = server_name(relay)?;
+    let fut = async {
+        let tcp = TcpStream::connect(relay)
+            .await
+            .map_err(|e| RelayError::Unreachable(format!("{relay}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let conn = rustls::ClientConnection::new(tls.clone(), name)
+            .map_err(|e| RelayError::Config(e.to_string()))?;
+        let mut ctl = CtlChannel::new(tcp, conn);
+        ctl.handshake().await.map_err(|e| match e {
+            CtlError::Tls(rustls::Error::InvalidCertificate(c)) => {
+                RelayError::CertificateMismatch(format!("{relay}: {c:?}"))
+            }
+            CtlError::Tls(e) => RelayError::Protocol(format!("{relay}: TLS: {e}")),
+            e => RelayError::Unreachable(format!("{relay}: {e}")),
+        })?;
+        if ctl.alpn() != Some(proto::relay_wire::ALPN) {
+            return Err(RelayError::Protocol(format!(
+                "{relay}: not an xtcp relay (ALPN)"
+            )));
+        }
+        Ok(ctl)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(RelayError::Unreachable(format!("{relay}: timed out"))),
+    }
+}
+
+fn error_from_frame(bytes: &[u8]) -> RelayError {
+    match Frame::parse(bytes) {
+        Ok((
+            Frame::Error {
+                code,
+                retry_after_secs,
+                reason,
+                ..
+            },
+            _,
+        )) => match code {
+            ErrorCode::Unauthorized => RelayError::Unauthorized,
+            ErrorCode::UnknownSession => RelayError::UnknownSession,
+            ErrorCode::LockedOut => RelayError::LockedOut {
+                retry_after: Duration::from_secs(u64::from(retry_after_secs)),
+            },
+            ErrorCode::Expired => RelayError::Expired,
+            ErrorCode::OverCapacity => RelayError::OverCapacity,
+            ErrorCode::ShuttingDown => RelayError::ShuttingDown,
+            other => RelayError::Protocol(format!(
+                "{}: {}",
+                other.name(),
+                String::from_utf8_lossy(reason)
+            )),
+        },
+        Ok((f, _)) => RelayError::Protocol(format!("unexpected frame {f:?}")),
+        Err(e) => RelayError::Protocol(e.to_string()),
+    }
+}
+
+fn ctl_err(e: CtlError) -> RelayError {
+    RelayError::Protocol(e.to_string())
+}
+
+/// Read PAIRED, then end the control TLS at its record boundary.
+async fn await_paired(mut ctl: CtlChannel) -> Result<Paired, RelayError> {
+    let bytes = ctl.recv().await.map_err(|e| match e {
+        CtlError::Io(_) | CtlError::Closed => {
+            RelayError::Unreachable(format!("relay closed the connection: {e}"))
+        }
+        e => ctl_err(e),
+    })?;
+    match Frame::parse(&bytes) {
+        Ok((Frame::Paired { observed }, _)) => {
+            let stream = ctl.finish().await.map_err(ctl_err)?;
+            Ok(Paired { stream, observed })
+        }
+        _ => Err(error_from_frame(&bytes)),
+    }
+}
+
+/// A paired connection: the raw TCP stream and the address the relay saw.
+#[derive(Debug)]
+pub struct Paired {
+    /// The blind pipe to the peer.
+    pub stream: RelayedStream,
+    /// This client's address as the relay observed it.
+    pub observed: SocketAddr,
+}
+
+/// A session registered on a relay, waiting for its guest.
+#[derive(Debug)]
+pub struct WaitingSession {
+    ctl: CtlChannel,
+    relay: String,
+    /// Relays after this one in rendezvous order (failover while waiting).
+    rest: Vec<String>,
+    cfg: RelayClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    rid: [u8; 16],
+    ttl: Duration,
+}
+
+impl WaitingSession {
+    /// The relay the session is registered on.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+    /// How long the relay keeps it waiting.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    /// Wait for the guest. If the relay goes away while waiting, the session
+    /// is registered again on the next relay in rendezvous order (the guest
+    /// computes the same order, so it follows).
+    pub async fn paired(mut self) -> Result<Paired, RelayError> {
+        loop {
+            match await_paired(self.ctl).await {
+                Err(RelayError::Unreachable(e)) if !self.rest.is_empty() => {
+                    tracing::info!("relay {} lost while waiting ({e}); moving on", self.relay);
+                    let (ctl, relay, rest, ttl) = register(
+                        &self.cfg,
+                        &self.tls,
+                        self.rid,
+                        std::mem::take(&mut self.rest),
+                    )
+                    .await?;
+                    self.ctl = ctl;
+                    self.relay = relay;
+                    self.rest = rest;
+                    self.ttl = ttl;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+async fn register(
+    cfg: &RelayClientConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    rid: [u8; 16],
+    order: Vec<String>,
+) -> Result<(CtlChannel, String, Vec<String>, Duration), RelayError> {
+    let token = cfg.token.clone().unwrap_or_default();
+    let mut last = RelayError::Config("empty relay list".into());
+    for (i, relay) in order.iter().enumerate() {
+        let attempt = async {
+            let mut ctl = connect(relay, tls, cfg.connect_timeout).await?;
+            ctl.send(&Frame::Create {
+                version: VERSION,
+                rendezvous_id: rid,
+                token: token.as_bytes(),
+            })
+            .await
+            .map_err(ctl_err)?;
+            let bytes = tokio::time::timeout(cfg.connect_timeout, ctl.recv())
+                .await
+                .map_err(|_| RelayError::Unreachable(format!("{relay}: timed out")))?
+                .map_err(|e| RelayError::Unreachable(format!("{relay}: {e}")))?;
+            match Frame::parse(&bytes) {
+                Ok((Frame::Created { ttl_secs }, _)) => {
+                    Ok((ctl, Duration::from_secs(u64::from(ttl_secs))))
+                }
+                _ => Err(error_from_frame(&bytes)),
+            }
+        };
+        match attempt.await {
+            Ok((ctl, ttl)) => return Ok((ctl, relay.clone(), order[i + 1..].to_vec(), ttl)),
+            Err(e) if try_next(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Register a session (host side).
+pub async fn create_session(
+    cfg: &RelayClientConfig,
+    rid: [u8; 16],
+) -> Result<WaitingSession, RelayError> {
+    if cfg
+        .token
+        .as_ref()
+        .is_some_and(|t| t.len() > proto::relay_wire::MAX_TOKEN)
+    {
+        return Err(RelayError::Config("token too long".into()));
+    }
+    let tls = client_tls(&cfg.trust)?;
+    let order = rendezvous_order(&cfg.relays, &rid);
+    let (ctl, relay, rest, ttl) = register(cfg, &tls, rid, order).await?;
+    Ok(WaitingSession {
+        ctl,
+        relay,
+        rest,
+        cfg: cfg.clone(),
+        tls,
+        rid,
+        ttl,
+    })
+}
+
+/// Join a session (guest side): returns once the relay paired us.
+pub async fn join_session(
+    cfg: &RelayClientConfig,
+    rid: [u8; 16],
+) -> Result<(Paired, String), RelayError> {
+    let tls = client_tls(&cfg.trust)?;
+    let order = rendezvous_order(&cfg.relays, &rid);
+    let mut last = RelayError::Config("empty relay list".into());
+    for relay in &order {
+        let attempt = async {
+            let mut ctl = connect(relay, &tls, cfg.connect_timeout).await?;
+            ctl.send(&Frame::Join {
+                version: VERSION,
+                rendezvous_id: rid,
+            })
+            .await
+            .map_err(ctl_err)?;
+            // The relay answers at once (PAIRED or ERROR): bound it.
+            match tokio::time::timeout(cfg.connect_timeout, await_paired(ctl)).await {
+                Ok(r) => r,
+                Err(_) => Err(RelayError::Unreachable(format!("{relay}: timed out"))),
+            }
+        };
+        match attempt.await {
+            Ok(p) => return Ok((p, relay.clone())),
+            Err(e) if try_next(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}

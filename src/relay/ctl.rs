@@ -1,0 +1,222 @@
+//! The client↔relay control channel: TLS 1.3 over TCP, read one TLS record at
+//! a time so that, after both sides exchanged `close_notify`, the TCP stream
+//! sits exactly at the first byte after the TLS session (`spec/relay.md` §5).
+//!
+//! That is what lets the relay hand the raw TCP connection over to blind
+//! forwarding: nothing past the `close_notify` record was ever read into a
+//! TLS buffer, on either side, so the peers' own TLS bytes flow untouched.
+
+use proto::relay_wire::{Frame, FrameError, HEADER_LEN, MAX_BODY};
+use std::fmt;
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// RFC 8446 §5.2: a TLSCiphertext fragment is at most 2^14 + 256 bytes.
+const MAX_RECORD: usize = (1 << 14) + 256;
+/// Plaintext buffered before a frame completes (bounded: frames are small).
+const MAX_PLAINTEXT: usize = 4 * (HEADER_LEN + MAX_BODY);
+
+/// Errors on the control channel.
+#[derive(Debug)]
+pub enum CtlError {
+    /// Socket error or EOF.
+    Io(io::Error),
+    /// TLS failed (alert, bad record, certificate rejected …).
+    Tls(rustls::Error),
+    /// A control frame was malformed or too long.
+    Frame(FrameError),
+    /// The peer closed the TLS session (close_notify) where a frame was expected.
+    Closed,
+    /// The peer sent application data after it should have stopped.
+    Unexpected,
+}
+
+impl fmt::Display for CtlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtlError::Io(e) => write!(f, "i/o: {e}"),
+            CtlError::Tls(e) => write!(f, "TLS: {e}"),
+            CtlError::Frame(e) => write!(f, "bad frame: {e}"),
+            CtlError::Closed => f.write_str("closed by peer"),
+            CtlError::Unexpected => f.write_str("unexpected data after the last frame"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {}
+
+impl From<io::Error> for CtlError {
+    fn from(e: io::Error) -> Self {
+        CtlError::Io(e)
+    }
+}
+
+impl From<rustls::Error> for CtlError {
+    fn from(e: rustls::Error) -> Self {
+        CtlError::Tls(e)
+    }
+}
+
+/// A control channel (client or server side).
+pub struct CtlChannel {
+    tcp: TcpStream,
+    tls: rustls::Connection,
+    plain: Vec<u8>,
+    peer_closed: bool,
+    out: Vec<u8>,
+}
+
+impl fmt::Debug for CtlChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CtlChannel")
+            .field("peer", &self.tcp.peer_addr().ok())
+            .field("peer_closed", &self.peer_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CtlChannel {
+    /// Wrap a TCP stream and a fresh rustls connection; call [`CtlChannel::handshake`] next.
+    pub fn new(tcp: TcpStream, tls: impl Into<rustls::Connection>) -> CtlChannel {
+        CtlChannel {
+            tcp,
+            tls: tls.into(),
+            plain: Vec::new(),
+            peer_closed: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// The TCP stream (e.g. for its addresses).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.alpn_protocol()
+    }
+
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.out.clear();
+            self.tls.write_tls(&mut self.out)?;
+            self.tcp.write_all(&self.out).await?;
+        }
+        Ok(())
+    }
+
+    /// Read exactly one TLS record from the socket and process it.
+    async fn read_record(&mut self) -> Result<(), CtlError> {
+        let mut rec = vec![0u8; 5];
+        self.tcp.read_exact(&mut rec).await?;
+        let len = usize::from(u16::from_be_bytes([rec[3], rec[4]]));
+        if len > MAX_RECORD {
+            return Err(CtlError::Tls(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::MessageTooLarge,
+            )));
+        }
+        rec.resize(5 + len, 0);
+        self.tcp.read_exact(&mut rec[5..]).await?;
+        let mut slice = &rec[..];
+        while !slice.is_empty() {
+            if self.tls.read_tls(&mut slice)? == 0 {
+                break;
+            }
+        }
+        let state = match self.tls.process_new_packets() {
+            Ok(s) => s,
+            Err(e) => {
+                // Tell the peer why (alert), best effort.
+                let _ = self.flush_tls().await;
+                return Err(e.into());
+            }
+        };
+        let n = state.plaintext_bytes_to_read();
+        if n > 0 {
+            if self.plain.len() + n > MAX_PLAINTEXT {
+                return Err(CtlError::Frame(FrameError::TooLong));
+            }
+            let start = self.plain.len();
+            self.plain.resize(start + n, 0);
+            io::Read::read_exact(&mut self.tls.reader(), &mut self.plain[start..])?;
+        }
+        if state.peer_has_closed() {
+            self.peer_closed = true;
+        }
+        Ok(())
+    }
+
+    /// Complete the TLS handshake.
+    pub async fn handshake(&mut self) -> Result<(), CtlError> {
+        while self.tls.is_handshaking() {
+            self.flush_tls().await?;
+            if self.tls.is_handshaking() && self.tls.wants_read() {
+                self.read_record().await?;
+            }
+        }
+        self.flush_tls().await?;
+        Ok(())
+    }
+
+    /// Send one frame.
+    pub async fn send(&mut self, frame: &Frame<'_>) -> Result<(), CtlError> {
+        let bytes = frame
+            .to_vec()
+            .map_err(|_| CtlError::Frame(FrameError::TooLong))?;
+        io::Write::write_all(&mut self.tls.writer(), &bytes)?;
+        self.flush_tls().await?;
+        Ok(())
+    }
+
+    /// Receive one frame's bytes (parse them with [`Frame::parse`]).
+    pub async fn recv(&mut self) -> Result<Vec<u8>, CtlError> {
+        loop {
+            match Frame::parse(&self.plain) {
+                Ok((_, used)) => {
+                    let rest = self.plain.split_off(used);
+                    return Ok(std::mem::replace(&mut self.plain, rest));
+                }
+                Err(FrameError::Incomplete { .. }) => {
+                    if self.peer_closed {
+                        return Err(CtlError::Closed);
+                    }
+                    self.read_record().await?;
+                }
+                Err(e) => return Err(CtlError::Frame(e)),
+            }
+        }
+    }
+
+    /// Wait, without consuming anything, until the peer sends a byte or closes:
+    /// `Ok(())` means the peer closed or sent something it should not have.
+    /// Cancel-safe.
+    pub async fn peer_activity(&self) -> io::Result<()> {
+        let mut b = [0u8; 1];
+        self.tcp.peek(&mut b).await.map(|_| ())
+    }
+
+    /// End the TLS session at a record boundary: send `close_notify`, read
+    /// records up to the peer's `close_notify`, and hand back the raw TCP
+    /// stream positioned right after it.
+    pub async fn finish(mut self) -> Result<TcpStream, CtlError> {
+        self.tls.send_close_notify();
+        self.flush_tls().await?;
+        while !self.peer_closed {
+            self.read_record().await?;
+        }
+        if !self.plain.is_empty() {
+            return Err(CtlError::Unexpected);
+        }
+        Ok(self.tcp)
+    }
+
+    /// Send an error frame and close (best effort, errors ignored).
+    pub async fn fail(mut self, frame: &Frame<'_>) {
+        let _ = self.send(frame).await;
+        self.tls.send_close_notify();
+        let _ = self.flush_tls().await;
+        let _ = self.tcp.shutdown().await;
+    }
+}

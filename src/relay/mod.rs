@@ -1,0 +1,11 @@
+//! The relay: rendezvous by `rendezvous_id`, then blind forwarding
+//! (`spec/relay.md`). The server side is [`server::Relay`]; clients use
+//! [`client::create_session`] and [`client::join_session`].
+
+pub mod client;
+pub mod ctl;
+pub mod forward;
+pub mod server;
+
+pub use client::{RelayClientConfig, RelayError, RelayTrust};
+pub use server::{Relay, RelayConfig};

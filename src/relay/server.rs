@@ -1,0 +1,999 @@
+//! The relay server (`spec/relay.md`): TLS 1.3 control channel, session
+//! registration by operator token, pairing by `rendezvous_id`, lockout of
+//! brute-forcing sources, then blind forwarding of the paired TCP streams.
+//!
+//! ```text
+//!  accept ─► TLS handshake ─► CREATE ─► token ok? ─► CREATED ─► wait (TTL) ─┐
+//!         (unauth. limit,     JOIN ───► locked? ─► waiting? ─────────────────┤
+//!          handshake timeout)                                                ▼
+//!                                 PAIRED to both, close_notify both ways, forward
+//! ```
+//!
+//! One task per connection; the host's task does the pairing and forwarding,
+//! so a session is exactly one task once paired.
+
+use super::ctl::{CtlChannel, CtlError};
+use super::forward::{self, Activity, Counters, Mode, RateLimiter};
+use proto::relay_wire::{ErrorCode, Frame, VERSION};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::time::Instant;
+
+/// The relay's settings (TOML keys are the field names; durations in seconds,
+/// fractions allowed). See `spec/relay.md` §8 for every limit and timeout.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// TLS listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key file.
+    pub key: Option<std::path::PathBuf>,
+    /// Generate a self-signed certificate at start (prints its fingerprint).
+    pub self_signed: bool,
+    /// SHA-256 hashes (hex) of the operator tokens that may create sessions.
+    pub token_hashes: Vec<String>,
+    /// Let hosts create sessions without a token (only if set explicitly).
+    pub allow_anonymous_hosts: bool,
+    /// How long a created session waits for its guest.
+    pub waiting_ttl_secs: f64,
+    /// A paired session with no byte in either direction for this long is closed.
+    pub idle_timeout_secs: f64,
+    /// TLS handshake plus the first frame must finish within this.
+    pub handshake_timeout_secs: f64,
+    /// Paired sessions at most.
+    pub max_sessions: usize,
+    /// Waiting sessions at most.
+    pub max_waiting: usize,
+    /// Connections that have not yet sent a valid first frame, at most.
+    pub max_unauthenticated: usize,
+    /// Optional bytes/s limit per paired session (both directions together).
+    pub rate_limit_bytes_per_sec: Option<u64>,
+    /// Failed joins from one source address before it is locked out.
+    pub lockout_failures: u32,
+    /// How long a locked-out source is refused (and the window failures count in).
+    pub lockout_secs: f64,
+    /// Per-direction forwarding buffer (pipe or user-space buffer), bytes.
+    pub forward_buffer: usize,
+    /// Use splice(2) (Linux) instead of user-space copies.
+    pub splice: bool,
+    /// On SIGTERM, paired sessions may run this long before they are cut.
+    pub drain_secs: f64,
+    /// Audit log path (JSON lines); "-" is standard output.
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Prometheus text metrics on this HTTP address.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            cert: None,
+            key: None,
+            self_signed: false,
+            token_hashes: Vec::new(),
+            allow_anonymous_hosts: false,
+            waiting_ttl_secs: 600.0,
+            idle_timeout_secs: 3600.0,
+            handshake_timeout_secs: 10.0,
+            max_sessions: 100_000,
+            max_waiting: 100_000,
+            max_unauthenticated: 1024,
+            rate_limit_bytes_per_sec: None,
+            lockout_failures: 5,
+            lockout_secs: 300.0,
+            forward_buffer: 64 * 1024,
+            splice: true,
+            drain_secs: 30.0,
+            audit_log: None,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn secs(v: f64, name: &str) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| ConfigError(format!("{name}: {v} is not a valid duration in seconds")))
+}
+
+/// Validated runtime limits.
+#[derive(Clone, Debug)]
+struct Limits {
+    waiting_ttl: Duration,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+    lockout: Duration,
+    drain: Duration,
+}
+
+impl RelayConfig {
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let l = Limits {
+            waiting_ttl: secs(self.waiting_ttl_secs, "waiting_ttl_secs")?,
+            idle_timeout: secs(self.idle_timeout_secs, "idle_timeout_secs")?,
+            handshake_timeout: secs(self.handshake_timeout_secs, "handshake_timeout_secs")?,
+            lockout: secs(self.lockout_secs, "lockout_secs")?,
+            drain: secs(self.drain_secs, "drain_secs")?,
+        };
+        if l.handshake_timeout.is_zero() || l.waiting_ttl.is_zero() || l.idle_timeout.is_zero() {
+            return Err(ConfigError("timeouts must be positive".into()));
+        }
+        if self.lockout_failures == 0 {
+            return Err(ConfigError("lockout_failures must be at least 1".into()));
+        }
+        if self.max_unauthenticated == 0 || self.max_waiting == 0 || self.max_sessions == 0 {
+            return Err(ConfigError("limits must be at least 1".into()));
+        }
+        if !(4096..=1 << 20).contains(&self.forward_buffer) {
+            return Err(ConfigError(
+                "forward_buffer must be within 4096..=1048576".into(),
+            ));
+        }
+        Ok(l)
+    }
+
+    /// Check everything that does not need files or sockets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits()?;
+        parse_token_hashes(&self.token_hashes)?;
+        if self.token_hashes.is_empty() && !self.allow_anonymous_hosts {
+            // Valid, but the relay refuses every CREATE: say so at start.
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of an operator token, hex, as stored in the config.
+pub fn token_hash(token: &str) -> String {
+    crate::tls::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+fn parse_token_hashes(v: &[String]) -> Result<Vec<[u8; 32]>, ConfigError> {
+    v.iter()
+        .map(|h| {
+            crate::tls::unhex(h)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| ConfigError(format!("token hash {h:?} is not 64 hex digits")))
+        })
+        .collect()
+}
+
+/// Counters exported as Prometheus metrics (and read by tests and benches).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused because the unauthenticated limit was reached.
+    pub refused_unauthenticated: AtomicU64,
+    /// Sessions created.
+    pub sessions_created: AtomicU64,
+    /// Sessions paired.
+    pub sessions_paired: AtomicU64,
+    /// Failed joins (unknown session).
+    pub joins_failed: AtomicU64,
+    /// Requests refused because the source was locked out.
+    pub locked_out: AtomicU64,
+    /// CREATEs refused for a bad or missing token.
+    pub unauthorized: AtomicU64,
+    /// Waiting sessions that expired.
+    pub expired: AtomicU64,
+    /// Bytes forwarded host → guest.
+    pub bytes_host_to_guest: AtomicU64,
+    /// Bytes forwarded guest → host.
+    pub bytes_guest_to_host: AtomicU64,
+    /// Sessions currently paired.
+    pub active: AtomicUsize,
+    /// Sessions currently waiting.
+    pub waiting: AtomicUsize,
+}
+
+impl Metrics {
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let c = |n: &str, h: &str, v: u64| {
+            format!(
+                "# HELP xtcp_relay_{n} {h}\n# TYPE xtcp_relay_{n} counter\nxtcp_relay_{n} {v}\n"
+            )
+        };
+        let g = |n: &str, h: &str, v: usize| {
+            format!("# HELP xtcp_relay_{n} {h}\n# TYPE xtcp_relay_{n} gauge\nxtcp_relay_{n} {v}\n")
+        };
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            c(
+                "connections_total",
+                "TCP connections accepted",
+                r(&self.connections),
+            ),
+            c(
+                "refused_unauthenticated_total",
+                "connections refused at the unauthenticated limit",
+                r(&self.refused_unauthenticated),
+            ),
+            c(
+                "sessions_created_total",
+                "sessions created",
+                r(&self.sessions_created),
+            ),
+            c(
+                "sessions_paired_total",
+                "sessions paired",
+                r(&self.sessions_paired),
+            ),
+            c(
+                "joins_failed_total",
+                "joins for an unknown or expired session",
+                r(&self.joins_failed),
+            ),
+            c(
+                "locked_out_total",
+                "requests refused because the source is locked out",
+                r(&self.locked_out),
+            ),
+            c(
+                "unauthorized_total",
+                "session creations refused for the token",
+                r(&self.unauthorized),
+            ),
+            c(
+                "sessions_expired_total",
+                "waiting sessions whose TTL expired",
+                r(&self.expired),
+            ),
+            c(
+                "bytes_host_to_guest_total",
+                "bytes forwarded host to guest",
+                r(&self.bytes_host_to_guest),
+            ),
+            c(
+                "bytes_guest_to_host_total",
+                "bytes forwarded guest to host",
+                r(&self.bytes_guest_to_host),
+            ),
+            g(
+                "sessions_active",
+                "paired sessions",
+                self.active.load(Ordering::Relaxed),
+            ),
+            g(
+                "sessions_waiting",
+                "sessions waiting for their guest",
+                self.waiting.load(Ordering::Relaxed),
+            ),
+        ]
+        .concat()
+    }
+}
+
+/// Where audit events go.
+pub type AuditSink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// A short, non-reversible session label for logs: logging the rendezvous id
+/// itself would let anyone who reads the log join a waiting session.
+fn session_label(rid: &[u8; 16]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"xtcp relay audit label");
+    ctx.update(rid);
+    crate::tls::hex(&ctx.finish().as_ref()[..8])
+}
+
+struct Lockout {
+    failures: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Bound on tracked source addresses (entries are pruned when expired).
+const MAX_LOCKOUT_ENTRIES: usize = 1 << 20;
+
+struct Waiting {
+    tx: oneshot::Sender<(CtlChannel, SocketAddr)>,
+}
+
+struct Shared {
+    cfg: RelayConfig,
+    limits: Limits,
+    tls: RwLock<Arc<rustls::ServerConfig>>,
+    tokens: RwLock<Vec<[u8; 32]>>,
+    waiting: Mutex<HashMap<[u8; 16], Waiting>>,
+    lockouts: Mutex<HashMap<IpAddr, Lockout>>,
+    unauth: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    audit: Option<AuditSink>,
+    /// 0 = running, 1 = draining (no new sessions), 2 = abort everything.
+    phase: watch::Sender<u8>,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABORT: u8 = 2;
+
+impl Shared {
+    fn audit(
+        &self,
+        event: &str,
+        label: Option<&str>,
+        peer: Option<SocketAddr>,
+        extra: serde_json::Value,
+    ) {
+        let Some(sink) = &self.audit else { return };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut v = serde_json::json!({ "ts": ts, "event": event });
+        if let Some(l) = label {
+            v["session"] = serde_json::Value::from(l);
+        }
+        if let Some(p) = peer {
+            v["peer"] = serde_json::Value::from(p.to_string());
+        }
+        if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        if let Ok(mut w) = sink.lock() {
+            let _ = writeln!(w, "{v}");
+            let _ = w.flush();
+        }
+    }
+
+    /// `Some(retry_after)` if `ip` is locked out now.
+    fn locked(&self, ip: IpAddr) -> Option<Duration> {
+        let mut map = self.lockouts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = map.get_mut(&ip)?;
+        match entry.locked_until {
+            Some(t) if t > now => Some(t - now),
+            Some(_) => {
+                map.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Count a failure; returns true if this failure locked the source out.
+    fn fail(&self, ip: IpAddr) -> bool {
+        let mut map = self.lockouts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let window = self.limits.lockout;
+        if map.len() >= MAX_LOCKOUT_ENTRIES {
+            map.retain(|_, e| {
+                e.locked_until.is_some_and(|t| t > now)
+                    || now.duration_since(e.window_start) < window
+            });
+            if map.len() >= MAX_LOCKOUT_ENTRIES {
+                // Still full of live entries: forget the oldest-window one.
+                if let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, e)| e.window_start)
+                    .map(|(k, _)| *k)
+                {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let e = map.entry(ip).or_insert(Lockout {
+            failures: 0,
+            window_start: now,
+            locked_until: None,
+        });
+        if now.duration_since(e.window_start) >= window {
+            e.failures = 0;
+            e.window_start = now;
+        }
+        e.failures += 1;
+        if e.failures >= self.cfg.lockout_failures {
+            e.locked_until = Some(now + window);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a relay could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Invalid configuration.
+    Config(ConfigError),
+    /// Could not bind.
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "configuration: {e}"),
+            StartError::Io(e) => write!(f, "i/o: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Build the relay's TLS server config (TLS 1.3, ALPN `xtcp-relay/1`, no tickets).
+pub fn server_tls(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![proto::relay_wire::ALPN.to_vec()];
+    // Tickets would be extra records after the handshake; the control channel
+    // is short-lived and must end at a record boundary both sides can see.
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// A running relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Bind and start serving. `cfg.listen`, the limits and tokens come from
+    /// `cfg`; certificates from `tls`.
+    pub async fn start(
+        cfg: RelayConfig,
+        tls: Arc<rustls::ServerConfig>,
+        audit: Option<AuditSink>,
+    ) -> Result<Relay, StartError> {
+        let limits = cfg.limits().map_err(StartError::Config)?;
+        let tokens = parse_token_hashes(&cfg.token_hashes).map_err(StartError::Config)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(StartError::Io)?;
+        let local_addr = listener.local_addr().map_err(StartError::Io)?;
+        let (phase, _) = watch::channel(RUNNING);
+        let shared = Arc::new(Shared {
+            unauth: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+            cfg,
+            limits,
+            tls: RwLock::new(tls),
+            tokens: RwLock::new(tokens),
+            waiting: Mutex::new(HashMap::new()),
+            lockouts: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
+            audit,
+            phase,
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        if let Some(addr) = shared.cfg.metrics_listen {
+            let m = shared.metrics.clone();
+            let mut phase = shared.phase.subscribe();
+            let l = TcpListener::bind(addr).await.map_err(StartError::Io)?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = serve_metrics(l, m) => {}
+                    _ = phase.wait_for(|p| *p == ABORT) => {}
+                }
+            });
+        }
+        Ok(Relay {
+            shared,
+            local_addr,
+            task,
+        })
+    }
+
+    /// The bound TLS address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Replace the certificate (new connections use it; sessions stay).
+    pub fn reload_tls(&self, tls: Arc<rustls::ServerConfig>) {
+        *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    /// Replace the operator token hashes (sessions stay).
+    pub fn reload_tokens(&self, hashes: &[String]) -> Result<(), ConfigError> {
+        let t = parse_token_hashes(hashes)?;
+        *self
+            .shared
+            .tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = t;
+        Ok(())
+    }
+
+    /// Graceful stop: refuse new connections and sessions, let paired sessions
+    /// run up to the drain deadline, then cut what is left.
+    pub async fn shutdown(self) {
+        let _ = self.shared.phase.send(DRAINING);
+        self.task.abort();
+        let deadline = Instant::now() + self.shared.limits.drain;
+        // Bounded: at most drain / 20 ms iterations.
+        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.shared.phase.send(ABORT);
+    }
+
+    /// Stop at once, closing every connection (as a crash or restart would).
+    pub fn abort(self) {
+        let _ = self.shared.phase.send(ABORT);
+        self.task.abort();
+    }
+}
+
+async fn serve_metrics(l: TcpListener, m: Arc<Metrics>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        let m = m.clone();
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut req)).await;
+            let body = m.render();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = shared.unauth.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .refused_unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut phase = shared.phase.subscribe();
+            tokio::select! {
+                _ = handle(tcp, peer, &shared, permit) => {}
+                _ = phase.wait_for(|p| *p == ABORT) => {}
+            }
+        });
+    }
+}
+
+enum Request {
+    Create([u8; 16], bool),
+    Join([u8; 16]),
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let tls = shared.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let conn = match rustls::ServerConnection::new(tls) {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let mut ctl = CtlChannel::new(tcp, conn);
+    // Handshake timeout: TLS handshake plus the first frame.
+    let first = tokio::time::timeout(shared.limits.handshake_timeout, async {
+        ctl.handshake().await?;
+        ctl.recv().await
+    })
+    .await;
+    let bytes = match first {
+        Ok(Ok(b)) => b,
+        Ok(Err(CtlError::Frame(_))) => {
+            ctl.fail(&Frame::error(ErrorCode::Malformed, 0, "malformed frame"))
+                .await;
+            return;
+        }
+        Ok(Err(_)) => return,
+        Err(_) => {
+            ctl.fail(&Frame::error(ErrorCode::Timeout, 0, "handshake timeout"))
+                .await;
+            return;
+        }
+    };
+    let req = match Frame::parse(&bytes) {
+        Ok((Frame::Create { version, .. } | Frame::Join { version, .. }, _))
+            if version != VERSION =>
+        {
+            ctl.fail(&Frame::error(
+                ErrorCode::UnsupportedVersion,
+                0,
+                "this relay speaks version 1",
+            ))
+            .await;
+            return;
+        }
+        Ok((
+            Frame::Create {
+                rendezvous_id,
+                token,
+                ..
+            },
+            _,
+        )) => {
+            let ok = token_ok(shared, token);
+            Request::Create(rendezvous_id, ok)
+        }
+        Ok((Frame::Join { rendezvous_id, .. }, _)) => Request::Join(rendezvous_id),
+        _ => {
+            ctl.fail(&Frame::error(
+                ErrorCode::Malformed,
+                0,
+                "expected CREATE or JOIN",
+            ))
+            .await;
+            return;
+        }
+    };
+    drop(bytes);
+    if *shared.phase.borrow() != RUNNING {
+        ctl.fail(&Frame::error(
+            ErrorCode::ShuttingDown,
+            0,
+            "relay shutting down",
+        ))
+        .await;
+        return;
+    }
+    if let Some(retry) = shared.locked(peer.ip()) {
+        shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
+        shared.audit(
+            "refused_locked_out",
+            None,
+            Some(peer),
+            serde_json::json!({}),
+        );
+        let secs = retry.as_secs_f64().ceil() as u32;
+        ctl.fail(&Frame::error(
+            ErrorCode::LockedOut,
+            secs,
+            "too many failed attempts",
+        ))
+        .await;
+        return;
+    }
+    match req {
+        Request::Create(_, false) => {
+            shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+            shared.audit(
+                "create_refused",
+                None,
+                Some(peer),
+                serde_json::json!({"reason": "unauthorized"}),
+            );
+            shared.fail(peer.ip());
+            ctl.fail(&Frame::error(
+                ErrorCode::Unauthorized,
+                0,
+                "operator token missing or wrong",
+            ))
+            .await;
+        }
+        Request::Create(rid, true) => host(ctl, peer, rid, shared, permit).await,
+        Request::Join(rid) => {
+            let waiting = shared
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&rid);
+            match waiting {
+                Some(w)
+                    if shared.metrics.active.load(Ordering::Relaxed) < shared.cfg.max_sessions =>
+                {
+                    drop(permit);
+                    if let Err((ctl, _)) = w.tx.send((ctl, peer)) {
+                        // The host left between lookup and hand-over.
+                        ctl.fail(&Frame::error(
+                            ErrorCode::UnknownSession,
+                            0,
+                            "unknown or expired session",
+                        ))
+                        .await;
+                    }
+                }
+                Some(w) => {
+                    // Put it back: the host may be paired later when capacity frees up.
+                    shared
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(rid, w);
+                    ctl.fail(&Frame::error(
+                        ErrorCode::OverCapacity,
+                        0,
+                        "too many sessions",
+                    ))
+                    .await;
+                }
+                None => {
+                    shared.metrics.joins_failed.fetch_add(1, Ordering::Relaxed);
+                    let locked = shared.fail(peer.ip());
+                    shared.audit(
+                        "join_failed",
+                        None,
+                        Some(peer),
+                        serde_json::json!({"reason": "unknown_session", "locked_out": locked}),
+                    );
+                    ctl.fail(&Frame::error(
+                        ErrorCode::UnknownSession,
+                        0,
+                        "unknown or expired session",
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+fn token_ok(shared: &Shared, token: &[u8]) -> bool {
+    let tokens = shared.tokens.read().unwrap_or_else(|p| p.into_inner());
+    if tokens.is_empty() && token.is_empty() {
+        return shared.cfg.allow_anonymous_hosts;
+    }
+    let h = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut ok = false;
+    for t in tokens.iter() {
+        // Compare every stored hash in full (no early exit).
+        let diff = t
+            .iter()
+            .zip(h.as_ref())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        ok |= diff == 0;
+    }
+    ok || (shared.cfg.allow_anonymous_hosts && token.is_empty())
+}
+
+async fn host(
+    mut ctl: CtlChannel,
+    peer: SocketAddr,
+    rid: [u8; 16],
+    shared: &Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let label = session_label(&rid);
+    let (tx, rx) = oneshot::channel();
+    let refused = {
+        let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.contains_key(&rid) {
+            Some(Frame::error(
+                ErrorCode::SessionExists,
+                0,
+                "session already registered",
+            ))
+        } else if w.len() >= shared.cfg.max_waiting {
+            Some(Frame::error(
+                ErrorCode::OverCapacity,
+                0,
+                "too many waiting sessions",
+            ))
+        } else {
+            w.insert(rid, Waiting { tx });
+            None
+        }
+    };
+    if let Some(f) = refused {
+        ctl.fail(&f).await;
+        return;
+    }
+    drop(permit);
+    shared.metrics.waiting.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .sessions_created
+        .fetch_add(1, Ordering::Relaxed);
+    shared.audit(
+        "session_created",
+        Some(&label),
+        Some(peer),
+        serde_json::json!({}),
+    );
+    let ttl = shared.limits.waiting_ttl;
+    let sent = ctl
+        .send(&Frame::Created {
+            ttl_secs: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
+        })
+        .await;
+    let mut phase = shared.phase.subscribe();
+    let outcome = if sent.is_err() {
+        Err("host gone")
+    } else {
+        tokio::select! {
+            r = rx => r.map_err(|_| "host gone"),
+            _ = tokio::time::sleep(ttl) => Err("expired"),
+            _ = ctl.peer_activity() => Err("host gone"),
+            _ = phase.wait_for(|p| *p != RUNNING) => Err("shutting down"),
+        }
+    };
+    shared
+        .waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&rid);
+    shared.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+    let (guest, guest_addr) = match outcome {
+        Ok(g) => g,
+        Err(reason) => {
+            shared.audit(
+                "session_closed",
+                Some(&label),
+                Some(peer),
+                serde_json::json!({"reason": reason, "paired": false}),
+            );
+            match reason {
+                "expired" => {
+                    shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                    ctl.fail(&Frame::error(
+                        ErrorCode::Expired,
+                        0,
+                        "no guest joined before the TTL",
+                    ))
+                    .await;
+                }
+                "shutting down" => {
+                    ctl.fail(&Frame::error(
+                        ErrorCode::ShuttingDown,
+                        0,
+                        "relay shutting down",
+                    ))
+                    .await
+                }
+                _ => {}
+            }
+            return;
+        }
+    };
+    shared.audit(
+        "session_joined",
+        Some(&label),
+        Some(guest_addr),
+        serde_json::json!({}),
+    );
+    // Pair: PAIRED to both, then end both TLS sessions at a record boundary.
+    let mut guest = guest;
+    let pair = async {
+        ctl.send(&Frame::Paired { observed: peer }).await?;
+        guest
+            .send(&Frame::Paired {
+                observed: guest_addr,
+            })
+            .await?;
+        let (a, b) = tokio::try_join!(ctl.finish(), guest.finish())?;
+        Ok::<_, CtlError>((a, b))
+    };
+    let (a, b) = match tokio::time::timeout(shared.limits.handshake_timeout, pair).await {
+        Ok(Ok(x)) => x,
+        _ => {
+            shared.audit(
+                "session_closed",
+                Some(&label),
+                Some(peer),
+                serde_json::json!({"reason": "pairing failed", "paired": false}),
+            );
+            return;
+        }
+    };
+    shared
+        .metrics
+        .sessions_paired
+        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.active.fetch_add(1, Ordering::Relaxed);
+    shared.audit(
+        "session_paired",
+        Some(&label),
+        None,
+        serde_json::json!({"host": peer.to_string(), "guest": guest_addr.to_string()}),
+    );
+    let started = Instant::now();
+    let (h2g, g2h, reason) = forward_session(&a, &b, shared).await;
+    shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
+    shared.audit(
+        "session_closed",
+        Some(&label),
+        None,
+        serde_json::json!({
+            "paired": true,
+            "bytes_host_to_guest": h2g,
+            "bytes_guest_to_host": g2h,
+            "duration_secs": started.elapsed().as_secs_f64(),
+            "reason": reason,
+        }),
+    );
+}
+
+async fn forward_session(
+    a: &TcpStream,
+    b: &TcpStream,
+    shared: &Arc<Shared>,
+) -> (u64, u64, &'static str) {
+    let mode = if shared.cfg.splice {
+        Mode::Splice
+    } else {
+        Mode::Copy
+    };
+    let buffer = shared.cfg.forward_buffer;
+    let (ca, cb) = (Counters::default(), Counters::default());
+    let activity = Activity::new();
+    let limiter = shared.cfg.rate_limit_bytes_per_sec.map(RateLimiter::new);
+    let m = &shared.metrics;
+    let h2g = forward::pump(a, b, mode, buffer, &ca, &activity, limiter.as_ref());
+    let g2h = forward::pump(b, a, mode, buffer, &cb, &activity, limiter.as_ref());
+    let idle = shared.limits.idle_timeout;
+    let watchdog = async {
+        loop {
+            let left = idle.saturating_sub(activity.idle_for());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    };
+    let mut phase = shared.phase.subscribe();
+    let reason = tokio::select! {
+        r = async { tokio::try_join!(h2g, g2h) } => if r.is_ok() { "completed" } else { "reset" },
+        _ = watchdog => "idle timeout",
+        _ = phase.wait_for(|p| *p == ABORT) => "relay stopped",
+    };
+    let (x, y) = (
+        ca.bytes.load(Ordering::Relaxed),
+        cb.bytes.load(Ordering::Relaxed),
+    );
+    m.bytes_host_to_guest.fetch_add(x, Ordering::Relaxed);
+    m.bytes_guest_to_host.fetch_add(y, Ordering::Relaxed);
+    (x, y, reason)
+}
