@@ -157,8 +157,8 @@ impl HostSession {
     /// Wait for the guest, then run and verify the end-to-end handshake.
     /// Cancel safety: dropping the future abandons the session.
     pub async fn accept(self) -> Result<Session, Error> {
-        let relay = self.waiting.relay().to_string();
         let paired = self.waiting.paired().await?;
+        let relay = paired.relay.clone();
         let stream = e2e::handshake(paired.stream, Role::Host, &self.secret, &self.e2e).await?;
         Ok(Session {
             inner: stream,
@@ -172,7 +172,8 @@ impl HostSession {
 /// Join the session named by `code`.
 pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
     let secret = SessionSecret::parse(code).map_err(|e| Error::InvalidCode(e.to_string()))?;
-    let (paired, relay) = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
+    let paired = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
+    let relay = paired.relay.clone();
     let stream = e2e::handshake(paired.stream, Role::Guest, &secret, &opts.e2e).await?;
     Ok(Session {
         inner: stream,

@@ -270,7 +270,11 @@ async fn await_paired(mut ctl: CtlChannel) -> Result<Paired, RelayError> {
     match Frame::parse(&bytes) {
         Ok((Frame::Paired { observed }, _)) => {
             let stream = ctl.finish().await.map_err(ctl_err)?;
-            Ok(Paired { stream, observed })
+            Ok(Paired {
+                stream,
+                observed,
+                relay: String::new(),
+            })
         }
         _ => Err(error_from_frame(&bytes)),
     }
@@ -283,6 +287,8 @@ pub struct Paired {
     pub stream: RelayedStream,
     /// This client's address as the relay observed it.
     pub observed: SocketAddr,
+    /// The relay that paired us.
+    pub relay: String,
 }
 
 /// A session registered on a relay, waiting for its guest.
@@ -327,7 +333,12 @@ impl WaitingSession {
                     self.rest = rest;
                     self.ttl = ttl;
                 }
-                r => return r,
+                r => {
+                    return r.map(|mut p| {
+                        p.relay = self.relay.clone();
+                        p
+                    })
+                }
             }
         }
     }
@@ -398,10 +409,7 @@ pub async fn create_session(
 }
 
 /// Join a session (guest side): returns once the relay paired us.
-pub async fn join_session(
-    cfg: &RelayClientConfig,
-    rid: [u8; 16],
-) -> Result<(Paired, String), RelayError> {
+pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Paired, RelayError> {
     let tls = client_tls(&cfg.trust)?;
     let order = rendezvous_order(&cfg.relays, &rid);
     let mut last = RelayError::Config("empty relay list".into());
@@ -421,7 +429,10 @@ pub async fn join_session(
             }
         };
         match attempt.await {
-            Ok(p) => return Ok((p, relay.clone())),
+            Ok(mut p) => {
+                p.relay = relay.clone();
+                return Ok(p);
+            }
             Err(e) if try_next(&e) => last = e,
             Err(e) => return Err(e),
         }

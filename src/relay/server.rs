@@ -158,9 +158,6 @@ impl RelayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits()?;
         parse_token_hashes(&self.token_hashes)?;
-        if self.token_hashes.is_empty() && !self.allow_anonymous_hosts {
-            // Valid, but the relay refuses every CREATE: say so at start.
-        }
         Ok(())
     }
 }
@@ -690,7 +687,10 @@ async fn handle(
         .await;
         return;
     }
-    if let Some(retry) = shared.locked(peer.ip()) {
+    // Lockout applies to guessing: joins and token-less or wrong-token creates.
+    // A host with a valid operator token is never locked out.
+    let guessing = !matches!(req, Request::Create(_, true));
+    if let Some(retry) = shared.locked(peer.ip()).filter(|_| guessing) {
         shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
         shared.audit(
             "refused_locked_out",
@@ -996,4 +996,20 @@ async fn forward_session(
     m.bytes_host_to_guest.fetch_add(x, Ordering::Relaxed);
     m.bytes_guest_to_host.fetch_add(y, Ordering::Relaxed);
     (x, y, reason)
+}
+
+/// Lift the soft RLIMIT_NOFILE to the hard limit (a relay, and a test that
+/// opens thousands of sessions, needs many descriptors). Returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 0,
+    }
 }

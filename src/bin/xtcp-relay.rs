@@ -1,0 +1,238 @@
+//! `xtcp-relay`: the rendezvous relay (`spec/relay.md`).
+//!
+//! Configuration comes from a TOML file (`--config`), then environment
+//! variables, then flags (later wins). `--check-config` validates and exits.
+//! SIGTERM drains and exits 0; SIGHUP reloads the certificate and tokens.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use xtcp::relay::server::{self, AuditSink, Relay, RelayConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xtcp-relay",
+    version,
+    about = "The xtcp rendezvous relay: pairs sessions, forwards bytes it cannot read"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// TOML configuration file.
+    #[arg(long, short, env = "XTCP_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// TLS listen address (default 0.0.0.0:443).
+    #[arg(long, env = "XTCP_RELAY_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain.
+    #[arg(long, env = "XTCP_RELAY_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "XTCP_RELAY_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Generate a self-signed certificate and print its SHA-256 fingerprint.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    self_signed: bool,
+    /// Let hosts create sessions without an operator token.
+    #[arg(long)]
+    allow_anonymous_hosts: bool,
+    /// Audit log (JSON lines); "-" for standard output.
+    #[arg(long, env = "XTCP_RELAY_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long, env = "XTCP_RELAY_METRICS")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Validate the configuration (and certificate files) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print a new operator token and the config line that admits it.
+    Token,
+}
+
+fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
+    let mut cfg = match &cli.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            toml::from_str::<RelayConfig>(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => RelayConfig::default(),
+    };
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if cli.cert.is_some() {
+        cfg.cert = cli.cert.clone();
+        cfg.key = cli.key.clone();
+    }
+    cfg.self_signed |= cli.self_signed;
+    cfg.allow_anonymous_hosts |= cli.allow_anonymous_hosts;
+    if cli.audit_log.is_some() {
+        cfg.audit_log = cli.audit_log.clone();
+    }
+    if cli.metrics_listen.is_some() {
+        cfg.metrics_listen = cli.metrics_listen;
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    if !cfg.self_signed && (cfg.cert.is_none() || cfg.key.is_none()) {
+        return Err("a certificate is required: --cert and --key, or --self-signed".into());
+    }
+    Ok(cfg)
+}
+
+fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain, key) = match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) if !cfg.self_signed => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
+                .map_err(|e| format!("{}: {e}", c.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", c.display()))?;
+            if chain.is_empty() {
+                return Err(format!("{}: no certificate", c.display()));
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
+            (chain, key)
+        }
+        _ => {
+            let ck =
+                xtcp::tls::self_signed(&["localhost", "xtcp-relay"]).map_err(|e| e.to_string())?;
+            (ck.chain, ck.key)
+        }
+    };
+    let fp = xtcp::tls::fingerprint(&chain[0]);
+    let tls = server::server_tls(chain, key).map_err(|e| format!("certificate: {e}"))?;
+    Ok((tls, fp))
+}
+
+fn audit_sink(path: &Option<PathBuf>) -> Result<Option<AuditSink>, String> {
+    Ok(match path {
+        None => None,
+        Some(p) if p == Path::new("-") => Some(Arc::new(Mutex::new(
+            Box::new(std::io::stdout()) as Box<dyn std::io::Write + Send>
+        ))),
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("audit log {}: {e}", p.display()))?;
+            Some(Arc::new(Mutex::new(
+                Box::new(f) as Box<dyn std::io::Write + Send>
+            )))
+        }
+    })
+}
+
+async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tls, fp) = load_tls(&cfg)?;
+    if cfg.self_signed {
+        eprintln!("self-signed certificate sha256 fingerprint: {fp}");
+        eprintln!("clients: --relay-fingerprint {fp}");
+    }
+    if cfg.token_hashes.is_empty() && !cfg.allow_anonymous_hosts {
+        eprintln!("warning: no operator token configured; session creation is refused (run `xtcp-relay token`, or --allow-anonymous-hosts)");
+    }
+    let audit = audit_sink(&cfg.audit_log)?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let relay = Relay::start(cfg.clone(), tls, audit)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("xtcp-relay listening on {}", relay.local_addr());
+    tracing::info!(addr = %relay.local_addr(), "listening");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // Reload certificate and tokens; sessions are untouched.
+                match load_config(&cli) {
+                    Ok(new) => {
+                        if let Err(e) = relay.reload_tokens(&new.token_hashes) {
+                            tracing::warn!("reload tokens: {e}");
+                        }
+                        if !new.self_signed {
+                            match load_tls(&new) {
+                                Ok((tls, fp)) => { relay.reload_tls(tls); tracing::info!(%fp, "certificate reloaded"); }
+                                Err(e) => tracing::warn!("reload certificate: {e}"),
+                            }
+                        }
+                        eprintln!("reloaded certificate and tokens");
+                    }
+                    Err(e) => tracing::warn!("reload: {e}"),
+                }
+            }
+        }
+    }
+    eprintln!("draining (up to {} s)", cfg.drain_secs);
+    relay.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XTCP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(Cmd::Token) = cli.cmd {
+        let mut b = [0u8; 24];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+            eprintln!("xtcp-relay: no randomness");
+            return ExitCode::FAILURE;
+        }
+        let token = format!("xt_{}", xtcp::tls::hex(&b));
+        println!("token: {token}");
+        println!(
+            "add to the relay config:  token_hashes = [\"{}\"]",
+            server::token_hash(&token)
+        );
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xtcp-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        return match load_tls(&cfg) {
+            Ok(_) => {
+                println!("configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xtcp-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    server::raise_fd_limit();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xtcp-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cli, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtcp-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The relay journey on loopback: host → relay → guest, byte-exact, at scale,
+//! across a fleet, through restarts, and against brute force.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xtcp::relay::server::{self, Relay};
+
+async fn pair(relay: &TestRelay) -> (xtcp::Session, xtcp::Session) {
+    let peers = [(relay.addr, relay.fingerprint)];
+    let host = xtcp::host(&client(&peers, Some(TOKEN)))
+        .await
+        .expect("host");
+    let code = host.code();
+    let guest_opts = client(&peers, None);
+    let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &guest_opts));
+    (h.expect("host accept"), g.expect("guest join"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_256_mib_each_way_byte_exact() {
+    let relay = start_relay(relay_config()).await;
+    let (h, g) = pair(&relay).await;
+    assert_eq!(h.path(), xtcp::Path::Relay);
+    const LEN: u64 = 256 << 20;
+    let (hr, gr) = tokio::join!(exchange_hashed(h, LEN, 11), exchange_hashed(g, LEN, 22));
+    let (h_sent, h_got, h_n) = hr.expect("host side");
+    let (g_sent, g_got, g_n) = gr.expect("guest side");
+    assert_eq!((h_n, g_n), (LEN, LEN));
+    assert_eq!(h_got, g_sent, "guest→host corrupted");
+    assert_eq!(g_got, h_sent, "host→guest corrupted");
+    assert_eq!(h_sent, sha256_of_gen(LEN, 11));
+    let m = relay.relay.metrics();
+    for _ in 0..500 {
+        if m.active.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The relay moved the TLS records: payload plus a small overhead, no more.
+    let h2g = m.bytes_host_to_guest.load(Ordering::Relaxed);
+    assert!(h2g > LEN && h2g < LEN + LEN / 50, "relay bytes {h2g}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_sessions_byte_exact() {
+    server::raise_fd_limit();
+    let relay = start_relay(relay_config()).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    const N: usize = 1000;
+    const LEN: u64 = 64 * 1024;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N as u64 {
+        let host_opts = client(&peers, Some(TOKEN));
+        let guest_opts = client(&peers, None);
+        tasks.spawn(async move {
+            let host = xtcp::host(&host_opts).await.map_err(|e| e.to_string())?;
+            let code = host.code();
+            let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &guest_opts));
+            let (h, g) = (h.map_err(|e| e.to_string())?, g.map_err(|e| e.to_string())?);
+            let (a, b) = tokio::join!(
+                exchange_hashed(h, LEN, 2 * i + 1),
+                exchange_hashed(g, LEN, 2 * i + 2)
+            );
+            let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+            Ok::<bool, String>(a.1 == b.0 && b.1 == a.0 && a.2 == LEN && b.2 == LEN)
+        });
+    }
+    let mut ok = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        match r {
+            Ok(Ok(true)) => ok += 1,
+            Ok(Ok(false)) => panic!("a session was not byte-exact"),
+            Ok(Err(e)) => panic!("session failed: {e}"),
+            Err(e) => panic!("task: {e}"),
+        }
+    }
+    assert_eq!(ok, N);
+    assert_eq!(
+        relay
+            .relay
+            .metrics()
+            .sessions_paired
+            .load(Ordering::Relaxed),
+        N as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_same_relay_from_different_orders_and_failover() {
+    let (tls, fp) = tls_for_relay();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(
+            Relay::start(relay_config(), tls.clone(), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let addrs: Vec<_> = relays.iter().map(|r| r.local_addr()).collect();
+    let list = |order: [usize; 3]| order.iter().map(|&i| (addrs[i], fp)).collect::<Vec<_>>();
+
+    // Both orders name the same relay first for a given rendezvous id.
+    let host = xtcp::host(&client(&list([0, 1, 2]), Some(TOKEN)))
+        .await
+        .unwrap();
+    let code = host.code();
+    let chosen = host.relay().to_string();
+    let gopts = client(&list([2, 0, 1]), None);
+    let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &gopts));
+    let (h, g) = (h.unwrap(), g.unwrap());
+    assert_eq!(h.relay(), g.relay());
+    assert_eq!(h.relay(), chosen);
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, 1 << 20, 1),
+        exchange_hashed(g, 1 << 20, 2)
+    );
+    assert_eq!(a.unwrap().1, sha256_of_gen(1 << 20, 2));
+    assert_eq!(b.unwrap().1, sha256_of_gen(1 << 20, 1));
+
+    // Kill the relay a new session would use, before pairing: both meet on the next.
+    let secret = loop {
+        // Pick a secret whose first relay we then kill.
+        let s = xtcp::secret::SessionSecret::generate().unwrap();
+        let order = xtcp::relay::client::rendezvous_order(
+            &addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            &s.rendezvous_id(),
+        );
+        if order[0] == addrs[0].to_string() {
+            break s;
+        }
+    };
+    let first = relays.remove(0);
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let order = xtcp::relay::client::rendezvous_order(
+        &addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        &secret.rendezvous_id(),
+    );
+    let opts = client(&list([1, 0, 2]), Some(TOKEN));
+    let waiting = xtcp::relay::client::create_session(&opts.relay, secret.rendezvous_id())
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.relay(),
+        order[1],
+        "host moved to the next relay in rendezvous order"
+    );
+    let gopts = client(&list([2, 1, 0]), None);
+    let (hp, gp) = tokio::join!(
+        waiting.paired(),
+        xtcp::relay::client::join_session(&gopts.relay, secret.rendezvous_id())
+    );
+    let (hp, gp) = (hp.unwrap(), gp.unwrap());
+    assert_eq!(gp.relay, order[1]);
+    assert_eq!(hp.relay, order[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_waiting_follows_to_next_relay_when_its_relay_dies() {
+    let (tls, fp) = tls_for_relay();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        relays.push(
+            Relay::start(relay_config(), tls.clone(), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let addrs: Vec<String> = relays.iter().map(|r| r.local_addr().to_string()).collect();
+    let peers: Vec<_> = relays.iter().map(|r| (r.local_addr(), fp)).collect();
+    let host = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap();
+    let first = host.relay().to_string();
+    let idx = addrs.iter().position(|a| *a == first).unwrap();
+    let code = host.code();
+    let accept = tokio::spawn(host.accept());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    relays.remove(idx).abort();
+    // Give the host time to notice and re-register (bounded wait on the metric).
+    let survivor = relays[0].metrics();
+    for _ in 0..200 {
+        if survivor.sessions_created.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(survivor.sessions_created.load(Ordering::Relaxed), 1);
+    let g = xtcp::join(&code, &client(&peers, None)).await.unwrap();
+    let h = accept.await.unwrap().unwrap();
+    assert_eq!(g.relay(), h.relay());
+    assert_ne!(g.relay(), first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_mid_session_gives_clean_errors_and_a_clean_prefix() {
+    let relay = start_relay(relay_config()).await;
+    let (h, g) = pair(&relay).await;
+    let (mut hr, mut hw) = tokio::io::split(h);
+    let (mut gr, _gw) = tokio::io::split(g);
+    // The host streams generated bytes; the guest reads. Kill the relay mid-way.
+    let writer = tokio::spawn(async move {
+        let mut gen = Gen::new(5);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            gen.fill(&mut buf);
+            if let Err(e) = hw.write_all(&buf).await {
+                return e;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < 4 << 20 {
+        let n = gr.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    relay.relay.abort();
+    let guest_err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match gr.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .expect("guest noticed within 10 s");
+    // No close_notify came from the host, so EOF must be an error, not a clean end.
+    assert!(
+        guest_err.is_some(),
+        "a cut relay must not look like a clean close"
+    );
+    let werr = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("host noticed")
+        .unwrap();
+    assert!(
+        matches!(
+            werr.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{werr:?}"
+    );
+    let mut expect = vec![0u8; got.len()];
+    Gen::new(5).fill(&mut expect);
+    assert!(
+        got == expect,
+        "the bytes received are exactly a prefix of the bytes sent"
+    );
+    let mut probe = [0u8; 1];
+    assert!(
+        hr.read(&mut probe).await.is_err(),
+        "the host's read side fails too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_and_expired_codes_count_toward_lockout() {
+    let mut cfg = relay_config();
+    cfg.waiting_ttl_secs = 0.3;
+    let relay = start_relay(cfg).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    // An expired session: the host is told, and its code no longer joins.
+    let host = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap();
+    let code = host.code();
+    let e = host.accept().await.unwrap_err();
+    assert!(matches!(e, xtcp::Error::Expired), "{e}");
+    let e = xtcp::join(&code, &client(&peers, None)).await.unwrap_err();
+    assert!(matches!(e, xtcp::Error::UnknownSession), "{e}");
+    // Four more wrong codes: five failures in all.
+    for _ in 0..4 {
+        let wrong = xtcp::secret::SessionSecret::generate().unwrap().code();
+        let e = xtcp::join(&wrong, &client(&peers, None)).await.unwrap_err();
+        assert!(matches!(e, xtcp::Error::UnknownSession), "{e}");
+    }
+    // The sixth attempt from this source is refused, even with a valid code.
+    let host = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap();
+    let e = xtcp::join(&host.code(), &client(&peers, None))
+        .await
+        .unwrap_err();
+    match e {
+        xtcp::Error::LockedOut(d) => assert!(
+            d > Duration::from_secs(250) && d <= Duration::from_secs(300),
+            "{d:?}"
+        ),
+        e => panic!("expected locked out, got {e}"),
+    }
+    assert_eq!(
+        relay.relay.metrics().joins_failed.load(Ordering::Relaxed),
+        5
+    );
+    assert!(e_line(&xtcp::Error::LockedOut(Duration::from_secs(300))).contains("locked out"));
+}
+
+fn e_line(e: &xtcp::Error) -> String {
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_expires_after_its_window() {
+    let mut cfg = relay_config();
+    cfg.lockout_failures = 2;
+    cfg.lockout_secs = 0.5;
+    let relay = start_relay(cfg).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    for _ in 0..2 {
+        let wrong = xtcp::secret::SessionSecret::generate().unwrap().code();
+        assert!(matches!(
+            xtcp::join(&wrong, &client(&peers, None)).await,
+            Err(xtcp::Error::UnknownSession)
+        ));
+    }
+    let wrong = xtcp::secret::SessionSecret::generate().unwrap().code();
+    assert!(matches!(
+        xtcp::join(&wrong, &client(&peers, None)).await,
+        Err(xtcp::Error::LockedOut(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (h, g) = pair(&relay).await;
+    drop((h, g));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_random_joins_pair_nothing_and_memory_stays_bounded() {
+    server::raise_fd_limit();
+    let relay = start_relay(relay_config()).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    // A real waiting session the attacker tries to hit.
+    let host = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap();
+    let accept = tokio::spawn(host.accept());
+    let rss0 = rss();
+    const N: u64 = 100_000;
+    const PAR: u64 = 64;
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..PAR {
+        let cfg = client(&peers, None).relay;
+        set.spawn(async move {
+            let mut counts = [0u64; 3]; // unknown, locked out, other
+            for _ in 0..N / PAR + u64::from(w < N % PAR) {
+                let s = xtcp::secret::SessionSecret::generate().unwrap();
+                match xtcp::relay::client::join_session(&cfg, s.rendezvous_id()).await {
+                    Err(xtcp::relay::RelayError::UnknownSession) => counts[0] += 1,
+                    Err(xtcp::relay::RelayError::LockedOut { .. }) => counts[1] += 1,
+                    _ => counts[2] += 1,
+                }
+            }
+            counts
+        });
+    }
+    let mut total = [0u64; 3];
+    while let Some(r) = set.join_next().await {
+        let c = r.unwrap();
+        for i in 0..3 {
+            total[i] += c[i];
+        }
+    }
+    assert_eq!(total.iter().sum::<u64>(), N);
+    assert_eq!(total[2], 0, "every attempt was refused with a typed error");
+    assert!(
+        total[0] <= 5 + PAR,
+        "only the first failures reach the session table: {total:?}"
+    );
+    let m = relay.relay.metrics();
+    assert_eq!(m.sessions_paired.load(Ordering::Relaxed), 0);
+    assert_eq!(m.waiting.load(Ordering::Relaxed), 1);
+    assert!(!accept.is_finished());
+    let grown = rss().saturating_sub(rss0);
+    assert!(
+        grown < 64 << 20,
+        "memory grew by {grown} bytes over {N} attempts"
+    );
+    accept.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_gate_session_creation() {
+    let relay = start_relay(relay_config()).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    assert!(matches!(
+        xtcp::host(&client(&peers, None)).await,
+        Err(xtcp::Error::Unauthorized)
+    ));
+    assert!(matches!(
+        xtcp::host(&client(&peers, Some("wrong"))).await,
+        Err(xtcp::Error::Unauthorized)
+    ));
+    // No token configured: refused unless anonymous hosts are allowed explicitly.
+    let mut cfg = relay_config();
+    cfg.token_hashes.clear();
+    let closed = start_relay(cfg.clone()).await;
+    let p2 = [(closed.addr, closed.fingerprint)];
+    assert!(matches!(
+        xtcp::host(&client(&p2, None)).await,
+        Err(xtcp::Error::Unauthorized)
+    ));
+    cfg.allow_anonymous_hosts = true;
+    let open = start_relay(cfg).await;
+    let p3 = [(open.addr, open.fingerprint)];
+    assert!(xtcp::host(&client(&p3, None)).await.is_ok());
+    // Reloading tokens takes effect for new sessions.
+    relay
+        .relay
+        .reload_tokens(&[server::token_hash("fresh")])
+        .unwrap();
+    assert!(matches!(
+        xtcp::host(&client(&peers, Some(TOKEN))).await,
+        Err(xtcp::Error::Unauthorized)
+    ));
+    assert!(xtcp::host(&client(&peers, Some("fresh"))).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_relay_certificate_is_a_clear_error() {
+    let relay = start_relay(relay_config()).await;
+    let peers = [(relay.addr, [0x55u8; 32])];
+    let e = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap_err();
+    assert!(matches!(e, xtcp::Error::RelayCertificateMismatch(_)), "{e}");
+    // A closed port: unreachable.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let e = xtcp::host(&client(&[(addr, relay.fingerprint)], Some(TOKEN)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, xtcp::Error::RelayUnreachable(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_paired_sessions() {
+    let mut cfg = relay_config();
+    cfg.drain_secs = 10.0;
+    let relay = start_relay(cfg).await;
+    let peers = [(relay.addr, relay.fingerprint)];
+    let (h, g) = pair(&relay).await;
+    let addr = relay.addr;
+    let shutdown = tokio::spawn(relay.relay.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // New sessions are refused while draining …
+    assert!(xtcp::host(&client(&[(addr, peers[0].1)], Some(TOKEN)))
+        .await
+        .is_err());
+    // … while the paired one completes byte-exact.
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, 8 << 20, 1),
+        exchange_hashed(g, 8 << 20, 2)
+    );
+    assert_eq!(a.unwrap().1, sha256_of_gen(8 << 20, 2));
+    assert_eq!(b.unwrap().1, sha256_of_gen(8 << 20, 1));
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_mode_and_rate_limit() {
+    let mut cfg = relay_config();
+    cfg.splice = false;
+    cfg.forward_buffer = 16 * 1024;
+    cfg.rate_limit_bytes_per_sec = Some(4 << 20);
+    let relay = start_relay(cfg).await;
+    let (h, g) = pair(&relay).await;
+    let t = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, 6 << 20, 3),
+        exchange_hashed(g, 2 << 20, 4)
+    );
+    let elapsed = t.elapsed();
+    assert_eq!(a.unwrap().1, sha256_of_gen(2 << 20, 4));
+    assert_eq!(b.unwrap().1, sha256_of_gen(6 << 20, 3));
+    // 8 MiB at 4 MiB/s with a 4 MiB burst: at least ~1 s.
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "rate limit not applied: {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_paired_sessions_are_closed() {
+    let mut cfg = relay_config();
+    cfg.idle_timeout_secs = 0.3;
+    let relay = start_relay(cfg).await;
+    let (mut h, _g) = pair(&relay).await;
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), h.read(&mut b))
+        .await
+        .expect("closed by the relay");
+    assert!(r.is_err(), "an idle cut is not a clean TLS close");
+}
