@@ -1,0 +1,465 @@
+//! The `xtcp` and `xtcp-relay` binaries, driven as a person would (loopback only).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const XTCP: &str = env!("CARGO_BIN_EXE_xtcp");
+const RELAY: &str = env!("CARGO_BIN_EXE_xtcp-relay");
+
+/// Forward a child's stderr lines to a channel (and keep them all).
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait (bounded) for a line starting with `prefix`; returns the rest.
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                seen.push(l.clone());
+                if let Some(rest) = l
+                    .find(prefix)
+                    .map(|i| l[i + prefix.len()..].trim().to_string())
+                {
+                    return rest;
+                }
+            }
+            Err(_) => panic!("no line containing {prefix:?}; saw {seen:?}"),
+        }
+    }
+}
+
+struct RelayProc {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+    token: String,
+    _dir: TempDir,
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "xtcp-cli-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn new_token() -> (String, String) {
+    let out = Command::new(RELAY).arg("token").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+    let line = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("add to the relay config:")
+                .map(|x| x.1.trim().to_string())
+        })
+        .unwrap();
+    (token, line)
+}
+
+fn start_relay(extra_toml: &str) -> RelayProc {
+    let dir = TempDir::new("relay");
+    let (token, line) = new_token();
+    let cfg = dir.0.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:0\"\nself_signed = true\n{line}\n{extra_toml}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(RELAY)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let fingerprint = wait_line(&rx, "fingerprint: ", &mut seen);
+    let addr = wait_line(&rx, "listening on ", &mut seen);
+    // Keep draining stderr so the relay never blocks on a full pipe.
+    std::thread::spawn(move || for _ in rx {});
+    RelayProc {
+        child,
+        addr,
+        fingerprint,
+        token,
+        _dir: dir,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 4)] ^ seed)
+        .collect()
+}
+
+#[test]
+fn host_and_join_copy_stdin_to_the_peer_both_ways() {
+    let relay = start_relay("");
+    let dir = TempDir::new("io");
+    let (a, b) = (pattern(3 << 20, 1), pattern(2 << 20, 2));
+    let (fa, fb) = (dir.0.join("a"), dir.0.join("b"));
+    std::fs::write(&fa, &a).unwrap();
+    std::fs::write(&fb, &b).unwrap();
+    let mut host = Command::new(XTCP)
+        .args([
+            "host",
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            &relay.fingerprint,
+            "--token",
+            &relay.token,
+        ])
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hrx = stderr_lines(&mut host);
+    let mut hseen = Vec::new();
+    let code = wait_line(&hrx, "code: ", &mut hseen);
+    let mut guest = Command::new(XTCP)
+        .args([
+            "join",
+            &code,
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            &relay.fingerprint,
+        ])
+        .stdin(std::fs::File::open(&fb).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grx = stderr_lines(&mut guest);
+    let mut gseen = Vec::new();
+    assert_eq!(wait_line(&grx, "path: ", &mut gseen), "relay");
+    assert_eq!(wait_line(&hrx, "path: ", &mut hseen), "relay");
+    let hout = host.wait_with_output().unwrap();
+    let gout = guest.wait_with_output().unwrap();
+    assert!(hout.status.success(), "host: {hseen:?}");
+    assert!(gout.status.success(), "guest: {gseen:?}");
+    assert!(hout.stdout == b, "host received the guest's stdin exactly");
+    assert!(gout.stdout == a, "guest received the host's stdin exactly");
+}
+
+fn join_error(relay: &RelayProc, code: &str, fingerprint: &str) -> (bool, String, Vec<u8>) {
+    let out = Command::new(XTCP)
+        .args([
+            "join",
+            code,
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            fingerprint,
+            "--connect-timeout",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        out.stdout,
+    )
+}
+
+#[test]
+fn clear_one_line_errors_and_nonzero_exits() {
+    let relay = start_relay("lockout_failures = 5");
+    let good_fp = relay.fingerprint.clone();
+    // Not a code at all.
+    let (ok, err, out) = join_error(&relay, "not-a-code", &good_fp);
+    assert!(
+        !ok && err.contains("invalid session code")
+            && err.trim().lines().count() == 1
+            && out.is_empty(),
+        "{err}"
+    );
+    // Wrong relay certificate.
+    let code = String::from_utf8(Command::new(XTCP).arg("code").output().unwrap().stdout).unwrap();
+    let code = code.trim();
+    let (ok, err, _) = join_error(&relay, code, &"ab".repeat(32));
+    assert!(
+        !ok && err.contains("relay certificate mismatch") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    // A host without the token (before the lockout, which also covers token guessing).
+    let out = Command::new(XTCP)
+        .args([
+            "host",
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            &good_fp,
+        ])
+        .env_remove("XTCP_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("token"), "{err}");
+    // Four unknown sessions (the failed token was the first failure), then locked out.
+    for i in 0..4 {
+        let (ok, err, out) = join_error(&relay, code, &good_fp);
+        assert!(
+            !ok && err.contains("unknown or expired session") && out.is_empty(),
+            "attempt {i}: {err}"
+        );
+    }
+    let (ok, err, _) = join_error(&relay, code, &good_fp);
+    assert!(
+        !ok && err.contains("locked out") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    // Unreachable relay.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let out = Command::new(XTCP)
+        .args([
+            "join",
+            code,
+            "--relay",
+            &addr,
+            "--relay-fingerprint",
+            &good_fp,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("relay unreachable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn code_prints_a_parseable_fresh_code() {
+    let a = Command::new(XTCP).arg("code").output().unwrap();
+    let b = Command::new(XTCP).arg("code").output().unwrap();
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap(),
+        String::from_utf8(b.stdout).unwrap(),
+    );
+    assert_ne!(a, b);
+    assert!(xtcp::secret::SessionSecret::parse(a.trim()).is_ok());
+}
+
+#[test]
+fn relay_check_config_and_sigterm() {
+    let dir = TempDir::new("cfg");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:0\"\nself_signed = true\nlockout_failures = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(RELAY)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lockout_failures"));
+    let unknown = dir.0.join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        "listen = \"127.0.0.1:0\"\nself_signed = true\nno_such_key = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(RELAY)
+        .arg("--config")
+        .arg(&unknown)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, "listen = \"127.0.0.1:0\"\nself_signed = true\n").unwrap();
+    let out = Command::new(RELAY)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No certificate at all: refused.
+    let out = Command::new(RELAY)
+        .args(["--listen", "127.0.0.1:0", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // SIGTERM: drains and exits 0.
+    let mut relay = start_relay("drain_secs = 1");
+    let pid = nix::unistd::Pid::from_raw(relay.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = relay.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn relay_audit_log_and_metrics_never_hold_secrets() {
+    let dir = TempDir::new("audit");
+    let log = dir.0.join("audit.jsonl");
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let relay = start_relay(&format!(
+        "audit_log = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"",
+        log.display()
+    ));
+    let mut host = Command::new(XTCP)
+        .args([
+            "host",
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            &relay.fingerprint,
+            "--token",
+            &relay.token,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hrx = stderr_lines(&mut host);
+    let code = wait_line(&hrx, "code: ", &mut Vec::new());
+    let mut guest = Command::new(XTCP)
+        .args([
+            "join",
+            &code,
+            "--relay",
+            &relay.addr,
+            "--relay-fingerprint",
+            &relay.fingerprint,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    host.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello guest")
+        .unwrap();
+    guest
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello host")
+        .unwrap();
+    let (h, g) = (
+        host.wait_with_output().unwrap(),
+        guest.wait_with_output().unwrap(),
+    );
+    assert_eq!(h.stdout, b"hello host");
+    assert_eq!(g.stdout, b"hello guest");
+    // The session-closed event is written when forwarding ends (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("\"paired\":true") || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for want in [
+        "session_created",
+        "session_joined",
+        "session_paired",
+        "session_closed",
+    ] {
+        assert!(names.contains(&want), "{want} missing in {names:?}");
+    }
+    let closed = events
+        .iter()
+        .find(|e| e["event"] == "session_closed")
+        .unwrap();
+    assert!(closed["bytes_host_to_guest"].as_u64().unwrap() > 11);
+    assert!(closed["duration_secs"].as_f64().is_some());
+    // Neither the code, the rendezvous id, nor the token appear.
+    let rid = xtcp::tls::hex(
+        &xtcp::secret::SessionSecret::parse(&code)
+            .unwrap()
+            .rendezvous_id(),
+    );
+    for secret in [code.as_str(), rid.as_str(), relay.token.as_str()] {
+        assert!(!text.contains(secret), "audit log leaks {secret}");
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    assert!(
+        body.contains("xtcp_relay_sessions_paired_total 1"),
+        "{body}"
+    );
+}
