@@ -64,7 +64,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Parse hex (colons and spaces allowed between bytes).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     let clean: Vec<u8> = s.bytes().filter(|c| !matches!(c, b':' | b' ')).collect();
-    if clean.len() % 2 != 0 {
+    if !clean.len().is_multiple_of(2) {
         return None;
     }
     clean

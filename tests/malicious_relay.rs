@@ -207,10 +207,7 @@ async fn tamper_pump(
         if !held.is_empty() {
             // Reorder across reads: the held bytes go after the next chunk.
             let h = std::mem::take(&mut held);
-            let n = match src.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n = src.read(&mut buf).await.unwrap_or_default();
             off += n;
             let _ = dst.write_all(&buf[..n]).await;
             let _ = dst.write_all(&h).await;

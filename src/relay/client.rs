@@ -319,7 +319,7 @@ impl WaitingSession {
     pub async fn paired(mut self) -> Result<Paired, RelayError> {
         loop {
             match await_paired(self.ctl).await {
-                Err(RelayError::Unreachable(e)) if !self.rest.is_empty() => {
+                Err(e) if try_next(&e) && !self.rest.is_empty() => {
                     tracing::info!("relay {} lost while waiting ({e}); moving on", self.relay);
                     let (ctl, relay, rest, ttl) = register(
                         &self.cfg,

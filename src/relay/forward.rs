@@ -5,7 +5,8 @@
 //!
 //! * **splice** (Linux): socket → pipe → socket with splice(2), so payload
 //!   never enters user space; the pipe (its size is the per-direction bound)
-//!   is created on the first byte, so an idle session holds none.
+//!   comes from a process-wide pool while data flows and goes back empty, so
+//!   an idle session holds no pipe and no descriptor beyond its two sockets.
 //! * **copy**: a user-space buffer of `buffer` bytes, allocated while data
 //!   flows and released as soon as the source has nothing more to read, so an
 //!   idle paired session holds no buffer at all.
@@ -173,6 +174,38 @@ async fn pump_copy(
     }
 }
 
+/// Pipes shared by all sessions of the process: a direction takes one while
+/// its source has data and gives it back empty, so an idle session holds no
+/// pipe (and no file descriptors beyond its two sockets).
+#[cfg(target_os = "linux")]
+mod pipes {
+    use std::os::fd::OwnedFd;
+    use std::sync::Mutex;
+
+    /// Pipes kept for reuse at most (the rest are closed).
+    const KEEP: usize = 256;
+    static POOL: Mutex<Vec<(OwnedFd, OwnedFd)>> = Mutex::new(Vec::new());
+
+    pub fn take(size: usize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+        if let Some(p) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(p);
+        }
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // The pipe is the per-direction buffer; its size is the bound.
+        let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(size as i32));
+        Ok((r, w))
+    }
+
+    /// Return an empty pipe.
+    pub fn put(p: (OwnedFd, OwnedFd)) {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < KEEP {
+            pool.push(p);
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 async fn pump_splice(
     src: &TcpStream,
@@ -182,47 +215,56 @@ async fn pump_splice(
     activity: &Activity,
     limiter: Option<&RateLimiter>,
 ) -> io::Result<u64> {
-    use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+    use nix::fcntl::{splice, SpliceFFlags};
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut pipe = None;
     let mut total = 0u64;
     loop {
         src.readable().await?;
-        if pipe.is_none() {
-            let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-            // The pipe is the per-direction buffer; its size is the bound.
-            let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(buffer as i32));
-            pipe = Some((r, w));
-        }
-        let Some((r, w)) = pipe.as_ref() else {
-            continue;
-        };
-        let n = match src.try_io(Interest::READABLE, || {
-            splice(src, None, w, None, buffer, flags).map_err(io::Error::from)
+        // Readiness can be stale: only take a pipe once a byte (or EOF) is there.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match src.try_io(Interest::READABLE, || {
+            socket2::SockRef::from(src).peek(&mut probe)
         }) {
             Ok(0) => return Ok(total),
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
-        };
-        let mut left = n;
-        while left > 0 {
-            dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(r, None, dst, None, left, flags).map_err(io::Error::from)
+        }
+        let (r, w) = pipes::take(buffer)?;
+        loop {
+            let n = match src.try_io(Interest::READABLE, || {
+                splice(src, None, &w, None, buffer, flags).map_err(io::Error::from)
             }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => {
+                    pipes::put((r, w));
+                    return Ok(total);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The pipe may hold bytes: close it rather than reuse it.
                 Err(e) => return Err(e),
+            };
+            let mut left = n;
+            while left > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(&r, None, dst, None, left, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
+            counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            activity.touch();
+            if let Some(l) = limiter {
+                l.consume(n).await;
             }
         }
-        total += n as u64;
-        counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
-        if let Some(l) = limiter {
-            l.consume(n).await;
-        }
+        // Drained: the pipe is empty, give it back.
+        pipes::put((r, w));
     }
 }
 

@@ -518,6 +518,26 @@ impl Relay {
         self.shared.metrics.clone()
     }
 
+    /// Sizes of the relay's per-source and per-session tables:
+    /// (waiting sessions, tracked source addresses, unauthenticated connections).
+    /// Every one is bounded by a configured limit.
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        let waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let sources = self
+            .shared
+            .lockouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let unauth = self.shared.cfg.max_unauthenticated - self.shared.unauth.available_permits();
+        (waiting, sources, unauth)
+    }
+
     /// Replace the certificate (new connections use it; sessions stay).
     pub fn reload_tls(&self, tls: Arc<rustls::ServerConfig>) {
         *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
@@ -939,21 +959,27 @@ async fn host(
         None,
         serde_json::json!({"host": peer.to_string(), "guest": guest_addr.to_string()}),
     );
-    let started = Instant::now();
-    let (h2g, g2h, reason) = forward_session(&a, &b, shared).await;
-    shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
-    shared.audit(
-        "session_closed",
-        Some(&label),
-        None,
-        serde_json::json!({
-            "paired": true,
-            "bytes_host_to_guest": h2g,
-            "bytes_guest_to_host": g2h,
-            "duration_secs": started.elapsed().as_secs_f64(),
-            "reason": reason,
-        }),
-    );
+    // Forward in a task of its own: the pairing state above (TLS, frames) is
+    // freed now, so an idle paired session costs only this small future and
+    // its two sockets.
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let (h2g, g2h, reason) = forward_session(&a, &b, &shared).await;
+        shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
+        shared.audit(
+            "session_closed",
+            Some(&label),
+            None,
+            serde_json::json!({
+                "paired": true,
+                "bytes_host_to_guest": h2g,
+                "bytes_guest_to_host": g2h,
+                "duration_secs": started.elapsed().as_secs_f64(),
+                "reason": reason,
+            }),
+        );
+    });
 }
 
 async fn forward_session(
@@ -1004,7 +1030,11 @@ pub fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) => {
-            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            // Root may also raise the hard limit; others settle for it.
+            let want = hard.max(1 << 18);
+            if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+                want
+            } else if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
                 hard
             } else {
                 soft
