@@ -9,8 +9,8 @@
 //!   ── Finished ──────────────────────────────────►
 //!   E  = TLS-Exporter("EXPORTER-xtcp-e2e-auth", no context, 32)     RFC 8446 §7.5
 //!   tag(role) = HMAC-SHA256(auth_key, "xtcp e2e v1" ‖ role ‖ E ‖ len16(binding) ‖ binding)
-//!   ── tag(guest) ────────────────────────────────►   checked in constant time
-//!   ◄──────────────────────────────── tag(host) ───   checked in constant time
+//!   ── tag(guest) ───────────►   ◄────── tag(host) ──   sent at once by both,
+//!                                                     each checked in constant time
 //!   application bytes, only after the peer's tag verified
 //! ```
 //!
@@ -95,7 +95,7 @@ pub enum E2eError {
     Timeout,
     /// The stream closed during the handshake or tag exchange.
     Closed,
-    /// Local setup failure (certificate generation).
+    /// Local setup failure (certificate generation, a binding over 65535 bytes).
     Setup(String),
 }
 
@@ -154,7 +154,6 @@ fn server_config() -> Result<rustls::ServerConfig, E2eError> {
 
 /// The bytes a role's tag covers (`spec/session.md` §3.2).
 fn tag_input(role: Role, exporter: &[u8; 32], binding: &[u8]) -> Vec<u8> {
-    let binding = &binding[..binding.len().min(usize::from(u16::MAX))];
     let mut msg = Vec::with_capacity(TAG_CONTEXT.len() + 1 + 32 + 2 + binding.len());
     msg.extend_from_slice(TAG_CONTEXT);
     msg.push(role.byte());
@@ -175,6 +174,11 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if opts.binding.len() > usize::from(u16::MAX) {
+        return Err(E2eError::Setup(
+            "channel binding longer than 65535 bytes".into(),
+        ));
+    }
     match tokio::time::timeout(
         opts.handshake_timeout,
         handshake_inner(io, role, secret, &opts.binding),

@@ -51,11 +51,12 @@ pub enum ErrorCode {
     Unauthorized = 3,
     /// `JOIN` for a rendezvous id with no waiting session (unknown, expired or already paired).
     UnknownSession = 4,
-    /// The source address failed too many joins; retry after the given seconds.
+    /// The source address failed too many joins (or token checks); retry after the given seconds.
     LockedOut = 5,
     /// `CREATE` for a rendezvous id that already has a waiting session.
     SessionExists = 6,
-    /// A limit (sessions, waiting sessions, connections) is reached.
+    /// A limit (paired or waiting sessions) is reached. At the limit of unauthenticated
+    /// connections the relay closes before TLS, without a frame.
     OverCapacity = 7,
     /// The waiting session's TTL expired before a guest joined.
     Expired = 8,

@@ -413,6 +413,7 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
     let tls = client_tls(&cfg.trust)?;
     let order = rendezvous_order(&cfg.relays, &rid);
     let mut last = RelayError::Config("empty relay list".into());
+    let mut unknown = false;
     for relay in &order {
         let attempt = async {
             let mut ctl = connect(relay, &tls, cfg.connect_timeout).await?;
@@ -434,8 +435,16 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
                 return Ok(p);
             }
             Err(e) if try_next(&e) => last = e,
+            // The host may have moved past this relay while it was down (it registers on
+            // the first reachable one in the same order): try on, and report the unknown
+            // session only if no relay knows it.
+            Err(RelayError::UnknownSession) => unknown = true,
             Err(e) => return Err(e),
         }
     }
-    Err(last)
+    Err(if unknown {
+        RelayError::UnknownSession
+    } else {
+        last
+    })
 }

@@ -140,6 +140,14 @@ impl RelayConfig {
         if l.handshake_timeout.is_zero() || l.waiting_ttl.is_zero() || l.idle_timeout.is_zero() {
             return Err(ConfigError("timeouts must be positive".into()));
         }
+        if l.lockout.is_zero() {
+            return Err(ConfigError("lockout_secs must be positive".into()));
+        }
+        if self.rate_limit_bytes_per_sec == Some(0) {
+            return Err(ConfigError(
+                "rate_limit_bytes_per_sec must be at least 1 (omit it for no limit)".into(),
+            ));
+        }
         if self.lockout_failures == 0 {
             return Err(ConfigError("lockout_failures must be at least 1".into()));
         }
@@ -650,6 +658,15 @@ async fn handle(
     })
     .await;
     let bytes = match first {
+        Ok(Ok(_)) if ctl.alpn() != Some(proto::relay_wire::ALPN) => {
+            let f = Frame::error(
+                ErrorCode::UnsupportedVersion,
+                0,
+                "ALPN xtcp-relay/1 required",
+            );
+            ctl.fail(&f).await;
+            return;
+        }
         Ok(Ok(b)) => b,
         Ok(Err(CtlError::Frame(_))) => {
             ctl.fail(&Frame::error(ErrorCode::Malformed, 0, "malformed frame"))
@@ -746,39 +763,34 @@ async fn handle(
         }
         Request::Create(rid, true) => host(ctl, peer, rid, shared, permit).await,
         Request::Join(rid) => {
+            if shared.metrics.active.load(Ordering::Relaxed) >= shared.cfg.max_sessions {
+                // Checked before the lookup so a full relay never disturbs the
+                // waiting table.
+                ctl.fail(&Frame::error(
+                    ErrorCode::OverCapacity,
+                    0,
+                    "too many sessions",
+                ))
+                .await;
+                return;
+            }
             let waiting = shared
                 .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&rid);
             match waiting {
-                Some(w)
-                    if shared.metrics.active.load(Ordering::Relaxed) < shared.cfg.max_sessions =>
-                {
+                Some(w) => {
                     drop(permit);
                     if let Err((ctl, _)) = w.tx.send((ctl, peer)) {
                         // The host left between lookup and hand-over.
-                        ctl.fail(&Frame::error(
+                        let f = Frame::error(
                             ErrorCode::UnknownSession,
                             0,
                             "unknown or expired session",
-                        ))
-                        .await;
+                        );
+                        ctl.fail(&f).await;
                     }
-                }
-                Some(w) => {
-                    // Put it back: the host may be paired later when capacity frees up.
-                    shared
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(rid, w);
-                    ctl.fail(&Frame::error(
-                        ErrorCode::OverCapacity,
-                        0,
-                        "too many sessions",
-                    ))
-                    .await;
                 }
                 None => {
                     shared.metrics.joins_failed.fetch_add(1, Ordering::Relaxed);
