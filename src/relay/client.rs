@@ -448,3 +448,33 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
         last
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The informative fleet vector of spec/relay.md §10, read from the spec.
+    #[test]
+    fn rendezvous_order_matches_the_spec_vector() {
+        let spec = include_str!("../../spec/relay.md");
+        let order_line = spec
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("order = "))
+            .expect("order line in spec/relay.md §10");
+        let expected: Vec<String> = order_line.split(", ").map(str::to_string).collect();
+        let rid = crate::secret::SessionSecret::from_bytes([0; 16]).rendezvous_id();
+        let relays: Vec<String> = [
+            "relay-a.example:443",
+            "Relay-C.example:443 ",
+            "relay-b.example:443",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(rendezvous_order(&relays, &rid), expected);
+        // Any input order gives the same result.
+        let mut rev = relays.clone();
+        rev.reverse();
+        assert_eq!(rendezvous_order(&rev, &rid), expected);
+    }
+}
