@@ -463,3 +463,106 @@ fn relay_audit_log_and_metrics_never_hold_secrets() {
         "{body}"
     );
 }
+
+#[test]
+fn sighup_reloads_tokens_without_dropping_sessions() {
+    let dir = TempDir::new("hup");
+    let (old_token, old_line) = new_token();
+    let (new_token_, new_line) = new_token();
+    let cfg = dir.0.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:0\"\nself_signed = true\n{old_line}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(RELAY)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let fp = wait_line(&rx, "fingerprint: ", &mut seen);
+    let addr = wait_line(&rx, "listening on ", &mut seen);
+    // A session opened with the old token …
+    let mut host = Command::new(XTCP)
+        .args([
+            "host",
+            "--relay",
+            &addr,
+            "--relay-fingerprint",
+            &fp,
+            "--token",
+            &old_token,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hrx = stderr_lines(&mut host);
+    let code = wait_line(&hrx, "code: ", &mut Vec::new());
+    let mut guest = Command::new(XTCP)
+        .args(["join", &code, "--relay", &addr, "--relay-fingerprint", &fp])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grx = stderr_lines(&mut guest);
+    wait_line(&grx, "path: ", &mut Vec::new());
+    // … then the operator swaps the token and sends SIGHUP.
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:0\"\nself_signed = true\n{new_line}\n"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_line(&rx, "reloaded", &mut seen);
+    // The open session still works end to end.
+    host.stdin.take().unwrap().write_all(b"still here").unwrap();
+    guest.stdin.take().unwrap().write_all(b"me too").unwrap();
+    let (h, g) = (
+        host.wait_with_output().unwrap(),
+        guest.wait_with_output().unwrap(),
+    );
+    assert_eq!(g.stdout, b"still here");
+    assert_eq!(h.stdout, b"me too");
+    // New sessions need the new token.
+    let try_host = |token: &str| {
+        let mut c = Command::new(XTCP)
+            .args([
+                "host",
+                "--relay",
+                &addr,
+                "--relay-fingerprint",
+                &fp,
+                "--token",
+                token,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let r = stderr_lines(&mut c);
+        let first = r.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let _ = c.kill();
+        let _ = c.wait();
+        first
+    };
+    assert!(try_host(&old_token).contains("token"), "old token refused");
+    assert!(
+        try_host(&new_token_).starts_with("code: "),
+        "new token accepted"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -343,6 +343,13 @@ impl Shared {
         peer: Option<SocketAddr>,
         extra: serde_json::Value,
     ) {
+        // Every audit event is also a structured log event.
+        tracing::info!(
+            event,
+            session = label.unwrap_or("-"),
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+            detail = %extra,
+        );
         let Some(sink) = &self.audit else { return };
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
