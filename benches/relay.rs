@@ -7,7 +7,7 @@
 //!    (CLOCK_THREAD_CPUTIME_ID) is the "relay CPU"; the load generator runs on
 //!    another thread.
 //! 2. sessions paired per second (TLS to the relay, CREATE, JOIN, PAIRED).
-//! 3. relay memory per idle paired session at 9,900 sessions (two sockets per
+//! 3. relay memory per idle paired session at 9,500 sessions (two sockets per
 //!    session on each side; 10,000 needs more than a 20,000-descriptor hard
 //!    limit allows): the
 //!    `xtcp-relay` binary in its own process, RSS before and after.
@@ -357,9 +357,9 @@ fn main() {
         }
         let n = if quick { 200 } else { 2000 };
         println!("sessions paired per second ({n} sessions, 32 at a time): {:.0}", pairing_rate(n, 32).await);
-        // 9,900, not 10,000: each session is two sockets on each side, and
+        // 9,500, not 10,000: each session is two sockets on each side, and
         // the hard RLIMIT_NOFILE here is 20,000 without CAP_SYS_RESOURCE.
-        let idle = if quick { 1000 } else { 9_900 };
+        let idle = if quick { 1000 } else { 9_500 };
         let (per, total) = idle_memory(idle).await;
         println!(
             "relay memory per idle paired session at {idle} sessions: {:.1} KiB (relay RSS {:.1} MiB)",

@@ -13,6 +13,7 @@ pub use proto;
 pub mod api;
 pub mod demo;
 pub mod e2e;
+pub mod net;
 pub mod relay;
 pub mod secret;
 pub mod simdemo;

@@ -1,0 +1,662 @@
+//! XTCP on a real UDP socket: a tokio driver for the sans-IO [`proto::Endpoint`].
+//!
+//! ```text
+//!   XtcpStream (AsyncRead/AsyncWrite) ─┐  lock, call proto, wake driver
+//!   XtcpListener::accept ──────────────┤
+//!                                      ▼
+//!   driver task ── recv_from ─► Endpoint::handle_datagram ─► wake streams
+//!               ── timer ─────► Endpoint::handle_timeout
+//!               ── poll_transmit ─► send_to
+//! ```
+//!
+//! One driver task per endpoint (in the style of quinn's `EndpointDriver`);
+//! every connection of the endpoint shares its socket. Backpressure is end to
+//! end: `poll_write` waits while the connection's send buffer is full, and the
+//! receive window closes while the application does not read.
+//!
+//! Not yet here (issue 3): UDP GSO/GRO batching, the per-connection timer
+//! heap for 10k connections (the proto endpoint scans its connections).
+
+use proto::conn::{Config, ConnectionError, ReadError, State, WriteError};
+use proto::endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+
+/// Largest UDP payload read.
+const RECV_BUF: usize = 65_536;
+/// Datagrams handled per wake-up before yielding to timers and sends.
+const RECV_BATCH: usize = 64;
+
+/// Typed errors of XTCP streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XtcpError {
+    /// The peer reset the connection.
+    Reset,
+    /// The peer refused the connection (RST to our SYN).
+    Refused,
+    /// User timeout, SYN retries or keepalive exhausted.
+    TimedOut,
+    /// This side aborted.
+    Aborted,
+    /// The endpoint's driver stopped.
+    EndpointClosed,
+}
+
+impl fmt::Display for XtcpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XtcpError::Reset => "connection reset by peer",
+            XtcpError::Refused => "connection refused",
+            XtcpError::TimedOut => "connection timed out",
+            XtcpError::Aborted => "connection aborted",
+            XtcpError::EndpointClosed => "endpoint closed",
+        })
+    }
+}
+
+impl std::error::Error for XtcpError {}
+
+impl From<ConnectionError> for XtcpError {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Reset => XtcpError::Reset,
+            ConnectionError::Refused => XtcpError::Refused,
+            ConnectionError::TimedOut => XtcpError::TimedOut,
+            ConnectionError::Aborted => XtcpError::Aborted,
+            _ => XtcpError::Reset,
+        }
+    }
+}
+
+impl From<XtcpError> for io::Error {
+    fn from(e: XtcpError) -> io::Error {
+        let kind = match e {
+            XtcpError::Reset => io::ErrorKind::ConnectionReset,
+            XtcpError::Refused => io::ErrorKind::ConnectionRefused,
+            XtcpError::TimedOut => io::ErrorKind::TimedOut,
+            XtcpError::Aborted => io::ErrorKind::ConnectionAborted,
+            XtcpError::EndpointClosed => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+#[derive(Default)]
+struct Wakers {
+    read: Option<Waker>,
+    write: Option<Waker>,
+    /// The application dropped its stream: remove once drained.
+    dropped: bool,
+}
+
+impl Wakers {
+    fn wake_all(&mut self) {
+        if let Some(w) = self.read.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Inner {
+    ep: Endpoint,
+    epoch: std::time::Instant,
+    wakers: HashMap<ConnectionHandle, Wakers>,
+    accept: Option<Waker>,
+    closed: bool,
+}
+
+impl Inner {
+    fn now(&self) -> proto::Instant {
+        proto::Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    /// Drain every connection's events and wake whoever waits on them.
+    fn dispatch(&mut self) {
+        let handles: Vec<ConnectionHandle> = self.ep.handles().collect();
+        for h in handles {
+            let mut any = false;
+            while self.ep.poll_event(h).is_some() {
+                any = true;
+            }
+            if any {
+                if let Some(w) = self.wakers.get_mut(&h) {
+                    w.wake_all();
+                }
+            }
+        }
+        // Streams the application dropped go once the connection is drained.
+        let gone: Vec<ConnectionHandle> = self
+            .wakers
+            .iter()
+            .filter(|(h, w)| w.dropped && self.ep.connection(**h).is_none_or(|c| c.is_drained()))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in gone {
+            self.wakers.remove(&h);
+            self.ep.remove(h);
+        }
+        if let Some(w) = self.accept.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A UDP socket carrying many XTCP connections.
+#[derive(Clone)]
+pub struct XtcpEndpoint {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for XtcpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XtcpEndpoint")
+            .field("local", &self.shared.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Endpoint options.
+#[derive(Clone, Debug)]
+pub struct EndpointOptions {
+    /// Connection settings (buffers, timeouts, congestion control …).
+    pub conn: Config,
+    /// Accept incoming connections.
+    pub listen: bool,
+    /// SO_SNDBUF / SO_RCVBUF requested for the UDP socket.
+    pub socket_buffer: usize,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        EndpointOptions {
+            conn: Config::default(),
+            listen: false,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+impl Drop for XtcpEndpoint {
+    fn drop(&mut self) {
+        // Let the driver notice when the last handle goes.
+        self.shared.notify.notify_one();
+    }
+}
+
+impl XtcpEndpoint {
+    /// Bind a UDP socket (IPv4 or IPv6) and start the driver task.
+    pub fn bind(addr: SocketAddr, opts: EndpointOptions) -> io::Result<XtcpEndpoint> {
+        let domain = if addr.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            let _ = sock.set_only_v6(false);
+        }
+        let _ = sock.set_recv_buffer_size(opts.socket_buffer);
+        let _ = sock.set_send_buffer_size(opts.socket_buffer);
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        let socket = UdpSocket::from_std(sock.into())?;
+        let local = socket.local_addr()?;
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| io::Error::other("no randomness"))?;
+        let cfg = EndpointConfig {
+            conn: Arc::new(opts.conn),
+            listen: opts.listen,
+            local_port: local.port(),
+            ..EndpointConfig::default()
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                ep: Endpoint::new(cfg, secret),
+                epoch: std::time::Instant::now(),
+                wakers: HashMap::new(),
+                accept: None,
+                closed: false,
+            }),
+            notify: Notify::new(),
+            socket,
+            local,
+        });
+        tokio::spawn(drive(Arc::downgrade(&shared)));
+        Ok(XtcpEndpoint { shared })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// Connections on this endpoint.
+    pub fn connections(&self) -> usize {
+        self.shared.lock().ep.len()
+    }
+
+    /// Endpoint counters (malformed datagrams, unknown connection ids …).
+    pub fn stats(&self) -> proto::endpoint::EndpointStats {
+        self.shared.lock().ep.stats()
+    }
+
+    /// Open a connection and wait for the handshake.
+    pub async fn connect(&self, remote: SocketAddr) -> Result<XtcpStream, XtcpError> {
+        let h = {
+            let mut g = self.shared.lock();
+            let now = g.now();
+            let h = g.ep.connect(now, remote);
+            g.wakers.insert(h, Wakers::default());
+            h
+        };
+        self.shared.notify.notify_one();
+        let stream = XtcpStream {
+            handle: Arc::new(StreamHandle {
+                shared: self.shared.clone(),
+                h,
+            }),
+        };
+        std::future::poll_fn(|cx| stream.poll_established(cx)).await?;
+        Ok(stream)
+    }
+
+    /// The next incoming connection (the endpoint must listen).
+    pub async fn accept(&self) -> Result<XtcpStream, XtcpError> {
+        std::future::poll_fn(|cx| {
+            let mut g = self.shared.lock();
+            if g.closed {
+                return Poll::Ready(Err(XtcpError::EndpointClosed));
+            }
+            match g.ep.accept() {
+                Some(h) => {
+                    g.wakers.insert(h, Wakers::default());
+                    Poll::Ready(Ok(XtcpStream {
+                        handle: Arc::new(StreamHandle {
+                            shared: self.shared.clone(),
+                            h,
+                        }),
+                    }))
+                }
+                None => {
+                    g.accept = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn drive(weak: std::sync::Weak<Shared>) {
+    let mut rbuf = vec![0u8; RECV_BUF];
+    let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        // Send what the connections have.
+        {
+            let mut g = shared.lock();
+            let now = g.now();
+            let size = g.ep.config().conn.max_datagram_size.max(1500);
+            loop {
+                let mut buf = vec![0u8; size];
+                match g.ep.poll_transmit(now, &mut buf) {
+                    Some(t) => {
+                        buf.truncate(t.size);
+                        out.push((t.destination, buf));
+                    }
+                    None => break,
+                }
+                if out.len() >= RECV_BATCH {
+                    break;
+                }
+            }
+        }
+        let more_to_send = out.len() >= RECV_BATCH;
+        for (to, d) in out.drain(..) {
+            // A send error (e.g. unreachable) is a lost datagram: XTCP retransmits.
+            let _ = shared.socket.send_to(&d, to).await;
+        }
+        if more_to_send {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let deadline = {
+            let g = shared.lock();
+            g.ep.poll_timeout().map(|t| {
+                let at = g.epoch + std::time::Duration::from_micros(t.as_micros());
+                tokio::time::Instant::from_std(at)
+            })
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Only the strong reference held across the wait is this one; an
+        // endpoint whose handles are all gone ends the driver.
+        let notified = shared.notify.notified();
+        tokio::select! {
+            r = shared.socket.recv_from(&mut rbuf) => {
+                let mut g = shared.lock();
+                if let Ok((n, from)) = r {
+                    let now = g.now();
+                    let _ = g.ep.handle_datagram(now, from, &rbuf[..n]);
+                    for _ in 1..RECV_BATCH {
+                        match shared.socket.try_recv_from(&mut rbuf) {
+                            Ok((n, from)) => { let _ = g.ep.handle_datagram(now, from, &rbuf[..n]); }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                g.dispatch();
+            }
+            _ = sleep => {
+                let mut g = shared.lock();
+                let now = g.now();
+                g.ep.handle_timeout(now);
+                g.dispatch();
+            }
+            _ = notified => {
+                shared.lock().dispatch();
+            }
+        }
+        if Arc::strong_count(&shared) == 1 {
+            // Nobody holds the endpoint or a stream any more: finish the
+            // closing connections (FINs, TIME-WAIT), then stop.
+            let mut g = shared.lock();
+            if g.ep.is_empty() {
+                g.closed = true;
+                return;
+            }
+        }
+    }
+}
+
+struct StreamHandle {
+    shared: Arc<Shared>,
+    h: ConnectionHandle,
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        // Drop is a graceful close (FIN after the queued data), not an abort.
+        let mut g = self.shared.lock();
+        let now = g.now();
+        if let Some(c) = g.ep.connection_mut(self.h) {
+            c.shutdown(now);
+        }
+        if let Some(w) = g.wakers.get_mut(&self.h) {
+            w.dropped = true;
+        }
+        drop(g);
+        self.shared.notify.notify_one();
+    }
+}
+
+/// One XTCP connection as a tokio byte stream.
+pub struct XtcpStream {
+    handle: Arc<StreamHandle>,
+}
+
+impl fmt::Debug for XtcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XtcpStream")
+            .field("handle", &self.handle.h)
+            .finish_non_exhaustive()
+    }
+}
+
+fn poll_read_h(
+    h: &StreamHandle,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let mut g = h.shared.lock();
+    if g.closed {
+        return Poll::Ready(Err(XtcpError::EndpointClosed.into()));
+    }
+    let Some(c) = g.ep.connection_mut(h.h) else {
+        return Poll::Ready(Err(XtcpError::EndpointClosed.into()));
+    };
+    let dst = buf.initialize_unfilled();
+    match c.read(dst) {
+        Ok(n) => {
+            buf.advance(n);
+            drop(g);
+            // A read may open the window: let the driver send the update.
+            h.shared.notify.notify_one();
+            Poll::Ready(Ok(()))
+        }
+        Err(ReadError::Blocked) => {
+            if let Some(w) = g.wakers.get_mut(&h.h) {
+                w.read = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+        Err(ReadError::Failed(e)) => Poll::Ready(Err(XtcpError::from(e).into())),
+        Err(ReadError::NotConnected) => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+    }
+}
+
+fn poll_write_h(h: &StreamHandle, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    let mut g = h.shared.lock();
+    if g.closed {
+        return Poll::Ready(Err(XtcpError::EndpointClosed.into()));
+    }
+    let Some(c) = g.ep.connection_mut(h.h) else {
+        return Poll::Ready(Err(XtcpError::EndpointClosed.into()));
+    };
+    match c.write(data) {
+        Ok(n) => {
+            drop(g);
+            h.shared.notify.notify_one();
+            Poll::Ready(Ok(n))
+        }
+        Err(WriteError::Blocked) => {
+            if let Some(w) = g.wakers.get_mut(&h.h) {
+                w.write = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+        Err(WriteError::Closed) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        Err(WriteError::Failed(e)) => Poll::Ready(Err(XtcpError::from(e).into())),
+    }
+}
+
+fn shutdown_h(h: &StreamHandle) {
+    let mut g = h.shared.lock();
+    let now = g.now();
+    if let Some(c) = g.ep.connection_mut(h.h) {
+        c.shutdown(now);
+    }
+    drop(g);
+    h.shared.notify.notify_one();
+}
+
+impl XtcpStream {
+    fn poll_established(&self, cx: &mut Context<'_>) -> Poll<Result<(), XtcpError>> {
+        let mut g = self.handle.shared.lock();
+        let Some(c) = g.ep.connection(self.handle.h) else {
+            return Poll::Ready(Err(XtcpError::EndpointClosed));
+        };
+        if let Some(e) = c.error() {
+            return Poll::Ready(Err(e.into()));
+        }
+        match c.state() {
+            State::SynSent | State::SynReceived | State::Listen => {
+                if let Some(w) = g.wakers.get_mut(&self.handle.h) {
+                    w.write = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            State::Closed => Poll::Ready(Err(XtcpError::Refused)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// The peer's address (follows NAT rebinding).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.handle
+            .shared
+            .lock()
+            .ep
+            .connection(self.handle.h)
+            .map(|c| c.remote())
+    }
+
+    /// Smoothed RTT and congestion window, for `--progress`.
+    pub fn rtt_and_cwnd(&self) -> Option<(std::time::Duration, u64)> {
+        let g = self.handle.shared.lock();
+        let c = g.ep.connection(self.handle.h)?;
+        Some((c.rtt().srtt().unwrap_or_default(), c.congestion_window()))
+    }
+
+    /// Reset the connection (RST) instead of closing it gracefully.
+    pub fn abort(&self) {
+        let mut g = self.handle.shared.lock();
+        let now = g.now();
+        if let Some(c) = g.ep.connection_mut(self.handle.h) {
+            c.abort(now);
+        }
+        drop(g);
+        self.handle.shared.notify.notify_one();
+    }
+
+    /// Wait until everything written was acknowledged and the connection is
+    /// closed in both directions (or failed).
+    pub async fn closed(&self) -> Result<(), XtcpError> {
+        std::future::poll_fn(|cx| {
+            let mut g = self.handle.shared.lock();
+            let Some(c) = g.ep.connection(self.handle.h) else {
+                return Poll::Ready(Ok(()));
+            };
+            if let Some(e) = c.error() {
+                return Poll::Ready(Err(e.into()));
+            }
+            if matches!(c.state(), State::Closed | State::TimeWait) {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(w) = g.wakers.get_mut(&self.handle.h) {
+                w.write = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Split into owned halves (the connection closes when both are dropped).
+    pub fn into_split(self) -> (XtcpReadHalf, XtcpWriteHalf) {
+        (
+            XtcpReadHalf {
+                handle: self.handle.clone(),
+            },
+            XtcpWriteHalf {
+                handle: self.handle,
+            },
+        )
+    }
+}
+
+impl AsyncRead for XtcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_h(&self.handle, cx, buf)
+    }
+}
+
+impl AsyncWrite for XtcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_h(&self.handle, cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Half-close: FIN after the queued data; reading continues.
+        shutdown_h(&self.handle);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The reading half of an [`XtcpStream`].
+pub struct XtcpReadHalf {
+    handle: Arc<StreamHandle>,
+}
+
+/// The writing half of an [`XtcpStream`].
+pub struct XtcpWriteHalf {
+    handle: Arc<StreamHandle>,
+}
+
+impl fmt::Debug for XtcpReadHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XtcpReadHalf")
+    }
+}
+
+impl fmt::Debug for XtcpWriteHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XtcpWriteHalf")
+    }
+}
+
+impl AsyncRead for XtcpReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_h(&self.handle, cx, buf)
+    }
+}
+
+impl AsyncWrite for XtcpWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_h(&self.handle, cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        shutdown_h(&self.handle);
+        Poll::Ready(Ok(()))
+    }
+}

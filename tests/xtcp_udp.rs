@@ -1,0 +1,214 @@
+//! XTCP over real UDP sockets on loopback: byte-exact bulk both ways, TLS with
+//! the session code on top, garbage resistance, a vanishing peer.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xtcp::net::{EndpointOptions, XtcpEndpoint, XtcpError};
+
+fn listener() -> XtcpEndpoint {
+    XtcpEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointOptions {
+            listen: true,
+            ..EndpointOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn dialer() -> XtcpEndpoint {
+    XtcpEndpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointOptions::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_both_ways_at_once_byte_exact() {
+    let (l, d) = (listener(), dialer());
+    let addr = l.local_addr();
+    let (a, b) = tokio::join!(l.accept(), d.connect(addr));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    const LEN: u64 = 64 << 20;
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(exchange_hashed(a, LEN, 1), exchange_hashed(b, LEN, 2))
+    })
+    .await
+    .expect("bounded");
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.2, rb.2), (LEN, LEN));
+    assert_eq!(ra.1, rb.0, "dialer→listener byte-exact");
+    assert_eq!(rb.1, ra.0, "listener→dialer byte-exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_session_code_over_xtcp_and_wrong_code_fails_both() {
+    use xtcp::e2e::{handshake, E2eOptions, Role};
+    let (l, d) = (listener(), dialer());
+    let addr = l.local_addr();
+    let code = xtcp::secret::SessionSecret::generate().unwrap();
+    let o = E2eOptions::default();
+    let (a, b) = tokio::join!(l.accept(), d.connect(addr));
+    let (ha, hb) = tokio::join!(
+        handshake(a.unwrap(), Role::Host, &code, &o),
+        handshake(b.unwrap(), Role::Guest, &code, &o)
+    );
+    let (ha, hb) = (ha.unwrap(), hb.unwrap());
+    let (x, y) = tokio::join!(
+        exchange_hashed(ha, 4 << 20, 3),
+        exchange_hashed(hb, 4 << 20, 4)
+    );
+    assert_eq!(x.unwrap().1, sha256_of_gen(4 << 20, 4));
+    assert_eq!(y.unwrap().1, sha256_of_gen(4 << 20, 3));
+
+    // A wrong code: both sides fail, nothing is delivered.
+    let other = xtcp::secret::SessionSecret::generate().unwrap();
+    let (a, b) = tokio::join!(l.accept(), d.connect(addr));
+    let (ha, hb) = tokio::join!(
+        handshake(a.unwrap(), Role::Host, &code, &o),
+        handshake(b.unwrap(), Role::Guest, &other, &o)
+    );
+    assert!(
+        matches!(ha, Err(xtcp::e2e::E2eError::PeerAuthFailed)),
+        "{ha:?}"
+    );
+    assert!(hb.is_err());
+}
+
+/// A UDP forwarder between the two endpoints that can be cut.
+async fn cuttable_path(to: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(to).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let (mut b1, mut b2) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut b1) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if !cut.load(Ordering::Relaxed) { let _ = back.send(&b1[..n]).await; }
+                }
+                r = back.recv(&mut b2) => {
+                    let Ok(n) = r else { return };
+                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) { let _ = front.send_to(&b2[..n], c).await; }
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanishing_peer_times_out_within_the_user_timeout() {
+    let mut conn = proto::conn::Config::default();
+    conn.user_timeout = Duration::from_secs(2);
+    let l = XtcpEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointOptions {
+            listen: true,
+            conn: conn.clone(),
+            ..EndpointOptions::default()
+        },
+    )
+    .unwrap();
+    let d = XtcpEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointOptions {
+            conn,
+            ..EndpointOptions::default()
+        },
+    )
+    .unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let via = cuttable_path(l.local_addr(), cut.clone()).await;
+    let (a, b) = tokio::join!(l.accept(), d.connect(via));
+    let (_a, mut b) = (a.unwrap(), b.unwrap());
+    b.write_all(&[1u8; 100_000]).await.unwrap();
+    cut.store(true, Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        let chunk = vec![2u8; 64 * 1024];
+        loop {
+            if let Err(e) = b.write_all(&chunk).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the user timeout fires");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_change_nothing_for_live_connections() {
+    let (l, d) = (listener(), dialer());
+    let addr = l.local_addr();
+    let (a, b) = tokio::join!(l.accept(), d.connect(addr));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sprayer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut g = Gen::new(77);
+            let mut buf = vec![0u8; 1500];
+            let mut sent = 0u64;
+            // Bounded: at most 200k datagrams.
+            while !stop.load(Ordering::Relaxed) && sent < 200_000 {
+                let len = (sent as usize * 7919) % 1400;
+                g.fill(&mut buf[..len.max(1)]);
+                if sent % 3 == 0 && len >= 12 {
+                    // A well-formed XTCP header with a random connection id.
+                    buf[0] = 1;
+                }
+                let _ = s.send_to(&buf[..len], addr).await;
+                sent += 1;
+                if sent % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        })
+    };
+    const LEN: u64 = 16 << 20;
+    let (ra, rb) = tokio::join!(exchange_hashed(a, LEN, 5), exchange_hashed(b, LEN, 6));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sprayer.await.unwrap();
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.1, rb.0);
+    assert_eq!(rb.1, ra.0);
+    assert!(sent > 100);
+    let st = l.stats();
+    assert!(st.malformed + st.unknown_conn > 0, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_non_listening_endpoint_is_refused() {
+    let closed = dialer(); // does not listen: answers SYN with RST
+    let d = dialer();
+    let r = tokio::time::timeout(Duration::from_secs(10), d.connect(closed.local_addr()))
+        .await
+        .expect("bounded");
+    assert!(matches!(r, Err(XtcpError::Refused)), "{r:?}");
+    // Reading from a half-closed stream: EOF after the peer's FIN, data intact.
+    let (l, d) = (listener(), dialer());
+    let (a, b) = tokio::join!(l.accept(), d.connect(l.local_addr()));
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    b.write_all(b"hello").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    a.write_all(b"still open").await.unwrap();
+    a.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    b.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still open");
+}
