@@ -33,6 +33,20 @@ enum Cmd {
         #[command(flatten)]
         relay: RelayArgs,
     },
+    /// Accept one XTCP connection on a UDP address, then copy stdin ⇄ stdout.
+    Listen {
+        /// UDP address to listen on (e.g. 0.0.0.0:7000 or [::]:7000).
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        direct: DirectArgs,
+    },
+    /// Connect over XTCP to a listening peer, then copy stdin ⇄ stdout.
+    Connect {
+        /// The listener's UDP address.
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        direct: DirectArgs,
+    },
     /// The main job: an embedded relay, a host and a guest in this process
     /// (or, with --sim, an XTCP transfer through the network simulator).
     Demo(DemoArgs),
@@ -58,6 +72,22 @@ struct RelayArgs {
     #[arg(long)]
     relay_ca: Option<std::path::PathBuf>,
     /// Seconds to reach a relay (TCP + TLS).
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+}
+
+#[derive(Args, Debug)]
+struct DirectArgs {
+    /// The session code both sides share (authenticates the peer over TLS 1.3).
+    #[arg(long, env = "XTCP_CODE", required_unless_present = "no_tls")]
+    code: Option<String>,
+    /// Raw XTCP without TLS (interop and benchmarks).
+    #[arg(long)]
+    no_tls: bool,
+    /// Show bytes, rate and RTT on stderr.
+    #[arg(long)]
+    progress: bool,
+    /// Seconds to wait for the handshake (connect) before giving up.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
 }
@@ -117,7 +147,10 @@ fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
 
 /// Copy stdin → session and session → stdout at once; stdin EOF half-closes.
 /// Returns when the peer's stream ended and our side was flushed and closed.
-async fn pipe_stdio(session: xtcp::Session) -> std::io::Result<()> {
+async fn pipe_stdio<S>(session: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     use tokio::io::{AsyncWriteExt, BufWriter};
     let (mut rd, mut wr) = tokio::io::split(session);
     let up = async {
@@ -131,6 +164,114 @@ async fn pipe_stdio(session: xtcp::Session) -> std::io::Result<()> {
         stdout.flush().await
     };
     tokio::try_join!(up, down).map(|_| ())
+}
+
+/// `listen` / `connect`: XTCP, then (unless --no-tls) e2e TLS authenticated by the code.
+async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Result<(), String> {
+    use xtcp::net::{EndpointOptions, XtcpEndpoint};
+    let secret = match (&a.code, a.no_tls) {
+        (_, true) => None,
+        (Some(c), false) => Some(
+            xtcp::secret::SessionSecret::parse(c)
+                .map_err(|e| format!("invalid session code: {e}"))?,
+        ),
+        (None, false) => return Err("--code is required (or --no-tls)".into()),
+    };
+    let bind: std::net::SocketAddr = if listen {
+        addr
+    } else if addr.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(|_| "bind")?
+    } else {
+        "[::]:0".parse().map_err(|_| "bind")?
+    };
+    let ep = XtcpEndpoint::bind(
+        bind,
+        EndpointOptions {
+            listen,
+            ..EndpointOptions::default()
+        },
+    )
+    .map_err(|e| format!("bind {bind}: {e}"))?;
+    let timeout =
+        Duration::try_from_secs_f64(a.connect_timeout).map_err(|_| "--connect-timeout: invalid")?;
+    let stream = if listen {
+        ep.accept().await.map_err(|e| format!("accept: {e}"))?
+    } else {
+        match tokio::time::timeout(timeout, ep.connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(xtcp::net::XtcpError::TimedOut)) | Err(_) => {
+                return Err(format!(
+                    "peer unreachable: no answer from {addr} (connect timed out)"
+                ))
+            }
+            Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
+        }
+    };
+    let progress = a.progress.then(|| spawn_progress(&stream));
+    let waiter = stream.close_waiter();
+    let r = match secret {
+        None => {
+            let r = pipe_stdio(stream).await;
+            r.map_err(|e| format!("connection: {e}"))
+        }
+        Some(secret) => {
+            let role = if listen {
+                xtcp::e2e::Role::Host
+            } else {
+                xtcp::e2e::Role::Guest
+            };
+            match xtcp::e2e::handshake(stream, role, &secret, &Default::default()).await {
+                Ok(s) => pipe_stdio(s).await.map_err(|e| format!("connection: {e}")),
+                Err(e) => {
+                    // The stream was dropped (FIN queued): send it before exiting
+                    // so the peer fails at once instead of at its timeout.
+                    ep.flush().await;
+                    return Err(match e {
+                        xtcp::e2e::E2eError::PeerAuthFailed => {
+                            "peer authentication failed (wrong code?)".to_string()
+                        }
+                        e => e.to_string(),
+                    });
+                }
+            }
+        }
+    };
+    // Exit only once our data was acknowledged (bounded by the user timeout).
+    let closed = match &r {
+        Ok(()) => waiter.wait().await.map_err(|e| format!("connection: {e}")),
+        Err(_) => Ok(()),
+    };
+    // Send the last ACK (of the peer's FIN) before the process goes.
+    ep.flush().await;
+    if closed.is_ok() {
+        tokio::time::sleep(waiter.linger()).await;
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    r.and(closed)
+}
+
+/// Progress on stderr once a second: bytes, rate, RTT, cwnd.
+fn spawn_progress(s: &xtcp::net::XtcpStream) -> tokio::task::JoinHandle<()> {
+    let probe = s.probe();
+    tokio::spawn(async move {
+        let mut last = (0u64, 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(p) = probe.sample() else { return };
+            eprintln!(
+                "progress: sent {} B ({:.1} Mbit/s), received {} B ({:.1} Mbit/s), rtt {:.1} ms, cwnd {} B",
+                p.bytes_sent,
+                (p.bytes_sent - last.0) as f64 * 8.0 / 1e6,
+                p.bytes_received,
+                (p.bytes_received - last.1) as f64 * 8.0 / 1e6,
+                p.srtt.as_secs_f64() * 1e3,
+                p.cwnd,
+            );
+            last = (p.bytes_sent, p.bytes_received);
+        }
+    })
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -164,6 +305,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("connection: {e}"))
         }
+        Cmd::Listen { addr, direct: d } => direct(true, addr, d).await,
+        Cmd::Connect { addr, direct: d } => direct(false, addr, d).await,
         Cmd::Demo(d) => {
             if d.sim {
                 xtcp::simdemo::run(
@@ -196,7 +339,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Do not wait for a blocking stdin read that may never return.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtcp: {e}");

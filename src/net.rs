@@ -121,6 +121,14 @@ impl Inner {
         proto::Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
     }
 
+    /// Wake whoever waits on connection `h` (an ACK may have freed send
+    /// space or completed a close without raising an event).
+    fn touch(&mut self, h: Option<ConnectionHandle>) {
+        if let Some(w) = h.and_then(|h| self.wakers.get_mut(&h)) {
+            w.wake_all();
+        }
+    }
+
     /// Drain every connection's events and wake whoever waits on them.
     fn dispatch(&mut self) {
         let handles: Vec<ConnectionHandle> = self.ep.handles().collect();
@@ -155,6 +163,8 @@ impl Inner {
 struct Shared {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Bumped each time the driver has sent everything the connections had.
+    flushed: tokio::sync::watch::Sender<u64>,
     socket: UdpSocket,
     local: SocketAddr,
 }
@@ -244,6 +254,7 @@ impl XtcpEndpoint {
                 closed: false,
             }),
             notify: Notify::new(),
+            flushed: tokio::sync::watch::channel(0).0,
             socket,
             local,
         });
@@ -254,6 +265,25 @@ impl XtcpEndpoint {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local
+    }
+
+    /// Wait until the driver has sent every datagram the connections have
+    /// queued now (e.g. the last ACK before the process exits).
+    pub async fn flush(&self) {
+        let mut rx = self.shared.flushed.subscribe();
+        // Two full passes, each started by a wake-up after this call: the
+        // first may have begun before it, the second cannot have.
+        for _ in 0..2 {
+            let g0 = *rx.borrow_and_update();
+            self.shared.notify.notify_one();
+            let wait = rx.wait_for(|g| *g > g0);
+            if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// Connections on this endpoint.
@@ -346,6 +376,7 @@ async fn drive(weak: std::sync::Weak<Shared>) {
             tokio::task::yield_now().await;
             continue;
         }
+        shared.flushed.send_modify(|g| *g += 1);
         let deadline = {
             let g = shared.lock();
             g.ep.poll_timeout().map(|t| {
@@ -367,10 +398,14 @@ async fn drive(weak: std::sync::Weak<Shared>) {
                 let mut g = shared.lock();
                 if let Ok((n, from)) = r {
                     let now = g.now();
-                    let _ = g.ep.handle_datagram(now, from, &rbuf[..n]);
+                    let h = g.ep.handle_datagram(now, from, &rbuf[..n]).ok().flatten();
+                    g.touch(h);
                     for _ in 1..RECV_BATCH {
                         match shared.socket.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => { let _ = g.ep.handle_datagram(now, from, &rbuf[..n]); }
+                            Ok((n, from)) => {
+                                let h = g.ep.handle_datagram(now, from, &rbuf[..n]).ok().flatten();
+                                g.touch(h);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -552,23 +587,23 @@ impl XtcpStream {
     /// Wait until everything written was acknowledged and the connection is
     /// closed in both directions (or failed).
     pub async fn closed(&self) -> Result<(), XtcpError> {
-        std::future::poll_fn(|cx| {
-            let mut g = self.handle.shared.lock();
-            let Some(c) = g.ep.connection(self.handle.h) else {
-                return Poll::Ready(Ok(()));
-            };
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e.into()));
-            }
-            if matches!(c.state(), State::Closed | State::TimeWait) {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(w) = g.wakers.get_mut(&self.handle.h) {
-                w.write = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        wait_closed(&self.handle).await
+    }
+
+    /// A handle that can wait for [`XtcpStream::closed`] after the stream
+    /// itself moved elsewhere (e.g. under TLS). It keeps the connection's
+    /// state alive, so drop it when done.
+    pub fn close_waiter(&self) -> CloseWaiter {
+        CloseWaiter {
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// A weak handle for progress reports (it does not keep the connection).
+    pub fn probe(&self) -> Probe {
+        Probe {
+            handle: Arc::downgrade(&self.handle),
+        }
     }
 
     /// Split into owned halves (the connection closes when both are dropped).
@@ -581,6 +616,104 @@ impl XtcpStream {
                 handle: self.handle,
             },
         )
+    }
+}
+
+async fn wait_closed(h: &StreamHandle) -> Result<(), XtcpError> {
+    std::future::poll_fn(|cx| {
+        let mut g = h.shared.lock();
+        let Some(c) = g.ep.connection(h.h) else {
+            return Poll::Ready(Ok(()));
+        };
+        if let Some(e) = c.error() {
+            return Poll::Ready(Err(e.into()));
+        }
+        // Our FIN acknowledged and the peer's received: nothing of ours is in flight.
+        if matches!(c.state(), State::Closed | State::TimeWait | State::LastAck) && c.unacked() == 0
+        {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(w) = g.wakers.get_mut(&h.h) {
+            w.write = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// See [`XtcpStream::close_waiter`].
+pub struct CloseWaiter {
+    handle: Arc<StreamHandle>,
+}
+
+impl fmt::Debug for CloseWaiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CloseWaiter")
+    }
+}
+
+impl CloseWaiter {
+    /// Wait until the connection is closed with all our data acknowledged.
+    pub async fn wait(&self) -> Result<(), XtcpError> {
+        wait_closed(&self.handle).await
+    }
+
+    /// How long a process that is about to exit should keep the endpoint
+    /// running after [`CloseWaiter::wait`]: our last ACK may be lost, and the
+    /// peer then retransmits its FIN, which only a live endpoint can answer
+    /// (a user-space stand-in for the kernel keeping TIME-WAIT, RFC 9293
+    /// §3.6.1). Three smoothed RTTs, at least 300 ms, at most 3 s.
+    pub fn linger(&self) -> std::time::Duration {
+        let g = self.handle.shared.lock();
+        let srtt =
+            g.ep.connection(self.handle.h)
+                .and_then(|c| c.rtt().srtt())
+                .unwrap_or_default();
+        (srtt * 3).clamp(
+            std::time::Duration::from_millis(300),
+            std::time::Duration::from_secs(3),
+        )
+    }
+}
+
+/// See [`XtcpStream::probe`].
+#[derive(Clone)]
+pub struct Probe {
+    handle: std::sync::Weak<StreamHandle>,
+}
+
+impl fmt::Debug for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+/// One progress sample.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSample {
+    /// Payload bytes sent (first transmissions).
+    pub bytes_sent: u64,
+    /// Payload bytes received in order.
+    pub bytes_received: u64,
+    /// Smoothed RTT.
+    pub srtt: std::time::Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+}
+
+impl Probe {
+    /// A sample, or `None` once the stream is gone.
+    pub fn sample(&self) -> Option<ProbeSample> {
+        let h = self.handle.upgrade()?;
+        let g = h.shared.lock();
+        let c = g.ep.connection(h.h)?;
+        let st = c.stats();
+        Some(ProbeSample {
+            bytes_sent: st.bytes_sent,
+            bytes_received: st.bytes_received,
+            srtt: c.rtt().srtt().unwrap_or_default(),
+            cwnd: c.congestion_window(),
+        })
     }
 }
 

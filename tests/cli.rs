@@ -566,3 +566,109 @@ fn sighup_reloads_tokens_without_dropping_sessions() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn listen_connect(
+    extra_l: &[&str],
+    extra_c: &[&str],
+    a: &[u8],
+    b: &[u8],
+) -> (std::process::Output, std::process::Output) {
+    let dir = TempDir::new("xtcp-direct");
+    let (fa, fb) = (dir.0.join("a"), dir.0.join("b"));
+    std::fs::write(&fa, a).unwrap();
+    std::fs::write(&fb, b).unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let l = Command::new(XTCP)
+        .args(["listen", &addr])
+        .args(extra_l)
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The listener binds at once; the dialer retries its SYN if it is early.
+    let c = Command::new(XTCP)
+        .args(["connect", &addr])
+        .args(extra_c)
+        .stdin(std::fs::File::open(&fb).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (l.wait_with_output().unwrap(), c.wait_with_output().unwrap())
+}
+
+#[test]
+fn listen_and_connect_over_xtcp_with_and_without_tls() {
+    let (a, b) = (pattern(2 << 20, 3), pattern(1 << 20, 4));
+    let code = String::from_utf8(Command::new(XTCP).arg("code").output().unwrap().stdout).unwrap();
+    let code = code.trim();
+    let (l, c) = listen_connect(&["--code", code], &["--code", code], &a, &b);
+    assert!(
+        l.status.success() && c.status.success(),
+        "{} | {}",
+        String::from_utf8_lossy(&l.stderr),
+        String::from_utf8_lossy(&c.stderr)
+    );
+    assert!(l.stdout == b && c.stdout == a, "TLS over XTCP byte-exact");
+    let (l, c) = listen_connect(&["--no-tls"], &["--no-tls", "--progress"], &a, &b);
+    assert!(l.status.success() && c.status.success());
+    assert!(l.stdout == b && c.stdout == a, "raw XTCP byte-exact");
+}
+
+#[test]
+fn listen_and_connect_fail_cleanly() {
+    let code = |_: ()| {
+        String::from_utf8(Command::new(XTCP).arg("code").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (c1, c2) = (code(()), code(()));
+    let (l, c) = listen_connect(
+        &["--code", &c1],
+        &["--code", &c2],
+        b"secret data",
+        b"more secret data",
+    );
+    for (o, who) in [(&l, "listener"), (&c, "dialer")] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{who} must fail");
+        assert!(
+            o.stdout.is_empty(),
+            "{who}: nothing from an unauthenticated peer reaches stdout"
+        );
+        assert!(
+            err.contains("authentication failed") || err.contains("closed") || err.contains("TLS"),
+            "{who}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{who}: {err}");
+    }
+    // Nobody listening: a clear unreachable error within the connect timeout.
+    let t = Instant::now();
+    let out = Command::new(XTCP)
+        .args([
+            "connect",
+            &format!("127.0.0.1:{}", free_udp_port()),
+            "--no-tls",
+            "--connect-timeout",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
