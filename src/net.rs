@@ -628,6 +628,7 @@ async fn wait_closed(h: &StreamHandle) -> Result<(), XtcpError> {
         if let Some(e) = c.error() {
             return Poll::Ready(Err(e.into()));
         }
+        tracing::trace!(state = ?c.state(), unacked = c.unacked(), timeout = ?c.poll_timeout(), "wait_closed");
         // Our FIN acknowledged and the peer's received: nothing of ours is in flight.
         if matches!(c.state(), State::Closed | State::TimeWait | State::LastAck) && c.unacked() == 0
         {
