@@ -93,8 +93,6 @@ impl From<XtcpError> for io::Error {
 struct Wakers {
     read: Option<Waker>,
     write: Option<Waker>,
-    /// The application dropped its stream: remove once drained.
-    dropped: bool,
 }
 
 impl Wakers {
@@ -112,6 +110,8 @@ struct Inner {
     ep: Endpoint,
     epoch: std::time::Instant,
     wakers: HashMap<ConnectionHandle, Wakers>,
+    /// Streams dropped by the application whose connections still close.
+    dropped: Vec<ConnectionHandle>,
     accept: Option<Waker>,
     closed: bool,
 }
@@ -129,30 +129,28 @@ impl Inner {
         }
     }
 
-    /// Drain every connection's events and wake whoever waits on them.
+    /// Drain the events of the connections that had input and wake whoever
+    /// waits on them (O(touched), not O(connections)).
     fn dispatch(&mut self) {
-        let handles: Vec<ConnectionHandle> = self.ep.handles().collect();
-        for h in handles {
-            let mut any = false;
-            while self.ep.poll_event(h).is_some() {
-                any = true;
-            }
-            if any {
-                if let Some(w) = self.wakers.get_mut(&h) {
-                    w.wake_all();
-                }
+        for h in self.ep.take_touched() {
+            while self.ep.poll_event(h).is_some() {}
+            // Input without an event (an ACK that completes a close, say) may
+            // still matter to a waiter: wake on any input.
+            if let Some(w) = self.wakers.get_mut(&h) {
+                w.wake_all();
             }
         }
         // Streams the application dropped go once the connection is drained.
-        let gone: Vec<ConnectionHandle> = self
-            .wakers
-            .iter()
-            .filter(|(h, w)| w.dropped && self.ep.connection(**h).is_none_or(|c| c.is_drained()))
-            .map(|(h, _)| *h)
-            .collect();
-        for h in gone {
-            self.wakers.remove(&h);
-            self.ep.remove(h);
+        let mut i = 0;
+        while i < self.dropped.len() {
+            let h = self.dropped[i];
+            if self.ep.connection(h).is_none_or(|c| c.is_drained()) {
+                self.dropped.swap_remove(i);
+                self.wakers.remove(&h);
+                self.ep.remove(h);
+            } else {
+                i += 1;
+            }
         }
         if let Some(w) = self.accept.take() {
             w.wake();
@@ -198,6 +196,10 @@ pub struct EndpointOptions {
     pub listen: bool,
     /// SO_SNDBUF / SO_RCVBUF requested for the UDP socket.
     pub socket_buffer: usize,
+    /// Established connections waiting for `accept` at most (beyond: refused).
+    pub accept_backlog: usize,
+    /// Half-open connections kept with state; beyond, SYN cookies (RFC 4987).
+    pub max_half_open: usize,
 }
 
 impl Default for EndpointOptions {
@@ -206,6 +208,8 @@ impl Default for EndpointOptions {
             conn: Config::default(),
             listen: false,
             socket_buffer: 4 << 20,
+            accept_backlog: 1024,
+            max_half_open: 1024,
         }
     }
 }
@@ -243,6 +247,8 @@ impl XtcpEndpoint {
             conn: Arc::new(opts.conn),
             listen: opts.listen,
             local_port: local.port(),
+            accept_backlog: opts.accept_backlog,
+            max_half_open: opts.max_half_open,
             ..EndpointConfig::default()
         };
         let shared = Arc::new(Shared {
@@ -250,6 +256,7 @@ impl XtcpEndpoint {
                 ep: Endpoint::new(cfg, secret),
                 epoch: std::time::Instant::now(),
                 wakers: HashMap::new(),
+                dropped: Vec::new(),
                 accept: None,
                 closed: false,
             }),
@@ -378,7 +385,7 @@ async fn drive(weak: std::sync::Weak<Shared>) {
         }
         shared.flushed.send_modify(|g| *g += 1);
         let deadline = {
-            let g = shared.lock();
+            let mut g = shared.lock();
             g.ep.poll_timeout().map(|t| {
                 let at = g.epoch + std::time::Duration::from_micros(t.as_micros());
                 tokio::time::Instant::from_std(at)
@@ -447,9 +454,7 @@ impl Drop for StreamHandle {
         if let Some(c) = g.ep.connection_mut(self.h) {
             c.shutdown(now);
         }
-        if let Some(w) = g.wakers.get_mut(&self.h) {
-            w.dropped = true;
-        }
+        g.dropped.push(self.h);
         drop(g);
         self.shared.notify.notify_one();
     }

@@ -214,3 +214,122 @@ async fn connect_to_a_non_listening_endpoint_is_refused() {
     b.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"still open");
 }
+
+/// Known to fail today (issue 3, open): beyond `max_half_open` (1024) the
+/// endpoint answers with SYN cookies and some cookie connections get reset
+/// under this burst; with cookies off (`XTCP_TEST_HALF_OPEN=20000`) 2,000
+/// connections pass in ~8 s but 10,000 hit the user timeout, because the
+/// pending-accept list is still scanned per datagram. Run it with
+/// `cargo test --release --test xtcp_udp -- --ignored` (`XTCP_TEST_CONNS=N`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure: SYN-cookie burst resets, O(half-open) accept scan (issue 3)"]
+async fn ten_thousand_connections_on_one_endpoint_each_64_kib_byte_exact() {
+    let l = XtcpEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointOptions {
+            listen: true,
+            accept_backlog: 16_384,
+            max_half_open: std::env::var("XTCP_TEST_HALF_OPEN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
+            socket_buffer: 16 << 20,
+            ..EndpointOptions::default()
+        },
+    )
+    .unwrap();
+    let d = XtcpEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointOptions {
+            socket_buffer: 16 << 20,
+            ..EndpointOptions::default()
+        },
+    )
+    .unwrap();
+    let addr = l.local_addr();
+    let n: u64 = std::env::var("XTCP_TEST_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    const LEN: u64 = 64 * 1024;
+    // The listener echoes nothing: each side sends LEN and checks what it gets.
+    let server = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let s = l.accept().await.unwrap();
+                set.spawn(async move {
+                    let mut hdr = [0u8; 8];
+                    let (mut r, mut w) = s.into_split();
+                    r.read_exact(&mut hdr).await.unwrap();
+                    let seed = u64::from_be_bytes(hdr);
+                    // Reply with the stream for seed + 1, read the rest of seed's.
+                    let send = async {
+                        let mut g = Gen::new(seed + 1);
+                        let mut buf = vec![0u8; LEN as usize];
+                        g.fill(&mut buf);
+                        w.write_all(&buf).await.unwrap();
+                        w.shutdown().await.unwrap();
+                    };
+                    let recv = async {
+                        let mut got = Vec::with_capacity(LEN as usize);
+                        r.read_to_end(&mut got).await.unwrap();
+                        got
+                    };
+                    let ((), got) = tokio::join!(send, recv);
+                    let mut want = vec![0u8; LEN as usize];
+                    Gen::new(seed).fill(&mut want);
+                    got == want
+                });
+            }
+            let mut ok = 0u64;
+            while let Some(r) = set.join_next().await {
+                ok += u64::from(r.unwrap());
+            }
+            ok
+        })
+    };
+    let t = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let d = d.clone();
+        set.spawn(async move {
+            let seed = 2 * i + 1;
+            let s = d.connect(addr).await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let send = async {
+                let mut buf = vec![0u8; LEN as usize];
+                Gen::new(seed).fill(&mut buf);
+                w.write_all(&seed.to_be_bytes()).await.unwrap();
+                w.write_all(&buf).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let recv = async {
+                let mut got = Vec::with_capacity(LEN as usize);
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(send, recv);
+            let mut want = vec![0u8; LEN as usize];
+            Gen::new(seed + 1).fill(&mut want);
+            got == want
+        });
+    }
+    let mut ok = 0u64;
+    let all = async {
+        while let Some(r) = set.join_next().await {
+            ok += u64::from(r.unwrap());
+        }
+        server.await.unwrap()
+    };
+    let server_ok = tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .expect("bounded");
+    assert_eq!(ok, n, "every dialer side byte-exact");
+    assert_eq!(server_ok, n, "every listener side byte-exact");
+    eprintln!(
+        "{n} connections × 64 KiB each way: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}

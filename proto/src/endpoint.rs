@@ -16,6 +16,8 @@ use crate::seq::SeqNumber;
 use crate::time::Instant;
 use crate::wire::{SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags};
 use ring::hmac;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,8 +100,20 @@ pub struct Endpoint {
     /// Handles accepted but not yet established (they join the queue on `Connected`).
     pending_accept: Vec<usize>,
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
-    next_poll: usize,
     stats: EndpointStats,
+    /// Connections that may have a datagram to send (round robin).
+    ready: VecDeque<usize>,
+    in_ready: Vec<bool>,
+    /// Timer heap with lazy invalidation: an entry counts only while it equals
+    /// `timer_at[idx]`, the connection's current `poll_timeout`.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    timer_at: Vec<Option<Instant>>,
+    /// Connections handed out by `connection_mut` since the last endpoint call:
+    /// their timers and sends are re-examined before the next one.
+    dirty: Vec<usize>,
+    /// Connections that got input since `take_touched` (for the runtime's wake-ups).
+    touched: Vec<usize>,
+    in_touched: Vec<bool>,
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -124,8 +138,14 @@ impl Endpoint {
             accept_queue: VecDeque::new(),
             pending_accept: Vec::new(),
             stateless: VecDeque::new(),
-            next_poll: 0,
             stats: EndpointStats::default(),
+            ready: VecDeque::new(),
+            in_ready: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_at: Vec::new(),
+            dirty: Vec::new(),
+            touched: Vec::new(),
+            in_touched: Vec::new(),
         }
     }
 
@@ -195,9 +215,16 @@ impl Endpoint {
             }
             None => {
                 self.slots.push(Some(conn));
+                self.in_ready.push(false);
+                self.timer_at.push(None);
+                self.in_touched.push(false);
                 self.slots.len() - 1
             }
         };
+        if let Some(t) = self.timer_at.get_mut(idx) {
+            *t = None;
+        }
+        self.touch(idx);
         self.by_id.insert(id, idx);
         idx
     }
@@ -227,8 +254,61 @@ impl Endpoint {
         self.slots.get(h.0).and_then(|s| s.as_ref())
     }
 
+    /// Mutable access (API calls). The connection is re-examined for sends
+    /// and timers at the next endpoint call.
     pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
+        if matches!(self.slots.get(h.0), Some(Some(_))) {
+            self.dirty.push(h.0);
+        }
         self.slots.get_mut(h.0).and_then(|s| s.as_mut())
+    }
+
+    /// Mark a connection as possibly having something to send, refresh its
+    /// timer entry and record it as touched. O(log n).
+    fn touch(&mut self, idx: usize) {
+        let Some(Some(conn)) = self.slots.get(idx) else {
+            return;
+        };
+        let t = conn.poll_timeout();
+        if let Some(flag) = self.in_ready.get_mut(idx) {
+            if !*flag {
+                *flag = true;
+                self.ready.push_back(idx);
+            }
+        }
+        if let Some(at) = self.timer_at.get_mut(idx) {
+            if *at != t {
+                *at = t;
+                if let Some(t) = t {
+                    self.timers.push(Reverse((t, idx)));
+                }
+            }
+        }
+        if let Some(flag) = self.in_touched.get_mut(idx) {
+            if !*flag {
+                *flag = true;
+                self.touched.push(idx);
+            }
+        }
+    }
+
+    fn settle_dirty(&mut self) {
+        while let Some(idx) = self.dirty.pop() {
+            self.touch(idx);
+        }
+    }
+
+    /// Connections that received input or API calls since the last call
+    /// (so a runtime polls events and wakes tasks only for those).
+    pub fn take_touched(&mut self) -> Vec<ConnectionHandle> {
+        self.settle_dirty();
+        let v: Vec<ConnectionHandle> = self.touched.drain(..).map(ConnectionHandle).collect();
+        for h in &v {
+            if let Some(f) = self.in_touched.get_mut(h.0) {
+                *f = false;
+            }
+        }
+        v
     }
 
     /// Handles of all live connections.
@@ -280,6 +360,7 @@ impl Endpoint {
     }
 
     fn after_conn_input(&mut self, idx: usize) {
+        self.touch(idx);
         // Move newly established incoming connections to the accept queue.
         if let Some(pos) = self.pending_accept.iter().position(|&i| i == idx) {
             let st = self
@@ -305,6 +386,18 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// A slot was emptied: its queue entries become stale (skipped lazily).
+    fn forget(&mut self, idx: usize) {
+        if let Some(at) = self.timer_at.get_mut(idx) {
+            *at = None;
+        }
+        if let Some(f) = self.in_ready.get_mut(idx) {
+            *f = false;
+        }
+        // A stale index left in `ready` is skipped (or finds a new connection
+        // with nothing to send): no O(n) removal here.
     }
 
     fn push_accept(&mut self, idx: usize) {
@@ -520,8 +613,10 @@ impl Endpoint {
         Some(CookieOptions { mss, wscale, sack })
     }
 
-    /// Next datagram to send: stateless replies first, then connections in turn.
+    /// Next datagram to send: stateless replies first, then the connections
+    /// that may have something, in turn (only those: O(1) per datagram).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.settle_dirty();
         if let Some((to, bytes)) = self.stateless.pop_front() {
             let n = bytes.len().min(buf.len());
             buf.get_mut(..n)?.copy_from_slice(bytes.get(..n)?);
@@ -530,38 +625,76 @@ impl Endpoint {
                 size: n,
             });
         }
-        let n = self.slots.len();
-        for k in 0..n {
-            let idx = (self.next_poll + k) % n;
-            if let Some(Some(conn)) = self.slots.get_mut(idx) {
-                if let Some(t) = conn.poll_transmit(now, buf) {
-                    self.next_poll = idx;
+        while let Some(idx) = self.ready.pop_front() {
+            let t = match self.slots.get_mut(idx) {
+                Some(Some(conn)) => conn.poll_transmit(now, buf),
+                _ => None,
+            };
+            match t {
+                Some(t) => {
+                    // Still ready: back of the queue, for fairness.
+                    self.ready.push_back(idx);
+                    self.refresh_timer(idx);
                     return Some(t);
+                }
+                None => {
+                    if let Some(f) = self.in_ready.get_mut(idx) {
+                        *f = false;
+                    }
+                    self.refresh_timer(idx);
                 }
             }
         }
         None
     }
 
-    /// Earliest timer of any connection.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter_map(|c| c.poll_timeout())
-            .min()
+    fn refresh_timer(&mut self, idx: usize) {
+        let t = match self.slots.get(idx) {
+            Some(Some(c)) => c.poll_timeout(),
+            _ => None,
+        };
+        if let Some(at) = self.timer_at.get_mut(idx) {
+            if *at != t {
+                *at = t;
+                if let Some(t) = t {
+                    self.timers.push(Reverse((t, idx)));
+                }
+            }
+        }
     }
 
-    /// Fire due timers of every connection.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.slots.len() {
-            let due = matches!(self.slots.get(i), Some(Some(c)) if c.poll_timeout().is_some_and(|t| t <= now));
-            if due {
-                if let Some(Some(c)) = self.slots.get_mut(i) {
-                    c.handle_timeout(now);
-                }
-                self.after_conn_input(i);
+    /// Earliest timer of any connection (amortised O(log n)).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.settle_dirty();
+        while let Some(&Reverse((t, idx))) = self.timers.peek() {
+            let live = matches!(self.slots.get(idx), Some(Some(_)));
+            if live && self.timer_at.get(idx).copied().flatten() == Some(t) {
+                return Some(t);
             }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Fire due timers (only the connections whose timer is due).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle_dirty();
+        while let Some(&Reverse((t, idx))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let live = matches!(self.slots.get(idx), Some(Some(_)));
+            if !live || self.timer_at.get(idx).copied().flatten() != Some(t) {
+                continue;
+            }
+            if let Some(at) = self.timer_at.get_mut(idx) {
+                *at = None;
+            }
+            if let Some(Some(c)) = self.slots.get_mut(idx) {
+                c.handle_timeout(now);
+            }
+            self.after_conn_input(idx);
         }
     }
 
@@ -584,6 +717,7 @@ impl Endpoint {
                     }
                 }
                 self.pending_accept.retain(|&p| p != i);
+                self.forget(i);
                 self.free.push(i);
             }
         }
@@ -596,6 +730,7 @@ impl Endpoint {
             self.by_id.remove(&c.conn_id());
         }
         self.pending_accept.retain(|&p| p != h.0);
+        self.forget(h.0);
         self.free.push(h.0);
         Some(c)
     }
