@@ -352,7 +352,9 @@ impl XtcpEndpoint {
 
 async fn drive(weak: std::sync::Weak<Shared>) {
     let mut rbuf = vec![0u8; RECV_BUF];
-    let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    // One batch of send buffers, allocated once: (destination, length) per slot.
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    let mut out: Vec<(SocketAddr, usize)> = Vec::with_capacity(RECV_BATCH);
     loop {
         let Some(shared) = weak.upgrade() else { return };
         // Send what the connections have.
@@ -360,24 +362,25 @@ async fn drive(weak: std::sync::Weak<Shared>) {
             let mut g = shared.lock();
             let now = g.now();
             let size = g.ep.config().conn.max_datagram_size.max(1500);
-            loop {
-                let mut buf = vec![0u8; size];
-                match g.ep.poll_transmit(now, &mut buf) {
-                    Some(t) => {
-                        buf.truncate(t.size);
-                        out.push((t.destination, buf));
-                    }
-                    None => break,
-                }
-                if out.len() >= RECV_BATCH {
+            if bufs.first().is_none_or(|b| b.len() != size) {
+                bufs = vec![vec![0u8; size]; RECV_BATCH];
+            }
+            while out.len() < RECV_BATCH {
+                let Some(buf) = bufs.get_mut(out.len()) else {
                     break;
+                };
+                match g.ep.poll_transmit(now, buf) {
+                    Some(t) => out.push((t.destination, t.size)),
+                    None => break,
                 }
             }
         }
         let more_to_send = out.len() >= RECV_BATCH;
-        for (to, d) in out.drain(..) {
-            // A send error (e.g. unreachable) is a lost datagram: XTCP retransmits.
-            let _ = shared.socket.send_to(&d, to).await;
+        for (i, (to, len)) in out.drain(..).enumerate() {
+            if let Some(d) = bufs.get(i).and_then(|b| b.get(..len)) {
+                // A send error (e.g. unreachable) is a lost datagram: XTCP retransmits.
+                let _ = shared.socket.send_to(d, to).await;
+            }
         }
         if more_to_send {
             tokio::task::yield_now().await;
@@ -723,33 +726,48 @@ impl Probe {
     }
 }
 
-impl AsyncRead for XtcpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_h(&self.handle, cx, buf)
-    }
+/// AsyncRead / AsyncWrite for the stream and its halves: all go through the
+/// same shared handle functions.
+macro_rules! impl_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                poll_read_h(&self.handle, cx, buf)
+            }
+        }
+    };
 }
 
-impl AsyncWrite for XtcpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_h(&self.handle, cx, data)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Half-close: FIN after the queued data; reading continues.
-        shutdown_h(&self.handle);
-        Poll::Ready(Ok(()))
-    }
+macro_rules! impl_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                poll_write_h(&self.handle, cx, data)
+            }
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                // Half-close: FIN after the queued data; reading continues.
+                shutdown_h(&self.handle);
+                Poll::Ready(Ok(()))
+            }
+        }
+    };
 }
+
+impl_read!(XtcpStream);
+impl_write!(XtcpStream);
+impl_read!(XtcpReadHalf);
+impl_write!(XtcpWriteHalf);
 
 /// The reading half of an [`XtcpStream`].
 pub struct XtcpReadHalf {
@@ -770,32 +788,5 @@ impl fmt::Debug for XtcpReadHalf {
 impl fmt::Debug for XtcpWriteHalf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("XtcpWriteHalf")
-    }
-}
-
-impl AsyncRead for XtcpReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_h(&self.handle, cx, buf)
-    }
-}
-
-impl AsyncWrite for XtcpWriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_h(&self.handle, cx, data)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_h(&self.handle);
-        Poll::Ready(Ok(()))
     }
 }

@@ -240,6 +240,7 @@ pub fn relay_frame(data: &[u8]) {
     // A stream of frames, as the relay reads them; bounded by the input length.
     while let Ok((frame, used)) = Frame::parse(rest) {
         assert_eq!(frame.buffer_len(), used, "buffer_len != consumed");
+        // ok: the oracle asserts this property; a failure is the finding.
         let bytes = frame.to_vec().expect("a parsed frame re-emits");
         assert_eq!(&bytes[..], &rest[..used], "emit(parse(x)) != x");
         let mut short = vec![0u8; used - 1];

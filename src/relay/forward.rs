@@ -108,6 +108,15 @@ impl Default for Activity {
     }
 }
 
+/// Account for `n` bytes moved: counters, activity clock, rate limit.
+async fn moved(n: usize, counters: &Counters, activity: &Activity, limiter: Option<&RateLimiter>) {
+    counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    activity.touch();
+    if let Some(l) = limiter {
+        l.consume(n).await;
+    }
+}
+
 /// Move bytes from `src` to `dst` until `src` reaches EOF, then half-close
 /// `dst`. Returns the bytes moved.
 pub async fn pump(
@@ -161,11 +170,7 @@ async fn pump_copy(
                 Ok(n) => {
                     write_all(dst, &buf[..n]).await?;
                     total += n as u64;
-                    counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
-                    if let Some(l) = limiter {
-                        l.consume(n).await;
-                    }
+                    moved(n, counters, activity, limiter).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -257,11 +262,7 @@ async fn pump_splice(
                 }
             }
             total += n as u64;
-            counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            activity.touch();
-            if let Some(l) = limiter {
-                l.consume(n).await;
-            }
+            moved(n, counters, activity, limiter).await;
         }
         // Drained: the pipe is empty, give it back.
         pipes::put((r, w));
