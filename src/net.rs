@@ -111,7 +111,7 @@ struct Inner {
     epoch: std::time::Instant,
     wakers: HashMap<ConnectionHandle, Wakers>,
     /// Streams dropped by the application whose connections still close.
-    dropped: Vec<ConnectionHandle>,
+    dropped: std::collections::HashSet<ConnectionHandle>,
     accept: Option<Waker>,
     closed: bool,
 }
@@ -139,17 +139,12 @@ impl Inner {
             if let Some(w) = self.wakers.get_mut(&h) {
                 w.wake_all();
             }
-        }
-        // Streams the application dropped go once the connection is drained.
-        let mut i = 0;
-        while i < self.dropped.len() {
-            let h = self.dropped[i];
-            if self.ep.connection(h).is_none_or(|c| c.is_drained()) {
-                self.dropped.swap_remove(i);
+            // A stream the application dropped goes once its connection is
+            // drained (its last change touches it, so this sees it).
+            if self.dropped.contains(&h) && self.ep.connection(h).is_none_or(|c| c.is_drained()) {
+                self.dropped.remove(&h);
                 self.wakers.remove(&h);
                 self.ep.remove(h);
-            } else {
-                i += 1;
             }
         }
         if let Some(w) = self.accept.take() {
@@ -256,7 +251,7 @@ impl XtcpEndpoint {
                 ep: Endpoint::new(cfg, secret),
                 epoch: std::time::Instant::now(),
                 wakers: HashMap::new(),
-                dropped: Vec::new(),
+                dropped: Default::default(),
                 accept: None,
                 closed: false,
             }),
@@ -457,7 +452,7 @@ impl Drop for StreamHandle {
         if let Some(c) = g.ep.connection_mut(self.h) {
             c.shutdown(now);
         }
-        g.dropped.push(self.h);
+        g.dropped.insert(self.h);
         drop(g);
         self.shared.notify.notify_one();
     }

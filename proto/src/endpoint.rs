@@ -70,7 +70,7 @@ pub struct CookieOptions {
 /// MSS values a cookie can encode in 3 bits (RFC 4987 §3.6).
 const COOKIE_MSS: [u16; 8] = [536, 1200, 1220, 1360, 1400, 1420, 1428, 1440];
 /// Stateless replies queued at most (RSTs, cookie SYN-ACKs); beyond, dropped.
-const MAX_STATELESS: usize = 256;
+const MAX_STATELESS: usize = 4096;
 /// Cookie time slot length in seconds (RFC 4987 §3.6: a slowly incrementing counter).
 const COOKIE_SLOT_SECS: u64 = 64;
 
@@ -97,8 +97,18 @@ pub struct Endpoint {
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
     accept_queue: VecDeque<ConnectionHandle>,
-    /// Handles accepted but not yet established (they join the queue on `Connected`).
-    pending_accept: Vec<usize>,
+    /// Per slot: accepted but not yet established (joins the queue on `Connected`).
+    pending: Vec<bool>,
+    /// Number of `true` entries in `pending` (half-open connections with state).
+    half_open: usize,
+    /// Per slot: in `accept_queue` (so `reap` never scans the queue).
+    queued: Vec<bool>,
+    /// When the last SYN cookie went out: while cookies may be in flight, an
+    /// ACK that fails the cookie check is dropped, not reset (its connection's
+    /// first segment may have been lost, and a retransmission will pass).
+    last_cookie: Option<Instant>,
+    /// Slots whose connection may have drained (checked by `reap`).
+    maybe_dead: Vec<usize>,
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: EndpointStats,
     /// Connections that may have a datagram to send (round robin).
@@ -136,7 +146,11 @@ impl Endpoint {
             free: Vec::new(),
             by_id: HashMap::new(),
             accept_queue: VecDeque::new(),
-            pending_accept: Vec::new(),
+            pending: Vec::new(),
+            half_open: 0,
+            queued: Vec::new(),
+            last_cookie: None,
+            maybe_dead: Vec::new(),
             stateless: VecDeque::new(),
             stats: EndpointStats::default(),
             ready: VecDeque::new(),
@@ -164,7 +178,20 @@ impl Endpoint {
     }
     /// Handshake-incomplete connections held with state.
     pub fn half_open(&self) -> usize {
-        self.pending_accept.len()
+        self.half_open
+    }
+
+    fn set_pending(&mut self, idx: usize, on: bool) {
+        if let Some(p) = self.pending.get_mut(idx) {
+            if *p != on {
+                *p = on;
+                if on {
+                    self.half_open += 1;
+                } else {
+                    self.half_open -= 1;
+                }
+            }
+        }
     }
 
     fn prf(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -218,6 +245,8 @@ impl Endpoint {
                 self.in_ready.push(false);
                 self.timer_at.push(None);
                 self.in_touched.push(false);
+                self.pending.push(false);
+                self.queued.push(false);
                 self.slots.len() - 1
             }
         };
@@ -284,6 +313,20 @@ impl Endpoint {
                 }
             }
         }
+        self.mark_touched(idx);
+    }
+
+    fn push_maybe_dead(&mut self, idx: usize) {
+        self.maybe_dead.push(idx);
+        if self.maybe_dead.len() > 2 * self.slots.len() + 16 {
+            // Runtimes that remove connections themselves never call `reap`:
+            // keep the list bounded by the number of slots.
+            self.maybe_dead.sort_unstable();
+            self.maybe_dead.dedup();
+        }
+    }
+
+    fn mark_touched(&mut self, idx: usize) {
         if let Some(flag) = self.in_touched.get_mut(idx) {
             if !*flag {
                 *flag = true;
@@ -322,7 +365,11 @@ impl Endpoint {
 
     /// The next established incoming connection.
     pub fn accept(&mut self) -> Option<ConnectionHandle> {
-        self.accept_queue.pop_front()
+        let h = self.accept_queue.pop_front()?;
+        if let Some(q) = self.queued.get_mut(h.0) {
+            *q = false;
+        }
+        Some(h)
     }
 
     /// Process one datagram. Returns the connection it was routed to, if any.
@@ -342,6 +389,15 @@ impl Endpoint {
             }
         };
         if let Some(&idx) = self.by_id.get(&seg.conn_id) {
+            if self.answered_by_cookie(now, idx, from, &seg) {
+                // The peer completed the handshake on a cookie SYN-ACK sent
+                // before this half-open state existed (its SYN was
+                // retransmitted while the cookie was in flight): the cookie's
+                // ISN wins, the half-open state goes.
+                self.remove(ConnectionHandle(idx));
+                self.stats.unknown_conn += 1;
+                return Ok(self.handle_unknown(now, from, &seg));
+            }
             if let Some(Some(conn)) = self.slots.get_mut(idx) {
                 // A CLOSED connection not yet reaped answers like an unknown one.
                 if conn.state() != State::Closed {
@@ -359,29 +415,54 @@ impl Endpoint {
         Ok(self.handle_unknown(now, from, &seg))
     }
 
+    /// Whether `seg`, routed to half-open connection `idx`, is an ACK of a
+    /// SYN cookie instead (only while cookies may be in flight).
+    fn answered_by_cookie(
+        &self,
+        now: Instant,
+        idx: usize,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+    ) -> bool {
+        let recent = self
+            .last_cookie
+            .is_some_and(|t| now.saturating_duration_since(t).as_secs() < 2 * COOKIE_SLOT_SECS);
+        recent
+            && self.pending.get(idx).copied().unwrap_or(false)
+            && seg.flags.ack()
+            && !seg.flags.syn()
+            && !seg.flags.rst()
+            && matches!(self.slots.get(idx), Some(Some(c)) if c.state() == State::SynReceived)
+            && self.check_cookie(now, from, seg).is_some()
+    }
+
     fn after_conn_input(&mut self, idx: usize) {
         self.touch(idx);
-        // Move newly established incoming connections to the accept queue.
-        if let Some(pos) = self.pending_accept.iter().position(|&i| i == idx) {
-            let st = self
-                .slots
-                .get(idx)
-                .and_then(|s| s.as_ref())
-                .map(|c| c.state());
+        let st = self
+            .slots
+            .get(idx)
+            .and_then(|s| s.as_ref())
+            .map(|c| (c.state(), c.is_drained()));
+        if matches!(st, Some((_, true))) {
+            self.push_maybe_dead(idx);
+        }
+        // Move newly established incoming connections to the accept queue (O(1)).
+        if self.pending.get(idx).copied().unwrap_or(false) {
             match st {
-                Some(State::SynReceived) | Some(State::Listen) => {}
-                Some(State::Closed) | None => {
+                Some((State::SynReceived, _)) | Some((State::Listen, _)) => {}
+                Some((State::Closed, _)) | None => {
                     // Never handed to the application: forget it at once.
-                    self.pending_accept.swap_remove(pos);
+                    self.set_pending(idx, false);
                     if let Some(slot) = self.slots.get_mut(idx) {
                         if let Some(c) = slot.take() {
                             self.by_id.remove(&c.conn_id());
+                            self.forget(idx);
                             self.free.push(idx);
                         }
                     }
                 }
                 Some(_) => {
-                    self.pending_accept.swap_remove(pos);
+                    self.set_pending(idx, false);
                     self.push_accept(idx);
                 }
             }
@@ -402,6 +483,9 @@ impl Endpoint {
 
     fn push_accept(&mut self, idx: usize) {
         self.stats.accepted += 1;
+        if let Some(q) = self.queued.get_mut(idx) {
+            *q = true;
+        }
         self.accept_queue.push_back(ConnectionHandle(idx));
     }
 
@@ -420,14 +504,19 @@ impl Endpoint {
                 self.send_reset(from, seg);
                 return None;
             }
-            if self.by_id.len() >= self.cfg.max_connections
-                || self.accept_queue.len() >= self.cfg.accept_backlog
-            {
+            if self.by_id.len() >= self.cfg.max_connections {
                 self.stats.refused_full += 1;
                 self.send_reset(from, seg);
                 return None;
             }
-            if self.cfg.always_cookie || self.pending_accept.len() >= self.cfg.max_half_open {
+            if self.accept_queue.len() >= self.cfg.accept_backlog {
+                // A full accept queue is transient: drop the SYN so the peer
+                // retransmits it later (as Linux does), rather than refuse.
+                self.stats.refused_full += 1;
+                return None;
+            }
+            if self.cfg.always_cookie || self.half_open >= self.cfg.max_half_open {
+                self.last_cookie = Some(now);
                 self.send_cookie_synack(now, from, seg);
                 return None;
             }
@@ -435,7 +524,7 @@ impl Endpoint {
             let mut conn = Connection::listen(self.cfg.conn.clone(), now, params);
             conn.handle_segment(now, from, seg);
             let idx = self.insert(conn);
-            self.pending_accept.push(idx);
+            self.set_pending(idx, true);
             return Some(ConnectionHandle(idx));
         }
         if f.ack() && !f.syn() && self.cfg.listen {
@@ -452,6 +541,17 @@ impl Endpoint {
                 return Some(ConnectionHandle(idx));
             }
             self.stats.cookies_rejected += 1;
+            // Cookies may be in flight (sent within their lifetime): this ACK
+            // may belong to a connection whose first ACK was lost, so a reset
+            // would kill it; drop it and let the peer retransmit the segment
+            // the cookie can be checked against (Linux does the same while a
+            // listener's SYN queue recently overflowed).
+            let recent = self
+                .last_cookie
+                .is_some_and(|t| now.saturating_duration_since(t).as_secs() < 2 * COOKIE_SLOT_SECS);
+            if recent {
+                return None;
+            }
         }
         self.send_reset(from, seg);
         None
@@ -642,6 +742,12 @@ impl Endpoint {
                         *f = false;
                     }
                     self.refresh_timer(idx);
+                    // Drained by its last send (a final RST or ACK): the
+                    // runtime hears of it through `take_touched`.
+                    if matches!(self.slots.get(idx), Some(Some(c)) if c.is_drained()) {
+                        self.mark_touched(idx);
+                        self.push_maybe_dead(idx);
+                    }
                 }
             }
         }
@@ -705,20 +811,22 @@ impl Endpoint {
 
     /// Forget drained CLOSED connections whose events were all read. Their
     /// handles become invalid (and may be reused).
+    /// Only connections that drained since the last call are examined.
     pub fn reap(&mut self) {
-        for i in 0..self.slots.len() {
-            let dead = matches!(self.slots.get(i), Some(Some(c)) if c.is_drained() && !c.has_events() && !self.accept_queue.contains(&ConnectionHandle(i)));
+        let mut candidates = std::mem::take(&mut self.maybe_dead);
+        candidates.sort_unstable();
+        candidates.dedup();
+        for i in candidates {
+            let queued = self.queued.get(i).copied().unwrap_or(false);
+            let (dead, drained) = match self.slots.get(i) {
+                Some(Some(c)) => (c.is_drained() && !c.has_events() && !queued, c.is_drained()),
+                _ => (false, false),
+            };
             if dead {
-                if let Some(slot) = self.slots.get_mut(i) {
-                    if let Some(c) = slot.take() {
-                        if self.by_id.get(&c.conn_id()) == Some(&i) {
-                            self.by_id.remove(&c.conn_id());
-                        }
-                    }
-                }
-                self.pending_accept.retain(|&p| p != i);
-                self.forget(i);
-                self.free.push(i);
+                self.remove(ConnectionHandle(i));
+            } else if drained {
+                // Events not read yet, or not accepted yet: look again later.
+                self.maybe_dead.push(i);
             }
         }
     }
@@ -729,7 +837,13 @@ impl Endpoint {
         if self.by_id.get(&c.conn_id()) == Some(&h.0) {
             self.by_id.remove(&c.conn_id());
         }
-        self.pending_accept.retain(|&p| p != h.0);
+        self.set_pending(h.0, false);
+        if let Some(q) = self.queued.get_mut(h.0) {
+            if *q {
+                *q = false;
+                self.accept_queue.retain(|&a| a != h);
+            }
+        }
         self.forget(h.0);
         self.free.push(h.0);
         Some(c)
