@@ -14,6 +14,8 @@ use std::io;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod nat;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Panics with a clear message unless running as root with `ip` and `nft` available.
@@ -102,6 +104,28 @@ impl Netns {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+    }
+
+    /// Run `f` on a fresh thread entered into this namespace (`setns(2)` on
+    /// `/var/run/netns/<name>`) and return its result. Sockets opened inside
+    /// `f` stay in this namespace after the thread ends, so they can be used
+    /// from any thread afterwards. A panic in `f` is propagated.
+    pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> io::Result<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path)?;
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: plain syscall on a valid fd; it only changes this
+                // (fresh, scoped) thread's network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(f())
+            });
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
 
     /// Drop `pct` % of packets arriving on `dev` at random (nftables `numgen random`).

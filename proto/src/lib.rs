@@ -31,6 +31,7 @@ pub mod relay_wire;
 pub mod rtt;
 pub mod send_buf;
 pub mod seq;
+pub mod session;
 pub mod time;
 pub mod wire;
 

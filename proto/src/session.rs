@@ -1,0 +1,1331 @@
+//! The session layer (`spec/direct.md`): one application byte stream carried
+//! over a succession of paths, with lossless handover between them.
+//!
+//! A *path* is a reliable, in-order byte stream already protected by the peers'
+//! end-to-end TLS (the relay path, a direct TCP connection, an XTCP connection).
+//! The session layer frames the application's stream onto the active path:
+//!
+//! ```text
+//!  0        1        2        3
+//! +--------+--------+--------+---- ... ----+
+//! |  type  |  length (u16 BE) |    body     |   length ≤ MAX_BODY
+//! +--------+--------+--------+---- ... ----+
+//! ```
+//!
+//! Every application byte has a 64-bit stream offset. The sender keeps every
+//! byte the peer has not acknowledged in a bounded replay buffer; on a new path
+//! each side first sends `RESUME(received)` and the other resends from there.
+//! Each path is reliable and in order, and the first `DATA` on a new path starts
+//! at or below what the receiver already holds, so a handover never leaves a
+//! gap; duplicates (the old path still delivering what the new one resends) are
+//! trimmed by offset.
+//!
+//! Two parts:
+//! * the codec: [`Frame`], [`encode`], [`Frame::parse`] and the incremental
+//!   [`FrameDecoder`] (bounded: at most one maximum-size frame buffered);
+//! * the state machine: [`SessionState`] (sans-IO: no clock, no socket; the
+//!   driver calls [`SessionState::force_ack`] from its own timer).
+//!
+//! Parsing is total: any byte string yields frames or a typed [`FrameError`];
+//! any frame sequence yields events or a typed [`SessionError`]. Nothing here
+//! panics on peer input.
+
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::VecDeque;
+
+/// Length of the frame header (type + length).
+pub const HEADER_LEN: usize = 3;
+/// Largest payload of one `DATA` frame.
+pub const MAX_DATA: usize = 16384;
+/// Largest frame body a sender may emit and a receiver accepts.
+pub const MAX_BODY: usize = MAX_DATA + 16;
+/// Largest number of candidates in one `CANDIDATES` frame.
+pub const MAX_CANDIDATES: usize = 32;
+/// Largest reason text in a `CLOSE` frame, in bytes.
+pub const MAX_CLOSE_REASON: usize = 200;
+/// Default replay buffer capacity (4 MiB).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 4 << 20;
+/// Largest number of paths a [`SessionState`] tracks at once.
+pub const MAX_PATHS: usize = 8;
+
+const T_DATA: u8 = 0x01;
+const T_ACK: u8 = 0x02;
+const T_RESUME: u8 = 0x03;
+const T_FIN: u8 = 0x04;
+const T_CANDIDATES: u8 = 0x05;
+const T_PUNCH: u8 = 0x06;
+const T_PATH_SWITCH: u8 = 0x07;
+const T_KEEPALIVE: u8 = 0x08;
+const T_KEEPALIVE_ACK: u8 = 0x09;
+const T_CLOSE: u8 = 0x0A;
+
+// ---------------------------------------------------------------------------
+// Codec
+// ---------------------------------------------------------------------------
+
+/// What kind of address a candidate is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CandidateKind {
+    /// An address of one of the peer's own interfaces.
+    Host = 1,
+    /// The peer's public TCP address as the relay observed it.
+    ServerReflexiveTcp = 2,
+    /// The peer's public UDP address as the relay's UDP service observed it.
+    ServerReflexiveUdp = 3,
+}
+
+/// Transport protocol of a candidate (IANA protocol numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Transport {
+    /// TCP (6).
+    Tcp = 6,
+    /// UDP (17).
+    Udp = 17,
+}
+
+/// One candidate address for a direct path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// Where the address comes from.
+    pub kind: CandidateKind,
+    /// Transport to use with it.
+    pub transport: Transport,
+    /// Address and port.
+    pub addr: SocketAddr,
+}
+
+impl Candidate {
+    fn wire_len(&self) -> usize {
+        match self.addr {
+            SocketAddr::V4(_) => 3 + 4 + 2,
+            SocketAddr::V6(_) => 3 + 16 + 2,
+        }
+    }
+}
+
+/// One session frame. Payloads borrow from the buffer they were parsed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Application bytes starting at stream offset `offset` (1..=16384 bytes).
+    Data {
+        /// Stream offset of the first payload byte.
+        offset: u64,
+        /// The bytes.
+        payload: &'a [u8],
+    },
+    /// The sender holds every byte below `received` and never needs it again.
+    Ack {
+        /// Cumulative offset (the FIN counts as one position, see `spec/direct.md` §3.1).
+        received: u64,
+    },
+    /// First frame on every path, each way: "I hold everything below `received`".
+    Resume {
+        /// The path this frame opens (must match the path it arrives on).
+        path_id: u32,
+        /// Cumulative offset, as in `Ack`.
+        received: u64,
+    },
+    /// The sender's stream ends at `offset` (half-close).
+    Fin {
+        /// Final stream length.
+        offset: u64,
+    },
+    /// Candidate addresses for direct paths (at most [`MAX_CANDIDATES`]).
+    Candidates(Vec<Candidate>),
+    /// Start a simultaneous open / hole punch `delay_ms` after receipt.
+    Punch {
+        /// Attempt number, echoed so both sides talk about the same attempt.
+        attempt: u32,
+        /// Delay after receipt, in milliseconds.
+        delay_ms: u32,
+    },
+    /// The sender sends data on `path_id` from now on; it is the last frame the
+    /// sender sends on the path it arrives on.
+    PathSwitch {
+        /// The new path.
+        path_id: u32,
+    },
+    /// Liveness probe; the peer answers with `KeepaliveAck` carrying the same nonce.
+    Keepalive {
+        /// Opaque value.
+        nonce: u64,
+    },
+    /// Answer to `Keepalive`.
+    KeepaliveAck {
+        /// The probe's nonce.
+        nonce: u64,
+    },
+    /// The session ends (abortively if `code` ≠ 0).
+    Close {
+        /// Application or protocol code.
+        code: u16,
+        /// Human-readable reason, at most [`MAX_CLOSE_REASON`] bytes.
+        reason: &'a str,
+    },
+}
+
+/// Why bytes could not be parsed as a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// [`Frame::parse`] only: fewer bytes than the frame needs; `needed` more are required.
+    Incomplete {
+        /// Bytes still missing.
+        needed: usize,
+    },
+    /// [`FrameDecoder::finish`]: the stream ended inside a frame.
+    Truncated {
+        /// Bytes of the unfinished frame that were received.
+        buffered: usize,
+    },
+    /// The length field exceeds [`MAX_BODY`].
+    TooLong {
+        /// The announced body length.
+        len: usize,
+    },
+    /// Unknown frame type.
+    UnknownType(u8),
+    /// The body's length does not fit its type (includes empty or oversize `DATA`).
+    BadLength {
+        /// The frame type.
+        ty: u8,
+        /// The body length.
+        len: usize,
+    },
+    /// A `CANDIDATES` count above [`MAX_CANDIDATES`].
+    TooManyCandidates(u8),
+    /// A candidate kind other than 1, 2, 3.
+    BadCandidateKind(u8),
+    /// A candidate transport other than 6 (TCP) or 17 (UDP).
+    BadTransport(u8),
+    /// A candidate address family other than 4 or 6.
+    BadFamily(u8),
+    /// A `CLOSE` reason longer than [`MAX_CLOSE_REASON`].
+    ReasonTooLong(u8),
+    /// A `CLOSE` reason that is not UTF-8.
+    ReasonNotUtf8,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Incomplete { needed } => {
+                write!(f, "incomplete frame ({needed} bytes missing)")
+            }
+            FrameError::Truncated { buffered } => {
+                write!(f, "stream ended inside a frame ({buffered} bytes buffered)")
+            }
+            FrameError::TooLong { len } => {
+                write!(f, "frame body of {len} bytes exceeds {MAX_BODY}")
+            }
+            FrameError::UnknownType(t) => write!(f, "unknown session frame type {t:#04x}"),
+            FrameError::BadLength { ty, len } => {
+                write!(f, "body length {len} does not fit frame type {ty:#04x}")
+            }
+            FrameError::TooManyCandidates(n) => {
+                write!(f, "{n} candidates (at most {MAX_CANDIDATES})")
+            }
+            FrameError::BadCandidateKind(k) => write!(f, "unknown candidate kind {k}"),
+            FrameError::BadTransport(p) => write!(f, "unknown candidate transport {p}"),
+            FrameError::BadFamily(x) => write!(f, "unknown address family {x}"),
+            FrameError::ReasonTooLong(n) => {
+                write!(f, "close reason of {n} bytes (at most {MAX_CLOSE_REASON})")
+            }
+            FrameError::ReasonNotUtf8 => f.write_str("close reason is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// A frame that may not be sent: a field exceeds its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// `DATA` with an empty payload.
+    EmptyData,
+    /// `DATA` payload above [`MAX_DATA`].
+    DataTooLong(usize),
+    /// More than [`MAX_CANDIDATES`] candidates.
+    TooManyCandidates(usize),
+    /// `CLOSE` reason above [`MAX_CLOSE_REASON`] bytes.
+    ReasonTooLong(usize),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::EmptyData => f.write_str("DATA frame without payload"),
+            EncodeError::DataTooLong(n) => {
+                write!(f, "DATA payload of {n} bytes exceeds {MAX_DATA}")
+            }
+            EncodeError::TooManyCandidates(n) => {
+                write!(f, "{n} candidates exceed {MAX_CANDIDATES}")
+            }
+            EncodeError::ReasonTooLong(n) => {
+                write!(f, "close reason of {n} bytes exceeds {MAX_CLOSE_REASON}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+fn be_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn be_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl<'a> Frame<'a> {
+    /// The frame's type byte.
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::Data { .. } => T_DATA,
+            Frame::Ack { .. } => T_ACK,
+            Frame::Resume { .. } => T_RESUME,
+            Frame::Fin { .. } => T_FIN,
+            Frame::Candidates(_) => T_CANDIDATES,
+            Frame::Punch { .. } => T_PUNCH,
+            Frame::PathSwitch { .. } => T_PATH_SWITCH,
+            Frame::Keepalive { .. } => T_KEEPALIVE,
+            Frame::KeepaliveAck { .. } => T_KEEPALIVE_ACK,
+            Frame::Close { .. } => T_CLOSE,
+        }
+    }
+
+    /// Body length [`encode`] writes (without the 3-byte header).
+    pub fn body_len(&self) -> usize {
+        match self {
+            Frame::Data { payload, .. } => 8 + payload.len(),
+            Frame::Ack { .. } | Frame::Fin { .. } => 8,
+            Frame::Keepalive { .. } | Frame::KeepaliveAck { .. } => 8,
+            Frame::Resume { .. } => 12,
+            Frame::Punch { .. } => 8,
+            Frame::PathSwitch { .. } => 4,
+            Frame::Candidates(c) => 1 + c.iter().map(Candidate::wire_len).sum::<usize>(),
+            Frame::Close { reason, .. } => 3 + reason.len(),
+        }
+    }
+
+    /// Parse one frame from the front of `buf`; returns it and the bytes consumed.
+    ///
+    /// An oversize length is refused from the header alone, before the body arrives.
+    pub fn parse(buf: &'a [u8]) -> Result<(Frame<'a>, usize), FrameError> {
+        let Some(&ty) = buf.first() else {
+            return Err(FrameError::Incomplete { needed: HEADER_LEN });
+        };
+        let Some(len) = be_u16(buf, 1) else {
+            return Err(FrameError::Incomplete {
+                needed: HEADER_LEN - buf.len(),
+            });
+        };
+        let len = usize::from(len);
+        if len > MAX_BODY {
+            return Err(FrameError::TooLong { len });
+        }
+        let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Err(FrameError::Incomplete {
+                needed: HEADER_LEN + len - buf.len(),
+            });
+        };
+        Ok((Frame::parse_body(ty, body)?, HEADER_LEN + len))
+    }
+
+    /// Parse a frame body of type `ty` (the body's length is the frame's length field).
+    pub fn parse_body(ty: u8, body: &'a [u8]) -> Result<Frame<'a>, FrameError> {
+        let bad = FrameError::BadLength {
+            ty,
+            len: body.len(),
+        };
+        let exact = |n: usize| if body.len() == n { Ok(()) } else { Err(bad) };
+        Ok(match ty {
+            T_DATA => {
+                if body.len() <= 8 || body.len() > 8 + MAX_DATA {
+                    return Err(bad);
+                }
+                Frame::Data {
+                    offset: be_u64(body, 0).ok_or(bad)?,
+                    payload: body.get(8..).ok_or(bad)?,
+                }
+            }
+            T_ACK => {
+                exact(8)?;
+                Frame::Ack {
+                    received: be_u64(body, 0).ok_or(bad)?,
+                }
+            }
+            T_RESUME => {
+                exact(12)?;
+                Frame::Resume {
+                    path_id: be_u32(body, 0).ok_or(bad)?,
+                    received: be_u64(body, 4).ok_or(bad)?,
+                }
+            }
+            T_FIN => {
+                exact(8)?;
+                Frame::Fin {
+                    offset: be_u64(body, 0).ok_or(bad)?,
+                }
+            }
+            T_CANDIDATES => Frame::Candidates(parse_candidates(body, bad)?),
+            T_PUNCH => {
+                exact(8)?;
+                Frame::Punch {
+                    attempt: be_u32(body, 0).ok_or(bad)?,
+                    delay_ms: be_u32(body, 4).ok_or(bad)?,
+                }
+            }
+            T_PATH_SWITCH => {
+                exact(4)?;
+                Frame::PathSwitch {
+                    path_id: be_u32(body, 0).ok_or(bad)?,
+                }
+            }
+            T_KEEPALIVE => {
+                exact(8)?;
+                Frame::Keepalive {
+                    nonce: be_u64(body, 0).ok_or(bad)?,
+                }
+            }
+            T_KEEPALIVE_ACK => {
+                exact(8)?;
+                Frame::KeepaliveAck {
+                    nonce: be_u64(body, 0).ok_or(bad)?,
+                }
+            }
+            T_CLOSE => {
+                let code = be_u16(body, 0).ok_or(bad)?;
+                let n = *body.get(2).ok_or(bad)?;
+                if usize::from(n) > MAX_CLOSE_REASON {
+                    return Err(FrameError::ReasonTooLong(n));
+                }
+                exact(3 + usize::from(n))?;
+                let reason = body.get(3..).ok_or(bad)?;
+                let reason = core::str::from_utf8(reason).map_err(|_| FrameError::ReasonNotUtf8)?;
+                Frame::Close { code, reason }
+            }
+            other => return Err(FrameError::UnknownType(other)),
+        })
+    }
+}
+
+fn parse_candidates(body: &[u8], bad: FrameError) -> Result<Vec<Candidate>, FrameError> {
+    let (&count, mut rest) = body.split_first().ok_or(bad)?;
+    if usize::from(count) > MAX_CANDIDATES {
+        return Err(FrameError::TooManyCandidates(count));
+    }
+    let mut out = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let [kind, transport, family, ..] = *rest else {
+            return Err(bad);
+        };
+        let kind = match kind {
+            1 => CandidateKind::Host,
+            2 => CandidateKind::ServerReflexiveTcp,
+            3 => CandidateKind::ServerReflexiveUdp,
+            k => return Err(FrameError::BadCandidateKind(k)),
+        };
+        let transport = match transport {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            p => return Err(FrameError::BadTransport(p)),
+        };
+        let alen = match family {
+            4 => 4,
+            6 => 16,
+            x => return Err(FrameError::BadFamily(x)),
+        };
+        let a = rest.get(3..3 + alen).ok_or(bad)?;
+        let port = be_u16(rest, 3 + alen).ok_or(bad)?;
+        let ip = match <[u8; 4]>::try_from(a) {
+            Ok(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+            Err(_) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(a).map_err(|_| bad)?)),
+        };
+        out.push(Candidate {
+            kind,
+            transport,
+            addr: SocketAddr::new(ip, port),
+        });
+        rest = rest.get(3 + alen + 2..).ok_or(bad)?;
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(out)
+}
+
+/// Append `frame`, header included, to `out`. Nothing is appended on error.
+pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    match frame {
+        Frame::Data { payload: [], .. } => return Err(EncodeError::EmptyData),
+        Frame::Data { payload, .. } if payload.len() > MAX_DATA => {
+            return Err(EncodeError::DataTooLong(payload.len()))
+        }
+        Frame::Candidates(c) if c.len() > MAX_CANDIDATES => {
+            return Err(EncodeError::TooManyCandidates(c.len()))
+        }
+        Frame::Close { reason, .. } if reason.len() > MAX_CLOSE_REASON => {
+            return Err(EncodeError::ReasonTooLong(reason.len()))
+        }
+        _ => {}
+    }
+    let body_len = frame.body_len();
+    // Bounded by the checks above: body_len ≤ MAX_BODY < 2^16.
+    let len16 = u16::try_from(body_len).map_err(|_| EncodeError::DataTooLong(body_len))?;
+    out.reserve(HEADER_LEN + body_len);
+    out.push(frame.frame_type());
+    out.extend_from_slice(&len16.to_be_bytes());
+    match frame {
+        Frame::Data { offset, payload } => {
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Frame::Ack { received } => out.extend_from_slice(&received.to_be_bytes()),
+        Frame::Resume { path_id, received } => {
+            out.extend_from_slice(&path_id.to_be_bytes());
+            out.extend_from_slice(&received.to_be_bytes());
+        }
+        Frame::Fin { offset } => out.extend_from_slice(&offset.to_be_bytes()),
+        Frame::Candidates(cands) => {
+            // ≤ MAX_CANDIDATES, checked above.
+            out.push(cands.len() as u8);
+            for c in cands {
+                out.push(c.kind as u8);
+                out.push(c.transport as u8);
+                match c.addr.ip() {
+                    IpAddr::V4(ip) => {
+                        out.push(4);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                    IpAddr::V6(ip) => {
+                        out.push(6);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                }
+                out.extend_from_slice(&c.addr.port().to_be_bytes());
+            }
+        }
+        Frame::Punch { attempt, delay_ms } => {
+            out.extend_from_slice(&attempt.to_be_bytes());
+            out.extend_from_slice(&delay_ms.to_be_bytes());
+        }
+        Frame::PathSwitch { path_id } => out.extend_from_slice(&path_id.to_be_bytes()),
+        Frame::Keepalive { nonce } | Frame::KeepaliveAck { nonce } => {
+            out.extend_from_slice(&nonce.to_be_bytes())
+        }
+        Frame::Close { code, reason } => {
+            out.extend_from_slice(&code.to_be_bytes());
+            // ≤ MAX_CLOSE_REASON, checked above.
+            out.push(reason.len() as u8);
+            out.extend_from_slice(reason.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Incremental frame decoder for one path's byte stream.
+///
+/// Feed it whatever the path delivers, split at any byte:
+///
+/// ```
+/// # use xtcp_proto::session::{FrameDecoder, Frame};
+/// let mut dec = FrameDecoder::new();
+/// let mut input: &[u8] = &[0x02, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0];
+/// assert_eq!(dec.decode(&mut input), Ok(None)); // all 10 bytes taken, frame incomplete
+/// let mut input: &[u8] = &[42, 0x08];
+/// assert_eq!(dec.decode(&mut input), Ok(Some(Frame::Ack { received: 42 })));
+/// assert_eq!(input, &[0x08]); // the rest stays with the caller
+/// ```
+///
+/// It copies at most one frame (≤ [`HEADER_LEN`] + [`MAX_BODY`] bytes) into its
+/// own buffer and never reads past that frame's end, so its memory is bounded
+/// whatever the input. After an error the path must be dropped; every later call
+/// returns the same error.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// The previous call returned the frame in `buf`; clear it on the next call.
+    yielded: bool,
+    error: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// A decoder at a frame boundary.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take bytes from the front of `input` until one frame is complete, and
+    /// return it; `Ok(None)` when `input` ran out first (all of it was taken).
+    /// Call again with the remaining `input` until it returns `Ok(None)`.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.yielded {
+            self.buf.clear();
+            self.yielded = false;
+        }
+        if self.buf.len() < HEADER_LEN {
+            self.take(input, HEADER_LEN - self.buf.len());
+            if self.buf.len() < HEADER_LEN {
+                return Ok(None);
+            }
+        }
+        let (ty, len) = match self.buf.as_slice() {
+            [ty, hi, lo, ..] => (*ty, usize::from(u16::from_be_bytes([*hi, *lo]))),
+            _ => return Ok(None),
+        };
+        if len > MAX_BODY {
+            self.error = Some(FrameError::TooLong { len });
+            return Err(FrameError::TooLong { len });
+        }
+        let total = HEADER_LEN + len;
+        self.take(input, total - self.buf.len());
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.yielded = true;
+        let body = self.buf.get(HEADER_LEN..total).unwrap_or_default();
+        match Frame::parse_body(ty, body) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                self.error = Some(e);
+                Err(e)
+            }
+        }
+    }
+
+    fn take(&mut self, input: &mut &[u8], want: usize) {
+        let n = want.min(input.len());
+        let (head, tail) = input.split_at(n);
+        self.buf.extend_from_slice(head);
+        *input = tail;
+    }
+
+    /// Bytes of an unfinished frame held (0 at a frame boundary).
+    pub fn buffered(&self) -> usize {
+        if self.yielded {
+            0
+        } else {
+            self.buf.len()
+        }
+    }
+
+    /// The path's stream ended: `Ok` at a frame boundary, else `Truncated`.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        match self.buffered() {
+            0 => Ok(()),
+            buffered => Err(FrameError::Truncated { buffered }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------
+
+/// Session parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Replay buffer capacity in bytes (≥ 1): the most application bytes written
+    /// but not yet acknowledged by the peer. Default [`DEFAULT_REPLAY_CAPACITY`].
+    pub replay_capacity: usize,
+    /// Send an `ACK` once this many new bytes arrived since the last one (≥ 1).
+    /// Default: a quarter of the replay capacity (peers are assumed to use the
+    /// same capacity; with a smaller peer capacity the driver's idle timer,
+    /// [`SessionState::force_ack`], keeps the peer moving).
+    pub ack_every: u64,
+}
+
+impl SessionConfig {
+    /// A configuration with this replay capacity and `ack_every` = capacity / 4.
+    pub fn with_capacity(replay_capacity: usize) -> Self {
+        let replay_capacity = replay_capacity.max(1);
+        SessionConfig {
+            replay_capacity,
+            ack_every: (replay_capacity as u64 / 4).max(1),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_REPLAY_CAPACITY)
+    }
+}
+
+/// A protocol violation by the peer, or a misuse by the driver. Fatal for the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// A frame arrived on (or names) a path that is not open.
+    UnknownPath(u32),
+    /// [`SessionState::open_path`] with an id already open.
+    DuplicatePath(u32),
+    /// [`SessionState::open_path`] with [`MAX_PATHS`] paths open.
+    TooManyPaths,
+    /// The first frame on a path was not `RESUME`.
+    NoResume {
+        /// The path.
+        path: u32,
+    },
+    /// A second `RESUME` on the same path.
+    DuplicateResume {
+        /// The path.
+        path: u32,
+    },
+    /// `RESUME` naming another path than the one it arrived on.
+    ResumePathMismatch {
+        /// The path it arrived on.
+        path: u32,
+        /// The path id it carries.
+        claimed: u32,
+    },
+    /// `RESUME` claims bytes that were never sent.
+    ResumeOutOfRange {
+        /// The claimed offset.
+        received: u64,
+        /// Highest offset ever sent (FIN counted as one).
+        sent: u64,
+    },
+    /// `ACK` for bytes that were never sent.
+    AckBeyondSent {
+        /// The claimed offset.
+        received: u64,
+        /// Highest offset ever sent (FIN counted as one).
+        sent: u64,
+    },
+    /// `ACK` below an earlier `ACK` or `RESUME` on the same path.
+    AckBackwards {
+        /// The path.
+        path: u32,
+        /// The offset in this frame.
+        received: u64,
+        /// The earlier one.
+        previous: u64,
+    },
+    /// `DATA` or `FIN` beyond the next byte expected: bytes are missing.
+    Gap {
+        /// Next in-order offset.
+        expected: u64,
+        /// The frame's offset.
+        offset: u64,
+    },
+    /// `DATA` or `FIN` on a path starting before the end of that path's previous
+    /// `DATA`, or (first `DATA`) before the `RESUME` this side sent on it.
+    PathOutOfOrder {
+        /// The path.
+        path: u32,
+        /// Lowest acceptable offset on the path.
+        expected: u64,
+        /// The frame's offset.
+        offset: u64,
+    },
+    /// `DATA` ending beyond the peer's `FIN`, or past 2^64.
+    DataBeyondFin {
+        /// The `FIN` offset (`u64::MAX` when the end overflowed).
+        fin: u64,
+        /// Where the data ends.
+        end: u64,
+    },
+    /// A `FIN` at another offset than an earlier one.
+    FinMismatch {
+        /// The earlier offset.
+        fin: u64,
+        /// This one.
+        offset: u64,
+    },
+    /// A `FIN` below bytes already received.
+    FinBelowData {
+        /// The `FIN` offset.
+        offset: u64,
+        /// Bytes already received.
+        expected: u64,
+    },
+    /// A frame on a path after the peer's `PATH_SWITCH` on it, or `PATH_SWITCH` to itself.
+    AfterSwitch {
+        /// The path.
+        path: u32,
+    },
+    /// [`SessionState::write`] after [`SessionState::finish`].
+    WriteAfterFinish,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session protocol error: {self:?}")
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// What an incoming frame means for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received<'p> {
+    /// Nothing to hand on (an `ACK`, a `RESUME`, an all-duplicate `DATA`).
+    Nothing,
+    /// New in-order application bytes (a suffix of the frame's payload): they
+    /// count as received from now on; the driver must hand them to the application.
+    Data(&'p [u8]),
+    /// The peer's stream ended; every byte before it was delivered. Returned once.
+    EndOfStream,
+    /// The peer sent `PATH_SWITCH` on `from`: it sends nothing more there.
+    PeerSwitched {
+        /// The path the frame arrived on.
+        from: u32,
+        /// The path the peer uses now.
+        to: u32,
+    },
+    /// A frame the session state does not interpret (`CANDIDATES`, `PUNCH`,
+    /// `KEEPALIVE`, `KEEPALIVE_ACK`, `CLOSE`): the driver's business.
+    Control(Frame<'p>),
+}
+
+#[derive(Clone, Debug)]
+struct PathEntry {
+    id: u32,
+    /// `received` in the `RESUME` this side sent on the path.
+    our_resume: u64,
+    /// Peer's `RESUME` has arrived.
+    peer_resumed: bool,
+    /// Lowest offset the peer's next `DATA` on this path may start at: this
+    /// side's `RESUME` offset, then the end of the previous `DATA`.
+    recv_next: u64,
+    /// Highest `RESUME`/`ACK` offset the peer sent on this path.
+    last_ack: u64,
+    /// The peer sent `PATH_SWITCH` on this path.
+    peer_switched: bool,
+    /// This side switched away (and queued or sent `PATH_SWITCH` here).
+    we_switched: bool,
+}
+
+/// The session layer's state: replay buffer, offsets, path bookkeeping.
+///
+/// Offsets: the application's bytes are numbered from 0. The `FIN` takes one
+/// position after the last byte (like TCP's, RFC 9293 §3.4), so `received =
+/// final length + 1` acknowledges the end of stream.
+///
+/// Send side: `acked ≤ sent ≤ written`; the replay buffer holds
+/// `[min(acked, written), written)`, never more than `replay_capacity` bytes.
+/// Receive side: `expected` is the next in-order byte; new bytes are returned by
+/// [`SessionState::handle_frame`] and never buffered here (backpressure: the
+/// driver stops reading the path while the application does not consume).
+#[derive(Debug)]
+pub struct SessionState {
+    config: SessionConfig,
+    // send side
+    replay: VecDeque<u8>,
+    /// Stream offset of `replay[0]`.
+    replay_base: u64,
+    acked: u64,
+    sent: u64,
+    /// Highest offset ever sent on any path (FIN counted as one).
+    max_sent: u64,
+    written: u64,
+    fin: Option<u64>,
+    fin_sent: bool,
+    // receive side
+    expected: u64,
+    peer_fin: Option<u64>,
+    peer_fin_delivered: bool,
+    last_ack_sent: u64,
+    ack_forced: bool,
+    // paths
+    paths: Vec<PathEntry>,
+    active: Option<u32>,
+    /// `(old path, new path)`: a `PATH_SWITCH` to send on the old path.
+    pending_switch: Option<(u32, u32)>,
+}
+
+impl SessionState {
+    /// A new session; no path is open yet.
+    pub fn new(config: SessionConfig) -> Self {
+        let config = SessionConfig {
+            replay_capacity: config.replay_capacity.max(1),
+            ack_every: config.ack_every.max(1),
+        };
+        SessionState {
+            config,
+            replay: VecDeque::new(),
+            replay_base: 0,
+            acked: 0,
+            sent: 0,
+            max_sent: 0,
+            written: 0,
+            fin: None,
+            fin_sent: false,
+            expected: 0,
+            peer_fin: None,
+            peer_fin_delivered: false,
+            last_ack_sent: 0,
+            ack_forced: false,
+            paths: Vec::new(),
+            active: None,
+            pending_switch: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> SessionConfig {
+        self.config
+    }
+
+    // ----- paths ---------------------------------------------------------
+
+    /// A new path is established (its transport and e2e TLS are up). Returns the
+    /// `RESUME` frame the driver MUST send first on it. Sending continues on the
+    /// current path until the peer's `RESUME` arrives on this one.
+    pub fn open_path(&mut self, path_id: u32) -> Result<Frame<'static>, SessionError> {
+        if self.path(path_id).is_some() {
+            return Err(SessionError::DuplicatePath(path_id));
+        }
+        if self.paths.len() >= MAX_PATHS {
+            return Err(SessionError::TooManyPaths);
+        }
+        let received = self.received();
+        self.paths.push(PathEntry {
+            id: path_id,
+            our_resume: received,
+            peer_resumed: false,
+            recv_next: received,
+            last_ack: 0,
+            peer_switched: false,
+            we_switched: false,
+        });
+        // The RESUME does not count as an ACK here: the new path may die before
+        // the peer reads it, while the old path stays active.
+        Ok(Frame::Resume { path_id, received })
+    }
+
+    /// The path is gone (closed, failed or retired). Unacknowledged bytes stay
+    /// in the replay buffer for the next path. Unknown ids are ignored.
+    pub fn close_path(&mut self, path_id: u32) {
+        self.paths.retain(|p| p.id != path_id);
+        if self.active == Some(path_id) {
+            self.active = None;
+        }
+        if matches!(self.pending_switch, Some((old, _)) if old == path_id) {
+            self.pending_switch = None;
+        }
+    }
+
+    /// The path this side sends on (None before the first peer `RESUME`, or
+    /// after the active path closed until the next one resumes).
+    pub fn active_path(&self) -> Option<u32> {
+        self.active
+    }
+
+    /// Both sides have sent `PATH_SWITCH` on this path: nothing more travels on
+    /// it in either direction once the pending frames are written, so the
+    /// driver may close it.
+    pub fn path_retired(&self, path_id: u32) -> bool {
+        self.path(path_id)
+            .is_some_and(|p| p.peer_switched && p.we_switched)
+            && !matches!(self.pending_switch, Some((old, _)) if old == path_id)
+    }
+
+    /// Ids of the open paths.
+    pub fn paths(&self) -> impl Iterator<Item = u32> + '_ {
+        self.paths.iter().map(|p| p.id)
+    }
+
+    fn path(&self, id: u32) -> Option<&PathEntry> {
+        self.paths.iter().find(|p| p.id == id)
+    }
+
+    fn path_mut(&mut self, id: u32) -> Result<&mut PathEntry, SessionError> {
+        self.paths
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or(SessionError::UnknownPath(id))
+    }
+
+    // ----- send side -----------------------------------------------------
+
+    /// Accept application bytes into the replay buffer, as many as fit; returns
+    /// how many (0 when full: wait for the peer's `ACK`).
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, SessionError> {
+        if self.fin.is_some() {
+            return Err(SessionError::WriteAfterFinish);
+        }
+        let n = data.len().min(self.free_space());
+        self.replay.extend(data.iter().take(n));
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    /// Free bytes in the replay buffer.
+    pub fn free_space(&self) -> usize {
+        self.config
+            .replay_capacity
+            .saturating_sub(self.replay.len())
+    }
+
+    /// Bytes held in the replay buffer (≤ `replay_capacity`).
+    pub fn replay_len(&self) -> usize {
+        self.replay.len()
+    }
+
+    /// End the application's stream after the bytes written so far (idempotent).
+    pub fn finish(&mut self) {
+        if self.fin.is_none() {
+            self.fin = Some(self.written);
+        }
+    }
+
+    /// Offset of the next application byte to be written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Next offset to send on the active path.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The peer's cumulative acknowledgement (FIN counted as one).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The peer acknowledged this side's `FIN`: every byte was received.
+    pub fn fin_acked(&self) -> bool {
+        self.fin.is_some_and(|f| self.acked > f)
+    }
+
+    /// The next `DATA` for the active path: up to `max_len` (and
+    /// [`MAX_DATA`]) bytes from `sent`. May be shorter than available when the
+    /// replay buffer wraps; call again. Marks the bytes sent.
+    pub fn poll_data(&mut self, max_len: usize) -> Option<(u64, &[u8])> {
+        if !self.can_send() || self.sent >= self.written || max_len == 0 {
+            return None;
+        }
+        let idx = usize::try_from(self.sent.checked_sub(self.replay_base)?).ok()?;
+        let (a, b) = self.replay.as_slices();
+        let s = match a.get(idx..) {
+            Some(s) if !s.is_empty() => s,
+            _ => b.get(idx.checked_sub(a.len())?..)?,
+        };
+        let n = s.len().min(max_len).min(MAX_DATA);
+        let chunk = s.get(..n).filter(|c| !c.is_empty())?;
+        let offset = self.sent;
+        self.sent += n as u64;
+        self.max_sent = self.max_sent.max(self.sent);
+        Some((offset, chunk))
+    }
+
+    /// The `FIN` offset, once all data is sent and the `FIN` is due on the active
+    /// path (again after a resume if it was not acknowledged). Marks it sent.
+    pub fn poll_fin(&mut self) -> Option<u64> {
+        let f = self.fin?;
+        if self.fin_sent || !self.can_send() || self.sent < f || self.acked > f {
+            return None;
+        }
+        self.fin_sent = true;
+        self.max_sent = self.max_sent.max(f.saturating_add(1));
+        Some(f)
+    }
+
+    fn can_send(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The next frame to send and the path to send it on: a pending
+    /// `PATH_SWITCH` (on the old path), then `ACK`, `DATA` (≤ `max_data`
+    /// payload bytes), `FIN`. None when there is nothing to send.
+    pub fn poll_transmit(&mut self, max_data: usize) -> Option<(u32, Frame<'_>)> {
+        if let Some((old, new)) = self.pending_switch.take() {
+            return Some((old, Frame::PathSwitch { path_id: new }));
+        }
+        let path = self.active?;
+        if let Some(received) = self.poll_ack() {
+            return Some((path, Frame::Ack { received }));
+        }
+        if self.sent < self.written {
+            return self
+                .poll_data(max_data)
+                .map(|(offset, payload)| (path, Frame::Data { offset, payload }));
+        }
+        self.poll_fin().map(|offset| (path, Frame::Fin { offset }))
+    }
+
+    fn apply_ack(&mut self, received: u64) {
+        if received <= self.acked {
+            return;
+        }
+        self.acked = received;
+        let to = received.min(self.written);
+        let free = usize::try_from(to.saturating_sub(self.replay_base)).unwrap_or(usize::MAX);
+        self.replay.drain(..free.min(self.replay.len()));
+        self.replay_base = to;
+        self.sent = self.sent.max(to);
+    }
+
+    // ----- receive side --------------------------------------------------
+
+    /// Next in-order application byte expected from the peer.
+    pub fn expected(&self) -> u64 {
+        self.expected
+    }
+
+    /// The cumulative offset this side acknowledges: `expected`, plus one once
+    /// the peer's `FIN` was delivered.
+    pub fn received(&self) -> u64 {
+        self.expected
+            .saturating_add(u64::from(self.peer_fin_delivered))
+    }
+
+    /// The peer's end of stream was delivered.
+    pub fn peer_finished(&self) -> bool {
+        self.peer_fin_delivered
+    }
+
+    /// Both directions are complete: this side's `FIN` is acknowledged and the
+    /// peer's was delivered. The driver may close the session.
+    pub fn is_complete(&self) -> bool {
+        self.fin_acked() && self.peer_fin_delivered
+    }
+
+    /// Ask for an `ACK` at the next [`SessionState::poll_ack`] if anything new
+    /// arrived (the driver's idle timer, e.g. 100 ms).
+    pub fn force_ack(&mut self) {
+        self.ack_forced = true;
+    }
+
+    /// `Some(received)` when an `ACK` is due on the active path: `ack_every` new
+    /// bytes since the last `ACK`, the peer's `FIN` delivered, or
+    /// [`SessionState::force_ack`] called, and something new to acknowledge.
+    pub fn poll_ack(&mut self) -> Option<u64> {
+        self.active?;
+        let r = self.received();
+        let new = r.saturating_sub(self.last_ack_sent);
+        if new == 0 {
+            self.ack_forced = false;
+            return None;
+        }
+        let fin_news = self.peer_fin_delivered && r > self.last_ack_sent;
+        if new >= self.config.ack_every || self.ack_forced || fin_news {
+            self.ack_forced = false;
+            self.last_ack_sent = r;
+            return Some(r);
+        }
+        None
+    }
+
+    /// Process one frame that arrived on `path`.
+    pub fn handle_frame<'p>(
+        &mut self,
+        path: u32,
+        frame: Frame<'p>,
+    ) -> Result<Received<'p>, SessionError> {
+        let entry = self.path_mut(path)?;
+        if entry.peer_switched {
+            return Err(SessionError::AfterSwitch { path });
+        }
+        if !entry.peer_resumed {
+            return match frame {
+                Frame::Resume { path_id, received } => {
+                    self.on_resume(path, path_id, received)?;
+                    Ok(Received::Nothing)
+                }
+                _ => Err(SessionError::NoResume { path }),
+            };
+        }
+        match frame {
+            Frame::Resume { .. } => Err(SessionError::DuplicateResume { path }),
+            Frame::Data { offset, payload } => self.on_data(path, offset, payload).map(|d| {
+                if d.is_empty() {
+                    Received::Nothing
+                } else {
+                    Received::Data(d)
+                }
+            }),
+            Frame::Ack { received } => {
+                self.on_ack(path, received)?;
+                Ok(Received::Nothing)
+            }
+            Frame::Fin { offset } => self.on_fin(path, offset),
+            Frame::PathSwitch { path_id } => {
+                if path_id == path {
+                    return Err(SessionError::AfterSwitch { path });
+                }
+                self.path_mut(path)?.peer_switched = true;
+                Ok(Received::PeerSwitched {
+                    from: path,
+                    to: path_id,
+                })
+            }
+            other => Ok(Received::Control(other)),
+        }
+    }
+
+    /// The peer's `RESUME` on `path` (normally via [`SessionState::handle_frame`]).
+    fn on_resume(&mut self, path: u32, claimed: u32, received: u64) -> Result<(), SessionError> {
+        if claimed != path {
+            return Err(SessionError::ResumePathMismatch { path, claimed });
+        }
+        if received > self.max_sent {
+            return Err(SessionError::ResumeOutOfRange {
+                received,
+                sent: self.max_sent,
+            });
+        }
+        let entry = self.path_mut(path)?;
+        entry.peer_resumed = true;
+        entry.last_ack = received;
+        // ACKs sent on the old path may die with it; what the peer surely learns
+        // is the RESUME this side sent on the new one. Acknowledge again from there.
+        let our_resume = entry.our_resume;
+        self.last_ack_sent = our_resume;
+        // A RESUME below `acked` is stale (an ACK sent after it overtook it on the
+        // old path); the bytes below `acked` are gone, and the peer has them.
+        self.apply_ack(received);
+        self.sent = self.acked.min(self.written);
+        if self.fin.is_some_and(|f| self.acked <= f) {
+            self.fin_sent = false;
+        }
+        if let Some(old) = self.active.filter(|&old| old != path) {
+            if let Ok(p) = self.path_mut(old) {
+                p.we_switched = true;
+                self.pending_switch = Some((old, path));
+            }
+        }
+        self.active = Some(path);
+        Ok(())
+    }
+
+    /// The peer's `ACK` on `path`.
+    fn on_ack(&mut self, path: u32, received: u64) -> Result<(), SessionError> {
+        let max_sent = self.max_sent;
+        let entry = self.path_mut(path)?;
+        if received < entry.last_ack {
+            return Err(SessionError::AckBackwards {
+                path,
+                received,
+                previous: entry.last_ack,
+            });
+        }
+        if received > max_sent {
+            return Err(SessionError::AckBeyondSent {
+                received,
+                sent: max_sent,
+            });
+        }
+        entry.last_ack = received;
+        self.apply_ack(received);
+        Ok(())
+    }
+
+    /// The peer's `DATA` on `path`: returns the new in-order suffix of `payload`.
+    fn on_data<'p>(
+        &mut self,
+        path: u32,
+        offset: u64,
+        payload: &'p [u8],
+    ) -> Result<&'p [u8], SessionError> {
+        let end = offset
+            .checked_add(payload.len() as u64)
+            .ok_or(SessionError::DataBeyondFin {
+                fin: u64::MAX,
+                end: u64::MAX,
+            })?;
+        if let Some(fin) = self.peer_fin.filter(|&f| end > f) {
+            return Err(SessionError::DataBeyondFin { fin, end });
+        }
+        let expected = self.expected;
+        let entry = self.path_mut(path)?;
+        if offset < entry.recv_next {
+            return Err(SessionError::PathOutOfOrder {
+                path,
+                expected: entry.recv_next,
+                offset,
+            });
+        }
+        if offset > expected {
+            return Err(SessionError::Gap { expected, offset });
+        }
+        entry.recv_next = end;
+        if end <= expected {
+            return Ok(&[]);
+        }
+        let skip = usize::try_from(expected - offset).unwrap_or(usize::MAX);
+        let fresh = payload.get(skip..).unwrap_or_default();
+        self.expected = end;
+        Ok(fresh)
+    }
+
+    /// The peer's `FIN` on `path`.
+    fn on_fin(&mut self, path: u32, offset: u64) -> Result<Received<'static>, SessionError> {
+        if let Some(fin) = self.peer_fin.filter(|&f| f != offset) {
+            return Err(SessionError::FinMismatch { fin, offset });
+        }
+        let expected = self.expected;
+        if offset > expected {
+            return Err(SessionError::Gap { expected, offset });
+        }
+        if offset < expected {
+            return Err(SessionError::FinBelowData { offset, expected });
+        }
+        let entry = self.path_mut(path)?;
+        if offset < entry.recv_next {
+            return Err(SessionError::PathOutOfOrder {
+                path,
+                expected: entry.recv_next,
+                offset,
+            });
+        }
+        self.peer_fin = Some(offset);
+        if self.peer_fin_delivered {
+            return Ok(Received::Nothing);
+        }
+        self.peer_fin_delivered = true;
+        Ok(Received::EndOfStream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(f: &Frame<'_>) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(f, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn data_vector_and_roundtrip() {
+        let f = Frame::Data {
+            offset: 0x0102,
+            payload: b"hi",
+        };
+        let b = enc(&f);
+        assert_eq!(b, [1, 0, 10, 0, 0, 0, 0, 0, 0, 1, 2, b'h', b'i']);
+        assert_eq!(Frame::parse(&b), Ok((f, 13)));
+    }
+
+    #[test]
+    fn decoder_byte_by_byte() {
+        let mut stream = enc(&Frame::Ack { received: 7 });
+        stream.extend(enc(&Frame::Fin { offset: 9 }));
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in &stream {
+            let mut input: &[u8] = core::slice::from_ref(b);
+            while let Some(f) = dec.decode(&mut input).unwrap() {
+                got.push(f.clone().frame_type());
+            }
+        }
+        assert_eq!(got, [T_ACK, T_FIN]);
+        assert_eq!(dec.finish(), Ok(()));
+    }
+}
