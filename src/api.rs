@@ -16,13 +16,15 @@
 //! TLS itself, splices sessions or flips bits causes a clean failure, never
 //! accepted data (see `spec/session.md`, `spec/relay.md`).
 
-use crate::e2e::{self, E2eError, E2eOptions, E2eStream, Role};
-use crate::relay::client::{self, RelayClientConfig, RelayError, RelayedStream, WaitingSession};
+use crate::e2e::{self, E2eError, E2eOptions, Role};
+use crate::relay::client::{self, RelayClientConfig, RelayError, WaitingSession};
 use crate::secret::SessionSecret;
+use crate::session::{DirectOptions, SessionStream};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -117,6 +119,8 @@ impl From<E2eError> for Error {
 pub struct Options {
     pub relay: RelayClientConfig,
     pub e2e: E2eOptions,
+    /// Direct paths and the session layer (`spec/direct.md`).
+    pub direct: DirectOptions,
 }
 
 /// A host's session, registered on a relay and waiting for its guest.
@@ -124,6 +128,7 @@ pub struct HostSession {
     secret: SessionSecret,
     waiting: WaitingSession,
     e2e: E2eOptions,
+    direct: DirectOptions,
 }
 
 impl fmt::Debug for HostSession {
@@ -142,6 +147,7 @@ pub async fn host(opts: &Options) -> Result<HostSession, Error> {
         secret,
         waiting,
         e2e: opts.e2e.clone(),
+        direct: opts.direct.clone(),
     })
 }
 
@@ -160,12 +166,14 @@ impl HostSession {
         let paired = self.waiting.paired().await?;
         let relay = paired.relay.clone();
         let stream = e2e::handshake(paired.stream, Role::Host, &self.secret, &self.e2e).await?;
-        Ok(Session {
-            inner: stream,
-            path: Path::Relay,
+        Ok(Session::start(
+            stream,
+            Role::Host,
+            Arc::new(self.secret),
             relay,
-            observed: paired.observed,
-        })
+            paired.observed,
+            self.direct,
+        ))
     }
 }
 
@@ -175,20 +183,22 @@ pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
     let paired = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
     let relay = paired.relay.clone();
     let stream = e2e::handshake(paired.stream, Role::Guest, &secret, &opts.e2e).await?;
-    Ok(Session {
-        inner: stream,
-        path: Path::Relay,
+    Ok(Session::start(
+        stream,
+        Role::Guest,
+        Arc::new(secret),
         relay,
-        observed: paired.observed,
-    })
+        paired.observed,
+        opts.direct.clone(),
+    ))
 }
 
 /// One authenticated, end-to-end encrypted byte stream between host and guest.
 /// Only [`HostSession::accept`] and [`join`] construct it, after the peer
 /// proved knowledge of the session code.
 pub struct Session {
-    inner: E2eStream<RelayedStream>,
-    path: Path,
+    inner: SessionStream,
+    cipher: String,
     relay: String,
     observed: SocketAddr,
 }
@@ -196,22 +206,57 @@ pub struct Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("path", &self.path)
+            .field("path", &self.inner.path())
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
-    /// The path the bytes currently take.
-    pub fn path(&self) -> Path {
-        self.path
-    }
-    /// The negotiated TLS 1.3 cipher suite.
-    pub fn cipher_suite(&self) -> String {
-        self.inner
+    fn start(
+        relay_path: e2e::E2eStream<client::RelayedStream>,
+        role: Role,
+        secret: Arc<SessionSecret>,
+        relay: String,
+        observed: SocketAddr,
+        direct: DirectOptions,
+    ) -> Session {
+        let cipher = relay_path
             .cipher_suite()
             .map(|s| format!("{s:?}"))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let relay_exporter = relay_path.exporter();
+        let inner = crate::session::start(crate::session::Start {
+            relay: Box::new(relay_path),
+            role,
+            secret,
+            relay_exporter,
+            observed,
+            opts: direct,
+        });
+        Session {
+            inner,
+            cipher,
+            relay,
+            observed,
+        }
+    }
+    /// The path the bytes currently take.
+    pub fn path(&self) -> Path {
+        self.inner.path()
+    }
+    /// Path changes as they happen: `changed().await`, then `borrow()`.
+    pub fn path_events(&self) -> tokio::sync::watch::Receiver<Path> {
+        self.inner.path_events()
+    }
+    /// A handle to watch (and, in tests, disturb) the session's path from
+    /// another task while this one does I/O.
+    pub fn control(&self) -> crate::session::SessionControl {
+        self.inner.control()
+    }
+    /// The negotiated TLS 1.3 cipher suite (of the relay path; direct paths
+    /// use the same profile).
+    pub fn cipher_suite(&self) -> String {
+        self.cipher.clone()
     }
     /// The relay the session met on.
     pub fn relay(&self) -> &str {

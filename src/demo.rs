@@ -96,6 +96,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     let opts = Options {
         relay: relay_cfg.clone(),
         e2e: E2eOptions::default(),
+        direct: Default::default(),
     };
     let t0 = Instant::now();
     let host = crate::host(&opts).await.map_err(err)?;
@@ -107,6 +108,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
             ..relay_cfg
         },
         e2e: E2eOptions::default(),
+        direct: Default::default(),
     };
     let (h, g) = tokio::try_join!(async { host.accept().await.map_err(err) }, async {
         crate::join(&code, &guest_opts).await.map_err(err)

@@ -12,10 +12,12 @@ pub use proto;
 
 pub mod api;
 pub mod demo;
+pub mod direct;
 pub mod e2e;
 pub mod net;
 pub mod relay;
 pub mod secret;
+pub mod session;
 pub mod simdemo;
 pub mod tls;
 

@@ -74,6 +74,48 @@ struct RelayArgs {
     /// Seconds to reach a relay (TCP + TLS).
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
+    /// Stay on the relay path (no direct connection attempts).
+    #[arg(long, conflicts_with = "no_relay_fallback")]
+    relay_only: bool,
+    /// Once a direct path is up, close the relay connection (a dead direct
+    /// path then ends the session instead of falling back).
+    #[arg(long)]
+    no_relay_fallback: bool,
+    /// Seconds without hearing from the direct path before it counts as dead.
+    #[arg(long, default_value_t = 5.0)]
+    keepalive_timeout: f64,
+}
+
+fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String> {
+    use xtcp::session::{DirectOptions, PathPolicy};
+    let keepalive_timeout = std::time::Duration::try_from_secs_f64(a.keepalive_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or("--keepalive-timeout must be a positive number of seconds")?;
+    Ok(DirectOptions {
+        policy: if a.relay_only {
+            PathPolicy::RelayOnly
+        } else if a.no_relay_fallback {
+            PathPolicy::NoRelayFallback
+        } else {
+            PathPolicy::Auto
+        },
+        keepalive_timeout,
+        keepalive_interval: (keepalive_timeout / 5).max(std::time::Duration::from_millis(50)),
+        ..DirectOptions::default()
+    })
+}
+
+/// Print `path: …` on stderr each time the session changes path.
+fn report_paths(session: &xtcp::Session) {
+    let mut ev = session.path_events();
+    eprintln!("path: {}", *ev.borrow_and_update());
+    tokio::spawn(async move {
+        while ev.changed().await.is_ok() {
+            let p = *ev.borrow_and_update();
+            eprintln!("path: {p}");
+        }
+    });
 }
 
 #[derive(Args, Debug)]
@@ -285,11 +327,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let opts = xtcp::Options {
                 relay: relay_config(&relay)?,
                 e2e: Default::default(),
+                direct: direct_options(&relay)?,
             };
             let host = xtcp::host(&opts).await.map_err(|e| e.to_string())?;
             eprintln!("code: {}", host.code());
             let session = host.accept().await.map_err(|e| e.to_string())?;
-            eprintln!("path: {}", session.path());
+            report_paths(&session);
             pipe_stdio(session)
                 .await
                 .map_err(|e| format!("connection: {e}"))
@@ -298,9 +341,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let opts = xtcp::Options {
                 relay: relay_config(&relay)?,
                 e2e: Default::default(),
+                direct: direct_options(&relay)?,
             };
             let session = xtcp::join(&code, &opts).await.map_err(|e| e.to_string())?;
-            eprintln!("path: {}", session.path());
+            report_paths(&session);
             pipe_stdio(session)
                 .await
                 .map_err(|e| format!("connection: {e}"))

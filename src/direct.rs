@@ -1,0 +1,312 @@
+//! Direct TCP paths between the peers (`spec/direct.md` §4): candidate
+//! gathering, a listener on an OS-assigned port, outgoing connections from
+//! that same port (TCP simultaneous open through NATs, RFC 9293 §3.5 figure
+//! 8), and the end-to-end handshake that proves the session on each
+//! connection, bound to the relay path's TLS exporter.
+//!
+//! Every connection that completes TCP is handed to
+//! [`crate::e2e::handshake`] with the session secret and the binding
+//! `"xtcp direct v1" ‖ relay exporter`: a party that knows everything the
+//! relay knows (rendezvous id, addresses) but not the code fails the HMAC
+//! tag and is dropped; a tag from another session (another exporter) fails
+//! too. The first proven connection is offered to the session driver; the
+//! host decides which one carries the session (`RESUME` on it).
+
+use crate::e2e::{self, E2eOptions, Role};
+use crate::secret::SessionSecret;
+use proto::session::{Candidate, CandidateKind, Transport};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+/// A byte stream that can carry a session path.
+pub trait PathIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PathIo for T {}
+
+/// A proven direct connection (e2e TLS done, peer's tag verified).
+pub(crate) struct DirectConn {
+    pub io: Box<dyn PathIo>,
+    pub remote: SocketAddr,
+}
+
+/// Most candidates this side advertises (the frame allows 32).
+const MAX_OWN_CANDIDATES: usize = 16;
+
+/// What a direct attempt needs to know.
+#[derive(Clone)]
+pub(crate) struct DirectCtx {
+    pub secret: Arc<SessionSecret>,
+    pub role: Role,
+    pub relay_exporter: [u8; 32],
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub found: mpsc::Sender<DirectConn>,
+}
+
+impl DirectCtx {
+    fn e2e_options(&self) -> E2eOptions {
+        let mut binding = b"xtcp direct v1".to_vec();
+        binding.extend_from_slice(&self.relay_exporter);
+        E2eOptions {
+            handshake_timeout: self.handshake_timeout,
+            binding,
+        }
+    }
+
+    /// Prove the session on `tcp`, then offer it to the driver.
+    async fn prove(self, tcp: TcpStream, remote: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let opts = self.e2e_options();
+        match e2e::handshake(tcp, self.role, &self.secret, &opts).await {
+            Ok(s) => {
+                let _ = self
+                    .found
+                    .send(DirectConn {
+                        io: Box::new(s),
+                        remote,
+                    })
+                    .await;
+            }
+            Err(e) => tracing::debug!(%remote, "direct tcp: handshake failed: {e}"),
+        }
+    }
+}
+
+fn reuse_socket(local: SocketAddr) -> io::Result<TcpSocket> {
+    let s = match local {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Listener and outgoing connections share one port: that is what lets a
+    // NAT that maps endpoint-independently carry a simultaneous open.
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(local)?;
+    Ok(s)
+}
+
+/// The listening side of direct TCP: an OS-assigned port on all IPv4
+/// addresses; every accepted connection is proven and offered.
+pub(crate) struct DirectListener {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DirectListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DirectListener {
+    pub fn start(ctx: DirectCtx) -> io::Result<DirectListener> {
+        let s = reuse_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+        let l: TcpListener = s.listen(64)?;
+        let port = l.local_addr()?.port();
+        let task = tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    r = l.accept() => match r {
+                        Ok((tcp, remote)) => {
+                            // Bounded: a flood of connections that never finish
+                            // their handshake cannot pile up tasks.
+                            if set.len() < 64 {
+                                set.spawn(ctx.clone().prove(tcp, remote));
+                            }
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
+                    Some(_) = set.join_next(), if !set.is_empty() => {}
+                }
+            }
+        });
+        Ok(DirectListener { port, task })
+    }
+}
+
+/// Connect from `local_port` to every candidate at once (simultaneous open
+/// where the peer connects to us at the same time); each connection that
+/// completes is proven and offered. Returns when all attempts ended.
+pub(crate) async fn dial_all(ctx: DirectCtx, local_port: u16, peers: Vec<SocketAddr>) {
+    let mut set = tokio::task::JoinSet::new();
+    for peer in peers {
+        let ctx = ctx.clone();
+        set.spawn(async move {
+            let local = match peer {
+                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), local_port),
+                SocketAddr::V6(_) => return,
+            };
+            let Ok(sock) = reuse_socket(local) else {
+                return;
+            };
+            match tokio::time::timeout(ctx.connect_timeout, sock.connect(peer)).await {
+                Ok(Ok(tcp)) => ctx.prove(tcp, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "direct tcp: connect: {e}"),
+                Err(_) => tracing::debug!(%peer, "direct tcp: connect timed out"),
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// This host's candidates for a listener on `port`: its IPv4 interface
+/// addresses (loopback only when the relay saw us on loopback, i.e. both
+/// peers and the relay share a machine) and the address the relay observed
+/// (server-reflexive) with the same port, which a port-preserving NAT keeps.
+pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut push = |kind, ip: IpAddr| {
+        let addr = SocketAddr::new(ip, port);
+        if out.len() < MAX_OWN_CANDIDATES && !out.iter().any(|c| c.addr == addr) {
+            out.push(Candidate {
+                kind,
+                transport: Transport::Tcp,
+                addr,
+            });
+        }
+    };
+    // Seen on loopback: the peers share this machine with the relay, and
+    // loopback is the only address worth offering.
+    if observed.ip().is_loopback() {
+        push(CandidateKind::Host, observed.ip());
+        return out;
+    }
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(ip) = ifa
+                .address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in())
+                .map(|s| IpAddr::V4(s.ip()))
+            else {
+                continue;
+            };
+            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                continue;
+            }
+            push(CandidateKind::Host, ip);
+        }
+    }
+    if observed.is_ipv4() && !observed.ip().is_unspecified() {
+        push(CandidateKind::ServerReflexiveTcp, observed.ip());
+    }
+    out
+}
+
+/// The peer's TCP candidates worth dialling (IPv4; loopback only when ours
+/// would be offered too).
+pub(crate) fn dialable(peer: &[Candidate], observed: SocketAddr) -> Vec<SocketAddr> {
+    let loopback_ok = observed.ip().is_loopback();
+    let mut v: Vec<SocketAddr> = peer
+        .iter()
+        .filter(|c| c.transport == Transport::Tcp && c.addr.is_ipv4() && c.addr.port() != 0)
+        .filter(|c| loopback_ok || !c.addr.ip().is_loopback())
+        .map(|c| c.addr)
+        .collect();
+    v.dedup();
+    v.truncate(MAX_OWN_CANDIDATES * 2);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_offers_the_reflexive_address_with_the_listening_port() {
+        let obs: SocketAddr = "198.18.0.7:40000".parse().unwrap();
+        let c = gather(5555, obs);
+        assert!(c.iter().any(|c| c.kind == CandidateKind::ServerReflexiveTcp
+            && c.addr == "198.18.0.7:5555".parse().unwrap()));
+        assert!(c.iter().all(|c| c.addr.port() == 5555));
+        assert!(
+            c.iter().all(|c| !c.addr.ip().is_loopback()),
+            "no loopback unless the relay saw loopback"
+        );
+        let c = gather(5555, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.len(), 1, "loopback only, when the relay saw loopback");
+        assert_eq!(c[0].addr, "127.0.0.1:5555".parse().unwrap());
+    }
+
+    #[test]
+    fn dialable_skips_udp_v6_port_zero_and_foreign_loopback() {
+        let mk = |t, a: &str| Candidate {
+            kind: CandidateKind::Host,
+            transport: t,
+            addr: a.parse().unwrap(),
+        };
+        let peer = vec![
+            mk(Transport::Tcp, "198.18.1.1:7"),
+            mk(Transport::Udp, "198.18.1.1:8"),
+            mk(Transport::Tcp, "[2001:db8::1]:7"),
+            mk(Transport::Tcp, "198.18.1.2:0"),
+            mk(Transport::Tcp, "127.0.0.1:7"),
+        ];
+        let v = dialable(&peer, "198.18.0.9:1".parse().unwrap());
+        assert_eq!(v, vec!["198.18.1.1:7".parse::<SocketAddr>().unwrap()]);
+        let v = dialable(&peer, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(v.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod forged {
+    use super::*;
+
+    fn ctx(
+        secret: SessionSecret,
+        role: Role,
+        exporter: [u8; 32],
+    ) -> (DirectCtx, mpsc::Receiver<DirectConn>) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            DirectCtx {
+                secret: Arc::new(secret),
+                role,
+                relay_exporter: exporter,
+                handshake_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                found: tx,
+            },
+            rx,
+        )
+    }
+
+    /// Someone who knows what the relay knows (rendezvous id, addresses, the
+    /// listening port) but not the code, or who replays another session's
+    /// binding, gets no direct path; the rightful peer does.
+    #[tokio::test]
+    async fn direct_attempt_without_the_code_or_with_another_binding_is_rejected() {
+        let s = SessionSecret::generate().unwrap();
+        let code = s.code();
+        let exporter = [7u8; 32];
+        let (host, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Host, exporter);
+        let l = DirectListener::start(host).unwrap();
+        let target: SocketAddr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), l.port);
+        // (1) a stranger's own secret, right binding.
+        let (stranger, mut sfound) = ctx(SessionSecret::generate().unwrap(), Role::Guest, exporter);
+        dial_all(stranger, 0, vec![target]).await;
+        // (2) the right code, but the binding of another relay path.
+        let (replayer, mut rfound) =
+            ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, [8u8; 32]);
+        dial_all(replayer, 0, vec![target]).await;
+        assert!(sfound.try_recv().is_err() && rfound.try_recv().is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), found.recv())
+                .await
+                .is_err(),
+            "the host accepted no forged direct path"
+        );
+        // (3) the rightful guest gets through, on both ends.
+        let (guest, mut gfound) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        dial_all(guest, 0, vec![target]).await;
+        assert!(gfound.try_recv().is_ok(), "guest proved the path");
+        let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
+        assert!(matches!(got, Ok(Some(_))), "host proved the path");
+    }
+}

@@ -1,0 +1,1127 @@
+//! The session driver (`spec/direct.md`): one application byte stream over a
+//! succession of paths, the relay path first, a direct TCP path as soon as
+//! one is proven, and back to the relay when the direct path dies, without
+//! losing, duplicating or reordering a byte.
+//!
+//! ```text
+//!  application ⇄ SessionStream ⇄ Shared{SessionState, rx} ⇄ driver task
+//!                                                   ├─ path slot: relay  (reader task, writer task)
+//!                                                   └─ path slot: direct (reader task, writer task)
+//! ```
+//!
+//! The sans-IO [`proto::session::SessionState`] holds the replay buffer and
+//! offsets; this module owns sockets, time and the path life cycle:
+//!
+//! * path ids: relay epochs are even (0, 2, 4 …), direct paths odd, chosen by
+//!   the host (`2n + 1` for attempt `n`); both sides compute the next relay
+//!   epoch the same way, so a fallback started by both at once agrees;
+//! * a new direct connection is offered by [`crate::direct`] after its e2e
+//!   handshake; the host picks the first and sends `RESUME` on it; the guest
+//!   follows the host's `RESUME`; the loser connections are dropped;
+//! * liveness: a path that carried nothing for `keepalive_timeout` (keepalives
+//!   every `keepalive_interval` on idle paths keep live ones talking) is dead;
+//!   if it was the direct path, both sides reopen the relay stream with the
+//!   next even id and the replay buffer resends from the peer's `RESUME`.
+
+use crate::api::Path;
+use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
+use crate::e2e::Role;
+use crate::secret::SessionSecret;
+use proto::session::{
+    encode, Candidate, Frame, FrameDecoder, Received, SessionConfig, SessionError, SessionState,
+    MAX_DATA,
+};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+/// Which paths a session may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Relay first, direct when possible, back to the relay when it dies.
+    #[default]
+    Auto,
+    /// Never leave the relay.
+    RelayOnly,
+    /// Move to a direct path when possible and close the relay; a dead
+    /// direct path then ends the session.
+    NoRelayFallback,
+}
+
+/// Tunables of the direct path and the session layer.
+#[derive(Clone, Debug)]
+pub struct DirectOptions {
+    pub policy: PathPolicy,
+    /// Bound on one direct TCP connect.
+    pub connect_timeout: Duration,
+    /// Bound on the e2e handshake of one direct connection.
+    pub handshake_timeout: Duration,
+    /// Keepalive on a path that sent nothing for this long.
+    pub keepalive_interval: Duration,
+    /// A path that received nothing for this long is dead.
+    pub keepalive_timeout: Duration,
+    /// After losing the direct path, try again this much later.
+    pub retry_after: Duration,
+    /// Most application bytes sent but not yet acknowledged end to end.
+    pub replay_capacity: usize,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        DirectOptions {
+            policy: PathPolicy::Auto,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(10),
+            replay_capacity: proto::session::DEFAULT_REPLAY_CAPACITY,
+        }
+    }
+}
+
+/// Bytes handed to the application's reads at most, buffered (beyond it the
+/// driver stops reading the paths: backpressure to the peer).
+const RX_CAP: usize = 1 << 20;
+/// Frames coalesced into one write of a path at most.
+const OUT_BATCH: usize = 64 * 1024;
+/// One frame's payload: a frame plus its header fits one 16 KiB TLS record.
+const FRAME_DATA: usize = 16 * 1024 - 16;
+/// Chunks queued from a path's reader to the driver.
+const READ_QUEUE: usize = 8;
+/// Writes queued to a path's writer.
+const WRITE_QUEUE: usize = 4;
+/// How long a dropped session keeps going to deliver what was written.
+const LINGER: Duration = Duration::from_secs(30);
+
+struct Shared {
+    st: SessionState,
+    rx: VecDeque<u8>,
+    rx_eof: bool,
+    error: Option<(io::ErrorKind, String)>,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+    app_gone: bool,
+}
+
+impl Shared {
+    fn fail(&mut self, kind: io::ErrorKind, msg: String) {
+        if self.error.is_none() {
+            self.error = Some((kind, msg));
+        }
+        self.wake();
+    }
+    fn wake(&mut self) {
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Link {
+    shared: Mutex<Shared>,
+    notify: Notify,
+    path: watch::Sender<Path>,
+    /// Test hook: close the direct path's socket abruptly.
+    sever: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The application's end of a session: one byte stream, whatever the path.
+pub struct SessionStream {
+    link: Arc<Link>,
+    path: watch::Receiver<Path>,
+}
+
+impl std::fmt::Debug for SessionStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStream")
+            .field("path", &*self.path.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStream {
+    /// The path the session's bytes take now.
+    pub fn path(&self) -> Path {
+        *self.path.borrow()
+    }
+    /// Path changes as they happen (`changed().await`, then `borrow()`).
+    pub fn path_events(&self) -> watch::Receiver<Path> {
+        self.path.clone()
+    }
+    /// A handle that watches and steers the session from elsewhere.
+    pub fn control(&self) -> SessionControl {
+        SessionControl {
+            link: self.link.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Watches a session's path from another task (see [`SessionStream::control`]).
+#[derive(Clone)]
+pub struct SessionControl {
+    link: Arc<Link>,
+    path: watch::Receiver<Path>,
+}
+
+impl SessionControl {
+    /// The path the session's bytes take now.
+    pub fn path(&self) -> Path {
+        *self.path.borrow()
+    }
+    /// Close the direct path's socket at once, as a network failure would
+    /// (for tests of the fallback to the relay).
+    #[doc(hidden)]
+    pub fn sever_direct_path(&self) {
+        self.link
+            .sever
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.link.notify.notify_one();
+    }
+}
+
+impl Drop for SessionStream {
+    fn drop(&mut self) {
+        let mut g = self.link.lock();
+        g.app_gone = true;
+        g.st.finish();
+        drop(g);
+        self.link.notify.notify_one();
+    }
+}
+
+impl AsyncRead for SessionStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut g = self.link.lock();
+        if !g.rx.is_empty() {
+            let (a, b) = g.rx.as_slices();
+            let n = a.len().min(buf.remaining());
+            buf.put_slice(&a[..n]);
+            let m = b.len().min(buf.remaining());
+            buf.put_slice(&b[..m]);
+            let was_full = g.rx.len() >= RX_CAP;
+            g.rx.drain(..n + m);
+            drop(g);
+            if was_full {
+                self.link.notify.notify_one();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if g.rx_eof {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some((kind, msg)) = &g.error {
+            return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+        }
+        g.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for SessionStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut g = self.link.lock();
+        if let Some((kind, msg)) = &g.error {
+            return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+        }
+        match g.st.write(buf) {
+            Ok(0) if !buf.is_empty() => {
+                g.write_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(g);
+                self.link.notify.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            Err(_) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            ))),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    /// Half-close: the peer reads end of stream after every byte written.
+    /// Completes once the peer acknowledged all of it (like a lingering close).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut g = self.link.lock();
+        g.st.finish();
+        if g.st.fin_acked() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some((kind, msg)) = &g.error {
+            return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+        }
+        g.write_waker = Some(cx.waker().clone());
+        drop(g);
+        self.link.notify.notify_one();
+        Poll::Pending
+    }
+}
+
+enum ReadEvent {
+    Data(Vec<u8>),
+    End(Option<io::Error>),
+}
+
+struct Slot {
+    kind: Path,
+    /// Session path id of incoming frames (None: a direct connection whose
+    /// host `RESUME` has not arrived yet).
+    in_id: Option<u32>,
+    /// Session path id this side sends with on this stream.
+    out_id: Option<u32>,
+    decoder: FrameDecoder,
+    tx: mpsc::Sender<Vec<u8>>,
+    out: Vec<u8>,
+    last_recv: Instant,
+    last_sent: Instant,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+    /// Let the writer finish its queue when the slot goes.
+    graceful: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if !self.graceful {
+            self.writer.abort();
+        }
+        // Graceful: the writer drains its queue, then shuts the stream down
+        // (its sender is dropped with the slot).
+    }
+}
+
+/// Everything the driver needs to start.
+pub(crate) struct Start {
+    pub relay: Box<dyn PathIo>,
+    pub role: Role,
+    pub secret: Arc<SessionSecret>,
+    pub relay_exporter: [u8; 32],
+    pub observed: SocketAddr,
+    pub opts: DirectOptions,
+}
+
+/// Start the driver over an authenticated relay path and return the stream.
+pub(crate) fn start(s: Start) -> SessionStream {
+    let cfg = SessionConfig::with_capacity(s.opts.replay_capacity.max(FRAME_DATA));
+    let (path_tx, path_rx) = watch::channel(Path::Relay);
+    let link = Arc::new(Link {
+        shared: Mutex::new(Shared {
+            st: SessionState::new(cfg),
+            rx: VecDeque::new(),
+            rx_eof: false,
+            error: None,
+            read_waker: None,
+            write_waker: None,
+            app_gone: false,
+        }),
+        notify: Notify::new(),
+        path: path_tx,
+        sever: std::sync::atomic::AtomicBool::new(false),
+    });
+    let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
+    let (found_tx, found_rx) = mpsc::channel(4);
+    let driver = Driver {
+        link: link.clone(),
+        role: s.role,
+        opts: s.opts.clone(),
+        slots: HashMap::new(),
+        next_slot: 0,
+        events_tx,
+        ctx: DirectCtx {
+            secret: s.secret,
+            role: s.role,
+            relay_exporter: s.relay_exporter,
+            handshake_timeout: s.opts.handshake_timeout,
+            connect_timeout: s.opts.connect_timeout,
+            found: found_tx,
+        },
+        observed: s.observed,
+        listener: None,
+        peer_candidates: Vec::new(),
+        relay_epoch: 0,
+        attempt: 0,
+        direct_id: None,
+        direct_seq: 0,
+        retry_at: None,
+        dialing: None,
+        finished_at: None,
+        closing: false,
+    };
+    tokio::spawn(driver.run(s.relay, events_rx, found_rx));
+    SessionStream {
+        link,
+        path: path_rx,
+    }
+}
+
+struct Driver {
+    link: Arc<Link>,
+    role: Role,
+    opts: DirectOptions,
+    slots: HashMap<u64, Slot>,
+    next_slot: u64,
+    events_tx: mpsc::Sender<(u64, ReadEvent)>,
+    ctx: DirectCtx,
+    observed: SocketAddr,
+    listener: Option<DirectListener>,
+    peer_candidates: Vec<Candidate>,
+    /// Current relay path id (even).
+    relay_epoch: u32,
+    /// Direct attempts so far (the host numbers them).
+    attempt: u32,
+    /// Session path id of the direct path in use, if any.
+    direct_id: Option<u32>,
+    /// Direct paths the host opened so far.
+    direct_seq: u32,
+    retry_at: Option<Instant>,
+    dialing: Option<tokio::task::JoinHandle<()>>,
+    finished_at: Option<Instant>,
+    /// The peer sent CLOSE: its paths going away is no failure.
+    closing: bool,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(d) = self.dialing.take() {
+            d.abort();
+        }
+    }
+}
+
+fn io_err(e: SessionError) -> (io::ErrorKind, String) {
+    (io::ErrorKind::InvalidData, format!("session protocol: {e}"))
+}
+
+impl Driver {
+    fn add_slot(&mut self, kind: Path, io: Box<dyn PathIo>) -> u64 {
+        let key = self.next_slot;
+        self.next_slot += 1;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let events = self.events_tx.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                match rd.read(&mut buf).await {
+                    Ok(0) => {
+                        let _ = events.send((key, ReadEvent::End(None))).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if events.send((key, ReadEvent::Data(buf))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.send((key, ReadEvent::End(Some(e)))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+                if rx.is_empty() && wr.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let now = Instant::now();
+        self.slots.insert(
+            key,
+            Slot {
+                kind,
+                in_id: None,
+                out_id: None,
+                decoder: FrameDecoder::new(),
+                tx,
+                out: Vec::new(),
+                last_recv: now,
+                last_sent: now,
+                reader,
+                writer,
+                graceful: false,
+            },
+        );
+        key
+    }
+
+    fn slot_for_out(&self, id: u32) -> Option<u64> {
+        self.slots
+            .iter()
+            .find(|(_, s)| s.out_id == Some(id))
+            .map(|(k, _)| *k)
+    }
+
+    fn relay_slot(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .find(|(_, s)| s.kind == Path::Relay)
+            .map(|(k, _)| *k)
+    }
+
+    fn queue(&mut self, key: u64, f: &Frame<'_>) {
+        if let Some(s) = self.slots.get_mut(&key) {
+            // Frames this side builds are valid by construction; an encode
+            // error would be a bug, and the frame is then not sent.
+            let _ = encode(f, &mut s.out);
+        }
+    }
+
+    fn set_path(&self, p: Path) {
+        self.link.path.send_if_modified(|cur| {
+            let changed = *cur != p;
+            *cur = p;
+            changed
+        });
+    }
+
+    async fn run(
+        mut self,
+        relay: Box<dyn PathIo>,
+        mut events: mpsc::Receiver<(u64, ReadEvent)>,
+        mut found: mpsc::Receiver<DirectConn>,
+    ) {
+        let key = self.add_slot(Path::Relay, relay);
+        let first = {
+            let mut g = self.link.lock();
+            g.st.open_path(0)
+        };
+        match first {
+            Ok(f) => self.queue(key, &f),
+            Err(e) => {
+                let (k, m) = io_err(e);
+                self.link.lock().fail(k, m);
+                return;
+            }
+        }
+        if let Some(s) = self.slots.get_mut(&key) {
+            s.in_id = Some(0);
+            s.out_id = Some(0);
+        }
+        if self.opts.policy != PathPolicy::RelayOnly {
+            self.start_listener();
+        }
+        let tick = (self.opts.keepalive_interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.pump() {
+                return;
+            }
+            let rx_room = self.link.lock().rx.len() < RX_CAP;
+            let blocked = self.blocked_writer();
+            tokio::select! {
+                ev = events.recv(), if rx_room => {
+                    let Some((key, ev)) = ev else { return };
+                    self.on_read(key, ev);
+                    // Take what else is queued without waiting (one lock per batch).
+                    while self.link.lock().rx.len() < RX_CAP {
+                        match events.try_recv() {
+                            Ok((key, ev)) => self.on_read(key, ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(conn) = found.recv() => self.on_direct(conn),
+                _ = self.link.notify.notified() => {
+                    if self.link.sever.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        if let Some(k) = self.direct_id.and_then(|id| self.slot_for_out(id)) {
+                            self.drop_slot(k);
+                            self.direct_lost();
+                        }
+                    }
+                }
+                permit = reserve(blocked) => {
+                    if let Some((key, permit)) = permit {
+                        if let Some(s) = self.slots.get_mut(&key) {
+                            permit.send(std::mem::take(&mut s.out));
+                            s.last_sent = Instant::now();
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    /// The slot whose pending output waits for room in its writer queue.
+    fn blocked_writer(&self) -> Option<(u64, mpsc::Sender<Vec<u8>>)> {
+        self.slots
+            .iter()
+            .find(|(_, s)| !s.out.is_empty() && s.tx.capacity() == 0)
+            .map(|(k, s)| (*k, s.tx.clone()))
+    }
+
+    /// Move frames from the session state to the paths' writers. Returns true
+    /// when the driver is done.
+    fn pump(&mut self) -> bool {
+        loop {
+            let mut progressed = false;
+            {
+                let link = self.link.clone();
+                let mut g = link.lock();
+                if g.error.is_some() {
+                    return true;
+                }
+                while let Some(active) = g.st.active_path() {
+                    let Some(key) = self.slot_for_out(active) else {
+                        break;
+                    };
+                    if self
+                        .slots
+                        .get(&key)
+                        .is_some_and(|s| s.out.len() >= OUT_BATCH)
+                    {
+                        break;
+                    }
+                    let before_free = g.st.free_space();
+                    let Some((pid, frame)) = g.st.poll_transmit(FRAME_DATA.min(MAX_DATA)) else {
+                        break;
+                    };
+                    let target = self.slot_for_out(pid).unwrap_or(key);
+                    if let Some(s) = self.slots.get_mut(&target) {
+                        let _ = encode(&frame, &mut s.out);
+                    }
+                    drop(frame);
+                    if g.st.free_space() > before_free {
+                        if let Some(w) = g.write_waker.take() {
+                            w.wake();
+                        }
+                    }
+                    progressed = true;
+                }
+                if g.st.fin_acked() {
+                    if let Some(w) = g.write_waker.take() {
+                        w.wake();
+                    }
+                }
+                if g.st.is_complete()
+                    || (g.app_gone && self.finished_at.is_some_and(|t| t.elapsed() > LINGER))
+                {
+                    drop(g);
+                    self.close_all(0, "done");
+                    return true;
+                }
+                if g.app_gone && self.finished_at.is_none() {
+                    self.finished_at = Some(Instant::now());
+                }
+            }
+            // Hand full or pending buffers to the writers.
+            for s in self.slots.values_mut() {
+                if s.out.is_empty() {
+                    continue;
+                }
+                if let Ok(p) = s.tx.try_reserve() {
+                    p.send(std::mem::take(&mut s.out));
+                    s.last_sent = Instant::now();
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return false;
+            }
+        }
+    }
+
+    fn close_all(&mut self, code: u16, reason: &str) {
+        let keys: Vec<u64> = self.slots.keys().copied().collect();
+        for k in keys {
+            self.queue(k, &Frame::Close { code, reason });
+            if let Some(s) = self.slots.get_mut(&k) {
+                let out = std::mem::take(&mut s.out);
+                let _ = s.tx.try_send(out);
+                s.graceful = true;
+            }
+        }
+        self.slots.clear();
+    }
+
+    fn on_read(&mut self, key: u64, ev: ReadEvent) {
+        match ev {
+            ReadEvent::End(e) => {
+                if let Some(e) = e {
+                    tracing::debug!("path closed: {e}");
+                }
+                self.path_lost(key);
+            }
+            ReadEvent::Data(buf) => {
+                if let Some(s) = self.slots.get_mut(&key) {
+                    s.last_recv = Instant::now();
+                }
+                if let Err((k, m)) = self.on_bytes(key, &buf) {
+                    self.link.lock().fail(k, m);
+                    self.close_all(1, "protocol error");
+                }
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, key: u64, buf: &[u8]) -> Result<(), (io::ErrorKind, String)> {
+        tracing::trace!(key, len = buf.len(), "path bytes");
+        let link = self.link.clone();
+        let mut input = buf;
+        loop {
+            let Some(slot) = self.slots.get_mut(&key) else {
+                return Ok(());
+            };
+            let kind = slot.kind;
+            let in_id = slot.in_id;
+            let frame = match slot.decoder.decode(&mut input) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err((io::ErrorKind::InvalidData, format!("session frame: {e}"))),
+            };
+            if !matches!(frame, Frame::Data { .. } | Frame::Ack { .. }) {
+                tracing::debug!(role = ?self.role, key, ?in_id, frame = ?frame, "frame in");
+            }
+            let handled = match frame {
+                Frame::Resume { path_id, received } => {
+                    if in_id != Some(path_id) {
+                        self.on_peer_resume(key, kind, in_id, path_id)?;
+                    }
+                    Some(Frame::Resume { path_id, received })
+                }
+                Frame::Candidates(c) => {
+                    self.on_candidates(c);
+                    None
+                }
+                Frame::Punch { attempt, .. } => {
+                    self.on_punch(attempt);
+                    None
+                }
+                Frame::Keepalive { nonce } => {
+                    self.queue(key, &Frame::KeepaliveAck { nonce });
+                    None
+                }
+                Frame::KeepaliveAck { .. } => None,
+                Frame::Close { code, reason } => {
+                    self.closing = true;
+                    let mut g = link.lock();
+                    if code != 0 && !g.st.is_complete() {
+                        g.fail(
+                            io::ErrorKind::ConnectionAborted,
+                            format!("peer closed the session: {reason}"),
+                        );
+                    }
+                    None
+                }
+                other => {
+                    // DATA, ACK, FIN, PATH_SWITCH: the session state's business.
+                    let Some(id) = in_id else {
+                        // Only RESUME is valid first on a direct connection.
+                        drop(other);
+                        self.drop_slot(key);
+                        return Ok(());
+                    };
+                    let r = g_handle(&mut link.lock(), id, other);
+                    Self::deliver(r)?;
+                    None
+                }
+            };
+            if let Some(f) = handled {
+                let id = self.slots.get(&key).and_then(|s| s.in_id);
+                if let Some(id) = id {
+                    let r = g_handle(&mut link.lock(), id, f);
+                    Self::deliver(r)?;
+                }
+            }
+            self.after_frame();
+        }
+    }
+
+    fn deliver(r: Result<(), SessionError>) -> Result<(), (io::ErrorKind, String)> {
+        match r {
+            Ok(()) => Ok(()),
+            // Frames still arriving on a path this side already closed (an
+            // old relay epoch, say): the replay from the next RESUME covers them.
+            Err(SessionError::UnknownPath(_)) => Ok(()),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// Path bookkeeping after the session state saw a frame.
+    fn after_frame(&mut self) {
+        let (active, retired): (Option<u32>, Vec<u32>) = {
+            let g = self.link.lock();
+            let retired = self
+                .slots
+                .values()
+                .filter_map(|s| s.out_id)
+                .filter(|id| g.st.path_retired(*id))
+                .collect();
+            (g.st.active_path(), retired)
+        };
+        if let Some(a) = active {
+            let kind = self
+                .slots
+                .values()
+                .find(|s| s.out_id == Some(a))
+                .map(|s| s.kind);
+            if let Some(k) = kind {
+                self.set_path(k);
+                if k != Path::Relay && self.opts.policy == PathPolicy::NoRelayFallback {
+                    if let Some(r) = self.relay_slot() {
+                        self.drop_slot(r);
+                    }
+                }
+            }
+        }
+        // A retired direct path is closed; a retired relay path stays (idle
+        // fallback), its session id is forgotten when the next epoch opens.
+        for id in retired {
+            if let Some(k) = self.slot_for_out(id) {
+                if self.slots.get(&k).is_some_and(|s| s.kind != Path::Relay) {
+                    self.link.lock().st.close_path(id);
+                    self.drop_slot(k);
+                }
+            }
+        }
+    }
+
+    fn drop_slot(&mut self, key: u64) {
+        if let Some(s) = self.slots.remove(&key) {
+            let mut g = self.link.lock();
+            for id in [s.in_id, s.out_id].into_iter().flatten() {
+                g.st.close_path(id);
+            }
+            if s.kind != Path::Relay && s.out_id.is_some() && s.out_id == self.direct_id {
+                self.direct_id = None;
+            }
+        }
+    }
+
+    /// A RESUME with a session id this stream did not carry yet.
+    fn on_peer_resume(
+        &mut self,
+        key: u64,
+        kind: Path,
+        in_id: Option<u32>,
+        new_id: u32,
+    ) -> Result<(), (io::ErrorKind, String)> {
+        let link = self.link.clone();
+        if kind == Path::Relay {
+            // The peer fell back to the relay (new even epoch). Follow it: the
+            // direct path is abandoned by the peer.
+            if !new_id.is_multiple_of(2) || in_id.is_some_and(|old| new_id <= old) {
+                return Err((
+                    io::ErrorKind::InvalidData,
+                    "relay RESUME with a bad path id".into(),
+                ));
+            }
+            let out_id = self.slots.get(&key).and_then(|s| s.out_id);
+            if out_id != Some(new_id) {
+                self.fall_back_to_relay_with(new_id);
+            }
+            if let Some(s) = self.slots.get_mut(&key) {
+                if let Some(old) = s.in_id.replace(new_id) {
+                    if old != new_id {
+                        link.lock().st.close_path(old);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        // A direct path: only the host assigns its id (odd).
+        if self.role == Role::Host || new_id.is_multiple_of(2) || in_id.is_some() {
+            return Err((
+                io::ErrorKind::InvalidData,
+                "unexpected RESUME on a direct path".into(),
+            ));
+        }
+        if self.direct_id.is_some() {
+            // Already on another direct path: this one lost.
+            self.drop_slot(key);
+            return Ok(());
+        }
+        let resume = link.lock().st.open_path(new_id).map_err(io_err)?;
+        self.queue(key, &resume);
+        if let Some(s) = self.slots.get_mut(&key) {
+            s.in_id = Some(new_id);
+            s.out_id = Some(new_id);
+        }
+        self.direct_id = Some(new_id);
+        // Other unresumed direct connections are losers.
+        let losers: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| **k != key && s.kind != Path::Relay && s.in_id.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in losers {
+            self.drop_slot(k);
+        }
+        Ok(())
+    }
+
+    fn start_listener(&mut self) {
+        match DirectListener::start(self.ctx.clone()) {
+            Ok(l) => {
+                let cands = direct::gather(l.port, self.observed);
+                self.listener = Some(l);
+                if let Some(r) = self.relay_slot() {
+                    self.queue(r, &Frame::Candidates(cands));
+                }
+            }
+            Err(e) => tracing::debug!("direct tcp: no listener: {e}"),
+        }
+    }
+
+    fn on_candidates(&mut self, c: Vec<Candidate>) {
+        if self.opts.policy == PathPolicy::RelayOnly {
+            return;
+        }
+        self.peer_candidates = c;
+        if self.role == Role::Host {
+            self.punch();
+        }
+    }
+
+    /// Host: start attempt `n` (both sides dial each other's candidates from
+    /// their listening port).
+    fn punch(&mut self) {
+        if self.direct_id.is_some() || self.listener.is_none() || self.peer_candidates.is_empty() {
+            return;
+        }
+        let n = self.attempt;
+        self.attempt += 1;
+        if let Some(r) = self.relay_slot() {
+            self.queue(
+                r,
+                &Frame::Punch {
+                    attempt: n,
+                    delay_ms: 0,
+                },
+            );
+        }
+        self.dial();
+    }
+
+    fn on_punch(&mut self, n: u32) {
+        if self.role == Role::Guest && self.opts.policy != PathPolicy::RelayOnly {
+            self.attempt = n + 1;
+            self.dial();
+        }
+    }
+
+    fn dial(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let peers = direct::dialable(&self.peer_candidates, self.observed);
+        if peers.is_empty() {
+            return;
+        }
+        if let Some(d) = self.dialing.take() {
+            d.abort();
+        }
+        self.dialing = Some(tokio::spawn(direct::dial_all(
+            self.ctx.clone(),
+            l.port,
+            peers,
+        )));
+    }
+
+    /// A proven direct connection arrived (from the listener or a dial).
+    fn on_direct(&mut self, conn: DirectConn) {
+        if self.opts.policy == PathPolicy::RelayOnly || self.direct_id.is_some() {
+            return; // dropped: closes it
+        }
+        tracing::debug!(remote = %conn.remote, "direct tcp: proven");
+        let key = self.add_slot(Path::DirectTcp, conn.io);
+        if self.role == Role::Guest {
+            return; // waits for the host's RESUME on it
+        }
+        // Direct ids are odd and increase: 1, 3, 5 …
+        self.direct_seq += 1;
+        let id = 2 * self.direct_seq - 1;
+        let resume = self.link.lock().st.open_path(id);
+        match resume {
+            Ok(f) => {
+                self.queue(key, &f);
+                if let Some(s) = self.slots.get_mut(&key) {
+                    s.in_id = Some(id);
+                    s.out_id = Some(id);
+                }
+                self.direct_id = Some(id);
+            }
+            Err(_) => self.drop_slot(key),
+        }
+    }
+
+    /// A path's stream ended or failed.
+    fn path_lost(&mut self, key: u64) {
+        let Some(kind) = self.slots.get(&key).map(|s| s.kind) else {
+            return;
+        };
+        let was_direct = kind != Path::Relay
+            && self.slots.get(&key).and_then(|s| s.out_id) == self.direct_id
+            && self.direct_id.is_some();
+        self.drop_slot(key);
+        if kind == Path::Relay {
+            let mut g = self.link.lock();
+            let complete = g.st.is_complete() || self.closing;
+            if self.direct_id.is_none() && !complete {
+                g.fail(io::ErrorKind::ConnectionReset, "relay path lost".into());
+            }
+            return;
+        }
+        if was_direct {
+            self.direct_lost();
+        }
+    }
+
+    fn direct_lost(&mut self) {
+        if let Some(id) = self.direct_id.take() {
+            self.link.lock().st.close_path(id);
+        }
+        if self.closing {
+            return; // the session is ending: nothing to fall back for
+        }
+        if self.opts.policy == PathPolicy::NoRelayFallback || self.relay_slot().is_none() {
+            let mut g = self.link.lock();
+            if !g.st.is_complete() {
+                g.fail(io::ErrorKind::ConnectionReset, "direct path lost".into());
+            }
+            return;
+        }
+        let next = self.relay_epoch + 2;
+        self.fall_back_to_relay_with(next);
+    }
+
+    /// Reopen the relay stream as session path `id` (both sides send RESUME).
+    fn fall_back_to_relay_with(&mut self, id: u32) {
+        // Drop every direct slot: the peer abandons them too.
+        let directs: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.kind != Path::Relay)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in directs {
+            self.drop_slot(k);
+        }
+        self.direct_id = None;
+        let Some(r) = self.relay_slot() else { return };
+        let resume = self.link.lock().st.open_path(id);
+        if let Ok(f) = resume {
+            self.queue(r, &f);
+            if let Some(s) = self.slots.get_mut(&r) {
+                s.out_id = Some(id);
+            }
+            self.relay_epoch = id;
+            self.set_path(Path::Relay);
+            self.retry_at = Some(Instant::now() + self.opts.retry_after);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.link.lock().st.force_ack();
+        let mut dead = Vec::new();
+        let relay_interval = self.opts.keepalive_interval.max(Duration::from_secs(15));
+        let keys: Vec<u64> = self.slots.keys().copied().collect();
+        for k in keys {
+            let Some(s) = self.slots.get(&k) else {
+                continue;
+            };
+            let is_direct_active =
+                s.kind != Path::Relay && s.out_id.is_some() && s.out_id == self.direct_id;
+            let interval = if is_direct_active {
+                self.opts.keepalive_interval
+            } else {
+                relay_interval
+            };
+            if is_direct_active && now.duration_since(s.last_recv) >= self.opts.keepalive_timeout {
+                dead.push(k);
+                continue;
+            }
+            if s.out_id.is_some() && s.out.is_empty() && now.duration_since(s.last_sent) >= interval
+            {
+                self.queue(k, &Frame::Keepalive { nonce: 0 });
+            }
+        }
+        for k in dead {
+            tracing::debug!("direct path: keepalive timeout");
+            self.drop_slot(k);
+            self.direct_lost();
+        }
+        if self.role == Role::Host && self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            self.punch();
+        }
+    }
+}
+
+/// Feed one frame to the session state; new application bytes go to the
+/// application's buffer, end of stream is flagged.
+fn g_handle(g: &mut Shared, id: u32, f: Frame<'_>) -> Result<(), SessionError> {
+    let free = g.st.free_space();
+    let fin_acked = g.st.fin_acked();
+    let r = g.st.handle_frame(id, f)?;
+    // An ACK freed replay space or acknowledged our FIN: the writer may go on.
+    if g.st.free_space() > free || g.st.fin_acked() != fin_acked {
+        if let Some(w) = g.write_waker.take() {
+            w.wake();
+        }
+    }
+    match r {
+        Received::Data(d) => {
+            g.rx.extend(d);
+            if let Some(w) = g.read_waker.take() {
+                w.wake();
+            }
+        }
+        Received::EndOfStream => {
+            g.rx_eof = true;
+            if let Some(w) = g.read_waker.take() {
+                w.wake();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn reserve(
+    blocked: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+) -> Option<(u64, mpsc::OwnedPermit<Vec<u8>>)> {
+    match blocked {
+        Some((k, tx)) => tx.reserve_owned().await.ok().map(|p| (k, p)),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,255 @@
+//! The direct path on loopback: relay first, a proven direct TCP path, the
+//! handover without loss, the fallback to the relay when the direct path
+//! dies and the upgrade after it (`spec/direct.md`).
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use xtcp::session::{DirectOptions, PathPolicy};
+use xtcp::Path;
+
+fn opts(relay: &TestRelay, token: Option<&str>, direct: DirectOptions) -> xtcp::Options {
+    let mut o = client(&[(relay.addr, relay.fingerprint)], token);
+    o.direct = direct;
+    o
+}
+
+async fn pair(relay: &TestRelay, direct: DirectOptions) -> (xtcp::Session, xtcp::Session, Instant) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let host = xtcp::host(&opts(relay, Some(TOKEN), direct.clone()))
+        .await
+        .expect("host");
+    let code = host.code();
+    let g = opts(relay, None, direct);
+    let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &g));
+    (
+        h.expect("host accept"),
+        g.expect("guest join"),
+        Instant::now(),
+    )
+}
+
+/// Wait (bounded) until the session reports `want`.
+async fn wait_path(s: &xtcp::Session, want: Path, within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut ev = s.path_events();
+    tokio::time::timeout(within, async {
+        while *ev.borrow_and_update() != want {
+            if ev.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .ok()
+    .filter(|ok| *ok)
+    .map(|_| t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_on_relay_moves_to_direct_tcp_256_mib_byte_exact() {
+    let relay = start_relay(relay_config()).await;
+    let (h, g, paired) = pair(&relay, DirectOptions::default()).await;
+    assert_eq!(h.path(), Path::Relay, "every session starts on the relay");
+    let len: u64 = std::env::var("XTCP_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+        << 20;
+    let (hev, gev) = (h.path_events(), g.path_events());
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, len, 11),
+        exchange_hashed(g, len / 16, 12)
+    );
+    let (sent_h, got_h, n_h) = a.expect("host side");
+    let (sent_g, got_g, n_g) = b.expect("guest side");
+    assert_eq!((n_g, got_g), (len, sent_h), "host→guest byte-exact");
+    assert_eq!((n_h, got_h), (len / 16, sent_g), "guest→host byte-exact");
+    assert_eq!(sent_h, sha256_of_gen(len, 11));
+    // Both ended on the direct path.
+    assert_eq!(*hev.borrow(), Path::DirectTcp);
+    assert_eq!(*gev.borrow(), Path::DirectTcp);
+    let _ = paired;
+    // The relay carried the start only: far less than everything. Its byte
+    // counters are added when its session closes (bounded wait).
+    let m = relay.relay.metrics();
+    for _ in 0..250 {
+        if m.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relayed = m
+        .bytes_host_to_guest
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        relayed < len / 2,
+        "relay forwarded {relayed} of {len} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_from_pairing_to_direct_tcp_on_loopback() {
+    let relay = start_relay(relay_config()).await;
+    let (h, g, paired) = pair(&relay, DirectOptions::default()).await;
+    let (dh, dg) = tokio::join!(
+        wait_path(&h, Path::DirectTcp, Duration::from_secs(10)),
+        wait_path(&g, Path::DirectTcp, Duration::from_secs(10))
+    );
+    let (dh, dg) = (
+        dh.expect("host reaches direct-tcp"),
+        dg.expect("guest reaches direct-tcp"),
+    );
+    let since = paired.elapsed();
+    eprintln!("pairing → direct-tcp: host {dh:?}, guest {dg:?} (≤ {since:?} since pairing)");
+    // Loopback RTT is microseconds: a few handshakes' worth, far under a second.
+    assert!(dh.max(dg) < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_never_leaves_the_relay() {
+    let relay = start_relay(relay_config()).await;
+    let d = DirectOptions {
+        policy: PathPolicy::RelayOnly,
+        ..Default::default()
+    };
+    let (h, g, _) = pair(&relay, d).await;
+    let (hev, gev) = (h.path_events(), g.path_events());
+    let len = 8 << 20;
+    let (a, b) = tokio::join!(exchange_hashed(h, len, 1), exchange_hashed(g, len, 2));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((b.1, b.2), (a.0, len));
+    assert_eq!((a.1, a.2), (b.0, len));
+    assert_eq!(*hev.borrow(), Path::Relay);
+    assert_eq!(*gev.borrow(), Path::Relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_again() {
+    let relay = start_relay(relay_config()).await;
+    let d = DirectOptions {
+        retry_after: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (h, g, _) = pair(&relay, d).await;
+    assert!(wait_path(&h, Path::DirectTcp, Duration::from_secs(10))
+        .await
+        .is_some());
+    let ctl = h.control();
+    let mut seen = h.path_events();
+    let len: u64 = 256 << 20;
+    // Sever the direct path twice during the transfer, each time once it is
+    // back: direct → relay → direct → relay → direct.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    let cutter = tokio::spawn(async move {
+        let mut cuts = 0u32;
+        let mut upgrades = 0u32;
+        let mut last = Path::DirectTcp;
+        for _ in 0..2000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if done2.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let p = ctl.path();
+            if p == Path::DirectTcp && last == Path::Relay {
+                upgrades += 1;
+            }
+            last = p;
+            if p == Path::DirectTcp && cuts < 2 && (cuts == 0 || upgrades >= cuts) {
+                ctl.sever_direct_path();
+                cuts += 1;
+                last = Path::Relay;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if cuts == 2 && upgrades >= 2 {
+                break;
+            }
+        }
+        (cuts, upgrades)
+    });
+    let watcher = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while seen.changed().await.is_ok() && v.len() < 100 {
+            v.push(*seen.borrow_and_update());
+        }
+        v
+    });
+    let t = Instant::now();
+    let (a, b) = tokio::join!(exchange_hashed(h, len, 21), recv_timed(g, len / 4, 22));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let secs = t.elapsed().as_secs_f64();
+    let (a, (b, stall)) = (a.expect("host side"), b.expect("guest side"));
+    assert_eq!(
+        (b.1, b.2),
+        (a.0, len),
+        "host→guest byte-exact across fallbacks"
+    );
+    assert_eq!(
+        (a.1, a.2),
+        (b.0, len / 4),
+        "guest→host byte-exact across fallbacks"
+    );
+    eprintln!("longest gap between two reads at the guest: {stall:?}");
+    let (cuts, upgrades) = cutter.await.unwrap();
+    let path_log = watcher.await.unwrap();
+    eprintln!("{cuts} cuts, {upgrades} upgrades in {secs:.1} s; host path log {path_log:?}");
+    assert!(cuts >= 1, "the direct path was cut during the transfer");
+    assert!(
+        path_log.contains(&Path::Relay),
+        "fell back to the relay: {path_log:?}"
+    );
+    assert!(upgrades >= 1, "went direct again after the fallback");
+}
+
+/// Like `exchange_hashed`, and also the longest gap between two reads that
+/// returned bytes (the stall the application saw).
+async fn recv_timed(
+    s: xtcp::Session,
+    len: u64,
+    seed: u64,
+) -> std::io::Result<(([u8; 32], [u8; 32], u64), Duration)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let send = async {
+        let mut g = Gen::new(seed);
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            g.fill(&mut buf[..n]);
+            h.update(&buf[..n]);
+            wr.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(digest(h))
+    };
+    let recv = async {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut total, mut worst, mut last) = (0u64, Duration::ZERO, None::<Instant>);
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if let Some(l) = last {
+                worst = worst.max(now - l);
+            }
+            last = Some(now);
+            h.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok::<_, std::io::Error>((digest(h), total, worst))
+    };
+    let (sent, (got, n, worst)) = tokio::try_join!(send, recv)?;
+    Ok(((sent, got, n), worst))
+}
