@@ -114,6 +114,25 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
         crate::join(&code, &guest_opts).await.map_err(err)
     })?;
     let t_up = t0.elapsed();
+    // Path changes as they happen, timed from the pairing.
+    let t_paired = Instant::now();
+    let mut ev = h.path_events();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let path_log = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            // Bounded: a session changes path a handful of times.
+            for _ in 0..64 {
+                if ev.changed().await.is_err() {
+                    break;
+                }
+                let p = *ev.borrow_and_update();
+                if let Ok(mut l) = log.lock() {
+                    l.push((t_paired.elapsed(), p));
+                }
+            }
+        })
+    };
     println!(
         "session  up in {:.1} ms; path: {}; e2e {} (peer authenticated by the code)",
         t_up.as_secs_f64() * 1e3,
@@ -125,6 +144,13 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     let t1 = Instant::now();
     let (got_g, got_h) = tokio::try_join!(exchange(h, &a), exchange(g, &b)).map_err(err)?;
     let dt = t1.elapsed().as_secs_f64();
+    path_log.abort();
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut line = String::from("path     relay");
+    for (at, p) in &log {
+        line.push_str(&format!(" → {p} ({:.1} ms after pairing)", at.as_secs_f64() * 1e3));
+    }
+    println!("{line}");
     let ok_hg = got_h == a;
     let ok_gh = got_g == b;
     println!(
@@ -153,7 +179,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     }
     let r = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "relay saw: 1 session paired; {} B host→guest, {} B guest→host of TLS records it cannot decrypt (payload {} B each way + TLS overhead)",
+        "relay saw: 1 session paired; {} B host→guest, {} B guest→host of TLS records it cannot decrypt (payload {} B each way; what it did not carry went direct)",
         r(&m.bytes_host_to_guest),
         r(&m.bytes_guest_to_host),
         n

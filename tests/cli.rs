@@ -176,8 +176,11 @@ fn host_and_join_copy_stdin_to_the_peer_both_ways() {
     let mut gseen = Vec::new();
     assert_eq!(wait_line(&grx, "path: ", &mut gseen), "relay");
     assert_eq!(wait_line(&hrx, "path: ", &mut hseen), "relay");
-    let hout = host.wait_with_output().unwrap();
+    // Both outputs drained at once: a peer exits only after the other
+    // consumed (and acknowledged end to end) everything it sent.
+    let h = std::thread::spawn(move || host.wait_with_output().unwrap());
     let gout = guest.wait_with_output().unwrap();
+    let hout = h.join().unwrap();
     assert!(hout.status.success(), "host: {hseen:?}");
     assert!(gout.status.success(), "guest: {gseen:?}");
     assert!(hout.stdout == b, "host received the guest's stdin exactly");
