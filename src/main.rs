@@ -106,6 +106,18 @@ fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String>
     })
 }
 
+/// Copy stdin/stdout over the session, then wait (bounded) until its last
+/// frames left, so the peer gets our final acknowledgement before we exit.
+async fn run_session(session: xtcp::Session) -> Result<(), String> {
+    report_paths(&session);
+    let ctl = session.control();
+    pipe_stdio(session)
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ctl.finished()).await;
+    Ok(())
+}
+
 /// Print `path: …` on stderr each time the session changes path.
 fn report_paths(session: &xtcp::Session) {
     let mut ev = session.path_events();
@@ -332,10 +344,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let host = xtcp::host(&opts).await.map_err(|e| e.to_string())?;
             eprintln!("code: {}", host.code());
             let session = host.accept().await.map_err(|e| e.to_string())?;
-            report_paths(&session);
-            pipe_stdio(session)
-                .await
-                .map_err(|e| format!("connection: {e}"))
+            run_session(session).await
         }
         Cmd::Join { code, relay } => {
             let opts = xtcp::Options {
@@ -344,10 +353,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 direct: direct_options(&relay)?,
             };
             let session = xtcp::join(&code, &opts).await.map_err(|e| e.to_string())?;
-            report_paths(&session);
-            pipe_stdio(session)
-                .await
-                .map_err(|e| format!("connection: {e}"))
+            run_session(session).await
         }
         Cmd::Listen { addr, direct: d } => direct(true, addr, d).await,
         Cmd::Connect { addr, direct: d } => direct(false, addr, d).await,

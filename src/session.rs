@@ -134,6 +134,8 @@ struct Link {
     path: watch::Sender<Path>,
     /// Test hook: close the direct path's socket abruptly.
     sever: std::sync::atomic::AtomicBool,
+    /// The driver ended and flushed its last frames.
+    finished: watch::Sender<bool>,
 }
 
 impl Link {
@@ -182,6 +184,13 @@ pub struct SessionControl {
 }
 
 impl SessionControl {
+    /// Resolves when the session is over and its last frames were handed to
+    /// the network (wait for it before exiting the process, or the peer may
+    /// miss the final acknowledgement).
+    pub async fn finished(&self) {
+        let mut rx = self.link.finished.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
     /// The path the session's bytes take now.
     pub fn path(&self) -> Path {
         *self.path.borrow()
@@ -347,6 +356,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
         notify: Notify::new(),
         path: path_tx,
         sever: std::sync::atomic::AtomicBool::new(false),
+        finished: watch::channel(false).0,
     });
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
     let (found_tx, found_rx) = mpsc::channel(4);
@@ -376,6 +386,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
         dialing: None,
         finished_at: None,
         closing: false,
+        draining: Vec::new(),
     };
     tokio::spawn(driver.run(s.relay, events_rx, found_rx));
     SessionStream {
@@ -408,6 +419,8 @@ struct Driver {
     finished_at: Option<Instant>,
     /// The peer sent CLOSE: its paths going away is no failure.
     closing: bool,
+    /// Writers of closed paths with their last bytes, flushed before the end.
+    draining: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Drop for Driver {
@@ -513,6 +526,30 @@ impl Driver {
 
     async fn run(
         mut self,
+        relay: Box<dyn PathIo>,
+        events: mpsc::Receiver<(u64, ReadEvent)>,
+        found: mpsc::Receiver<DirectConn>,
+    ) {
+        self.run_inner(relay, events, found).await;
+        if !self.slots.is_empty() {
+            self.close_all(1, "session driver stopped");
+        }
+        // The last frames (final ACK, CLOSE) reach the peers before the
+        // session reports itself finished (bounded).
+        let draining = std::mem::take(&mut self.draining);
+        let flush = async {
+            for (tx, out, writer) in draining {
+                let _ = tx.send(out).await;
+                drop(tx);
+                let _ = writer.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        self.link.finished.send_replace(true);
+    }
+
+    async fn run_inner(
+        &mut self,
         relay: Box<dyn PathIo>,
         mut events: mpsc::Receiver<(u64, ReadEvent)>,
         mut found: mpsc::Receiver<DirectConn>,
@@ -665,9 +702,12 @@ impl Driver {
         for k in keys {
             self.queue(k, &Frame::Close { code, reason });
             if let Some(s) = self.slots.get_mut(&k) {
-                let out = std::mem::take(&mut s.out);
-                let _ = s.tx.try_send(out);
+                // The writer finishes its queue, then this side's last ACK
+                // and the CLOSE, then shuts the stream down (see `run`).
                 s.graceful = true;
+                let out = std::mem::take(&mut s.out);
+                let writer = std::mem::replace(&mut s.writer, tokio::spawn(async {}));
+                self.draining.push((s.tx.clone(), out, writer));
             }
         }
         self.slots.clear();
