@@ -395,6 +395,9 @@ pub(crate) fn start(s: Start) -> SessionStream {
     }
 }
 
+/// A closed path's writer queue, its last bytes and the writer task.
+type Draining = (mpsc::Sender<Vec<u8>>, Vec<u8>, tokio::task::JoinHandle<()>);
+
 struct Driver {
     link: Arc<Link>,
     role: Role,
@@ -420,7 +423,7 @@ struct Driver {
     /// The peer sent CLOSE: its paths going away is no failure.
     closing: bool,
     /// Writers of closed paths with their last bytes, flushed before the end.
-    draining: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>, tokio::task::JoinHandle<()>)>,
+    draining: Vec<Draining>,
 }
 
 impl Drop for Driver {
