@@ -42,3 +42,4 @@ macro_rules! replay {
 replay!(segment_codec, xtcp_proto::fuzzing::segment_codec);
 replay!(connection, xtcp_proto::fuzzing::connection);
 replay!(relay_frame, xtcp_proto::fuzzing::relay_frame);
+replay!(session_frames, xtcp_proto::fuzzing::session_frames);
