@@ -148,7 +148,10 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();
     let mut line = String::from("path     relay");
     for (at, p) in &log {
-        line.push_str(&format!(" → {p} ({:.1} ms after pairing)", at.as_secs_f64() * 1e3));
+        line.push_str(&format!(
+            " → {p} ({:.1} ms after pairing)",
+            at.as_secs_f64() * 1e3
+        ));
     }
     println!("{line}");
     let ok_hg = got_h == a;
