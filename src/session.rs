@@ -109,6 +109,8 @@ struct Shared {
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
     app_gone: bool,
+    /// The peer sent CLOSE(0): it had everything, including our FIN.
+    peer_closed: bool,
 }
 
 impl Shared {
@@ -282,7 +284,8 @@ impl AsyncWrite for SessionStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.link.lock();
         g.st.finish();
-        if g.st.fin_acked() {
+        // A peer that closed the session with CLOSE(0) had received our FIN.
+        if g.st.fin_acked() || g.peer_closed {
             return Poll::Ready(Ok(()));
         }
         if let Some((kind, msg)) = &g.error {
@@ -352,6 +355,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
             read_waker: None,
             write_waker: None,
             app_gone: false,
+            peer_closed: false,
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -672,11 +676,24 @@ impl Driver {
                         w.wake();
                     }
                 }
-                if g.st.is_complete()
-                    || (g.app_gone && self.finished_at.is_some_and(|t| t.elapsed() > LINGER))
-                {
+                if g.st.is_complete() || (g.peer_closed && g.st.peer_finished()) {
+                    g.wake();
                     drop(g);
                     self.close_all(0, "done");
+                    return true;
+                }
+                if g.app_gone && self.finished_at.is_some_and(|t| t.elapsed() > LINGER) {
+                    drop(g);
+                    self.close_all(1, "gave up waiting for the peer");
+                    return true;
+                }
+                if self.slots.is_empty() {
+                    // Every path is gone (the peer closed, or they failed):
+                    // nobody may wait forever.
+                    if !g.st.peer_finished() {
+                        g.fail(io::ErrorKind::ConnectionReset, "all paths closed".into());
+                    }
+                    g.wake();
                     return true;
                 }
                 if g.app_gone && self.finished_at.is_none() {
@@ -777,6 +794,10 @@ impl Driver {
                 Frame::Close { code, reason } => {
                     self.closing = true;
                     let mut g = link.lock();
+                    if code == 0 {
+                        g.peer_closed = true;
+                        g.wake();
+                    }
                     if code != 0 && !g.st.is_complete() {
                         g.fail(
                             io::ErrorKind::ConnectionAborted,

@@ -30,12 +30,16 @@ async fn evil_relay() -> (
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let hosts: Arc<Mutex<HashMap<[u8; 16], CtlChannel>>> = Arc::default();
+    // Signals each host registration (a JOIN may overtake the insertion that
+    // follows the host's CREATED).
+    let arrived = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = l.accept().await else {
                 return;
             };
             let (tls, hosts, tx) = (tls.clone(), hosts.clone(), tx.clone());
+            let arrived = arrived.clone();
             tokio::spawn(async move {
                 let mut ctl = CtlChannel::new(tcp, rustls::ServerConnection::new(tls).unwrap());
                 ctl.handshake().await.unwrap();
@@ -44,17 +48,27 @@ async fn evil_relay() -> (
                     Frame::Create { rendezvous_id, .. } => {
                         ctl.send(&Frame::Created { ttl_secs: 60 }).await.unwrap();
                         hosts.lock().unwrap().insert(rendezvous_id, ctl);
+                        arrived.notify_waiters();
                     }
                     Frame::Join {
                         rendezvous_id,
                         version,
                     } => {
                         assert_eq!(version, VERSION);
-                        let mut host = hosts
-                            .lock()
-                            .unwrap()
-                            .remove(&rendezvous_id)
-                            .expect("host first");
+                        let wait_host = async {
+                            loop {
+                                let n = arrived.notified();
+                                tokio::pin!(n);
+                                n.as_mut().enable();
+                                if let Some(h) = hosts.lock().unwrap().remove(&rendezvous_id) {
+                                    return h;
+                                }
+                                n.await;
+                            }
+                        };
+                        let mut host = tokio::time::timeout(Duration::from_secs(10), wait_host)
+                            .await
+                            .expect("host registered");
                         host.send(&Frame::Paired { observed: peer }).await.unwrap();
                         ctl.send(&Frame::Paired { observed: peer }).await.unwrap();
                         let (h, g) = tokio::try_join!(host.finish(), ctl.finish()).unwrap();

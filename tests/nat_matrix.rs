@@ -1,0 +1,524 @@
+//! The NAT matrix: `xtcp host` and `xtcp join` as separate processes behind
+//! every pair of NAT kinds of the lab (`xtcp_lab::nat`), plus firewalled
+//! sites, with the relay (`xtcp-relay`) on the lab's internet. Every cell must
+//! be byte-exact both ways with both exit codes 0; the table of the path each
+//! cell reached (and how long the move to a direct path took) is printed on
+//! stderr (`cargo test --release --test nat_matrix -- --nocapture`).
+//!
+//! Needs root (fails loudly without it), nftables and iproute2.
+//! `XTCP_NAT_CELLS=PortRestricted` runs only the cells whose `A x B` name
+//! contains the text; `XTCP_LOG=xtcp=debug` makes the peers trace, and a
+//! failing cell prints both peers' stderr, each line stamped with its time.
+//!
+//! # What the cells show, and why (observed on the build machine)
+//!
+//! The direct path is TCP only today (UDP hole punching is not built yet).
+//! Each side listens on an OS-assigned port and advertises its interface
+//! addresses and the address the relay observed, both with the listening
+//! port; the host sends `PUNCH` and both sides dial all of the other's
+//! candidates *from their listening port* (`SO_REUSEPORT`). The LAN
+//! candidates of a NATed site fail at once (`Network is unreachable`: `inet`
+//! has no route to it); the server-reflexive one is what matters.
+//!
+//! - **At least one side `None` or `FullCone`** (asserted `direct-tcp`;
+//!   observed in a few ms after `path: relay`). A `None` peer's address is
+//!   routable and a `FullCone` router DNATs every inbound packet to the peer
+//!   with the port kept, so the other side's plain outbound connect reaches
+//!   the listener whatever its own NAT (even `Symmetric`: its random external
+//!   port does not matter for an outbound connection, the reply comes back
+//!   through its conntrack entry).
+//! - **`AddressRestricted` / `PortRestricted` among themselves** (observed
+//!   `direct-tcp` in a few ms, not asserted). Masquerade keeps a free source
+//!   port, so each SYN leaves as `WAN:listening-port` — exactly the
+//!   server-reflexive candidate the other side dials. The host dials one relay
+//!   round trip before the guest (which waits for `PUNCH`), so the host's SYN
+//!   reaches the guest's router first, finds no mapping and is dropped (in
+//!   `input`, before conntrack confirms it, so it steals nothing). The guest's
+//!   SYN then arrives at the host's router, whose conntrack entry for the
+//!   host's own outbound SYN has exactly this packet as its reply tuple:
+//!   conntrack treats the crossing SYN as a reply (`ct state established`), the
+//!   router forwards it, and the host socket in `SYN-SENT` answers with a
+//!   `SYN-ACK`: a TCP simultaneous open (RFC 9293 §3.5 figure 8), done within
+//!   one round trip, no SYN retransmission needed. `AddressRestricted` also
+//!   DNATs inbound from an address it contacted, filled in by the same
+//!   outbound SYN.
+//! - **`AddressRestricted` × `Symmetric`** (observed `direct-tcp`, not
+//!   asserted): the address-restricted router DNATs a SYN from any port of an
+//!   address it contacted, so the symmetric side's SYN (random external port)
+//!   gets in once the restricted side has dialled the symmetric router's
+//!   address.
+//! - **`PortRestricted` × `Symmetric`** (observed `relay`, not asserted) and
+//!   **`Symmetric` × `Symmetric`** (asserted `relay`): `masquerade
+//!   fully-random` gives the symmetric side's SYN a random external port, so it
+//!   never matches the reply tuple the other router expects
+//!   (`WAN:listening-port`), and a SYN to the symmetric router's
+//!   `WAN:listening-port` finds no mapping there. Relay only.
+//! - **Firewall cells** (observed `direct-tcp`; the `FullCone` one asserted).
+//!   `FullCone +block_inbound_tcp` × `FullCone`: new inbound TCP is dropped at
+//!   A, but B's full cone admits A's SYN (and B's crossing SYN is a reply at
+//!   A, not `new`). `PortRestricted` × `PortRestricted +block_inbound_tcp`:
+//!   the crossing SYN is a conntrack reply, not `new`, so the flag does not
+//!   stop simultaneous open. `block_udp` does not touch TCP (and the direct
+//!   path is TCP today).
+//!
+//! Stdin stays open (after the payload) until `path: direct-tcp` or 3 s, so
+//! relay-only cells take about 4 s and the others about 1 s.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use xtcp_lab::nat::{Lab, NatKind, Site, SiteConfig, RELAY};
+use xtcp_lab::Netns;
+
+const XTCP: &str = env!("CARGO_BIN_EXE_xtcp");
+const RELAY_BIN: &str = env!("CARGO_BIN_EXE_xtcp-relay");
+const RELAY_PORT: u16 = 4433;
+const HOST_BYTES: usize = 4 << 20;
+const GUEST_BYTES: usize = 1 << 20;
+/// How long stdin stays open (after the payload) waiting for a direct path.
+const DIRECT_GRACE: Duration = Duration::from_secs(3);
+/// Bound on one cell's session (both peers exit within it, or are killed).
+const SESSION_BOUND: Duration = Duration::from_secs(30);
+/// Bound on waiting for a single expected stderr line.
+const LINE_BOUND: Duration = Duration::from_secs(20);
+
+/// A child process, killed and reaped on drop (early return, panic).
+struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    /// Start `program args` inside `ns`, all three standard streams piped.
+    fn spawn(ns: &Netns, what: &str, program: &str, args: &[&str]) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), program])
+            .args(args)
+            // Plain text if XTCP_LOG asks the peers for their traces.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+        }
+    }
+
+    /// Wait for the exit until `deadline`; kill it then (None: killed).
+    fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    eprintln!("{}: still running at the deadline, killed", self.what);
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a stderr reader collected: every line with its arrival time, and
+/// whether the stream ended.
+#[derive(Default)]
+struct Seen {
+    lines: Vec<(Instant, String)>,
+    ended: bool,
+}
+
+/// A child's stderr, line by line with the time each line arrived.
+#[derive(Clone, Default)]
+struct Lines(Arc<(Mutex<Seen>, Condvar)>);
+
+impl Lines {
+    fn follow(child: &mut Child) -> Lines {
+        let lines = Lines::default();
+        let err = child.stderr.take().expect("piped stderr");
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let (m, cv) = &*l.0;
+                m.lock().unwrap().lines.push((Instant::now(), line));
+                cv.notify_all();
+            }
+            let (m, cv) = &*l.0;
+            m.lock().unwrap().ended = true;
+            cv.notify_all();
+        });
+        lines
+    }
+
+    /// The first line (time, text) satisfying `f`, waiting until `deadline`.
+    fn wait_for(&self, deadline: Instant, f: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(hit) = g.lines.iter().find(|(_, l)| f(l)) {
+                return Some(hit.clone());
+            }
+            let now = Instant::now();
+            if g.ended || now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.0 .0.lock().unwrap().lines.clone()
+    }
+
+    /// Every `path: …` the process printed, in order, with its time.
+    fn paths(&self) -> Vec<(Instant, String)> {
+        self.snapshot()
+            .into_iter()
+            .filter_map(|(t, l)| l.strip_prefix("path: ").map(|p| (t, p.trim().to_string())))
+            .collect()
+    }
+
+    /// All lines, each stamped with its time since `t0`.
+    fn text(&self, t0: Instant) -> String {
+        self.snapshot()
+            .into_iter()
+            .map(|(t, l)| {
+                format!(
+                    "[{:>6} ms] {l}",
+                    t.saturating_duration_since(t0).as_millis()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Drain a child's stdout on a thread (no pipe stall); join for the bytes.
+fn drain_stdout(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
+    let mut out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Feed `data` to the child's stdin in chunks, then keep stdin open until
+/// the child printed `path: direct-tcp` or [`DIRECT_GRACE`] passed since
+/// its first `path:` line (or since the payload was written), then close it.
+fn feed_stdin(child: &mut Child, data: Vec<u8>, lines: Lines) -> std::thread::JoinHandle<()> {
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    std::thread::spawn(move || {
+        for chunk in data.chunks(64 * 1024) {
+            if stdin.write_all(chunk).is_err() {
+                return; // the child is gone; its exit status tells
+            }
+        }
+        let _ = stdin.flush();
+        let written = Instant::now();
+        let start = lines
+            .wait_for(written, |l| l.starts_with("path: "))
+            .map_or(written, |(t, _)| t);
+        lines.wait_for(start + DIRECT_GRACE, |l| l.trim() == "path: direct-tcp");
+        drop(stdin);
+    })
+}
+
+fn new_token() -> (String, String) {
+    let out = Command::new(RELAY_BIN).arg("token").output().unwrap();
+    assert!(out.status.success(), "xtcp-relay token");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token line")
+        .to_string();
+    let line = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("add to the relay config:")
+                .map(|x| x.1.trim().to_string())
+        })
+        .expect("config line");
+    (token, line)
+}
+
+fn label(c: SiteConfig) -> String {
+    let mut s = format!("{:?}", c.nat);
+    if c.block_inbound_tcp {
+        s += " +block_inbound_tcp";
+    }
+    if c.block_udp {
+        s += " +block_udp";
+    }
+    s
+}
+
+struct CellResult {
+    a: SiteConfig,
+    b: SiteConfig,
+    host_paths: Vec<String>,
+    guest_paths: Vec<String>,
+    to_direct_ms: Option<u128>,
+    verified: bool,
+    host_exit: Option<i32>,
+    guest_exit: Option<i32>,
+    elapsed: Duration,
+    host_stderr: String,
+    guest_stderr: String,
+}
+
+impl CellResult {
+    fn host_last(&self) -> &str {
+        self.host_paths.last().map_or("-", String::as_str)
+    }
+    fn guest_last(&self) -> &str {
+        self.guest_paths.last().map_or("-", String::as_str)
+    }
+    fn reached_direct(&self) -> bool {
+        self.host_paths.iter().any(|p| p == "direct-tcp")
+            && self.guest_paths.iter().any(|p| p == "direct-tcp")
+    }
+    /// `direct-tcp` when both sides printed it at some point (noting a side
+    /// whose last line went back to the relay), else the last paths.
+    fn path_reached(&self) -> String {
+        if self.reached_direct() {
+            let mut s = "direct-tcp".to_string();
+            for (who, last) in [("host", self.host_last()), ("guest", self.guest_last())] {
+                if last != "direct-tcp" {
+                    s += &format!(" ({who} ended on {last})");
+                }
+            }
+            s
+        } else if self.host_last() == self.guest_last() {
+            self.host_last().to_string()
+        } else {
+            format!("host {} / guest {}", self.host_last(), self.guest_last())
+        }
+    }
+}
+
+fn run_cell(a: SiteConfig, b: SiteConfig, token: &str, token_line: &str, n: u64) -> CellResult {
+    let t0 = Instant::now();
+    let lab = Lab::new(a, b).expect("lab");
+    let dir = std::env::temp_dir().join(format!("xtcp-nat-matrix-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("relay.toml");
+    std::fs::write(&cfg, format!("{token_line}\n")).unwrap();
+    let listen = format!("{RELAY}:{RELAY_PORT}");
+    // Declared after `lab`: the processes die before the namespaces go.
+    let mut relay = Proc::spawn(
+        lab.inet(),
+        "relay",
+        RELAY_BIN,
+        &[
+            "--self-signed",
+            "--listen",
+            &listen,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let relay_lines = Lines::follow(&mut relay.child);
+    let _relay_out = drain_stdout(&mut relay.child);
+    let d = Instant::now() + LINE_BOUND;
+    let fp = relay_lines
+        .wait_for(d, |l| l.contains("fingerprint: "))
+        .unwrap_or_else(|| panic!("relay printed no fingerprint: {}", relay_lines.text(t0)));
+    let fp =
+        fp.1.rsplit("fingerprint: ")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+    relay_lines
+        .wait_for(d, |l| l.contains("listening on"))
+        .unwrap_or_else(|| panic!("relay is not listening: {}", relay_lines.text(t0)));
+
+    let pa = xtcp_lab::payload(2 * n + 1, HOST_BYTES);
+    let pb = xtcp_lab::payload(2 * n + 2, GUEST_BYTES);
+    let relay_args = ["--relay", &listen, "--relay-fingerprint", &fp];
+    let mut host_args = vec!["host"];
+    host_args.extend(relay_args);
+    host_args.extend(["--token", token]);
+    let mut host = Proc::spawn(lab.peer(Site::A), "host", XTCP, &host_args);
+    let host_lines = Lines::follow(&mut host.child);
+    let host_out = drain_stdout(&mut host.child);
+    let host_in = feed_stdin(&mut host.child, pa.clone(), host_lines.clone());
+    let code = host_lines
+        .wait_for(Instant::now() + LINE_BOUND, |l| l.starts_with("code: "))
+        .unwrap_or_else(|| panic!("host printed no code: {}", host_lines.text(t0)))
+        .1["code: ".len()..]
+        .trim()
+        .to_string();
+    let mut guest_args = vec!["join", &code];
+    guest_args.extend(relay_args);
+    let mut guest = Proc::spawn(lab.peer(Site::B), "guest", XTCP, &guest_args);
+    let guest_lines = Lines::follow(&mut guest.child);
+    let guest_out = drain_stdout(&mut guest.child);
+    let guest_in = feed_stdin(&mut guest.child, pb.clone(), guest_lines.clone());
+
+    let deadline = Instant::now() + SESSION_BOUND;
+    let host_status = host.wait_until(deadline);
+    let guest_status = guest.wait_until(deadline);
+    let elapsed = t0.elapsed();
+    // The processes are gone: the pipes end, the threads return.
+    let (got_a, got_b) = (host_out.join().unwrap(), guest_out.join().unwrap());
+    let _ = (host_in.join(), guest_in.join());
+    // Let the stderr readers take the last lines.
+    host_lines.wait_for(Instant::now() + Duration::from_secs(2), |_| false);
+    guest_lines.wait_for(Instant::now() + Duration::from_secs(2), |_| false);
+
+    let verified = xtcp_lab::sha256_hex(&got_a) == xtcp_lab::sha256_hex(&pb)
+        && xtcp_lab::sha256_hex(&got_b) == xtcp_lab::sha256_hex(&pa);
+    let hp = host_lines.paths();
+    let to_direct_ms = hp.iter().find(|(_, p)| p == "relay").and_then(|(t0, _)| {
+        hp.iter()
+            .find(|(t, p)| p == "direct-tcp" && t >= t0)
+            .map(|(t, _)| (*t - *t0).as_millis())
+    });
+    let r = CellResult {
+        a,
+        b,
+        host_paths: hp.into_iter().map(|x| x.1).collect(),
+        guest_paths: guest_lines.paths().into_iter().map(|x| x.1).collect(),
+        to_direct_ms,
+        verified,
+        host_exit: host_status.and_then(|s| s.code()),
+        guest_exit: guest_status.and_then(|s| s.code()),
+        elapsed,
+        host_stderr: host_lines.text(t0),
+        guest_stderr: guest_lines.text(t0),
+    };
+    drop((guest, host, relay));
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn cells() -> Vec<(SiteConfig, SiteConfig)> {
+    let mut v = Vec::new();
+    for (i, &a) in NatKind::ALL.iter().enumerate() {
+        for &b in &NatKind::ALL[i..] {
+            v.push((a.into(), b.into()));
+        }
+    }
+    let fw = |nat, block_inbound_tcp, block_udp| SiteConfig {
+        nat,
+        block_inbound_tcp,
+        block_udp,
+    };
+    use NatKind::*;
+    v.push((fw(FullCone, true, false), FullCone.into()));
+    v.push((PortRestricted.into(), fw(PortRestricted, true, false)));
+    v.push((fw(None, false, true), PortRestricted.into()));
+    v.push((
+        fw(PortRestricted, false, true),
+        fw(PortRestricted, false, true),
+    ));
+    v
+}
+
+#[test]
+fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
+    xtcp_lab::require_root();
+    let (token, token_line) = new_token();
+    let t0 = Instant::now();
+    let mut results = Vec::new();
+    // XTCP_NAT_CELLS=substring runs only the cells whose "A x B" contains it.
+    let only = std::env::var("XTCP_NAT_CELLS").ok();
+    for (n, (a, b)) in cells().into_iter().enumerate() {
+        let name = format!("{} x {}", label(a), label(b));
+        if only.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let r = run_cell(a, b, &token, &token_line, n as u64);
+        eprintln!(
+            "cell {:>2} {} x {}: host paths {:?}, guest paths {:?}, exits {:?}/{:?}, verified {}, {:.1} s",
+            n,
+            label(a),
+            label(b),
+            r.host_paths,
+            r.guest_paths,
+            r.host_exit,
+            r.guest_exit,
+            r.verified,
+            r.elapsed.as_secs_f64()
+        );
+        results.push(r);
+    }
+    let total = t0.elapsed();
+
+    let mut table = String::from(
+        "| A | B | path reached | time to direct (ms) | bytes verified |\n|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        table += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            label(r.a),
+            label(r.b),
+            r.path_reached(),
+            r.to_direct_ms.map_or("-".to_string(), |ms| ms.to_string()),
+            r.verified
+        );
+    }
+    eprintln!(
+        "\n{table}\n{} cells in {:.1} s",
+        results.len(),
+        total.as_secs_f64()
+    );
+
+    let mut failures = Vec::new();
+    for r in &results {
+        let name = format!("{} x {}", label(r.a), label(r.b));
+        let mut why = Vec::new();
+        if !r.verified {
+            why.push("bytes differ".to_string());
+        }
+        if r.host_exit != Some(0) || r.guest_exit != Some(0) {
+            why.push(format!("exit codes {:?}/{:?}", r.host_exit, r.guest_exit));
+        }
+        let one_open = |c: SiteConfig| matches!(c.nat, NatKind::None | NatKind::FullCone);
+        if (one_open(r.a) || one_open(r.b)) && !r.reached_direct() {
+            why.push(format!("expected direct-tcp, got {}", r.path_reached()));
+        }
+        if r.a.nat == NatKind::Symmetric
+            && r.b.nat == NatKind::Symmetric
+            && (r.host_paths.iter().any(|p| p != "relay")
+                || r.guest_paths.iter().any(|p| p != "relay"))
+        {
+            why.push(format!(
+                "Symmetric x Symmetric left the relay: {:?} / {:?}",
+                r.host_paths, r.guest_paths
+            ));
+        }
+        if !why.is_empty() {
+            failures.push(format!(
+                "{name}: {}\n--- host stderr:\n{}\n--- guest stderr:\n{}",
+                why.join("; "),
+                r.host_stderr,
+                r.guest_stderr
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cell(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
