@@ -711,6 +711,19 @@ impl Connection {
         edge.saturating_sub(self.recv_buf.contiguous_end())
     }
 
+    /// RFC 7323 §4.2: an RTT sample from the echoed timestamp (1 ms resolution).
+    fn ts_rtt_sample(&self, now: Instant, seg: &SegmentRepr<'_>) -> Option<Duration> {
+        if !self.opts.timestamps {
+            return None;
+        }
+        let (_, tsecr) = seg.options.timestamps?;
+        if tsecr == 0 {
+            return None;
+        }
+        let ms = self.ts_now(now).wrapping_sub(tsecr);
+        (ms < 60_000).then(|| Duration::from_millis(u64::from(ms)))
+    }
+
     fn ts_now(&self, now: Instant) -> u32 {
         // RFC 7323 §5.4: a 1 ms clock with a random per-connection offset.
         ((now.as_micros() / 1000) as u32).wrapping_add(self.params.ts_offset)
@@ -996,16 +1009,13 @@ impl Connection {
     fn syn_acked(&mut self, now: Instant, seg: &SegmentRepr<'_>) {
         self.syn_pending = SynPending::None;
         if self.skip_syn_rtt {
-        } else if let (true, Some((_, tsecr))) = (self.opts.timestamps, seg.options.timestamps) {
-            if tsecr != 0 {
-                let ms = self.ts_now(now).wrapping_sub(tsecr);
-                if ms < 60_000 {
-                    self.rtt.on_sample(Duration::from_millis(u64::from(ms)));
-                }
-            }
         } else if let (Some(at), 1) = (self.syn_sent_at, self.syn_xmits) {
-            // Karn (RFC 6298 §3): only if the SYN was sent once.
+            // Karn (RFC 6298 §3): only if the SYN was sent once. The send time is
+            // exact; the 1 ms timestamp clock would read 0 on a sub-ms path.
             self.rtt.on_sample(now - at);
+        } else if let Some(r) = self.ts_rtt_sample(now, seg) {
+            // A retransmitted SYN: the echoed timestamp says which copy (RFC 7323 §4.2).
+            self.rtt.on_sample(r);
         }
         self.timers.stop(Timer::Rto);
         self.rto_backoff = 0;
@@ -1276,6 +1286,13 @@ impl Connection {
         if self.opts.sack && (sacked_new || self.sacked_bytes > 0) {
             self.detect_losses(now);
         }
+        if sacked_new && d <= 0 {
+            // New SACK information answers an outstanding probe and restarts the
+            // PTO, as an ACK of new data does (RFC 8985 §7.2; RFC 9002 §6.2.1:
+            // the PTO restarts whenever an acknowledgement newly acknowledges data).
+            self.tlp_outstanding = false;
+            self.arm_tlp(now);
+        }
         true
     }
 
@@ -1319,14 +1336,19 @@ impl Connection {
         if let Some((t, end, xmits)) = newest_delivered {
             self.rack_update(now, t, end, xmits);
         }
-        // RFC 7323 §4.2: with timestamps, every ACK that advances SND.UNA yields a sample.
-        if let (true, Some((_, tsecr))) = (self.opts.timestamps, seg.options.timestamps) {
-            if tsecr != 0 {
-                let ms = self.ts_now(now).wrapping_sub(tsecr);
-                if ms < 60_000 {
-                    rtt_sample = Some(Duration::from_millis(u64::from(ms)));
-                }
-            }
+        // RFC 6298 §3 (Karn): the exact send time of a never-retransmitted segment
+        // gives the sample. Only when the ACK covers retransmitted data alone does
+        // the echoed timestamp stand in (RFC 7323 §4.2, as Linux's
+        // tcp_clean_rtx_queue falls back to tcp_rtt_tsopt_us): the timestamp clock
+        // ticks in 1 ms, so on a path whose RTT is below one tick its samples
+        // are 0 or 1 ms of quantisation noise and are not used.
+        if rtt_sample.is_none()
+            && self
+                .rtt
+                .min_rtt()
+                .is_none_or(|m| m >= Duration::from_millis(1))
+        {
+            rtt_sample = self.ts_rtt_sample(now, seg);
         }
         if let Some(r) = rtt_sample {
             self.rtt.on_sample(r);
@@ -1668,8 +1690,9 @@ impl Connection {
                 }
             }
             Timer::Tlp => {
-                // RFC 8985 §7.3: the probe timeout fired with the tail unacknowledged.
-                if self.snd_nxt > self.snd_una && self.recovery.is_none() && !self.tlp_outstanding {
+                // RFC 8985 §7.3: the probe timeout fired with the tail unacknowledged
+                // (also in recovery: see `arm_tlp`).
+                if self.snd_nxt > self.snd_una && !self.tlp_outstanding {
                     self.tlp_due = true;
                     self.tlp_outstanding = true;
                 }
@@ -1678,10 +1701,16 @@ impl Connection {
     }
 
     /// RFC 8985 §7.2: arm the probe timeout (PTO) for the tail of the flight.
+    ///
+    /// Deviation (spec/xtcp.md §5): the PTO also runs during recovery, as
+    /// QUIC's does (RFC 9002 §6.2). RFC 8985 leaves a recovery whose last
+    /// transmissions are all lost to the RTO, because RACK needs a later
+    /// delivery to see them; with a small cwnd (high loss) that is a few
+    /// segments, and each such RTO idles the link for `min_rto`, hundreds of
+    /// RTTs on a short path. A probe elicits the SACK RACK needs instead.
     fn arm_tlp(&mut self, now: Instant) {
         let Some(srtt) = self.rtt.srtt() else { return };
         if !self.opts.sack
-            || self.recovery.is_some()
             || self.tlp_outstanding
             || self.snd_nxt <= self.snd_una
             || !self.state.is_synchronized()
@@ -1690,8 +1719,10 @@ impl Connection {
             return;
         }
         let mut pto = srtt * 2;
-        if self.pipe <= self.mss() as u64 {
-            // One segment in flight: allow for the peer's delayed ACK (WCDelAckT = 200 ms).
+        // One segment in flight: allow for the peer's delayed ACK (WCDelAckT =
+        // 200 ms) — unless the peer holds out-of-order data (we have SACKed
+        // bytes), when it ACKs every segment at once (RFC 5681 §4.2).
+        if self.pipe <= self.mss() as u64 && self.sacked_bytes == 0 {
             pto = pto.max(srtt * 3 / 2 + Duration::from_millis(200));
         }
         let at = now + pto;
@@ -1954,8 +1985,11 @@ impl Connection {
                     .iter()
                     .take_while(|s| s.sacked || s.lost)
                     .all(|s| s.xmits == 1);
-            if self.pipe + mss as u64 <= cwnd || first_rtx {
+            // A due loss probe (RFC 8985 §7.3; sent whatever cwnd says) is best
+            // spent on a segment already known to be lost.
+            if self.pipe + mss as u64 <= cwnd || first_rtx || self.tlp_due {
                 if let Some(idx) = self.rtx.iter().position(|s| s.lost) {
+                    self.tlp_due = false;
                     return self.retransmit(now, idx, buf);
                 }
             }
@@ -2214,6 +2248,10 @@ impl Connection {
         self.stats.bytes_retransmitted += payload_len as u64;
         if !self.timers.is_set(Timer::Rto) {
             self.timers.set(Timer::Rto, now + self.rto_interval());
+        }
+        if was_lost {
+            // RFC 9002 §6.2.1: the PTO runs from the latest transmission.
+            self.arm_tlp(now);
         }
         Some(t)
     }

@@ -6,8 +6,9 @@
 //! - `delay(now, bytes, cwnd, srtt, slow_start) -> Option<Instant>`: `None` if
 //!   a segment of `bytes` may leave now, else the earliest time it may.
 //!   Rate = cwnd / srtt × (2.0 in slow start, 1.2 otherwise) (Linux's
-//!   tcp_pacing_ss_ratio / ca_ratio); a burst allowance of a few segments;
-//!   no pacing before the first RTT sample (srtt = None).
+//!   tcp_pacing_ss_ratio / ca_ratio); a burst allowance of
+//!   max(10 segments, rate × 2 ms); no pacing before the first RTT sample
+//!   (srtt = None).
 //! - `on_sent(now, bytes)`: account a transmitted segment.
 //!
 //! A token bucket: tokens (bytes) refill at the pacing rate up to the burst
@@ -15,8 +16,21 @@
 use crate::time::Instant;
 use core::time::Duration;
 
-/// Segments that may leave back to back.
+/// Segments that may always leave back to back.
 const BURST_SEGMENTS: f64 = 10.0;
+
+/// The burst allowance also covers this much time at the pacing rate.
+///
+/// A pacer is only as fine as the timer that wakes the sender: tokio's timer
+/// (and most event loops') ticks in whole milliseconds, so a pacing delay of a
+/// few microseconds becomes a sleep of one to two milliseconds. With a
+/// fixed 10-segment bucket that sleep caps the rate at 10 segments per tick
+/// (≈ 115 Mbit/s at 1 ms, whatever cwnd/SRTT says). Letting the bucket hold
+/// two ticks' worth of the rate keeps the long-run rate at the formula while
+/// bursts stay bounded by time, as Linux does by sizing TSO bursts to ~1 ms of
+/// the pacing rate (`tcp_tso_autosize`, `sk_pacing_shift`) and quinn by its
+/// 2 ms `BURST_INTERVAL`.
+const BURST_INTERVAL_SECS: f64 = 0.002;
 
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -38,7 +52,7 @@ impl Pacer {
     }
 
     fn burst(&self) -> f64 {
-        BURST_SEGMENTS * self.mss
+        (BURST_SEGMENTS * self.mss).max(self.rate * BURST_INTERVAL_SECS)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -72,6 +86,7 @@ impl Pacer {
         }
         self.refill(now);
         self.rate = rate;
+        self.tokens = self.tokens.min(self.burst());
         let need = bytes as f64 - self.tokens;
         if need <= 0.0 {
             return None;
@@ -111,6 +126,33 @@ mod tests {
         }
         let rate = sent as f64 / now.as_micros() as f64 * 1e6;
         assert!((rate / 1.2e6 - 1.0).abs() < 0.03, "rate {rate}");
+    }
+
+    #[test]
+    fn coarse_timer_keeps_the_formula_rate() {
+        // The caller can only wake on a 1 ms tick (tokio's timer): a delay of
+        // a few µs becomes a sleep to the next tick. The bucket must hold a
+        // tick's worth of the rate or the rate caps at 10 segments per tick.
+        let mut p = Pacer::new(1448);
+        let srtt = Some(Duration::from_millis(2));
+        let cwnd = 200 * 1448u64; // 145 MB/s ×1.2 in CA ≈ 174 MB/s (≈ 120 segments/ms)
+        let mut now = Instant::ZERO;
+        let mut sent = 0usize;
+        while now < Instant::from_millis(100) {
+            match p.delay(now, 1448, cwnd, srtt, false) {
+                None => {
+                    p.on_sent(now, 1448);
+                    sent += 1448;
+                }
+                Some(t) => now = Instant::from_micros(t.as_micros().div_ceil(1000) * 1000),
+            }
+        }
+        let rate = sent as f64 / now.as_micros() as f64 * 1e6;
+        let want = cwnd as f64 / 0.002 * 1.2;
+        assert!(
+            (rate / want - 1.0).abs() < 0.05,
+            "rate {rate}, formula {want}"
+        );
     }
 
     #[test]

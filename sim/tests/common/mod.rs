@@ -58,6 +58,11 @@ pub struct App {
     pub pause: Option<(Instant, Instant)>,
     /// Last time the application ran (a slow reader wakes itself 1 ms later).
     last_run: Instant,
+    /// Timer resolution of the modelled event loop: a deadline is rounded up to
+    /// the next multiple (tokio's timer wheel ticks in 1 ms). `None`: exact.
+    pub timer_tick: Option<std::time::Duration>,
+    /// The connection's counters as of the last wake-up.
+    pub stats: Option<proto::conn::Stats>,
 }
 
 impl App {
@@ -92,6 +97,8 @@ impl App {
             error: None,
             last_run: Instant::ZERO,
             pause: None,
+            timer_tick: None,
+            stats: None,
         }
     }
 
@@ -172,6 +179,7 @@ impl App {
             }
         }
         self.final_state = Some(c.state());
+        self.stats = Some(c.stats());
         if c.error().is_some() {
             self.error = c.error();
         }
@@ -206,9 +214,16 @@ impl Node for App {
         let wake = (self.read_limit > 0 && unread)
             .then(|| self.last_run + std::time::Duration::from_millis(1))
             .or(resume);
-        match (self.ep.poll_timeout(), wake) {
+        let at = match (self.ep.poll_timeout(), wake) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        };
+        match (at, self.timer_tick) {
+            (Some(t), Some(tick)) => {
+                let tick = (tick.as_micros() as u64).max(1);
+                Some(Instant::from_micros(t.as_micros().div_ceil(tick) * tick))
+            }
+            (at, _) => at,
         }
     }
 }
