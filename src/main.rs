@@ -84,6 +84,9 @@ struct RelayArgs {
     /// Seconds without hearing from the direct path before it counts as dead.
     #[arg(long, default_value_t = 5.0)]
     keepalive_timeout: f64,
+    /// Seconds after losing the direct path before trying a new one.
+    #[arg(long, default_value_t = 10.0)]
+    direct_retry: f64,
 }
 
 fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String> {
@@ -102,6 +105,8 @@ fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String>
         },
         keepalive_timeout,
         keepalive_interval: (keepalive_timeout / 5).max(std::time::Duration::from_millis(50)),
+        retry_after: std::time::Duration::try_from_secs_f64(a.direct_retry)
+            .map_err(|_| "--direct-retry must be a number of seconds")?,
         ..DirectOptions::default()
     })
 }

@@ -972,7 +972,9 @@ impl Driver {
             return;
         }
         self.peer_candidates = c;
-        if self.role == Role::Host {
+        // The first attempt starts at once; later ones (after a fallback) at
+        // their scheduled time, with the freshest candidates.
+        if self.role == Role::Host && self.attempt == 0 {
             self.punch();
         }
     }
@@ -1110,6 +1112,13 @@ impl Driver {
             self.relay_epoch = id;
             self.set_path(Path::Relay);
             self.retry_at = Some(Instant::now() + self.opts.retry_after);
+            // A new listening port (and candidates) for the next attempt: the
+            // dead connection's 4-tuple may still be held by its socket (a
+            // FIN that a cut path never delivers), which would make a new
+            // connection between the same ports fail.
+            if self.opts.policy != PathPolicy::RelayOnly {
+                self.start_listener();
+            }
         }
     }
 

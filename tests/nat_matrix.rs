@@ -166,10 +166,24 @@ impl Lines {
 
     /// The first line (time, text) satisfying `f`, waiting until `deadline`.
     fn wait_for(&self, deadline: Instant, f: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+        self.wait_for_after(None, deadline, f)
+    }
+
+    /// Like `wait_for`, among the lines that arrived at or after `after`.
+    fn wait_for_after(
+        &self,
+        after: Option<Instant>,
+        deadline: Instant,
+        f: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
         let (m, cv) = &*self.0;
         let mut g = m.lock().unwrap();
         loop {
-            if let Some(hit) = g.lines.iter().find(|(_, l)| f(l)) {
+            if let Some(hit) = g
+                .lines
+                .iter()
+                .find(|(t, l)| after.is_none_or(|a| *t >= a) && f(l))
+            {
                 return Some(hit.clone());
             }
             let now = Instant::now();
@@ -521,4 +535,173 @@ fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// A direct path cut by nftables in the middle of a transfer: the peers
+/// notice by keepalive timeout, go back to the relay, and when the cut is
+/// lifted move to a new direct path; every byte arrives once, in order.
+#[test]
+fn direct_path_cut_mid_transfer_back_to_relay_then_direct_again_byte_exact() {
+    xtcp_lab::require_root();
+    let (token, token_line) = new_token();
+    let t0 = Instant::now();
+    let lab = Lab::new(NatKind::FullCone.into(), NatKind::PortRestricted.into()).expect("lab");
+    let dir = std::env::temp_dir().join(format!("xtcp-nat-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("relay.toml");
+    std::fs::write(&cfg, format!("{token_line}\n")).unwrap();
+    let listen = format!("{RELAY}:{RELAY_PORT}");
+    let mut relay = Proc::spawn(
+        lab.inet(),
+        "relay",
+        RELAY_BIN,
+        &[
+            "--self-signed",
+            "--listen",
+            &listen,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let relay_lines = Lines::follow(&mut relay.child);
+    let _relay_out = drain_stdout(&mut relay.child);
+    let d = Instant::now() + LINE_BOUND;
+    let fp = relay_lines
+        .wait_for(d, |l| l.contains("fingerprint: "))
+        .expect("relay fingerprint")
+        .1;
+    let fp = fp
+        .rsplit("fingerprint: ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    relay_lines
+        .wait_for(d, |l| l.contains("listening on"))
+        .expect("relay listening");
+
+    // 24 MiB from the host, paced (64 KiB every 10 ms, ≈ 4 s) so the
+    // transfer spans the cut and the upgrade; 1 MiB from the guest.
+    let pa = xtcp_lab::payload(71, 24 << 20);
+    let pb = xtcp_lab::payload(72, 1 << 20);
+    let common = [
+        "--relay",
+        &listen,
+        "--relay-fingerprint",
+        &fp,
+        "--keepalive-timeout",
+        "1",
+        "--direct-retry",
+        "1",
+    ];
+    let mut host_args = vec!["host"];
+    host_args.extend(common);
+    host_args.extend(["--token", &token]);
+    let mut host = Proc::spawn(lab.peer(Site::A), "host", XTCP, &host_args);
+    let host_lines = Lines::follow(&mut host.child);
+    let host_out = drain_stdout(&mut host.child);
+    let code = host_lines
+        .wait_for(Instant::now() + LINE_BOUND, |l| l.starts_with("code: "))
+        .expect("code")
+        .1["code: ".len()..]
+        .trim()
+        .to_string();
+    let mut guest_args = vec!["join", &code];
+    guest_args.extend(common);
+    let mut guest = Proc::spawn(lab.peer(Site::B), "guest", XTCP, &guest_args);
+    let guest_lines = Lines::follow(&mut guest.child);
+    let guest_out = drain_stdout(&mut guest.child);
+    let host_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host_in = {
+        let mut stdin = host.child.stdin.take().expect("stdin");
+        let data = pa.clone();
+        let done = host_done.clone();
+        std::thread::spawn(move || {
+            for chunk in data.chunks(64 * 1024) {
+                if stdin.write_all(chunk).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let guest_in = {
+        let mut stdin = guest.child.stdin.take().expect("stdin");
+        let data = pb.clone();
+        let done = host_done.clone();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+            // Bounded: the host's feeder ends within its paced length.
+            for _ in 0..3000 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let d = Instant::now() + LINE_BOUND;
+    host_lines
+        .wait_for(d, |l| l.trim() == "path: direct-tcp")
+        .unwrap_or_else(|| panic!("never direct: {}", host_lines.text(t0)));
+    let cut_at = Instant::now();
+    lab.cut(Site::A).expect("cut");
+    // Keepalive timeout 1 s: back on the relay within a few seconds.
+    let back = host_lines.wait_for_after(
+        Some(cut_at),
+        Instant::now() + Duration::from_secs(10),
+        |l| l.trim() == "path: relay",
+    );
+    let fallback_after = back.as_ref().map(|(t, _)| *t - cut_at);
+    lab.restore(Site::A).expect("restore");
+    let restored_at = Instant::now();
+    let again = host_lines.wait_for_after(
+        Some(restored_at),
+        Instant::now() + Duration::from_secs(10),
+        |l| l.trim() == "path: direct-tcp",
+    );
+    let upgrade_after = again.as_ref().map(|(t, _)| *t - restored_at);
+
+    let deadline = Instant::now() + SESSION_BOUND;
+    let hs = host.wait_until(deadline);
+    let gs = guest.wait_until(deadline);
+    let (got_a, got_b) = (host_out.join().unwrap(), guest_out.join().unwrap());
+    let _ = (host_in.join(), guest_in.join());
+    host_lines.wait_for(Instant::now() + Duration::from_secs(2), |_| false);
+    let text = format!(
+        "host:\n{}\nguest:\n{}",
+        host_lines.text(t0),
+        guest_lines.text(t0)
+    );
+    eprintln!(
+        "cut → relay after {fallback_after:?}; restore → direct after {upgrade_after:?}\n{text}"
+    );
+    assert!(
+        fallback_after.is_some_and(|d| d < Duration::from_secs(8)),
+        "fell back to the relay: {text}"
+    );
+    assert!(
+        upgrade_after.is_some(),
+        "direct again after the cut was lifted: {text}"
+    );
+    assert_eq!(
+        (hs.and_then(|s| s.code()), gs.and_then(|s| s.code())),
+        (Some(0), Some(0)),
+        "{text}"
+    );
+    assert!(
+        xtcp_lab::sha256_hex(&got_b) == xtcp_lab::sha256_hex(&pa),
+        "host→guest byte-exact ({} of {} bytes)",
+        got_b.len(),
+        pa.len()
+    );
+    assert!(
+        xtcp_lab::sha256_hex(&got_a) == xtcp_lab::sha256_hex(&pb),
+        "guest→host byte-exact"
+    );
+    drop((guest, host, relay));
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }
