@@ -787,7 +787,15 @@ impl Driver {
                     None
                 }
                 Frame::Keepalive { nonce } => {
-                    self.queue(key, &Frame::KeepaliveAck { nonce });
+                    // Bounded: a peer that floods keepalives while not reading
+                    // gets no more answers once the output backs up.
+                    if self
+                        .slots
+                        .get(&key)
+                        .is_some_and(|s| s.out.len() < 2 * OUT_BATCH)
+                    {
+                        self.queue(key, &Frame::KeepaliveAck { nonce });
+                    }
                     None
                 }
                 Frame::KeepaliveAck { .. } => None,
