@@ -55,7 +55,8 @@ async fn wait_path(s: &xtcp::Session, want: Path, within: Duration) -> Option<Du
 async fn starts_on_relay_moves_to_direct_tcp_256_mib_byte_exact() {
     let relay = start_relay(relay_config()).await;
     let (h, g, paired) = pair(&relay, DirectOptions::default()).await;
-    assert_eq!(h.path(), Path::Relay, "every session starts on the relay");
+    // Every session starts on the relay; on loopback the direct path is
+    // proven about 1 ms after pairing, so it may already be in use here.
     let len: u64 = std::env::var("XTCP_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -87,6 +88,8 @@ async fn starts_on_relay_moves_to_direct_tcp_256_mib_byte_exact() {
     let relayed = m
         .bytes_host_to_guest
         .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("relay forwarded {relayed} of {len} bytes host→guest");
+    assert!(relayed > 0, "the session began on the relay");
     assert!(
         relayed < len / 2,
         "relay forwarded {relayed} of {len} bytes"
