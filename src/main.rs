@@ -126,7 +126,13 @@ async fn run_session(session: xtcp::Session) -> Result<(), String> {
 /// Print `path: …` on stderr each time the session changes path.
 fn report_paths(session: &xtcp::Session) {
     let mut ev = session.path_events();
-    eprintln!("path: {}", *ev.borrow_and_update());
+    // Every session starts on the relay (the direct path may already have
+    // taken over by now: then its line follows at once).
+    eprintln!("path: relay");
+    let now = *ev.borrow_and_update();
+    if now != xtcp::Path::Relay {
+        eprintln!("path: {now}");
+    }
     tokio::spawn(async move {
         while ev.changed().await.is_ok() {
             let p = *ev.borrow_and_update();
