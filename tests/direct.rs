@@ -184,7 +184,10 @@ async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_agai
         v
     });
     let t = Instant::now();
-    let (a, b) = tokio::join!(exchange_hashed(h, len, 21), recv_timed(g, len / 4, 22));
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, len, 21),
+        exchange_hashed_timed(g, len / 4, 22)
+    );
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let secs = t.elapsed().as_secs_f64();
     let (a, (b, stall)) = (a.expect("host side"), b.expect("guest side"));
@@ -208,51 +211,4 @@ async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_agai
         "fell back to the relay: {path_log:?}"
     );
     assert!(upgrades >= 1, "went direct again after the fallback");
-}
-
-/// Like `exchange_hashed`, and also the longest gap between two reads that
-/// returned bytes (the stall the application saw).
-async fn recv_timed(
-    s: xtcp::Session,
-    len: u64,
-    seed: u64,
-) -> std::io::Result<(([u8; 32], [u8; 32], u64), Duration)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut rd, mut wr) = tokio::io::split(s);
-    let send = async {
-        let mut g = Gen::new(seed);
-        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            g.fill(&mut buf[..n]);
-            h.update(&buf[..n]);
-            wr.write_all(&buf[..n]).await?;
-            left -= n as u64;
-        }
-        wr.shutdown().await?;
-        Ok::<_, std::io::Error>(digest(h))
-    };
-    let recv = async {
-        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        let (mut total, mut worst, mut last) = (0u64, Duration::ZERO, None::<Instant>);
-        loop {
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let now = Instant::now();
-            if let Some(l) = last {
-                worst = worst.max(now - l);
-            }
-            last = Some(now);
-            h.update(&buf[..n]);
-            total += n as u64;
-        }
-        Ok::<_, std::io::Error>((digest(h), total, worst))
-    };
-    let (sent, (got, n, worst)) = tokio::try_join!(send, recv)?;
-    Ok(((sent, got, n), worst))
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xtcp::relay::server::{self, Relay, RelayConfig};
 use xtcp::relay::{RelayClientConfig, RelayTrust};
@@ -91,6 +91,19 @@ pub async fn exchange_hashed<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    Ok(exchange_hashed_timed(s, len, tx_seed).await?.0)
+}
+
+/// Like [`exchange_hashed`], and also the longest gap between two reads that
+/// returned bytes (the longest stall the application saw).
+pub async fn exchange_hashed_timed<S>(
+    s: S,
+    len: u64,
+    tx_seed: u64,
+) -> std::io::Result<(([u8; 32], [u8; 32], u64), Duration)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut rd, mut wr) = tokio::io::split(s);
     let send = async {
         let mut g = Gen::new(tx_seed);
@@ -110,19 +123,24 @@ where
     let recv = async {
         let mut h = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
+        let (mut total, mut worst, mut last) = (0u64, Duration::ZERO, None::<Instant>);
         loop {
             let n = rd.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
+            let now = Instant::now();
+            if let Some(l) = last {
+                worst = worst.max(now - l);
+            }
+            last = Some(now);
             h.update(&buf[..n]);
             total += n as u64;
         }
-        Ok::<_, std::io::Error>((digest(h), total))
+        Ok::<_, std::io::Error>((digest(h), total, worst))
     };
-    let (sent, (got, n)) = tokio::try_join!(send, recv)?;
-    Ok((sent, got, n))
+    let (sent, (got, n, worst)) = tokio::try_join!(send, recv)?;
+    Ok(((sent, got, n), worst))
 }
 
 pub fn digest(h: ring::digest::Context) -> [u8; 32] {
