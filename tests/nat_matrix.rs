@@ -326,15 +326,17 @@ impl CellResult {
     }
 }
 
-fn run_cell(a: SiteConfig, b: SiteConfig, token: &str, token_line: &str, n: u64) -> CellResult {
-    let t0 = Instant::now();
-    let lab = Lab::new(a, b).expect("lab");
-    let dir = std::env::temp_dir().join(format!("xtcp-nat-matrix-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Start `xtcp-relay` (self-signed, the token's config line) on the lab's
+/// relay address in `inet`; returns it, its address and its fingerprint.
+fn start_lab_relay(
+    lab: &Lab,
+    dir: &std::path::Path,
+    token_line: &str,
+    t0: Instant,
+) -> (Proc, String, String) {
     let cfg = dir.join("relay.toml");
     std::fs::write(&cfg, format!("{token_line}\n")).unwrap();
     let listen = format!("{RELAY}:{RELAY_PORT}");
-    // Declared after `lab`: the processes die before the namespaces go.
     let mut relay = Proc::spawn(
         lab.inet(),
         "relay",
@@ -348,20 +350,31 @@ fn run_cell(a: SiteConfig, b: SiteConfig, token: &str, token_line: &str, n: u64)
         ],
     );
     let relay_lines = Lines::follow(&mut relay.child);
-    let _relay_out = drain_stdout(&mut relay.child);
+    // Drained on a thread that ends with the process.
+    drop(drain_stdout(&mut relay.child));
     let d = Instant::now() + LINE_BOUND;
     let fp = relay_lines
         .wait_for(d, |l| l.contains("fingerprint: "))
-        .unwrap_or_else(|| panic!("relay printed no fingerprint: {}", relay_lines.text(t0)));
-    let fp =
-        fp.1.rsplit("fingerprint: ")
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
+        .unwrap_or_else(|| panic!("relay printed no fingerprint: {}", relay_lines.text(t0)))
+        .1;
+    let fp = fp
+        .rsplit("fingerprint: ")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     relay_lines
         .wait_for(d, |l| l.contains("listening on"))
         .unwrap_or_else(|| panic!("relay is not listening: {}", relay_lines.text(t0)));
+    (relay, listen, fp)
+}
+
+fn run_cell(a: SiteConfig, b: SiteConfig, token: &str, token_line: &str, n: u64) -> CellResult {
+    let t0 = Instant::now();
+    let lab = Lab::new(a, b).expect("lab");
+    let dir = std::env::temp_dir().join(format!("xtcp-nat-matrix-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (relay, listen, fp) = start_lab_relay(&lab, &dir, token_line, t0);
 
     let pa = xtcp_lab::payload(2 * n + 1, HOST_BYTES);
     let pb = xtcp_lab::payload(2 * n + 2, GUEST_BYTES);
@@ -548,37 +561,7 @@ fn direct_path_cut_mid_transfer_back_to_relay_then_direct_again_byte_exact() {
     let lab = Lab::new(NatKind::FullCone.into(), NatKind::PortRestricted.into()).expect("lab");
     let dir = std::env::temp_dir().join(format!("xtcp-nat-cut-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("relay.toml");
-    std::fs::write(&cfg, format!("{token_line}\n")).unwrap();
-    let listen = format!("{RELAY}:{RELAY_PORT}");
-    let mut relay = Proc::spawn(
-        lab.inet(),
-        "relay",
-        RELAY_BIN,
-        &[
-            "--self-signed",
-            "--listen",
-            &listen,
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-    );
-    let relay_lines = Lines::follow(&mut relay.child);
-    let _relay_out = drain_stdout(&mut relay.child);
-    let d = Instant::now() + LINE_BOUND;
-    let fp = relay_lines
-        .wait_for(d, |l| l.contains("fingerprint: "))
-        .expect("relay fingerprint")
-        .1;
-    let fp = fp
-        .rsplit("fingerprint: ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
-    relay_lines
-        .wait_for(d, |l| l.contains("listening on"))
-        .expect("relay listening");
+    let (relay, listen, fp) = start_lab_relay(&lab, &dir, &token_line, t0);
 
     // 24 MiB from the host, paced (64 KiB every 10 ms, ≈ 4 s) so the
     // transfer spans the cut and the upgrade; 1 MiB from the guest.
