@@ -43,6 +43,11 @@ pub struct EndpointConfig {
     pub accept_backlog: usize,
     /// Always answer SYNs with cookies (for tests; normally only under pressure).
     pub always_cookie: bool,
+    /// Datagrams `poll_transmit` takes from one connection in a row before
+    /// the next ready connection's turn (at least 1). Runs of one
+    /// connection's datagrams go to one destination, so a runtime can send
+    /// them as one UDP GSO batch; the turns keep connections fair.
+    pub tx_burst: usize,
 }
 
 impl Default for EndpointConfig {
@@ -55,6 +60,7 @@ impl Default for EndpointConfig {
             max_connections: 65_536,
             accept_backlog: 1024,
             always_cookie: false,
+            tx_burst: 16,
         }
     }
 }
@@ -111,8 +117,11 @@ pub struct Endpoint {
     maybe_dead: Vec<usize>,
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: EndpointStats,
-    /// Connections that may have a datagram to send (round robin).
+    /// Connections that may have a datagram to send (round robin, in turns
+    /// of up to `tx_burst` datagrams: the front one is in its turn).
     ready: VecDeque<usize>,
+    /// Datagrams the front of `ready` has sent in its current turn.
+    turn_sent: usize,
     in_ready: Vec<bool>,
     /// Timer heap with lazy invalidation: an entry counts only while it equals
     /// `timer_at[idx]`, the connection's current `poll_timeout`.
@@ -154,6 +163,7 @@ impl Endpoint {
             stateless: VecDeque::new(),
             stats: EndpointStats::default(),
             ready: VecDeque::new(),
+            turn_sent: 0,
             in_ready: Vec::new(),
             timers: BinaryHeap::new(),
             timer_at: Vec::new(),
@@ -714,7 +724,8 @@ impl Endpoint {
     }
 
     /// Next datagram to send: stateless replies first, then the connections
-    /// that may have something, in turn (only those: O(1) per datagram).
+    /// that may have something, in turns of up to `tx_burst` datagrams each
+    /// (only those: O(1) per datagram).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.settle_dirty();
         if let Some((to, bytes)) = self.stateless.pop_front() {
@@ -732,12 +743,20 @@ impl Endpoint {
             };
             match t {
                 Some(t) => {
-                    // Still ready: back of the queue, for fairness.
-                    self.ready.push_back(idx);
+                    // Still ready: it keeps the front until its turn is
+                    // over, then goes to the back of the queue.
+                    self.turn_sent += 1;
+                    if self.turn_sent < self.cfg.tx_burst {
+                        self.ready.push_front(idx);
+                    } else {
+                        self.turn_sent = 0;
+                        self.ready.push_back(idx);
+                    }
                     self.refresh_timer(idx);
                     return Some(t);
                 }
                 None => {
+                    self.turn_sent = 0;
                     if let Some(f) = self.in_ready.get_mut(idx) {
                         *f = false;
                     }
@@ -856,4 +875,96 @@ fn wscale_for(cfg: &Config) -> u8 {
         shift += 1;
     }
     shift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn endpoint(listen: bool, tx_burst: usize, key: u8) -> Endpoint {
+        Endpoint::new(
+            EndpointConfig {
+                listen,
+                tx_burst,
+                ..EndpointConfig::default()
+            },
+            [key; 32],
+        )
+    }
+
+    /// Deliver everything the three endpoints send until they fall silent.
+    fn pump(now: Instant, a: &mut Endpoint, bs: &mut [(SocketAddr, Endpoint)], a_addr: SocketAddr) {
+        let mut buf = [0u8; 2048];
+        for _ in 0..50 {
+            let mut quiet = true;
+            while let Some(t) = a.poll_transmit(now, &mut buf) {
+                quiet = false;
+                if let Some((_, b)) = bs.iter_mut().find(|(at, _)| *at == t.destination) {
+                    let _ = b.handle_datagram(now, a_addr, &buf[..t.size]);
+                }
+            }
+            for (at, b) in bs.iter_mut() {
+                while let Some(t) = b.poll_transmit(now, &mut buf) {
+                    quiet = false;
+                    let _ = a.handle_datagram(now, *at, &buf[..t.size]);
+                }
+            }
+            if quiet {
+                return;
+            }
+        }
+    }
+
+    /// Destinations of the datagrams `a` sends after both of its connections
+    /// were given 64 KiB, as runs: (destination, datagrams in a row).
+    fn runs_after_writes(tx_burst: usize) -> Vec<(SocketAddr, usize)> {
+        let now = Instant::from_micros(1_000);
+        let a_addr = addr(1);
+        let mut a = endpoint(false, tx_burst, 1);
+        let mut bs = vec![
+            (addr(2), endpoint(true, 16, 2)),
+            (addr(3), endpoint(true, 16, 3)),
+        ];
+        let h1 = a.connect(now, addr(2));
+        let h2 = a.connect(now, addr(3));
+        pump(now, &mut a, &mut bs, a_addr);
+        for h in [h1, h2] {
+            let c = a.connection_mut(h).expect("connection");
+            assert!(c.state().is_synchronized(), "{:?}", c.state());
+            assert_eq!(c.write(&[7u8; 64 << 10]), Ok(64 << 10));
+        }
+        let mut buf = [0u8; 2048];
+        let mut runs: Vec<(SocketAddr, usize)> = Vec::new();
+        while let Some(t) = a.poll_transmit(now, &mut buf) {
+            match runs.last_mut() {
+                Some((d, n)) if *d == t.destination => *n += 1,
+                _ => runs.push((t.destination, 1)),
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn ready_connections_take_turns_of_tx_burst_datagrams() {
+        // Both connections may send their initial window (RFC 6928: 10
+        // segments of 1448 bytes) at once.
+        let turns = runs_after_writes(4);
+        let lens: Vec<usize> = turns.iter().map(|r| r.1).collect();
+        assert_eq!(lens, [4, 4, 4, 4, 2, 2], "{turns:?}");
+        for w in turns.windows(2) {
+            assert_ne!(w[0].0, w[1].0, "turns alternate: {turns:?}");
+        }
+        // With turns longer than the window, each connection's datagrams
+        // leave in one run (one GSO batch for the runtime).
+        let lens: Vec<usize> = runs_after_writes(16).iter().map(|r| r.1).collect();
+        assert_eq!(lens, [10, 10]);
+        // Turns of one datagram are plain round robin.
+        let turns = runs_after_writes(1);
+        assert_eq!(turns.len(), 20);
+        assert!(turns.iter().all(|r| r.1 == 1));
+    }
 }
