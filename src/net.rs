@@ -664,10 +664,16 @@ fn poll_write_h(h: &StreamHandle, cx: &mut Context<'_>, data: &[u8]) -> Poll<io:
     let Some(c) = g.ep.connection_mut(h.h) else {
         return Poll::Ready(Err(XtcpError::EndpointClosed.into()));
     };
+    // Data already waiting for the windows: the ACK or timer that lets it go
+    // wakes the driver anyway, so this write need not (in a bulk transfer
+    // these wake-ups were over half of the sending driver's turns).
+    let waiting = c.has_unsent_full_segment();
     match c.write(data) {
         Ok(n) => {
             drop(g);
-            h.shared.notify.notify_one();
+            if !waiting {
+                h.shared.notify.notify_one();
+            }
             Poll::Ready(Ok(n))
         }
         Err(WriteError::Blocked) => {

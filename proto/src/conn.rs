@@ -649,6 +649,15 @@ impl Connection {
             self.send_buf.free()
         }
     }
+    /// Whether a full segment of written data is still unsent. Then the
+    /// connection waits for its windows or its pacer, not for the
+    /// application (a full segment is never held back by Nagle or SWS
+    /// avoidance), so another `write` cannot make it send sooner: only an
+    /// ACK or a timer can, and both reach the endpoint anyway. A runtime may
+    /// skip waking its driver after such a write.
+    pub fn has_unsent_full_segment(&self) -> bool {
+        self.send_buf.end().saturating_sub(self.snd_nxt) >= self.mss() as u64
+    }
     /// In-order bytes ready for `read`.
     pub fn readable(&self) -> usize {
         self.recv_buf.readable()

@@ -896,9 +896,14 @@ mod tests {
         )
     }
 
-    /// Deliver everything the three endpoints send until they fall silent.
+    /// Fire due timers, then deliver everything the endpoints send until
+    /// they fall silent (no loss, no delay).
     fn pump(now: Instant, a: &mut Endpoint, bs: &mut [(SocketAddr, Endpoint)], a_addr: SocketAddr) {
         let mut buf = [0u8; 2048];
+        a.handle_timeout(now);
+        for (_, b) in bs.iter_mut() {
+            b.handle_timeout(now);
+        }
         for _ in 0..50 {
             let mut quiet = true;
             while let Some(t) = a.poll_transmit(now, &mut buf) {
@@ -946,6 +951,46 @@ mod tests {
             }
         }
         runs
+    }
+
+    #[test]
+    fn unsent_full_segment_means_waiting_for_the_windows() {
+        let now = Instant::from_micros(1_000);
+        let mut a = endpoint(false, 16, 1);
+        let mut bs = vec![(addr(2), endpoint(true, 16, 2))];
+        let h = a.connect(now, addr(2));
+        pump(now, &mut a, &mut bs, addr(1));
+        let c = a.connection_mut(h).expect("connection");
+        assert!(!c.has_unsent_full_segment());
+        // Less than a segment: Nagle may hold it, so a write still matters.
+        assert_eq!(c.write(&[1u8; 100]), Ok(100));
+        assert!(!c.has_unsent_full_segment());
+        assert_eq!(c.write(&[1u8; 32 << 10]), Ok(32 << 10));
+        assert!(c.has_unsent_full_segment());
+        // The initial window goes; the rest waits for ACKs.
+        let mut buf = [0u8; 2048];
+        let mut sent = 0;
+        while let Some(t) = a.poll_transmit(now, &mut buf) {
+            sent += 1;
+            let _ = bs[0].1.handle_datagram(now, addr(1), &buf[..t.size]);
+        }
+        assert_eq!(sent, 10);
+        assert!(a
+            .connection(h)
+            .expect("connection")
+            .has_unsent_full_segment());
+        // Everything acknowledged and sent: nothing waits any more.
+        for i in 0..200u64 {
+            pump(
+                Instant::from_micros(2_000 + i * 1_000),
+                &mut a,
+                &mut bs,
+                addr(1),
+            );
+        }
+        let c = a.connection(h).expect("connection");
+        assert_eq!(c.unacked(), 0);
+        assert!(!c.has_unsent_full_segment());
     }
 
     #[test]
