@@ -71,6 +71,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     let cfg = RelayConfig {
         listen: "127.0.0.1:0".parse().map_err(err)?,
         token_hashes: vec![server::token_hash(token)],
+        udp_listen: Some("127.0.0.1:0".parse().map_err(err)?),
         ..RelayConfig::default()
     };
     let relay = Relay::start(

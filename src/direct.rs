@@ -12,6 +12,7 @@
 //! too. The first proven connection is offered to the session driver; the
 //! host decides which one carries the session (`RESUME` on it).
 
+use crate::api::Path;
 use crate::e2e::{self, E2eOptions, Role};
 use crate::secret::SessionSecret;
 use proto::session::{Candidate, CandidateKind, Transport};
@@ -31,10 +32,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PathIo for T {}
 pub(crate) struct DirectConn {
     pub io: Box<dyn PathIo>,
     pub remote: SocketAddr,
+    /// `DirectTcp` or `DirectUdp`.
+    pub kind: Path,
+    /// For XTCP: waits until the peer acknowledged everything (see the
+    /// session driver's end).
+    pub xtcp: Option<crate::net::CloseWaiter>,
 }
 
 /// Most candidates this side advertises (the frame allows 32).
-const MAX_OWN_CANDIDATES: usize = 16;
+pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
 
 /// What a direct attempt needs to know.
 #[derive(Clone)]
@@ -60,18 +66,32 @@ impl DirectCtx {
     /// Prove the session on `tcp`, then offer it to the driver.
     async fn prove(self, tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        self.prove_io(tcp, remote, Path::DirectTcp, None).await;
+    }
+
+    /// Prove the session on a direct connection of either transport (e2e
+    /// TLS, then the tag bound to the relay path), then offer it.
+    pub(crate) async fn prove_io<S: PathIo>(
+        self,
+        io: S,
+        remote: SocketAddr,
+        kind: Path,
+        xtcp: Option<crate::net::CloseWaiter>,
+    ) {
         let opts = self.e2e_options();
-        match e2e::handshake(tcp, self.role, &self.secret, &opts).await {
+        match e2e::handshake(io, self.role, &self.secret, &opts).await {
             Ok(s) => {
                 let _ = self
                     .found
                     .send(DirectConn {
                         io: Box::new(s),
                         remote,
+                        kind,
+                        xtcp,
                     })
                     .await;
             }
-            Err(e) => tracing::debug!(%remote, "direct tcp: handshake failed: {e}"),
+            Err(e) => tracing::debug!(%remote, ?kind, "direct path: handshake failed: {e}"),
         }
     }
 }
@@ -159,13 +179,19 @@ pub(crate) async fn dial_all(ctx: DirectCtx, local_port: u16, peers: Vec<SocketA
 /// peers and the relay share a machine) and the address the relay observed
 /// (server-reflexive) with the same port, which a port-preserving NAT keeps.
 pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
+    gather_for(Transport::Tcp, port, observed)
+}
+
+/// [`gather`] for either transport (the UDP reflexive address comes from the
+/// relay's UDP service instead, `crate::direct_udp`).
+pub(crate) fn gather_for(transport: Transport, port: u16, observed: SocketAddr) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     let mut push = |kind, ip: IpAddr| {
         let addr = SocketAddr::new(ip, port);
         if out.len() < MAX_OWN_CANDIDATES && !out.iter().any(|c| c.addr == addr) {
             out.push(Candidate {
                 kind,
-                transport: Transport::Tcp,
+                transport,
                 addr,
             });
         }
@@ -192,7 +218,7 @@ pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
             push(CandidateKind::Host, ip);
         }
     }
-    if observed.is_ipv4() && !observed.ip().is_unspecified() {
+    if transport == Transport::Tcp && observed.is_ipv4() && !observed.ip().is_unspecified() {
         push(CandidateKind::ServerReflexiveTcp, observed.ip());
     }
     out
@@ -201,10 +227,19 @@ pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
 /// The peer's TCP candidates worth dialling (IPv4; loopback only when ours
 /// would be offered too).
 pub(crate) fn dialable(peer: &[Candidate], observed: SocketAddr) -> Vec<SocketAddr> {
+    dialable_for(Transport::Tcp, peer, observed)
+}
+
+/// [`dialable`] for either transport.
+pub(crate) fn dialable_for(
+    transport: Transport,
+    peer: &[Candidate],
+    observed: SocketAddr,
+) -> Vec<SocketAddr> {
     let loopback_ok = observed.ip().is_loopback();
     let mut v: Vec<SocketAddr> = peer
         .iter()
-        .filter(|c| c.transport == Transport::Tcp && c.addr.is_ipv4() && c.addr.port() != 0)
+        .filter(|c| c.transport == transport && c.addr.is_ipv4() && c.addr.port() != 0)
         .filter(|c| loopback_ok || !c.addr.ip().is_loopback())
         .map(|c| c.addr)
         .collect();

@@ -34,6 +34,14 @@ use tokio::sync::Notify;
 const RECV_BUF: usize = 65_536;
 /// Datagrams handled per wake-up before yielding to timers and sends.
 const RECV_BATCH: usize = 64;
+/// First bytes of datagrams that share an XTCP socket without being XTCP
+/// (byte 0 of XTCP is its version, 1): the relay's UDP address service and
+/// the peers' punch probes (`spec/direct.md` §4.3).
+pub const SIDE_CHANNEL: std::ops::RangeInclusive<u8> = 0xA0..=0xAF;
+/// Longest side-channel datagram passed on (they are all small).
+const SIDE_CHANNEL_MAX: usize = 256;
+/// Side-channel datagrams queued at most before new ones are dropped.
+const SIDE_CHANNEL_QUEUE: usize = 64;
 
 /// Typed errors of XTCP streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,9 +122,35 @@ struct Inner {
     dropped: std::collections::HashSet<ConnectionHandle>,
     accept: Option<Waker>,
     closed: bool,
+    /// Where non-XTCP datagrams (first byte in [`SIDE_CHANNEL`]) go, if anywhere.
+    side: Option<tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>>,
 }
 
 impl Inner {
+    /// Hand `d` to the side channel when it is one of its datagrams (and the
+    /// channel has room: a flood is dropped, never queued without bound).
+    /// Returns whether the datagram was a side-channel one.
+    fn side_channel(&mut self, from: SocketAddr, d: &[u8]) -> bool {
+        if !d.first().is_some_and(|b| SIDE_CHANNEL.contains(b)) {
+            return false;
+        }
+        if let Some(tx) = &self.side {
+            if d.len() <= SIDE_CHANNEL_MAX {
+                let _ = tx.try_send((from, d.to_vec()));
+            }
+        }
+        true
+    }
+
+    /// Feed one received datagram to the side channel or the XTCP endpoint.
+    fn input(&mut self, now: proto::Instant, from: SocketAddr, d: &[u8]) {
+        if self.side_channel(from, d) {
+            return;
+        }
+        let h = self.ep.handle_datagram(now, from, d).ok().flatten();
+        self.touch(h);
+    }
+
     fn now(&self) -> proto::Instant {
         proto::Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
     }
@@ -229,11 +263,18 @@ impl XtcpEndpoint {
         if addr.is_ipv6() {
             let _ = sock.set_only_v6(false);
         }
-        let _ = sock.set_recv_buffer_size(opts.socket_buffer);
-        let _ = sock.set_send_buffer_size(opts.socket_buffer);
-        sock.set_nonblocking(true)?;
         sock.bind(&addr.into())?;
-        let socket = UdpSocket::from_std(sock.into())?;
+        Self::from_std(sock.into(), opts)
+    }
+
+    /// Run an endpoint on a UDP socket bound already (e.g. the one of many
+    /// punching sockets that got through a NAT, `spec/direct.md` §4.3).
+    pub fn from_std(sock: std::net::UdpSocket, opts: EndpointOptions) -> io::Result<XtcpEndpoint> {
+        let s2 = socket2::SockRef::from(&sock);
+        let _ = s2.set_recv_buffer_size(opts.socket_buffer);
+        let _ = s2.set_send_buffer_size(opts.socket_buffer);
+        sock.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(sock)?;
         let local = socket.local_addr()?;
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -254,6 +295,7 @@ impl XtcpEndpoint {
                 dropped: Default::default(),
                 accept: None,
                 closed: false,
+                side: None,
             }),
             notify: Notify::new(),
             flushed: tokio::sync::watch::channel(0).0,
@@ -296,6 +338,22 @@ impl XtcpEndpoint {
     /// Endpoint counters (malformed datagrams, unknown connection ids …).
     pub fn stats(&self) -> proto::endpoint::EndpointStats {
         self.shared.lock().ep.stats()
+    }
+
+    /// Receive the datagrams on this socket that are not XTCP (first byte in
+    /// [`SIDE_CHANNEL`]), e.g. answers of the relay's UDP address service
+    /// and punch probes. Bounded: when the receiver falls behind, new ones
+    /// are dropped. A second call replaces the first receiver.
+    pub fn side_channel(&self) -> tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SIDE_CHANNEL_QUEUE);
+        self.shared.lock().side = Some(tx);
+        rx
+    }
+
+    /// Send one datagram that is not XTCP on this endpoint's socket (same
+    /// source address and port as its connections: what a NAT maps).
+    pub async fn send_raw(&self, to: SocketAddr, d: &[u8]) -> io::Result<()> {
+        self.shared.socket.send_to(d, to).await.map(|_| ())
     }
 
     /// Open a connection and wait for the handshake.
@@ -403,14 +461,10 @@ async fn drive(weak: std::sync::Weak<Shared>) {
                 let mut g = shared.lock();
                 if let Ok((n, from)) = r {
                     let now = g.now();
-                    let h = g.ep.handle_datagram(now, from, &rbuf[..n]).ok().flatten();
-                    g.touch(h);
+                    g.input(now, from, &rbuf[..n]);
                     for _ in 1..RECV_BATCH {
                         match shared.socket.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => {
-                                let h = g.ep.handle_datagram(now, from, &rbuf[..n]).ok().flatten();
-                                g.touch(h);
-                            }
+                            Ok((n, from)) => g.input(now, from, &rbuf[..n]),
                             Err(_) => break,
                         }
                     }
