@@ -200,6 +200,23 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    async fn flush(&self) {
+        let mut rx = self.flushed.subscribe();
+        // Two full passes, each started by a wake-up after this call: the
+        // first may have begun before it, the second cannot have.
+        for _ in 0..2 {
+            let g0 = *rx.borrow_and_update();
+            self.notify.notify_one();
+            let wait = rx.wait_for(|g| *g > g0);
+            if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// A UDP socket carrying many XTCP connections.
@@ -314,20 +331,7 @@ impl XtcpEndpoint {
     /// Wait until the driver has sent every datagram the connections have
     /// queued now (e.g. the last ACK before the process exits).
     pub async fn flush(&self) {
-        let mut rx = self.shared.flushed.subscribe();
-        // Two full passes, each started by a wake-up after this call: the
-        // first may have begun before it, the second cannot have.
-        for _ in 0..2 {
-            let g0 = *rx.borrow_and_update();
-            self.shared.notify.notify_one();
-            let wait = rx.wait_for(|g| *g > g0);
-            if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
+        self.shared.flush().await
     }
 
     /// Connections on this endpoint.
@@ -714,6 +718,12 @@ impl CloseWaiter {
     /// Wait until the connection is closed with all our data acknowledged.
     pub async fn wait(&self) -> Result<(), XtcpError> {
         wait_closed(&self.handle).await
+    }
+
+    /// Wait until the endpoint has sent what its connections queued (the
+    /// last ACK, say) — [`XtcpEndpoint::flush`] for this connection's endpoint.
+    pub async fn flush(&self) {
+        self.handle.shared.flush().await
     }
 
     /// How long a process that is about to exit should keep the endpoint

@@ -621,6 +621,8 @@ impl Driver {
                 // that for TCP), so wait for the peer's acknowledgement.
                 if let Some(w) = xtcp {
                     let _ = w.wait().await;
+                    // Our last ACK leaves before the process may exit.
+                    w.flush().await;
                 }
             }
         };

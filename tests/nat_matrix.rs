@@ -12,57 +12,52 @@
 //!
 //! # What the cells show, and why (observed on the build machine)
 //!
-//! The direct path is TCP only today (UDP hole punching is not built yet).
-//! Each side listens on an OS-assigned port and advertises its interface
-//! addresses and the address the relay observed, both with the listening
-//! port; the host sends `PUNCH` and both sides dial all of the other's
-//! candidates *from their listening port* (`SO_REUSEPORT`). The LAN
-//! candidates of a NATed site fail at once (`Network is unreachable`: `inet`
-//! has no route to it); the server-reflexive one is what matters.
+//! Direct TCP is tried first; UDP hole punching (XTCP) joins after the UDP
+//! window, scaled down here to 1 s (`--udp-after 1`; one test below keeps the
+//! real 10 s default). For TCP each side listens on an OS-assigned port and
+//! advertises its interface addresses and the address the relay observed,
+//! both with the listening port; the host sends `PUNCH` and both sides dial
+//! all of the other's candidates *from their listening port*
+//! (`SO_REUSEPORT`). For UDP each side binds one socket, learns its public
+//! address from the relay's UDP address service, and both probe each other's
+//! candidates; the host connects XTCP to whoever's probe arrived.
 //!
-//! - **At least one side `None` or `FullCone`** (asserted `direct-tcp`;
-//!   observed in a few ms after `path: relay`). A `None` peer's address is
-//!   routable and a `FullCone` router DNATs every inbound packet to the peer
-//!   with the port kept, so the other side's plain outbound connect reaches
-//!   the listener whatever its own NAT (even `Symmetric`: its random external
-//!   port does not matter for an outbound connection, the reply comes back
-//!   through its conntrack entry).
-//! - **`AddressRestricted` / `PortRestricted` among themselves** (observed
-//!   `direct-tcp` in a few ms, not asserted). Masquerade keeps a free source
-//!   port, so each SYN leaves as `WAN:listening-port` — exactly the
-//!   server-reflexive candidate the other side dials. The host dials one relay
-//!   round trip before the guest (which waits for `PUNCH`), so the host's SYN
-//!   reaches the guest's router first, finds no mapping and is dropped (in
-//!   `input`, before conntrack confirms it, so it steals nothing). The guest's
-//!   SYN then arrives at the host's router, whose conntrack entry for the
-//!   host's own outbound SYN has exactly this packet as its reply tuple:
-//!   conntrack treats the crossing SYN as a reply (`ct state established`), the
-//!   router forwards it, and the host socket in `SYN-SENT` answers with a
-//!   `SYN-ACK`: a TCP simultaneous open (RFC 9293 §3.5 figure 8), done within
-//!   one round trip, no SYN retransmission needed. `AddressRestricted` also
-//!   DNATs inbound from an address it contacted, filled in by the same
-//!   outbound SYN.
-//! - **`AddressRestricted` × `Symmetric`** (observed `direct-tcp`, not
-//!   asserted): the address-restricted router DNATs a SYN from any port of an
-//!   address it contacted, so the symmetric side's SYN (random external port)
-//!   gets in once the restricted side has dialled the symmetric router's
-//!   address.
-//! - **`PortRestricted` × `Symmetric`** (observed `relay`, not asserted) and
-//!   **`Symmetric` × `Symmetric`** (asserted `relay`): `masquerade
-//!   fully-random` gives the symmetric side's SYN a random external port, so it
-//!   never matches the reply tuple the other router expects
-//!   (`WAN:listening-port`), and a SYN to the symmetric router's
-//!   `WAN:listening-port` finds no mapping there. Relay only.
-//! - **Firewall cells** (observed `direct-tcp`; the `FullCone` one asserted).
-//!   `FullCone +block_inbound_tcp` × `FullCone`: new inbound TCP is dropped at
-//!   A, but B's full cone admits A's SYN (and B's crossing SYN is a reply at
-//!   A, not `new`). `PortRestricted` × `PortRestricted +block_inbound_tcp`:
-//!   the crossing SYN is a conntrack reply, not `new`, so the flag does not
-//!   stop simultaneous open. `block_udp` does not touch TCP (and the direct
-//!   path is TCP today).
+//! - **At least one side `None` or `FullCone`** (asserted direct; observed
+//!   `direct-tcp` in a few ms). A `None` peer's address is routable and a
+//!   `FullCone` router DNATs every inbound packet to the peer with the port
+//!   kept, so the other side's plain outbound connect reaches the listener
+//!   whatever its own NAT.
+//! - **`AddressRestricted` / `PortRestricted` among themselves** (asserted
+//!   direct; observed `direct-tcp`). Masquerade keeps a free source port, so
+//!   each SYN leaves as `WAN:listening-port`, exactly the server-reflexive
+//!   candidate the other side dials; the crossing SYNs are conntrack replies
+//!   at the other router: a TCP simultaneous open (RFC 9293 §3.5 figure 8).
+//! - **`AddressRestricted` × `Symmetric`** (asserted direct; observed
+//!   `direct-tcp`): the address-restricted router DNATs a SYN from any port
+//!   of an address it contacted.
+//! - **`PortRestricted` × `Symmetric`** (asserted `relay`-or-direct, observed
+//!   `relay`) and **`Symmetric` × `Symmetric`** (asserted `relay`): the
+//!   symmetric side's packets leave from a random external port, which the
+//!   port-restricted router never contacted, and packets to the symmetric
+//!   router's known port find no mapping. Neither TCP nor UDP gets through.
+//! - **`PortRestricted` × `Symmetric` with `--port-prediction 800`, both ways
+//!   round** (asserted direct; observed `direct-udp` ≈ 50 ms after the
+//!   window): the symmetric side opens 800 sockets probing the other's public
+//!   address, the port-restricted side probes 800 random ports of the
+//!   symmetric router; a collision (all but certain) opens one pair of
+//!   mappings, and XTCP runs over it (`spec/direct.md` §4.3.4).
+//! - **Inbound TCP blocked on both sides** (asserted `direct-udp`; observed
+//!   ≈ 2 ms after the 1 s window). `block_inbound_tcp` drops every inbound SYN,
+//!   simultaneous opens included, so no direct TCP exists; UDP punching
+//!   works through the NATs (`None` × `Symmetric`: the symmetric side's probe
+//!   arrives from a peer-reflexive port, which the public side probes back).
+//! - **Inbound TCP blocked on one side** (asserted direct; observed
+//!   `direct-tcp`): the other side's listener or router admits the SYN of the
+//!   blocked side's outbound connect.
+//! - **UDP blocked** (asserted: not `direct-udp`; observed `direct-tcp`).
 //!
-//! Stdin stays open (after the payload) until `path: direct-tcp` or 3 s, so
-//! relay-only cells take about 4 s and the others about 1 s.
+//! Stdin stays open (after the payload) until a `path: direct-…` line or 3 s,
+//! so relay-only cells take about 4 s and the others about 1–2 s.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
