@@ -1054,7 +1054,7 @@ impl Driver {
         }
         match DirectListener::start(self.ctx.clone()) {
             Ok(l) => {
-                let cands = direct::gather(l.port, self.observed);
+                let cands = direct::gather(l.port, self.observed, l.v6);
                 self.listener = Some(l);
                 if let Some(r) = self.relay_slot() {
                     self.queue(r, &Frame::Candidates(cands));
@@ -1254,7 +1254,7 @@ impl Driver {
 
     fn dial(&mut self) {
         let Some(l) = &self.listener else { return };
-        let peers = direct::dialable(&self.peer_candidates, self.observed);
+        let peers = direct::dialable(&self.peer_candidates, self.observed, l.v6);
         if peers.is_empty() {
             return;
         }
