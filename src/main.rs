@@ -189,6 +189,10 @@ struct DemoArgs {
     /// MiB moved in each direction.
     #[arg(long)]
     mib: Option<usize>,
+    /// Take the direct UDP path (XTCP through hole punching, with the relay's
+    /// UDP address service) instead of direct TCP.
+    #[arg(long, conflicts_with = "sim")]
+    udp: bool,
     /// (--sim) random loss in percent.
     #[arg(long, default_value_t = 1.0)]
     loss: f64,
@@ -403,7 +407,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())
             } else {
-                xtcp::demo::run(d.mib.unwrap_or(16))
+                xtcp::demo::run(d.mib.unwrap_or(16), d.udp)
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -412,6 +412,11 @@ async fn drive(weak: std::sync::Weak<Shared>) {
     // One batch of send buffers, allocated once: (destination, length) per slot.
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut out: Vec<(SocketAddr, usize)> = Vec::with_capacity(RECV_BATCH);
+    // While the endpoint has connections the driver holds a strong reference
+    // of its own, so that connections whose handles are all gone still
+    // finish closing (their FIN, retransmissions, TIME-WAIT): a stream
+    // dropped last must not take its FIN down with the endpoint.
+    let mut keep: Option<Arc<Shared>> = None;
     loop {
         let Some(shared) = weak.upgrade() else { return };
         // Send what the connections have.
@@ -485,14 +490,17 @@ async fn drive(weak: std::sync::Weak<Shared>) {
                 shared.lock().dispatch();
             }
         }
-        if Arc::strong_count(&shared) == 1 {
-            // Nobody holds the endpoint or a stream any more: finish the
-            // closing connections (FINs, TIME-WAIT), then stop.
-            let mut g = shared.lock();
-            if g.ep.is_empty() {
-                g.closed = true;
+        let empty = shared.lock().ep.is_empty();
+        let owners = Arc::strong_count(&shared) - 1 - usize::from(keep.is_some());
+        if empty {
+            keep = None;
+            if owners == 0 {
+                // Nobody holds the endpoint or a stream, nothing is closing.
+                shared.lock().closed = true;
                 return;
             }
+        } else if keep.is_none() {
+            keep = Some(shared.clone());
         }
     }
 }
@@ -508,6 +516,7 @@ impl Drop for StreamHandle {
         let mut g = self.shared.lock();
         let now = g.now();
         if let Some(c) = g.ep.connection_mut(self.h) {
+            tracing::trace!(state = ?c.state(), "stream dropped: graceful close");
             c.shutdown(now);
         }
         g.dropped.insert(self.h);

@@ -233,9 +233,24 @@ async fn udp_only_moves_to_direct_udp_byte_exact() {
     assert!(dh.is_some() && dg.is_some(), "both sides reach direct-udp");
     let len: u64 = 64 << 20;
     let (hev, gev) = (h.path_events(), g.path_events());
+    let (hc, gc) = (h.control(), g.control());
     let (a, b) = tokio::join!(
         exchange_hashed(h, len, 21),
         exchange_hashed(g, len / 16, 22)
+    );
+    // Both drivers finish (last ACK and CLOSE delivered over XTCP, both
+    // XTCP connections closed) well before the 5 s bound on that wait.
+    let t = Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(hc.finished(), gc.finished())
+    })
+    .await;
+    eprintln!("sessions finished {:?} after the exchange", t.elapsed());
+    assert!(done.is_ok(), "both sessions finish");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the end of a session over XTCP took {:?}",
+        t.elapsed()
     );
     let (sent_h, got_h, n_h) = a.expect("host side");
     let (sent_g, got_g, n_g) = b.expect("guest side");

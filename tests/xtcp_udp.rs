@@ -342,3 +342,37 @@ async fn ten_thousand_connections_on_one_endpoint_each_64_kib_byte_exact() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// Drop is a graceful close even when the stream is the last handle of its
+/// endpoint: the data still queued and the FIN are delivered (the endpoint's
+/// driver outlives its handles while connections close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handles_still_delivers_the_data_and_the_fin() {
+    let srv = listener();
+    let to = srv.local_addr();
+    let len = 4 << 20;
+    let data = {
+        let mut v = vec![0u8; len];
+        Gen::new(31).fill(&mut v);
+        v
+    };
+    let sent = data.clone();
+    let client = tokio::spawn(async move {
+        let ep = dialer();
+        let mut s = ep.connect(to).await.expect("connect");
+        s.write_all(&sent).await.expect("write");
+        // Both handles go at once, with most of the data still queued.
+        drop(s);
+        drop(ep);
+    });
+    let mut s = tokio::time::timeout(Duration::from_secs(10), srv.accept())
+        .await
+        .expect("accept in time")
+        .expect("accept");
+    let mut got = Vec::with_capacity(len);
+    let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    client.await.expect("client task");
+    assert!(r.is_ok(), "EOF arrives (the FIN was sent)");
+    assert_eq!(got.len(), len, "every byte arrives");
+    assert!(got == data, "byte-exact");
+}
