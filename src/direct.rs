@@ -395,10 +395,10 @@ mod tests {
 }
 
 #[cfg(test)]
-mod forged {
+pub(crate) mod forged {
     use super::*;
 
-    fn ctx(
+    pub(crate) fn ctx(
         secret: SessionSecret,
         role: Role,
         exporter: [u8; 32],

@@ -454,4 +454,64 @@ mod tests {
         assert!(is_probe(&other, 3, &key));
         assert!(crate::net::SIDE_CHANNEL.contains(&PROBE));
     }
+
+    /// The guest's UDP endpoint during an attempt: a stranger who knows its
+    /// address (everything the relay and the network see) but not the code
+    /// connects XTCP and fails the end-to-end proof, as does the right code
+    /// with another session's binding; nothing is offered to the driver. The
+    /// rightful host gets through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_xtcp_attempts_on_the_guest_endpoint_are_rejected() {
+        use crate::direct::forged::ctx;
+        use crate::secret::SessionSecret;
+        let s = SessionSecret::generate().unwrap();
+        let code = s.code();
+        let exporter = [5u8; 32];
+        let (guest, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let prep = prepare(Role::Guest, lo, None).await.unwrap();
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), prep.ep.local_addr().port());
+        let plan = PunchPlan {
+            attempt: 0,
+            peers: Vec::new(),
+            reflexive: Vec::new(),
+            duration: Duration::from_secs(20),
+            prediction: 0,
+        };
+        let attempt = tokio::spawn(punch(prep, guest, plan));
+        // A host-side dial with `secret` and `binding`; Ok when it proved.
+        let dial = |secret: SessionSecret, exporter: [u8; 32]| async move {
+            let (host, mut hfound) = ctx(secret, Role::Host, exporter);
+            let ep =
+                XtcpEndpoint::bind("127.0.0.1:0".parse().unwrap(), endpoint_options(Role::Host))
+                    .unwrap();
+            let s = ep.connect(target).await.unwrap();
+            host.prove_io(s, target, Path::DirectUdp, None).await;
+            hfound.try_recv().is_ok()
+        };
+        assert!(
+            !dial(SessionSecret::generate().unwrap(), exporter).await,
+            "stranger"
+        );
+        assert!(
+            !dial(SessionSecret::parse(&code).unwrap(), [6u8; 32]).await,
+            "another session's binding"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), found.recv())
+                .await
+                .is_err(),
+            "the guest offered no forged path"
+        );
+        assert!(
+            dial(SessionSecret::parse(&code).unwrap(), exporter).await,
+            "rightful host"
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(ref c)) if c.kind == Path::DirectUdp),
+            "the guest offers the rightful path"
+        );
+        attempt.abort();
+    }
 }
