@@ -165,6 +165,7 @@ impl HostSession {
     pub async fn accept(self) -> Result<Session, Error> {
         let paired = self.waiting.paired().await?;
         let relay = paired.relay.clone();
+        let udp = relay_udp(&paired);
         let stream = e2e::handshake(paired.stream, Role::Host, &self.secret, &self.e2e).await?;
         Ok(Session::start(
             stream,
@@ -172,6 +173,7 @@ impl HostSession {
             Arc::new(self.secret),
             relay,
             paired.observed,
+            udp,
             self.direct,
         ))
     }
@@ -182,6 +184,7 @@ pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
     let secret = SessionSecret::parse(code).map_err(|e| Error::InvalidCode(e.to_string()))?;
     let paired = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
     let relay = paired.relay.clone();
+    let udp = relay_udp(&paired);
     let stream = e2e::handshake(paired.stream, Role::Guest, &secret, &opts.e2e).await?;
     Ok(Session::start(
         stream,
@@ -189,8 +192,17 @@ pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
         Arc::new(secret),
         relay,
         paired.observed,
+        udp,
         opts.direct.clone(),
     ))
+}
+
+/// The relay's UDP address service from its PAIRED grant.
+fn relay_udp(p: &client::Paired) -> Option<crate::direct_udp::RelayUdp> {
+    p.udp.map(|u| crate::direct_udp::RelayUdp {
+        addr: u.addr,
+        token: u.token,
+    })
 }
 
 /// One authenticated, end-to-end encrypted byte stream between host and guest.
@@ -218,6 +230,7 @@ impl Session {
         secret: Arc<SessionSecret>,
         relay: String,
         observed: SocketAddr,
+        relay_udp: Option<crate::direct_udp::RelayUdp>,
         direct: DirectOptions,
     ) -> Session {
         let cipher = relay_path
@@ -231,6 +244,7 @@ impl Session {
             secret,
             relay_exporter,
             observed,
+            relay_udp,
             opts: direct,
         });
         Session {

@@ -63,14 +63,25 @@ where
     Ok(got)
 }
 
-/// Run the demo with `mib` MiB each way.
-pub async fn run(mib: usize) -> Result<(), DemoError> {
+/// Run the demo with `mib` MiB each way; `udp`: the direct path is XTCP
+/// over UDP hole punching (direct TCP off, no UDP window) instead of TCP.
+pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
+    let direct = if udp {
+        crate::session::DirectOptions {
+            tcp: false,
+            udp_after: Duration::ZERO,
+            ..Default::default()
+        }
+    } else {
+        crate::session::DirectOptions::default()
+    };
     let cert = crate::tls::self_signed(&["localhost"]).map_err(err)?;
     let fp = crate::tls::fingerprint(&cert.chain[0]);
     let token = "demo-token";
     let cfg = RelayConfig {
         listen: "127.0.0.1:0".parse().map_err(err)?,
         token_hashes: vec![server::token_hash(token)],
+        udp_listen: Some("127.0.0.1:0".parse().map_err(err)?),
         ..RelayConfig::default()
     };
     let relay = Relay::start(
@@ -96,7 +107,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
     let opts = Options {
         relay: relay_cfg.clone(),
         e2e: E2eOptions::default(),
-        direct: Default::default(),
+        direct: direct.clone(),
     };
     let t0 = Instant::now();
     let host = crate::host(&opts).await.map_err(err)?;
@@ -108,7 +119,7 @@ pub async fn run(mib: usize) -> Result<(), DemoError> {
             ..relay_cfg
         },
         e2e: E2eOptions::default(),
-        direct: Default::default(),
+        direct,
     };
     let (h, g) = tokio::try_join!(async { host.accept().await.map_err(err) }, async {
         crate::join(&code, &guest_opts).await.map_err(err)

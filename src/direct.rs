@@ -12,11 +12,12 @@
 //! too. The first proven connection is offered to the session driver; the
 //! host decides which one carries the session (`RESUME` on it).
 
+use crate::api::Path;
 use crate::e2e::{self, E2eOptions, Role};
 use crate::secret::SessionSecret;
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,10 +32,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PathIo for T {}
 pub(crate) struct DirectConn {
     pub io: Box<dyn PathIo>,
     pub remote: SocketAddr,
+    /// `DirectTcp` or `DirectUdp`.
+    pub kind: Path,
+    /// For XTCP: waits until the peer acknowledged everything (see the
+    /// session driver's end).
+    pub xtcp: Option<crate::net::CloseWaiter>,
 }
 
 /// Most candidates this side advertises (the frame allows 32).
-const MAX_OWN_CANDIDATES: usize = 16;
+pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
 
 /// What a direct attempt needs to know.
 #[derive(Clone)]
@@ -60,18 +66,32 @@ impl DirectCtx {
     /// Prove the session on `tcp`, then offer it to the driver.
     async fn prove(self, tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        self.prove_io(tcp, remote, Path::DirectTcp, None).await;
+    }
+
+    /// Prove the session on a direct connection of either transport (e2e
+    /// TLS, then the tag bound to the relay path), then offer it.
+    pub(crate) async fn prove_io<S: PathIo>(
+        self,
+        io: S,
+        remote: SocketAddr,
+        kind: Path,
+        xtcp: Option<crate::net::CloseWaiter>,
+    ) {
         let opts = self.e2e_options();
-        match e2e::handshake(tcp, self.role, &self.secret, &opts).await {
+        match e2e::handshake(io, self.role, &self.secret, &opts).await {
             Ok(s) => {
                 let _ = self
                     .found
                     .send(DirectConn {
                         io: Box::new(s),
                         remote,
+                        kind,
+                        xtcp,
                     })
                     .await;
             }
-            Err(e) => tracing::debug!(%remote, "direct tcp: handshake failed: {e}"),
+            Err(e) => tracing::debug!(%remote, ?kind, "direct path: handshake failed: {e}"),
         }
     }
 }
@@ -90,16 +110,38 @@ fn reuse_socket(local: SocketAddr) -> io::Result<TcpSocket> {
 }
 
 /// The listening side of direct TCP: an OS-assigned port on all IPv4
-/// addresses; every accepted connection is proven and offered.
+/// addresses, and the same port on all IPv6 addresses when this host has
+/// IPv6 (a separate v6-only socket, so the IPv4 socket and its
+/// simultaneous opens stay exactly as they are); every accepted connection
+/// is proven and offered.
 pub(crate) struct DirectListener {
     pub port: u16,
-    task: tokio::task::JoinHandle<()>,
+    /// The IPv6 listener is up on `port` too.
+    pub v6: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for DirectListener {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
+}
+
+/// A v6-only socket bound to `[::]:port` with the reuse options.
+fn reuse_socket_v6_only(port: u16) -> io::Result<TcpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+    Ok(TcpSocket::from_std_stream(s.into()))
 }
 
 impl DirectListener {
@@ -107,26 +149,66 @@ impl DirectListener {
         let s = reuse_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
         let l: TcpListener = s.listen(64)?;
         let port = l.local_addr()?.port();
-        let task = tokio::spawn(async move {
-            let mut set = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    r = l.accept() => match r {
-                        Ok((tcp, remote)) => {
-                            // Bounded: a flood of connections that never finish
-                            // their handshake cannot pile up tasks.
-                            if set.len() < 64 {
-                                set.spawn(ctx.clone().prove(tcp, remote));
-                            }
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    },
-                    Some(_) = set.join_next(), if !set.is_empty() => {}
+        let mut tasks = vec![tokio::spawn(Self::serve(l, ctx.clone()))];
+        let v6 = has_ipv6()
+            && match reuse_socket_v6_only(port).and_then(|s| s.listen(64)) {
+                Ok(l6) => {
+                    tasks.push(tokio::spawn(Self::serve(l6, ctx)));
+                    true
                 }
-            }
-        });
-        Ok(DirectListener { port, task })
+                Err(e) => {
+                    tracing::debug!("direct tcp: no IPv6 listener: {e}");
+                    false
+                }
+            };
+        Ok(DirectListener { port, v6, tasks })
     }
+
+    async fn serve(l: TcpListener, ctx: DirectCtx) {
+        let mut set = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                r = l.accept() => match r {
+                    Ok((tcp, remote)) => {
+                        // Bounded: a flood of connections that never finish
+                        // their handshake cannot pile up tasks.
+                        if set.len() < 64 {
+                            set.spawn(ctx.clone().prove(tcp, remote));
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                Some(_) = set.join_next(), if !set.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// Whether an interface has a global IPv6 address (worth a listener).
+fn has_ipv6() -> bool {
+    !ipv6_addrs().is_empty()
+}
+
+/// This host's IPv6 addresses worth offering: not loopback, not link-local
+/// (fe80::/10, which needs a scope), not unspecified, not multicast.
+fn ipv6_addrs() -> Vec<Ipv6Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| {
+            ifa.address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in6())
+                .map(|s| s.ip())
+        })
+        .filter(|ip| {
+            !ip.is_loopback()
+                && !ip.is_unspecified()
+                && !ip.is_multicast()
+                && (ip.segments()[0] & 0xffc0) != 0xfe80
+        })
+        .collect()
 }
 
 /// Connect from `local_port` to every candidate at once (simultaneous open
@@ -137,11 +219,14 @@ pub(crate) async fn dial_all(ctx: DirectCtx, local_port: u16, peers: Vec<SocketA
     for peer in peers {
         let ctx = ctx.clone();
         set.spawn(async move {
-            let local = match peer {
-                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), local_port),
-                SocketAddr::V6(_) => return,
+            let sock = match peer {
+                SocketAddr::V4(_) => reuse_socket(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    local_port,
+                )),
+                SocketAddr::V6(_) => reuse_socket_v6_only(local_port),
             };
-            let Ok(sock) = reuse_socket(local) else {
+            let Ok(sock) = sock else {
                 return;
             };
             match tokio::time::timeout(ctx.connect_timeout, sock.connect(peer)).await {
@@ -158,14 +243,35 @@ pub(crate) async fn dial_all(ctx: DirectCtx, local_port: u16, peers: Vec<SocketA
 /// addresses (loopback only when the relay saw us on loopback, i.e. both
 /// peers and the relay share a machine) and the address the relay observed
 /// (server-reflexive) with the same port, which a port-preserving NAT keeps.
-pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
+pub(crate) fn gather(port: u16, observed: SocketAddr, v6: bool) -> Vec<Candidate> {
+    let mut c = gather_for(Transport::Tcp, port, observed);
+    // IPv6 host candidates (global addresses need no NAT traversal), unless
+    // the relay saw us on loopback (then loopback is all that is offered).
+    if v6 && !observed.ip().is_loopback() {
+        for ip in ipv6_addrs() {
+            let addr = SocketAddr::new(IpAddr::V6(ip), port);
+            if c.len() < MAX_OWN_CANDIDATES && !c.iter().any(|x| x.addr == addr) {
+                c.push(Candidate {
+                    kind: CandidateKind::Host,
+                    transport: Transport::Tcp,
+                    addr,
+                });
+            }
+        }
+    }
+    c
+}
+
+/// [`gather`] for either transport (the UDP reflexive address comes from the
+/// relay's UDP service instead, `crate::direct_udp`).
+pub(crate) fn gather_for(transport: Transport, port: u16, observed: SocketAddr) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     let mut push = |kind, ip: IpAddr| {
         let addr = SocketAddr::new(ip, port);
         if out.len() < MAX_OWN_CANDIDATES && !out.iter().any(|c| c.addr == addr) {
             out.push(Candidate {
                 kind,
-                transport: Transport::Tcp,
+                transport,
                 addr,
             });
         }
@@ -192,7 +298,7 @@ pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
             push(CandidateKind::Host, ip);
         }
     }
-    if observed.is_ipv4() && !observed.ip().is_unspecified() {
+    if transport == Transport::Tcp && observed.is_ipv4() && !observed.ip().is_unspecified() {
         push(CandidateKind::ServerReflexiveTcp, observed.ip());
     }
     out
@@ -200,11 +306,36 @@ pub(crate) fn gather(port: u16, observed: SocketAddr) -> Vec<Candidate> {
 
 /// The peer's TCP candidates worth dialling (IPv4; loopback only when ours
 /// would be offered too).
-pub(crate) fn dialable(peer: &[Candidate], observed: SocketAddr) -> Vec<SocketAddr> {
+pub(crate) fn dialable(peer: &[Candidate], observed: SocketAddr, v6: bool) -> Vec<SocketAddr> {
+    let mut v = dialable_for(Transport::Tcp, peer, observed);
+    if v6 && !observed.ip().is_loopback() {
+        let six = peer
+            .iter()
+            .filter(|c| c.transport == Transport::Tcp && c.addr.is_ipv6() && c.addr.port() != 0)
+            .filter(|c| match c.addr.ip() {
+                IpAddr::V6(ip) => !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80,
+                IpAddr::V4(_) => false,
+            })
+            .map(|c| c.addr);
+        for a in six {
+            if !v.contains(&a) && v.len() < MAX_OWN_CANDIDATES * 2 {
+                v.push(a);
+            }
+        }
+    }
+    v
+}
+
+/// [`dialable`] for either transport.
+pub(crate) fn dialable_for(
+    transport: Transport,
+    peer: &[Candidate],
+    observed: SocketAddr,
+) -> Vec<SocketAddr> {
     let loopback_ok = observed.ip().is_loopback();
     let mut v: Vec<SocketAddr> = peer
         .iter()
-        .filter(|c| c.transport == Transport::Tcp && c.addr.is_ipv4() && c.addr.port() != 0)
+        .filter(|c| c.transport == transport && c.addr.is_ipv4() && c.addr.port() != 0)
         .filter(|c| loopback_ok || !c.addr.ip().is_loopback())
         .map(|c| c.addr)
         .collect();
@@ -220,7 +351,7 @@ mod tests {
     #[test]
     fn gather_offers_the_reflexive_address_with_the_listening_port() {
         let obs: SocketAddr = "198.18.0.7:40000".parse().unwrap();
-        let c = gather(5555, obs);
+        let c = gather(5555, obs, false);
         assert!(c.iter().any(|c| c.kind == CandidateKind::ServerReflexiveTcp
             && c.addr == "198.18.0.7:5555".parse().unwrap()));
         assert!(c.iter().all(|c| c.addr.port() == 5555));
@@ -228,13 +359,13 @@ mod tests {
             c.iter().all(|c| !c.addr.ip().is_loopback()),
             "no loopback unless the relay saw loopback"
         );
-        let c = gather(5555, "127.0.0.1:1".parse().unwrap());
+        let c = gather(5555, "127.0.0.1:1".parse().unwrap(), true);
         assert_eq!(c.len(), 1, "loopback only, when the relay saw loopback");
         assert_eq!(c[0].addr, "127.0.0.1:5555".parse().unwrap());
     }
 
     #[test]
-    fn dialable_skips_udp_v6_port_zero_and_foreign_loopback() {
+    fn dialable_skips_udp_port_zero_foreign_loopback_and_v6_without_a_v6_listener() {
         let mk = |t, a: &str| Candidate {
             kind: CandidateKind::Host,
             transport: t,
@@ -247,18 +378,27 @@ mod tests {
             mk(Transport::Tcp, "198.18.1.2:0"),
             mk(Transport::Tcp, "127.0.0.1:7"),
         ];
-        let v = dialable(&peer, "198.18.0.9:1".parse().unwrap());
+        let v = dialable(&peer, "198.18.0.9:1".parse().unwrap(), false);
         assert_eq!(v, vec!["198.18.1.1:7".parse::<SocketAddr>().unwrap()]);
-        let v = dialable(&peer, "127.0.0.1:1".parse().unwrap());
+        let v = dialable(&peer, "198.18.0.9:1".parse().unwrap(), true);
+        assert_eq!(
+            v,
+            vec![
+                "198.18.1.1:7".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::1]:7".parse().unwrap()
+            ],
+            "IPv6 candidates when this side listens on IPv6"
+        );
+        let v = dialable(&peer, "127.0.0.1:1".parse().unwrap(), true);
         assert_eq!(v.len(), 2);
     }
 }
 
 #[cfg(test)]
-mod forged {
+pub(crate) mod forged {
     use super::*;
 
-    fn ctx(
+    pub(crate) fn ctx(
         secret: SessionSecret,
         role: Role,
         exporter: [u8; 32],

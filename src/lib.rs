@@ -13,6 +13,7 @@ pub use proto;
 pub mod api;
 pub mod demo;
 pub mod direct;
+pub mod direct_udp;
 pub mod e2e;
 pub mod net;
 pub mod relay;

@@ -87,10 +87,29 @@ struct RelayArgs {
     /// Seconds after losing the direct path before trying a new one.
     #[arg(long, default_value_t = 10.0)]
     direct_retry: f64,
+    /// Seconds without a direct TCP path before UDP hole punching starts
+    /// (0: race TCP and UDP from the start). Set on the host.
+    #[arg(long, default_value_t = 10.0)]
+    udp_after: f64,
+    /// No direct TCP attempts (UDP hole punching only).
+    #[arg(long, conflicts_with = "relay_only")]
+    no_direct_tcp: bool,
+    /// No direct UDP attempts (direct TCP only).
+    #[arg(long, conflicts_with = "relay_only")]
+    no_direct_udp: bool,
+    /// Port prediction through endpoint-dependent ("symmetric") NATs: open
+    /// this many extra UDP sockets and probe as many guessed ports (0: off).
+    /// Costs N sockets and a few N small datagrams per UDP attempt.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=2048))]
+    port_prediction: u16,
 }
 
 fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String> {
     use xtcp::session::{DirectOptions, PathPolicy};
+    if a.port_prediction > 0 {
+        // One descriptor per prediction socket.
+        xtcp::relay::server::raise_fd_limit();
+    }
     let keepalive_timeout = std::time::Duration::try_from_secs_f64(a.keepalive_timeout)
         .ok()
         .filter(|d| !d.is_zero())
@@ -107,6 +126,11 @@ fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String>
         keepalive_interval: (keepalive_timeout / 5).max(std::time::Duration::from_millis(50)),
         retry_after: std::time::Duration::try_from_secs_f64(a.direct_retry)
             .map_err(|_| "--direct-retry must be a number of seconds")?,
+        udp_after: std::time::Duration::try_from_secs_f64(a.udp_after)
+            .map_err(|_| "--udp-after must be a number of seconds")?,
+        tcp: !a.no_direct_tcp,
+        udp: !a.no_direct_udp,
+        port_prediction: usize::from(a.port_prediction),
         ..DirectOptions::default()
     })
 }
@@ -165,6 +189,10 @@ struct DemoArgs {
     /// MiB moved in each direction.
     #[arg(long)]
     mib: Option<usize>,
+    /// Take the direct UDP path (XTCP through hole punching, with the relay's
+    /// UDP address service) instead of direct TCP.
+    #[arg(long, conflicts_with = "sim")]
+    udp: bool,
     /// (--sim) random loss in percent.
     #[arg(long, default_value_t = 1.0)]
     loss: f64,
@@ -379,7 +407,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())
             } else {
-                xtcp::demo::run(d.mib.unwrap_or(16))
+                xtcp::demo::run(d.mib.unwrap_or(16), d.udp)
                     .await
                     .map_err(|e| e.to_string())
             }

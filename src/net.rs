@@ -43,6 +43,58 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
+/// First bytes of datagrams that share an XTCP socket without being XTCP
+/// (byte 0 of XTCP is its version, 1): the relay's UDP address service and
+/// the peers' punch probes (`spec/direct.md` §4.3).
+pub const SIDE_CHANNEL: std::ops::RangeInclusive<u8> = 0xA0..=0xAF;
+/// Longest side-channel datagram passed on (they are all small).
+const SIDE_CHANNEL_MAX: usize = 256;
+/// Side-channel datagrams queued at most before new ones are dropped.
+const SIDE_CHANNEL_QUEUE: usize = 64;
+
+/// Path MTU discovery as the kernel does it by default for UDP sockets.
+///
+/// quinn-udp switches it to `IP_PMTUDISC_PROBE` (DF set, ICMP "fragmentation
+/// needed" ignored) because QUIC finds the path MTU itself. XTCP does not: it
+/// sends 1472-byte datagrams and relies on the kernel, which after such an
+/// ICMP message fragments them locally (`IP_PMTUDISC_WANT`, ip(7)). Without
+/// that, a path with a smaller MTU (PPPoE, a VPN) would drop every full-sized
+/// datagram for good. A GSO send larger than a lowered path MTU fails with
+/// `EINVAL`, on which quinn-udp stops using GSO for the socket.
+#[cfg(target_os = "linux")]
+mod pmtu {
+    use nix::libc;
+    use nix::{setsockopt_impl, sockopt_impl};
+
+    sockopt_impl!(
+        IpMtuDiscover,
+        SetOnly,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::c_int
+    );
+    sockopt_impl!(
+        Ipv6MtuDiscover,
+        SetOnly,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::c_int
+    );
+
+    pub(super) fn restore_default(sock: &std::net::UdpSocket) {
+        // Best effort, like the buffer sizes: an error leaves quinn-udp's setting.
+        let _ = nix::sys::socket::setsockopt(sock, IpMtuDiscover, &libc::IP_PMTUDISC_WANT);
+        if sock.local_addr().is_ok_and(|a| a.is_ipv6()) {
+            let _ = nix::sys::socket::setsockopt(sock, Ipv6MtuDiscover, &libc::IPV6_PMTUDISC_WANT);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod pmtu {
+    pub(super) fn restore_default(_sock: &std::net::UdpSocket) {}
+}
+
 /// Typed errors of XTCP streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XtcpError {
@@ -122,11 +174,32 @@ struct Inner {
     dropped: std::collections::HashSet<ConnectionHandle>,
     accept: Option<Waker>,
     closed: bool,
+    /// Where non-XTCP datagrams (first byte in [`SIDE_CHANNEL`]) go, if anywhere.
+    side: Option<tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>>,
 }
 
 impl Inner {
-    /// Feed one received datagram to the XTCP endpoint.
+    /// Hand `d` to the side channel when it is one of its datagrams (and the
+    /// channel has room: a flood is dropped, never queued without bound).
+    /// Returns whether the datagram was a side-channel one.
+    fn side_channel(&mut self, from: SocketAddr, d: &[u8]) -> bool {
+        if !d.first().is_some_and(|b| SIDE_CHANNEL.contains(b)) {
+            return false;
+        }
+        if let Some(tx) = &self.side {
+            if d.len() <= SIDE_CHANNEL_MAX {
+                let _ = tx.try_send((from, d.to_vec()));
+            }
+        }
+        true
+    }
+
+    /// Feed one received datagram (a GRO segment included) to the side
+    /// channel or the XTCP endpoint.
     fn input(&mut self, now: proto::Instant, from: SocketAddr, d: &[u8]) {
+        if self.side_channel(from, d) {
+            return;
+        }
         let h = self.ep.handle_datagram(now, from, d).ok().flatten();
         self.touch(h);
     }
@@ -182,6 +255,23 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn flush(&self) {
+        let mut rx = self.flushed.subscribe();
+        // Two full passes, each started by a wake-up after this call: the
+        // first may have begun before it, the second cannot have.
+        for _ in 0..2 {
+            let g0 = *rx.borrow_and_update();
+            self.notify.notify_one();
+            let wait = rx.wait_for(|g| *g > g0);
+            if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 
@@ -246,12 +336,21 @@ impl XtcpEndpoint {
         if addr.is_ipv6() {
             let _ = sock.set_only_v6(false);
         }
-        let _ = sock.set_recv_buffer_size(opts.socket_buffer);
-        let _ = sock.set_send_buffer_size(opts.socket_buffer);
-        sock.set_nonblocking(true)?;
         sock.bind(&addr.into())?;
+        Self::from_std(sock.into(), opts)
+    }
+
+    /// Run an endpoint on a UDP socket bound already (e.g. the one of many
+    /// punching sockets that got through a NAT, `spec/direct.md` §4.3).
+    pub fn from_std(sock: std::net::UdpSocket, opts: EndpointOptions) -> io::Result<XtcpEndpoint> {
+        let s2 = socket2::SockRef::from(&sock);
+        let _ = s2.set_recv_buffer_size(opts.socket_buffer);
+        let _ = s2.set_send_buffer_size(opts.socket_buffer);
+        sock.set_nonblocking(true)?;
+        // Also sets the options batched I/O needs (UDP_GRO, IP_PKTINFO …).
         let udp = quinn_udp::UdpSocketState::new((&sock).into())?;
-        let socket = UdpSocket::from_std(sock.into())?;
+        pmtu::restore_default(&sock);
+        let socket = UdpSocket::from_std(sock)?;
         let local = socket.local_addr()?;
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -272,6 +371,7 @@ impl XtcpEndpoint {
                 dropped: Default::default(),
                 accept: None,
                 closed: false,
+                side: None,
             }),
             notify: Notify::new(),
             flushed: tokio::sync::watch::channel(0).0,
@@ -291,20 +391,7 @@ impl XtcpEndpoint {
     /// Wait until the driver has sent every datagram the connections have
     /// queued now (e.g. the last ACK before the process exits).
     pub async fn flush(&self) {
-        let mut rx = self.shared.flushed.subscribe();
-        // Two full passes, each started by a wake-up after this call: the
-        // first may have begun before it, the second cannot have.
-        for _ in 0..2 {
-            let g0 = *rx.borrow_and_update();
-            self.shared.notify.notify_one();
-            let wait = rx.wait_for(|g| *g > g0);
-            if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
+        self.shared.flush().await
     }
 
     /// Connections on this endpoint.
@@ -315,6 +402,24 @@ impl XtcpEndpoint {
     /// Endpoint counters (malformed datagrams, unknown connection ids …).
     pub fn stats(&self) -> proto::endpoint::EndpointStats {
         self.shared.lock().ep.stats()
+    }
+
+    /// Receive the datagrams on this socket that are not XTCP (first byte in
+    /// [`SIDE_CHANNEL`]), e.g. answers of the relay's UDP address service
+    /// and punch probes. Bounded: when the receiver falls behind, new ones
+    /// are dropped. A second call replaces the first receiver.
+    pub fn side_channel(&self) -> tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SIDE_CHANNEL_QUEUE);
+        self.shared.lock().side = Some(tx);
+        rx
+    }
+
+    /// Send one datagram that is not XTCP on this endpoint's socket (same
+    /// source address and port as its connections: what a NAT maps). A
+    /// plain `sendto` beside the driver's batched sends: a datagram is never
+    /// cut or joined, whatever GSO does to XTCP's.
+    pub async fn send_raw(&self, to: SocketAddr, d: &[u8]) -> io::Result<()> {
+        self.shared.socket.send_to(d, to).await.map(|_| ())
     }
 
     /// Open a connection and wait for the handshake.
@@ -538,6 +643,11 @@ impl Rx {
 async fn drive(weak: std::sync::Weak<Shared>) {
     let mut tx = Tx::new();
     let mut rx = Rx::new();
+    // While the endpoint has connections the driver holds a strong reference
+    // of its own, so that connections whose handles are all gone still
+    // finish closing (their FIN, retransmissions, TIME-WAIT): a stream
+    // dropped last must not take its FIN down with the endpoint.
+    let mut keep: Option<Arc<Shared>> = None;
     loop {
         let Some(shared) = weak.upgrade() else { return };
         // Input first: what the socket holds, then the timers that are due.
@@ -580,14 +690,17 @@ async fn drive(weak: std::sync::Weak<Shared>) {
             _ = sleep => {}
             _ = notified => {}
         }
-        if Arc::strong_count(&shared) == 1 {
-            // Nobody holds the endpoint or a stream any more: finish the
-            // closing connections (FINs, TIME-WAIT), then stop.
-            let mut g = shared.lock();
-            if g.ep.is_empty() {
-                g.closed = true;
+        let empty = shared.lock().ep.is_empty();
+        let owners = Arc::strong_count(&shared) - 1 - usize::from(keep.is_some());
+        if empty {
+            keep = None;
+            if owners == 0 {
+                // Nobody holds the endpoint or a stream, nothing is closing.
+                shared.lock().closed = true;
                 return;
             }
+        } else if keep.is_none() {
+            keep = Some(shared.clone());
         }
     }
 }
@@ -603,6 +716,7 @@ impl Drop for StreamHandle {
         let mut g = self.shared.lock();
         let now = g.now();
         if let Some(c) = g.ep.connection_mut(self.h) {
+            tracing::trace!(state = ?c.state(), "stream dropped: graceful close");
             c.shutdown(now);
         }
         g.dropped.insert(self.h);
@@ -819,6 +933,12 @@ impl CloseWaiter {
     /// Wait until the connection is closed with all our data acknowledged.
     pub async fn wait(&self) -> Result<(), XtcpError> {
         wait_closed(&self.handle).await
+    }
+
+    /// Wait until the endpoint has sent what its connections queued (the
+    /// last ACK, say) — [`XtcpEndpoint::flush`] for this connection's endpoint.
+    pub async fn flush(&self) {
+        self.handle.shared.flush().await
     }
 
     /// How long a process that is about to exit should keep the endpoint

@@ -25,11 +25,13 @@
 
 use crate::api::Path;
 use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
+use crate::direct_udp::{self, Prepared, RelayUdp};
 use crate::e2e::Role;
+use crate::net::CloseWaiter;
 use crate::secret::SessionSecret;
 use proto::session::{
-    encode, Candidate, Frame, FrameDecoder, Received, SessionConfig, SessionError, SessionState,
-    MAX_DATA,
+    encode, Candidate, CandidateKind, Frame, FrameDecoder, Received, SessionConfig, SessionError,
+    SessionState, Transport, MAX_DATA,
 };
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -71,6 +73,19 @@ pub struct DirectOptions {
     pub retry_after: Duration,
     /// Most application bytes sent but not yet acknowledged end to end.
     pub replay_capacity: usize,
+    /// Try direct TCP (listener, simultaneous open).
+    pub tcp: bool,
+    /// Try direct UDP (XTCP through hole punching).
+    pub udp: bool,
+    /// Start UDP hole punching when no direct path exists this long after a
+    /// round of direct attempts began (pairing, or a retry). Zero races TCP
+    /// and UDP from the start.
+    pub udp_after: Duration,
+    /// Port prediction for endpoint-dependent ("symmetric") NATs: this many
+    /// extra sockets probe the peer's public address and this many guessed
+    /// ports of it are probed (0: off, the default). Bounded birthday
+    /// search, `spec/direct.md` §4.3.4.
+    pub port_prediction: usize,
 }
 
 impl Default for DirectOptions {
@@ -83,6 +98,10 @@ impl Default for DirectOptions {
             keepalive_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(10),
             replay_capacity: proto::session::DEFAULT_REPLAY_CAPACITY,
+            tcp: true,
+            udp: true,
+            udp_after: Duration::from_secs(10),
+            port_prediction: 0,
         }
     }
 }
@@ -319,6 +338,8 @@ struct Slot {
     writer: tokio::task::JoinHandle<()>,
     /// Let the writer finish its queue when the slot goes.
     graceful: bool,
+    /// For a direct UDP path: waits until XTCP delivered everything.
+    xtcp: Option<CloseWaiter>,
 }
 
 impl Drop for Slot {
@@ -339,6 +360,8 @@ pub(crate) struct Start {
     pub secret: Arc<SessionSecret>,
     pub relay_exporter: [u8; 32],
     pub observed: SocketAddr,
+    /// The relay's UDP address service, when it offers one.
+    pub relay_udp: Option<RelayUdp>,
     pub opts: DirectOptions,
 }
 
@@ -364,6 +387,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
     });
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
     let (found_tx, found_rx) = mpsc::channel(4);
+    let (udp_tx, udp_rx) = mpsc::channel(2);
     let driver = Driver {
         link: link.clone(),
         role: s.role,
@@ -391,16 +415,43 @@ pub(crate) fn start(s: Start) -> SessionStream {
         finished_at: None,
         closing: false,
         draining: Vec::new(),
+        relay_udp: s.relay_udp,
+        udp: UdpState::Idle,
+        udp_round: 0,
+        udp_tx,
+        udp_punch_pending: None,
+        round_start: None,
     };
-    tokio::spawn(driver.run(s.relay, events_rx, found_rx));
+    tokio::spawn(driver.run(s.relay, events_rx, found_rx, udp_rx));
     SessionStream {
         link,
         path: path_rx,
     }
 }
 
-/// A closed path's writer queue, its last bytes and the writer task.
-type Draining = (mpsc::Sender<Vec<u8>>, Vec<u8>, tokio::task::JoinHandle<()>);
+/// A closed path's writer queue, its last bytes, the writer task, and for an
+/// XTCP path the wait until the peer acknowledged everything.
+type Draining = (
+    mpsc::Sender<Vec<u8>>,
+    Vec<u8>,
+    tokio::task::JoinHandle<()>,
+    Option<CloseWaiter>,
+);
+
+/// A UDP endpoint prepared for round `u32` (or why it could not be).
+type UdpReady = (u32, io::Result<Prepared>);
+
+/// Where this side's UDP attempt of the current round stands.
+enum UdpState {
+    Idle,
+    Preparing,
+    Ready(Prepared),
+    Punching(tokio::task::JoinHandle<()>),
+}
+
+/// The UDP service is asked for the public address this long before the
+/// punch, so both sides' candidates are there when the window ends.
+const UDP_PREPARE_LEAD: Duration = Duration::from_secs(2);
 
 struct Driver {
     link: Arc<Link>,
@@ -428,12 +479,26 @@ struct Driver {
     closing: bool,
     /// Writers of closed paths with their last bytes, flushed before the end.
     draining: Vec<Draining>,
+    relay_udp: Option<RelayUdp>,
+    udp: UdpState,
+    /// Rounds of direct attempts so far: a preparation from an older round
+    /// is dropped.
+    udp_round: u32,
+    udp_tx: mpsc::Sender<UdpReady>,
+    /// Guest: a UDP PUNCH that arrived before this side's endpoint was ready.
+    udp_punch_pending: Option<u32>,
+    /// When the current round of direct attempts began (the UDP window
+    /// counts from here).
+    round_start: Option<Instant>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         if let Some(d) = self.dialing.take() {
             d.abort();
+        }
+        if let UdpState::Punching(h) = &self.udp {
+            h.abort();
         }
     }
 }
@@ -496,6 +561,7 @@ impl Driver {
                 reader,
                 writer,
                 graceful: false,
+                xtcp: None,
             },
         );
         key
@@ -536,8 +602,9 @@ impl Driver {
         relay: Box<dyn PathIo>,
         events: mpsc::Receiver<(u64, ReadEvent)>,
         found: mpsc::Receiver<DirectConn>,
+        udp: mpsc::Receiver<UdpReady>,
     ) {
-        self.run_inner(relay, events, found).await;
+        self.run_inner(relay, events, found, udp).await;
         if !self.slots.is_empty() {
             self.close_all(1, "session driver stopped");
         }
@@ -545,10 +612,18 @@ impl Driver {
         // session reports itself finished (bounded).
         let draining = std::mem::take(&mut self.draining);
         let flush = async {
-            for (tx, out, writer) in draining {
+            for (tx, out, writer, xtcp) in draining {
                 let _ = tx.send(out).await;
                 drop(tx);
                 let _ = writer.await;
+                // An XTCP path lives in this process: its last frames are
+                // delivered only while the endpoint runs (the kernel does
+                // that for TCP), so wait for the peer's acknowledgement.
+                if let Some(w) = xtcp {
+                    let _ = w.wait().await;
+                    // Our last ACK leaves before the process may exit.
+                    w.flush().await;
+                }
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
@@ -560,6 +635,7 @@ impl Driver {
         relay: Box<dyn PathIo>,
         mut events: mpsc::Receiver<(u64, ReadEvent)>,
         mut found: mpsc::Receiver<DirectConn>,
+        mut udp: mpsc::Receiver<UdpReady>,
     ) {
         let key = self.add_slot(Path::Relay, relay);
         let first = {
@@ -580,6 +656,8 @@ impl Driver {
         }
         if self.opts.policy != PathPolicy::RelayOnly {
             self.start_listener();
+            self.round_start = Some(Instant::now());
+            self.udp_schedule();
         }
         let tick = (self.opts.keepalive_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -604,6 +682,7 @@ impl Driver {
                     }
                 }
                 Some(conn) = found.recv() => self.on_direct(conn),
+                Some((round, prep)) = udp.recv() => self.on_udp_prepared(round, prep),
                 _ = self.link.notify.notified() => {
                     if self.link.sever.swap(false, std::sync::atomic::Ordering::SeqCst) {
                         if let Some(k) = self.direct_id.and_then(|id| self.slot_for_out(id)) {
@@ -727,7 +806,8 @@ impl Driver {
                 s.graceful = true;
                 let out = std::mem::take(&mut s.out);
                 let writer = std::mem::replace(&mut s.writer, tokio::spawn(async {}));
-                self.draining.push((s.tx.clone(), out, writer));
+                self.draining
+                    .push((s.tx.clone(), out, writer, s.xtcp.take()));
             }
         }
         self.slots.clear();
@@ -782,8 +862,13 @@ impl Driver {
                     self.on_candidates(c);
                     None
                 }
-                Frame::Punch { attempt, .. } => {
-                    self.on_punch(attempt);
+                Frame::Punch {
+                    attempt, transport, ..
+                } => {
+                    match transport {
+                        Transport::Tcp => self.on_punch(attempt),
+                        Transport::Udp => self.on_udp_punch(attempt),
+                    }
                     None
                 }
                 Frame::Keepalive { nonce } => {
@@ -949,6 +1034,7 @@ impl Driver {
             s.out_id = Some(new_id);
         }
         self.direct_id = Some(new_id);
+        self.udp_stop();
         // Other unresumed direct connections are losers.
         let losers: Vec<u64> = self
             .slots
@@ -963,9 +1049,12 @@ impl Driver {
     }
 
     fn start_listener(&mut self) {
+        if !self.opts.tcp {
+            return;
+        }
         match DirectListener::start(self.ctx.clone()) {
             Ok(l) => {
-                let cands = direct::gather(l.port, self.observed);
+                let cands = direct::gather(l.port, self.observed, l.v6);
                 self.listener = Some(l);
                 if let Some(r) = self.relay_slot() {
                     self.queue(r, &Frame::Candidates(cands));
@@ -979,20 +1068,104 @@ impl Driver {
         if self.opts.policy == PathPolicy::RelayOnly {
             return;
         }
-        self.peer_candidates = c;
+        // A CANDIDATES frame replaces the candidates of the transports it
+        // carries (TCP and UDP ones come in separate frames, §4.1).
+        let has = |t: Transport| c.iter().any(|c| c.transport == t);
+        let (tcp, udp) = (has(Transport::Tcp), has(Transport::Udp));
+        self.peer_candidates
+            .retain(|old| !c.iter().any(|n| n.transport == old.transport));
+        self.peer_candidates.extend(c);
         // The first attempt starts at once; later ones (after a fallback) at
         // their scheduled time, with the freshest candidates.
-        if self.role == Role::Host && self.attempt == 0 {
+        if tcp && self.role == Role::Host && self.attempt == 0 {
             self.punch();
+        }
+        if udp {
+            if self.role == Role::Guest {
+                // The host prepared its UDP side: prepare ours and answer.
+                self.udp_prepare();
+            } else {
+                self.udp_schedule();
+            }
         }
     }
 
-    /// Host: start attempt `n` (both sides dial each other's candidates from
-    /// their listening port).
-    fn punch(&mut self) {
-        if self.direct_id.is_some() || self.listener.is_none() || self.peer_candidates.is_empty() {
+    /// Start preparing this side's UDP endpoint (once per round).
+    fn udp_prepare(&mut self) {
+        if !self.opts.udp
+            || self.opts.policy == PathPolicy::RelayOnly
+            || self.direct_id.is_some()
+            || !matches!(self.udp, UdpState::Idle)
+        {
             return;
         }
+        self.udp = UdpState::Preparing;
+        let (role, observed, svc) = (self.role, self.observed, self.relay_udp);
+        let (round, tx) = (self.udp_round, self.udp_tx.clone());
+        tokio::spawn(async move {
+            let r = direct_udp::prepare(role, observed, svc).await;
+            let _ = tx.send((round, r)).await;
+        });
+    }
+
+    fn on_udp_prepared(&mut self, round: u32, prep: io::Result<Prepared>) {
+        if round != self.udp_round || !matches!(self.udp, UdpState::Preparing) {
+            return; // an older round's endpoint: dropped
+        }
+        match prep {
+            Ok(p) => {
+                tracing::debug!(candidates = ?p.candidates, "direct udp: prepared");
+                if let Some(r) = self.relay_slot() {
+                    self.queue(r, &Frame::Candidates(p.candidates.clone()));
+                }
+                self.udp = UdpState::Ready(p);
+                self.udp_schedule();
+            }
+            Err(e) => {
+                tracing::debug!("direct udp: no endpoint: {e}");
+                self.udp = UdpState::Idle;
+            }
+        }
+    }
+
+    /// Host: prepare and punch UDP when the round's window has passed without
+    /// a direct path. Guest: punch when the host's PUNCH is waiting.
+    fn udp_schedule(&mut self) {
+        if self.direct_id.is_some() || !self.opts.udp {
+            return;
+        }
+        let now = Instant::now();
+        if self.role == Role::Guest {
+            if let Some(n) = self.udp_punch_pending {
+                if matches!(self.udp, UdpState::Ready(_)) {
+                    self.udp_punch_pending = None;
+                    self.udp_start(n);
+                }
+            }
+            return;
+        }
+        let Some(start) = self.round_start else {
+            return;
+        };
+        let punch_at = start + self.opts.udp_after;
+        if now + UDP_PREPARE_LEAD >= punch_at {
+            self.udp_prepare();
+        }
+        if now >= punch_at
+            && self.peer_has(Transport::Udp)
+            && matches!(self.udp, UdpState::Ready(_))
+        {
+            let n = self.send_punch(Transport::Udp);
+            self.udp_start(n);
+        }
+    }
+
+    fn peer_has(&self, t: Transport) -> bool {
+        self.peer_candidates.iter().any(|c| c.transport == t)
+    }
+
+    /// Host: number the next attempt and announce it on the relay path.
+    fn send_punch(&mut self, transport: Transport) -> u32 {
         let n = self.attempt;
         self.attempt += 1;
         if let Some(r) = self.relay_slot() {
@@ -1001,9 +1174,74 @@ impl Driver {
                 &Frame::Punch {
                     attempt: n,
                     delay_ms: 0,
+                    transport,
                 },
             );
         }
+        n
+    }
+
+    /// Guest: the host punches UDP attempt `n`.
+    fn on_udp_punch(&mut self, n: u32) {
+        if self.role != Role::Guest || self.opts.policy == PathPolicy::RelayOnly {
+            return;
+        }
+        self.attempt = n + 1;
+        self.udp_punch_pending = Some(n);
+        self.udp_schedule();
+    }
+
+    /// Run UDP attempt `n` with the prepared endpoint.
+    fn udp_start(&mut self, n: u32) {
+        let UdpState::Ready(prep) = std::mem::replace(&mut self.udp, UdpState::Idle) else {
+            return;
+        };
+        let peers = direct::dialable_for(Transport::Udp, &self.peer_candidates, self.observed);
+        let reflexive = self
+            .peer_candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::ServerReflexiveUdp && c.addr.is_ipv4())
+            .map(|c| c.addr)
+            .collect();
+        let plan = direct_udp::PunchPlan {
+            attempt: n,
+            peers,
+            reflexive,
+            duration: self.opts.connect_timeout + self.opts.handshake_timeout,
+            prediction: self.opts.port_prediction,
+        };
+        tracing::debug!(attempt = n, peers = ?plan.peers, "direct udp: punching");
+        self.udp = UdpState::Punching(tokio::spawn(direct_udp::punch(
+            prep,
+            self.ctx.clone(),
+            plan,
+        )));
+    }
+
+    /// End this round's UDP attempt (a path was chosen, or the round ended).
+    fn udp_stop(&mut self) {
+        if let UdpState::Punching(h) = std::mem::replace(&mut self.udp, UdpState::Idle) {
+            h.abort();
+        }
+        self.udp_punch_pending = None;
+    }
+
+    /// A new round of direct attempts starts at `at`: UDP from scratch.
+    fn udp_new_round(&mut self, at: Instant) {
+        self.udp_stop();
+        self.udp_round += 1;
+        self.peer_candidates
+            .retain(|c| c.transport != Transport::Udp);
+        self.round_start = Some(at);
+    }
+
+    /// Host: start attempt `n` (both sides dial each other's candidates from
+    /// their listening port).
+    fn punch(&mut self) {
+        if self.direct_id.is_some() || self.listener.is_none() || !self.peer_has(Transport::Tcp) {
+            return;
+        }
+        self.send_punch(Transport::Tcp);
         self.dial();
     }
 
@@ -1016,7 +1254,7 @@ impl Driver {
 
     fn dial(&mut self) {
         let Some(l) = &self.listener else { return };
-        let peers = direct::dialable(&self.peer_candidates, self.observed);
+        let peers = direct::dialable(&self.peer_candidates, self.observed, l.v6);
         if peers.is_empty() {
             return;
         }
@@ -1036,7 +1274,10 @@ impl Driver {
             return; // dropped: closes it
         }
         tracing::debug!(remote = %conn.remote, "direct tcp: proven");
-        let key = self.add_slot(Path::DirectTcp, conn.io);
+        let key = self.add_slot(conn.kind, conn.io);
+        if let Some(s) = self.slots.get_mut(&key) {
+            s.xtcp = conn.xtcp;
+        }
         if self.role == Role::Guest {
             return; // waits for the host's RESUME on it
         }
@@ -1052,6 +1293,7 @@ impl Driver {
                     s.out_id = Some(id);
                 }
                 self.direct_id = Some(id);
+                self.udp_stop();
             }
             Err(_) => self.drop_slot(key),
         }
@@ -1119,7 +1361,9 @@ impl Driver {
             }
             self.relay_epoch = id;
             self.set_path(Path::Relay);
-            self.retry_at = Some(Instant::now() + self.opts.retry_after);
+            let retry_at = Instant::now() + self.opts.retry_after;
+            self.retry_at = Some(retry_at);
+            self.udp_new_round(retry_at);
             // A new listening port (and candidates) for the next attempt: the
             // dead connection's 4-tuple may still be held by its socket (a
             // FIN that a cut path never delivers), which would make a new
@@ -1164,6 +1408,9 @@ impl Driver {
         if self.role == Role::Host && self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
             self.punch();
+        }
+        if self.role == Role::Host {
+            self.udp_schedule();
         }
     }
 }

@@ -94,24 +94,34 @@ fn new_token() -> (String, String) {
     (token, line)
 }
 
-fn start_relay(extra_toml: &str) -> RelayProc {
-    let dir = TempDir::new("relay");
-    let (token, line) = new_token();
-    let cfg = dir.0.join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!("listen = \"127.0.0.1:0\"\nself_signed = true\n{line}\n{extra_toml}\n"),
-    )
-    .unwrap();
+/// `xtcp-relay --config cfg args…`, its stderr lines on a channel.
+fn spawn_relay(cfg: &std::path::Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(RELAY)
         .arg("--config")
-        .arg(&cfg)
+        .arg(cfg)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let rx = stderr_lines(&mut child);
+    (child, rx)
+}
+
+fn start_relay(extra_toml: &str) -> RelayProc {
+    let dir = TempDir::new("relay");
+    let (token, line) = new_token();
+    let cfg = dir.0.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        // An ephemeral UDP address service port: parallel relays never collide on 15000.
+        format!(
+            "listen = \"127.0.0.1:0\"\nself_signed = true\nudp_listen = \"127.0.0.1:0\"\n{line}\n{extra_toml}\n"
+        ),
+    )
+    .unwrap();
+    let (child, rx) = spawn_relay(&cfg, &[]);
     let mut seen = Vec::new();
     let fingerprint = wait_line(&rx, "fingerprint: ", &mut seen);
     let addr = wait_line(&rx, "listening on ", &mut seen);
@@ -467,6 +477,75 @@ fn relay_audit_log_and_metrics_never_hold_secrets() {
     );
 }
 
+/// `udp_listen` (spec/relay.md §8, §12): bad values are refused naming the key,
+/// `"off"` and `--udp-listen off` turn the service off, and an address binds it.
+#[test]
+fn relay_udp_address_service_config() {
+    let dir = TempDir::new("udp");
+    let base = "listen = \"127.0.0.1:0\"\nself_signed = true\n";
+    let check = |extra: &str| {
+        let f = dir.0.join("check.toml");
+        std::fs::write(&f, format!("{base}{extra}\n")).unwrap();
+        let out = Command::new(RELAY)
+            .arg("--config")
+            .arg(&f)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for bad in [
+        "udp_listen = \"nonsense\"",
+        "udp_listen = \"224.0.0.1:15000\"",
+        "udp_listen = \"255.255.255.255:15000\"",
+        "udp_listen = 15000",
+    ] {
+        let (ok, err) = check(bad);
+        assert!(!ok && err.contains("udp_listen"), "{bad}: {err}");
+    }
+    for good in ["udp_listen = \"off\"", "udp_listen = \"[::1]:0\""] {
+        let (ok, err) = check(good);
+        assert!(ok, "{good}: {err}");
+    }
+
+    let run = |args: &[&str], extra: &str| {
+        let f = dir.0.join(format!("run-{}.toml", args.len()));
+        std::fs::write(&f, format!("{base}{extra}\n")).unwrap();
+        let (mut child, rx) = spawn_relay(&f, args);
+        let mut seen = Vec::new();
+        let udp = wait_line(&rx, "UDP address service ", &mut seen);
+        let _ = child.kill();
+        let _ = child.wait();
+        udp
+    };
+    // On an ephemeral port: the printed address is really bound (by the relay,
+    // while it ran: binding it now succeeds again only after the kill above).
+    let f = dir.0.join("bound.toml");
+    std::fs::write(&f, format!("{base}udp_listen = \"127.0.0.1:0\"\n")).unwrap();
+    let (mut child, rx) = spawn_relay(&f, &[]);
+    let mut seen = Vec::new();
+    let on = wait_line(&rx, "UDP address service on ", &mut seen);
+    let addr: std::net::SocketAddr = on.parse().unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{on}");
+    let taken = std::net::UdpSocket::bind(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        taken.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::AddrInUse),
+        "the relay did not hold {addr}"
+    );
+    // Off in the file, and off by flag over an address in the file.
+    assert_eq!(run(&[], "udp_listen = \"off\""), "off");
+    assert_eq!(
+        run(&["--udp-listen", "off"], "udp_listen = \"127.0.0.1:0\""),
+        "off"
+    );
+}
+
 #[test]
 fn sighup_reloads_tokens_without_dropping_sessions() {
     let dir = TempDir::new("hup");
@@ -475,18 +554,12 @@ fn sighup_reloads_tokens_without_dropping_sessions() {
     let cfg = dir.0.join("relay.toml");
     std::fs::write(
         &cfg,
-        format!("listen = \"127.0.0.1:0\"\nself_signed = true\n{old_line}\n"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nself_signed = true\nudp_listen = \"127.0.0.1:0\"\n{old_line}\n"
+        ),
     )
     .unwrap();
-    let mut child = Command::new(RELAY)
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
+    let (mut child, rx) = spawn_relay(&cfg, &[]);
     let mut seen = Vec::new();
     let fp = wait_line(&rx, "fingerprint: ", &mut seen);
     let addr = wait_line(&rx, "listening on ", &mut seen);

@@ -212,3 +212,50 @@ async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_agai
     );
     assert!(upgrades >= 1, "went direct again after the fallback");
 }
+
+/// Direct TCP disabled, UDP window 0: the session moves from the relay to a
+/// direct XTCP (UDP) path found by hole punching with the relay's UDP address
+/// service, and 64 MiB + 4 MiB cross it byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_only_moves_to_direct_udp_byte_exact() {
+    let relay = start_relay(relay_config()).await;
+    let direct = DirectOptions {
+        tcp: false,
+        udp_after: Duration::ZERO,
+        ..DirectOptions::default()
+    };
+    let (h, g, _) = pair(&relay, direct).await;
+    let (dh, dg) = tokio::join!(
+        wait_path(&h, Path::DirectUdp, Duration::from_secs(10)),
+        wait_path(&g, Path::DirectUdp, Duration::from_secs(10))
+    );
+    eprintln!("pairing → direct-udp: host {dh:?}, guest {dg:?}");
+    assert!(dh.is_some() && dg.is_some(), "both sides reach direct-udp");
+    let len: u64 = 64 << 20;
+    let (hev, gev) = (h.path_events(), g.path_events());
+    let (hc, gc) = (h.control(), g.control());
+    let (a, b) = tokio::join!(
+        exchange_hashed(h, len, 21),
+        exchange_hashed(g, len / 16, 22)
+    );
+    // Both drivers finish (last ACK and CLOSE delivered over XTCP, both
+    // XTCP connections closed) well before the 5 s bound on that wait.
+    let t = Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(hc.finished(), gc.finished())
+    })
+    .await;
+    eprintln!("sessions finished {:?} after the exchange", t.elapsed());
+    assert!(done.is_ok(), "both sessions finish");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the end of a session over XTCP took {:?}",
+        t.elapsed()
+    );
+    let (sent_h, got_h, n_h) = a.expect("host side");
+    let (sent_g, got_g, n_g) = b.expect("guest side");
+    assert_eq!((n_g, got_g), (len, sent_h), "host→guest byte-exact");
+    assert_eq!((n_h, got_h), (len / 16, sent_g), "guest→host byte-exact");
+    assert_eq!(*hev.borrow(), Path::DirectUdp);
+    assert_eq!(*gev.borrow(), Path::DirectUdp);
+}

@@ -69,8 +69,18 @@ async fn evil_relay() -> (
                         let mut host = tokio::time::timeout(Duration::from_secs(10), wait_host)
                             .await
                             .expect("host registered");
-                        host.send(&Frame::Paired { observed: peer }).await.unwrap();
-                        ctl.send(&Frame::Paired { observed: peer }).await.unwrap();
+                        host.send(&Frame::Paired {
+                            observed: peer,
+                            udp: None,
+                        })
+                        .await
+                        .unwrap();
+                        ctl.send(&Frame::Paired {
+                            observed: peer,
+                            udp: None,
+                        })
+                        .await
+                        .unwrap();
                         let (h, g) = tokio::try_join!(host.finish(), ctl.finish()).unwrap();
                         let _ = tx.send((h, g));
                     }

@@ -566,3 +566,218 @@ async fn unauthenticated_connections_are_bounded_and_timed_out() {
     let (h, g) = pair(&relay).await;
     drop((h, g));
 }
+
+// ───────────── UDP address service (spec/relay.md §4.2.4, §12) ─────────────
+
+use proto::udp_service::{encode_request, parse_response, Response, REQUEST_LEN};
+use tokio::net::UdpSocket;
+use xtcp::relay::client::Paired;
+
+/// Pair a host and a guest at the relay level (no e2e session on top).
+async fn pair_raw(relay: &TestRelay) -> (Paired, Paired) {
+    let peers = [(relay.addr, relay.fingerprint)];
+    let rid = xtcp::secret::SessionSecret::generate()
+        .unwrap()
+        .rendezvous_id();
+    let hopts = client(&peers, Some(TOKEN));
+    let waiting = xtcp::relay::client::create_session(&hopts.relay, rid)
+        .await
+        .expect("create");
+    let gopts = client(&peers, None);
+    let (h, g) = tokio::join!(
+        waiting.paired(),
+        xtcp::relay::client::join_session(&gopts.relay, rid)
+    );
+    (h.expect("host paired"), g.expect("guest paired"))
+}
+
+/// This peer's grant (the test relay always has the service on).
+fn grant(p: &Paired) -> xtcp::relay::UdpService {
+    p.udp.expect("PAIRED carried a UDP grant")
+}
+
+/// The next datagram on `sock`, as a response. The bound is for a broken
+/// relay; a working one answers on loopback in microseconds.
+async fn answer(sock: &UdpSocket) -> Response {
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .expect("recv");
+    parse_response(&buf[..n]).expect("a well-formed response")
+}
+
+async fn udp_socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_answers_each_granted_peer_with_its_own_address() {
+    let relay = start_relay(relay_config()).await;
+    let service = relay.relay.udp_local_addr().expect("service on");
+    assert!(service.ip().is_loopback() && service.port() != 0);
+    let (h, g) = pair_raw(&relay).await;
+    let (hg, gg) = (grant(&h), grant(&g));
+    // The relay's IP as each client reached it over TCP, with the bound port.
+    let want = std::net::SocketAddr::new(relay.addr.ip(), service.port());
+    assert_eq!((hg.addr, gg.addr), (want, want));
+    assert_ne!(hg.token, gg.token, "host and guest share a token");
+    assert_eq!(relay.relay.udp_grants(), 2);
+    for (i, svc) in [hg, gg].iter().enumerate() {
+        let sock = udp_socket().await;
+        let nonce = 0xdead_beef_0000_0000 | i as u64;
+        sock.send_to(&encode_request(&svc.token, nonce), svc.addr)
+            .await
+            .unwrap();
+        let r = answer(&sock).await;
+        assert_eq!(r.nonce, nonce);
+        assert_eq!(
+            r.observed,
+            sock.local_addr().unwrap(),
+            "not our own address"
+        );
+    }
+    let m = relay.relay.metrics();
+    assert_eq!(m.udp_answers.load(Ordering::Relaxed), 2);
+    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 0);
+    let text = m.render();
+    assert!(text.contains("xtcp_relay_udp_answers_total 2"), "{text}");
+    assert!(text.contains("xtcp_relay_udp_grants_active 2"), "{text}");
+}
+
+/// Every bad request is dropped silently. Absence is shown without waiting:
+/// the bad datagram goes first, a good one with another nonce second, on the
+/// same socket; the relay handles them in order, so had it answered the bad
+/// one, that answer would arrive first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_drops_bad_requests_silently() {
+    let relay = start_relay(relay_config()).await;
+    let (h, _g) = pair_raw(&relay).await;
+    let svc = grant(&h);
+    let sock = udp_socket().await;
+    let mut wrong = svc.token;
+    wrong[0] ^= 1;
+    let good = encode_request(&svc.token, 1);
+    let mut long = good.to_vec();
+    long.push(0);
+    let mut padded = good;
+    padded[REQUEST_LEN - 1] = 1;
+    let mut as_response = good;
+    as_response[0] = proto::udp_service::RESPONSE;
+    let bad: [(&str, Vec<u8>); 7] = [
+        ("wrong token", encode_request(&wrong, 1).to_vec()),
+        ("short", good[..REQUEST_LEN - 1].to_vec()),
+        ("long", long),
+        ("non-zero padding", padded.to_vec()),
+        ("response type", as_response.to_vec()),
+        ("punch probe type", {
+            let mut p = good;
+            p[0] = 0xA2;
+            p.to_vec()
+        }),
+        ("empty", Vec::new()),
+    ];
+    for (i, (what, d)) in bad.iter().enumerate() {
+        let good_nonce = 1000 + i as u64;
+        sock.send_to(d, svc.addr).await.unwrap();
+        sock.send_to(&encode_request(&svc.token, good_nonce), svc.addr)
+            .await
+            .unwrap();
+        let r = answer(&sock).await;
+        assert_eq!(r.nonce, good_nonce, "the relay answered a {what} request");
+    }
+    let m = relay.relay.metrics();
+    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), bad.len() as u64);
+    assert_eq!(m.udp_answers.load(Ordering::Relaxed), bad.len() as u64);
+    assert_eq!(m.udp_requests.load(Ordering::Relaxed), 2 * bad.len() as u64);
+}
+
+/// A session's two tokens die with it; another session's live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_tokens_die_with_their_session() {
+    let relay = start_relay(relay_config()).await;
+    let (ah, ag) = pair_raw(&relay).await;
+    let (bh, _bg) = pair_raw(&relay).await;
+    let (a_host, a_guest, b_host) = (grant(&ah), grant(&ag), grant(&bh));
+    let sock = udp_socket().await;
+    sock.send_to(&encode_request(&a_host.token, 1), a_host.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&sock).await.nonce,
+        1,
+        "A's token works while A lives"
+    );
+    assert_eq!(relay.relay.udp_grants(), 4);
+
+    // Both peers of A leave: the relay sees EOF both ways and ends A.
+    drop((ah, ag));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.relay.udp_grants() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's tokens still live: {}",
+            relay.relay.udp_grants()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sock.send_to(&encode_request(&a_host.token, 2), a_host.addr)
+        .await
+        .unwrap();
+    sock.send_to(&encode_request(&a_guest.token, 3), a_guest.addr)
+        .await
+        .unwrap();
+    sock.send_to(&encode_request(&b_host.token, 4), b_host.addr)
+        .await
+        .unwrap();
+    let r = answer(&sock).await;
+    assert_eq!(r.nonce, 4, "a token of an ended session was answered");
+    assert_eq!(relay.relay.metrics().udp_dropped.load(Ordering::Relaxed), 2);
+}
+
+/// At most UDP_ANSWERS_PER_WINDOW answers per token per window. The marker
+/// (the same session's other token, which has its own budget) is sent last on
+/// the same socket, so every answer the relay gave before it has arrived
+/// when the marker's answer does. (Flake-free: the 10 s window cannot end
+/// between 26 loopback datagrams handled in order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_rate_limits_each_token() {
+    let relay = start_relay(relay_config()).await;
+    let (h, g) = pair_raw(&relay).await;
+    let (limited, marker) = (grant(&h), grant(&g));
+    let sock = udp_socket().await;
+    for nonce in 1..=25u64 {
+        sock.send_to(&encode_request(&limited.token, nonce), limited.addr)
+            .await
+            .unwrap();
+    }
+    sock.send_to(&encode_request(&marker.token, 999), marker.addr)
+        .await
+        .unwrap();
+    let mut answered = Vec::new();
+    loop {
+        let r = answer(&sock).await;
+        if r.nonce == 999 {
+            break;
+        }
+        answered.push(r.nonce);
+    }
+    let want: Vec<u64> = (1..=u64::from(server::UDP_ANSWERS_PER_WINDOW)).collect();
+    assert_eq!(answered, want);
+    let m = relay.relay.metrics();
+    assert_eq!(m.udp_rate_limited.load(Ordering::Relaxed), 5);
+    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_without_udp_service_pairs_without_a_grant() {
+    let relay = start_relay(server::RelayConfig {
+        udp_listen: None,
+        ..relay_config()
+    })
+    .await;
+    assert_eq!(relay.relay.udp_local_addr(), None);
+    let (h, g) = pair_raw(&relay).await;
+    assert_eq!((h.udp, g.udp), (None, None));
+    assert_eq!(relay.relay.udp_grants(), 0);
+}

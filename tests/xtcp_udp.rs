@@ -343,3 +343,76 @@ async fn ten_thousand_connections_on_one_endpoint_each_64_kib_byte_exact() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// Drop is a graceful close even when the stream is the last handle of its
+/// endpoint: the data still queued and the FIN are delivered (the endpoint's
+/// driver outlives its handles while connections close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handles_still_delivers_the_data_and_the_fin() {
+    let srv = listener();
+    let to = srv.local_addr();
+    let len = 4 << 20;
+    let data = {
+        let mut v = vec![0u8; len];
+        Gen::new(31).fill(&mut v);
+        v
+    };
+    let sent = data.clone();
+    let client = tokio::spawn(async move {
+        let ep = dialer();
+        let mut s = ep.connect(to).await.expect("connect");
+        s.write_all(&sent).await.expect("write");
+        // Both handles go at once, with most of the data still queued.
+        drop(s);
+        drop(ep);
+    });
+    let mut s = tokio::time::timeout(Duration::from_secs(10), srv.accept())
+        .await
+        .expect("accept in time")
+        .expect("accept");
+    let mut got = Vec::with_capacity(len);
+    let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    client.await.expect("client task");
+    assert!(r.is_ok(), "EOF arrives (the FIN was sent)");
+    assert_eq!(got.len(), len, "every byte arrives");
+    assert!(got == data, "byte-exact");
+}
+
+/// Datagrams whose first byte is in `SIDE_CHANNEL` reach the side channel,
+/// never XTCP, through the driver's batched (recvmmsg/GRO) receive path, and
+/// `send_raw` shares the socket with the driver's GSO sends; a connection on
+/// the same sockets moves its bytes intact meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_channel_datagrams_bypass_xtcp_on_the_batched_paths() {
+    let (l, d) = (listener(), dialer());
+    let (mut side_l, mut side_d) = (l.side_channel(), d.side_channel());
+    let (a, b) = tokio::join!(l.accept(), d.connect(l.local_addr()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for i in 0..16u8 {
+        d.send_raw(l.local_addr(), &[0xA0, i]).await.unwrap();
+        l.send_raw(d.local_addr(), &[0xAF, i, i]).await.unwrap();
+    }
+    const LEN: u64 = 16 << 20;
+    let bulk = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(exchange_hashed(a, LEN, 5), exchange_hashed(b, LEN, 6))
+    });
+    let (ra, rb) = bulk.await.expect("bounded");
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.1, rb.0, "dialer→listener byte-exact");
+    assert_eq!(rb.1, ra.0, "listener→dialer byte-exact");
+    for i in 0..16u8 {
+        let wait = Duration::from_secs(5);
+        let (from, got) = tokio::time::timeout(wait, side_l.recv())
+            .await
+            .expect("bounded")
+            .expect("side channel open");
+        assert_eq!((from, got), (d.local_addr(), vec![0xA0, i]));
+        let (from, got) = tokio::time::timeout(wait, side_d.recv())
+            .await
+            .expect("bounded")
+            .expect("side channel open");
+        assert_eq!((from, got), (l.local_addr(), vec![0xAF, i, i]));
+    }
+    // None of them was taken for a (malformed) XTCP datagram.
+    assert_eq!((l.stats().malformed, d.stats().malformed), (0, 0));
+}

@@ -50,9 +50,10 @@
 //!
 //! Firewall flags, in `forward` before everything else: `block_udp` is
 //! `meta l4proto udp drop` (both directions); `block_inbound_tcp` is
-//! `iifname "wan" meta l4proto tcp ct state new drop` (new inbound
-//! connections, including DNATed ones; replies to the peer's own outbound
-//! connections pass).
+//! `iifname "wan" tcp flags & (syn | ack) == syn drop`: every inbound SYN,
+//! DNATed or not, and also the SYN of a TCP simultaneous open (conntrack
+//! files it as a reply to the peer's own SYN, so a `ct state new` rule would
+//! let it through). The SYN-ACKs answering the peer's own connects pass.
 //!
 //! [`Lab::cut`] adds table `ip xcut` in the site's router whose `forward`
 //! chain drops everything from/to the other site's WAN /24 and LAN /24 (the
@@ -182,7 +183,9 @@ impl NatKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SiteConfig {
     pub nat: NatKind,
-    /// Drop new inbound TCP connections (forwarded to the peer).
+    /// Drop every inbound TCP connection attempt forwarded to the peer (a
+    /// SYN without ACK from the WAN), simultaneous opens included: only
+    /// connections the peer opens towards a listener get through.
     pub block_inbound_tcp: bool,
     /// Drop all UDP forwarded through the router, both directions.
     pub block_udp: bool,
@@ -272,7 +275,10 @@ fn router_ruleset(site: Site, cfg: SiteConfig) -> String {
         s += "    meta l4proto udp drop\n";
     }
     if cfg.block_inbound_tcp {
-        s += "    iifname \"wan\" meta l4proto tcp ct state new drop\n";
+        // Every SYN without ACK from outside, whatever conntrack thinks of
+        // it: a simultaneous open's SYN matches the entry of our own SYN
+        // (not `new`), and corporate firewalls drop it all the same.
+        s += "    iifname \"wan\" tcp flags & (syn | ack) == syn drop\n";
     }
     if nat != NatKind::None {
         s += "    iifname \"wan\" oifname \"lan\" ct state established,related accept\n";
@@ -658,5 +664,9 @@ mod tests {
             },
         );
         assert!(!none.contains("masquerade") && none.contains("meta l4proto udp drop"));
+        assert!(
+            none.contains("tcp flags & (syn | ack) == syn drop"),
+            "{none}"
+        );
     }
 }

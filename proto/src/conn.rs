@@ -1093,6 +1093,15 @@ impl Connection {
                 // RFC 9293 §3.10.7.4: a retransmitted FIN restarts the 2 MSL timeout.
                 self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
             }
+            // A retransmission from a peer whose NAT mapping changed while
+            // all its new data was already here (and our ACKs to the old
+            // address were lost) is "not acceptable" forever: follow the
+            // address on it too, or the duplicate ACK below would go where
+            // the peer no longer is. Plausible means: it carries the
+            // connection id and an ACK in the RFC 5961 §5.2 acceptable range.
+            if seg.flags.ack() && self.ack_plausible(seg) {
+                self.follow_address(from);
+            }
             self.ack.now = true;
             self.stats.dropped_segments += 1;
             // Still process a valid ACK field (RFC 9293 §3.8.6.1 zero-window
@@ -1138,10 +1147,7 @@ impl Connection {
 
         // The segment is in window and authenticated by its connection id: follow
         // a peer address change (NAT rebinding).
-        if from != self.remote {
-            self.remote = from;
-            self.events.push_back(Event::AddressChanged(from));
-        }
+        self.follow_address(from);
         self.last_recv = now;
         self.keepalive_probes = 0;
         self.arm_keepalive(now);
@@ -1210,6 +1216,27 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// Send to `from` from now on if the peer's address changed (NAT
+    /// rebinding; the caller checked the segment is plausibly the peer's).
+    fn follow_address(&mut self, from: SocketAddr) {
+        if from != self.remote {
+            self.remote = from;
+            self.events.push_back(Event::AddressChanged(from));
+        }
+    }
+
+    /// SEG.ACK within `[SND.UNA − MAX.SND.WND, SND.NXT]` (RFC 5961 §5.2).
+    fn ack_plausible(&self, seg: &SegmentRepr<'_>) -> bool {
+        let d = seg.ack.diff(self.snd_seq(self.snd_una));
+        // +1: a window probe's byte may be acknowledged (RFC 9293 §3.8.6.1).
+        let outstanding = self.snd_nxt - self.snd_una + 1;
+        if d >= 0 {
+            d as u64 <= outstanding
+        } else {
+            (-(d as i64)) as u64 <= self.max_snd_wnd.max(1)
         }
     }
 

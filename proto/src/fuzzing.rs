@@ -297,3 +297,36 @@ pub fn session_frames(data: &[u8]) {
         }
     }
 }
+
+/// UDP address service oracle (`spec/relay.md` §12): any datagram parses to a
+/// request, a response or a typed error, never both; whatever parses
+/// re-encodes to exactly the same bytes (the codec is canonical: fixed
+/// length, zero padding); and no response is ever as long as a request (the
+/// service cannot amplify).
+pub fn udp_service(data: &[u8]) {
+    use crate::udp_service::{
+        encode_request, encode_response, parse_request, parse_response, REQUEST_LEN,
+    };
+    let req = parse_request(data);
+    let resp = parse_response(data);
+    assert!(
+        req.is_err() || resp.is_err(),
+        "a datagram parsed as both request and response"
+    );
+    if let Ok(r) = req {
+        assert_eq!(
+            &encode_request(&r.token, r.nonce)[..],
+            data,
+            "encode(parse(request)) != request"
+        );
+    }
+    if let Ok(r) = resp {
+        let (buf, n) = encode_response(r.nonce, r.observed);
+        assert_eq!(
+            buf.get(..n),
+            Some(data),
+            "encode(parse(response)) != response"
+        );
+        assert!(n < REQUEST_LEN, "a response as long as a request");
+    }
+}

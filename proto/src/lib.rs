@@ -33,6 +33,7 @@ pub mod send_buf;
 pub mod seq;
 pub mod session;
 pub mod time;
+pub mod udp_service;
 pub mod wire;
 
 pub use conn::{Config, Connection, ConnectionError, Event, State, Transmit};

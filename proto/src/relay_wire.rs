@@ -39,6 +39,25 @@ const T_CREATED: u8 = 0x81;
 const T_PAIRED: u8 = 0x82;
 const T_ERROR: u8 = 0xE0;
 
+/// Length of the optional UDP grant at the end of a `PAIRED` body (port + token).
+pub const UDP_GRANT_LEN: usize = 2 + 16;
+
+/// The relay's grant for its UDP address service (`spec/relay.md` §4.2.4, §12),
+/// carried at the end of `PAIRED`.
+///
+/// ```text
+/// +-------------------+---------------------------------+
+/// | udp port (u16 BE) |          token (16)             |
+/// +-------------------+---------------------------------+
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpGrant {
+    /// The UDP port of the address service, on the relay's IP address.
+    pub port: u16,
+    /// Authenticates this client's address requests while its session lives.
+    pub token: [u8; 16],
+}
+
 /// Error codes carried by an `ERROR` frame (`spec/relay.md` §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -132,6 +151,8 @@ pub enum Frame<'a> {
     Paired {
         /// The client's address as the relay observed it (its reflexive TCP address).
         observed: SocketAddr,
+        /// The UDP address service grant; `None` from a relay without the service.
+        udp: Option<UdpGrant>,
     },
     /// Relay → client: the request failed; the relay closes the connection.
     Error {
@@ -245,28 +266,41 @@ impl<'a> Frame<'a> {
                 }
             }
             T_PAIRED => {
-                let (&family, addr) = body.split_first().ok_or(FrameError::BadLength)?;
-                let observed = match (family, addr.len()) {
-                    (4, 6) => {
-                        let ip: [u8; 4] =
-                            addr[..4].try_into().map_err(|_| FrameError::BadLength)?;
-                        SocketAddr::new(
-                            IpAddr::V4(Ipv4Addr::from(ip)),
-                            u16::from_be_bytes([addr[4], addr[5]]),
-                        )
-                    }
-                    (6, 18) => {
-                        let ip: [u8; 16] =
-                            addr[..16].try_into().map_err(|_| FrameError::BadLength)?;
-                        SocketAddr::new(
-                            IpAddr::V6(Ipv6Addr::from(ip)),
-                            u16::from_be_bytes([addr[16], addr[17]]),
-                        )
-                    }
-                    (4 | 6, _) => return Err(FrameError::BadLength),
+                let (&family, rest) = body.split_first().ok_or(FrameError::BadLength)?;
+                // Address + port, then optionally the UDP grant: body lengths
+                // 7 or 25 (IPv4), 19 or 37 (IPv6); anything else is BadLength.
+                let ip_len = match family {
+                    4 => 4,
+                    6 => 16,
                     _ => return Err(FrameError::BadField),
                 };
-                Frame::Paired { observed }
+                let (addr, grant) = match rest.len().checked_sub(ip_len + 2) {
+                    Some(0) => (rest, None),
+                    Some(UDP_GRANT_LEN) => {
+                        let (addr, grant) = rest.split_at(ip_len + 2);
+                        (addr, Some(grant))
+                    }
+                    _ => return Err(FrameError::BadLength),
+                };
+                let port = u16::from_be_bytes([addr[ip_len], addr[ip_len + 1]]);
+                let ip = if family == 4 {
+                    let ip: [u8; 4] = addr[..4].try_into().map_err(|_| FrameError::BadLength)?;
+                    IpAddr::V4(Ipv4Addr::from(ip))
+                } else {
+                    let ip: [u8; 16] = addr[..16].try_into().map_err(|_| FrameError::BadLength)?;
+                    IpAddr::V6(Ipv6Addr::from(ip))
+                };
+                let udp = match grant {
+                    None => None,
+                    Some(g) => Some(UdpGrant {
+                        port: u16::from_be_bytes([g[0], g[1]]),
+                        token: g[2..].try_into().map_err(|_| FrameError::BadLength)?,
+                    }),
+                };
+                Frame::Paired {
+                    observed: SocketAddr::new(ip, port),
+                    udp,
+                }
             }
             T_ERROR => {
                 if body.len() < 6 || body.len() > 6 + MAX_REASON {
@@ -292,10 +326,13 @@ impl<'a> Frame<'a> {
                 Frame::Create { token, .. } => 1 + RENDEZVOUS_ID_LEN + token.len(),
                 Frame::Join { .. } => 1 + RENDEZVOUS_ID_LEN,
                 Frame::Created { .. } => 4,
-                Frame::Paired { observed } => match observed {
-                    SocketAddr::V4(_) => 1 + 6,
-                    SocketAddr::V6(_) => 1 + 18,
-                },
+                Frame::Paired { observed, udp } => {
+                    let addr = match observed {
+                        SocketAddr::V4(_) => 1 + 6,
+                        SocketAddr::V6(_) => 1 + 18,
+                    };
+                    addr + if udp.is_some() { UDP_GRANT_LEN } else { 0 }
+                }
                 Frame::Error { reason, .. } => 6 + reason.len(),
             }
     }
@@ -336,18 +373,24 @@ impl<'a> Frame<'a> {
                 body.copy_from_slice(&ttl_secs.to_be_bytes());
                 T_CREATED
             }
-            Frame::Paired { observed } => {
-                match observed {
+            Frame::Paired { observed, udp } => {
+                let end = match observed {
                     SocketAddr::V4(a) => {
                         body[0] = 4;
                         body[1..5].copy_from_slice(&a.ip().octets());
                         body[5..7].copy_from_slice(&a.port().to_be_bytes());
+                        7
                     }
                     SocketAddr::V6(a) => {
                         body[0] = 6;
                         body[1..17].copy_from_slice(&a.ip().octets());
                         body[17..19].copy_from_slice(&a.port().to_be_bytes());
+                        19
                     }
+                };
+                if let Some(g) = udp {
+                    body[end..end + 2].copy_from_slice(&g.port.to_be_bytes());
+                    body[end + 2..end + UDP_GRANT_LEN].copy_from_slice(&g.token);
                 }
                 T_PAIRED
             }
@@ -391,9 +434,36 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Ties the test vectors here and in `udp_service` to `spec/relay.md`.
+#[cfg(test)]
+pub(crate) mod spec_vectors {
+    /// Bytes as the spec prints them: lower-case hex pairs, space-separated.
+    pub(crate) fn hex(b: &[u8]) -> String {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Assert that `line` is a line of spec/relay.md (surrounding blanks
+    /// aside), in its test-vector section `section`.
+    pub(crate) fn in_spec(section: &str, line: &str) {
+        let spec = include_str!("../../spec/relay.md");
+        assert!(
+            spec.lines().any(|l| l.trim() == line),
+            "vector not in spec/relay.md {section}: {line}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::spec_vectors::hex;
     use super::*;
+
+    fn in_spec(line: &str) {
+        super::spec_vectors::in_spec("§4.3", line);
+    }
 
     // Test vectors, also in spec/relay.md §4.3.
     #[test]
@@ -407,11 +477,40 @@ mod tests {
         assert_eq!(bytes.len(), 20);
         assert_eq!(Frame::parse(&bytes).unwrap(), (join, 20));
 
+        // A relay without the UDP address service: the original 7-byte body.
         let paired = Frame::Paired {
             observed: "198.18.0.7:40000".parse().unwrap(),
+            udp: None,
         };
         let bytes = paired.to_vec().unwrap();
         assert_eq!(bytes, [0x82, 0x00, 0x07, 0x04, 198, 18, 0, 7, 0x9c, 0x40]);
+        assert_eq!(Frame::parse(&bytes).unwrap(), (paired, 10));
+
+        // With the grant (port 15000, token 00 11 … ff): 25-byte body.
+        let token: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
+        let paired = Frame::Paired {
+            observed: "198.18.0.7:40000".parse().unwrap(),
+            udp: Some(UdpGrant { port: 15000, token }),
+        };
+        let bytes = paired.to_vec().unwrap();
+        let mut want = vec![
+            0x82, 0x00, 0x19, 0x04, 198, 18, 0, 7, 0x9c, 0x40, 0x3a, 0x98,
+        ];
+        want.extend_from_slice(&token);
+        assert_eq!(bytes, want);
+        assert_eq!(Frame::parse(&bytes).unwrap(), (paired, 28));
+        in_spec(&hex(&bytes[..12]));
+        in_spec(&hex(&bytes[12..]));
+
+        // IPv6 with the grant: 37-byte body.
+        let paired = Frame::Paired {
+            observed: "[2001:db8::7]:40000".parse().unwrap(),
+            udp: Some(UdpGrant { port: 15000, token }),
+        };
+        let bytes = paired.to_vec().unwrap();
+        assert_eq!(bytes.len(), 3 + 37);
+        assert_eq!(bytes[1..4], [0x00, 37, 6]);
+        assert_eq!(Frame::parse(&bytes).unwrap(), (paired, 40));
 
         let err = Frame::error(ErrorCode::LockedOut, 300, "locked out");
         let bytes = err.to_vec().unwrap();
@@ -439,6 +538,24 @@ mod tests {
             Frame::parse(&[0x82, 0, 3, 5, 0, 0]),
             Err(FrameError::BadField)
         );
+        // PAIRED: every body length but 7/25 (family 4) and 19/37 (family 6)
+        // is BadLength, including a grant cut short or overlong.
+        for family in [4u8, 6] {
+            let ok: [usize; 2] = if family == 4 { [7, 25] } else { [19, 37] };
+            for len in 0..=40usize {
+                let mut f = vec![0x82, 0, len as u8];
+                f.resize(3 + len, 0);
+                if let Some(b) = f.get_mut(3) {
+                    *b = family;
+                }
+                let r = Frame::parse(&f);
+                if ok.contains(&len) {
+                    assert!(r.is_ok(), "family {family} len {len}: {r:?}");
+                } else {
+                    assert_eq!(r, Err(FrameError::BadLength), "family {family} len {len}");
+                }
+            }
+        }
         assert_eq!(
             Frame::parse(&[0x81, 0, 4, 0]),
             Err(FrameError::Incomplete { needed: 3 })

@@ -141,6 +141,9 @@ pub enum Frame<'a> {
         attempt: u32,
         /// Delay after receipt, in milliseconds.
         delay_ms: u32,
+        /// Which direct transport this attempt punches: TCP (simultaneous
+        /// open) or UDP (XTCP hole punching).
+        transport: Transport,
     },
     /// The sender sends data on `path_id` from now on; it is the last frame the
     /// sender sends on the path it arrives on.
@@ -306,7 +309,7 @@ impl<'a> Frame<'a> {
             Frame::Ack { .. } | Frame::Fin { .. } => 8,
             Frame::Keepalive { .. } | Frame::KeepaliveAck { .. } => 8,
             Frame::Resume { .. } => 12,
-            Frame::Punch { .. } => 8,
+            Frame::Punch { .. } => 9,
             Frame::PathSwitch { .. } => 4,
             Frame::Candidates(c) => 1 + c.iter().map(Candidate::wire_len).sum::<usize>(),
             Frame::Close { reason, .. } => 3 + reason.len(),
@@ -375,10 +378,16 @@ impl<'a> Frame<'a> {
             }
             T_CANDIDATES => Frame::Candidates(parse_candidates(body, bad)?),
             T_PUNCH => {
-                exact(8)?;
+                exact(9)?;
                 Frame::Punch {
                     attempt: be_u32(body, 0).ok_or(bad)?,
                     delay_ms: be_u32(body, 4).ok_or(bad)?,
+                    transport: match body.get(8) {
+                        Some(6) => Transport::Tcp,
+                        Some(17) => Transport::Udp,
+                        Some(&t) => return Err(FrameError::BadTransport(t)),
+                        None => return Err(bad),
+                    },
                 }
             }
             T_PATH_SWITCH => {
@@ -511,9 +520,14 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
                 out.extend_from_slice(&c.addr.port().to_be_bytes());
             }
         }
-        Frame::Punch { attempt, delay_ms } => {
+        Frame::Punch {
+            attempt,
+            delay_ms,
+            transport,
+        } => {
             out.extend_from_slice(&attempt.to_be_bytes());
             out.extend_from_slice(&delay_ms.to_be_bytes());
+            out.push(*transport as u8);
         }
         Frame::PathSwitch { path_id } => out.extend_from_slice(&path_id.to_be_bytes()),
         Frame::Keepalive { nonce } | Frame::KeepaliveAck { nonce } => {

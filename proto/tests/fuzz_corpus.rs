@@ -43,3 +43,4 @@ replay!(segment_codec, xtcp_proto::fuzzing::segment_codec);
 replay!(connection, xtcp_proto::fuzzing::connection);
 replay!(relay_frame, xtcp_proto::fuzzing::relay_frame);
 replay!(session_frames, xtcp_proto::fuzzing::session_frames);
+replay!(udp_service, xtcp_proto::fuzzing::udp_service);

@@ -114,6 +114,7 @@ fn vector_frames() -> Vec<(&'static str, Frame<'static>)> {
             Frame::Punch {
                 attempt: 1,
                 delay_ms: 250,
+                transport: Transport::Udp,
             },
         ),
         ("path_switch", Frame::PathSwitch { path_id: 2 }),

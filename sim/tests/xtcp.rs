@@ -583,27 +583,34 @@ fn cwnd_trace_cubic_concave_then_convex() {
 // NAT rebinding: the client's address changes mid-transfer.
 // ---------------------------------------------------------------------
 
+/// 10 ms, 20 Mbit/s both ways; the client (A) moves to 198.18.7.7:5555 at `at`.
+fn rebinding(a_bytes: usize, b_bytes: usize, at: Instant, deadline: Duration) -> Scenario {
+    let link = LinkConfig {
+        delay: Duration::from_millis(10),
+        bandwidth_bps: 20_000_000,
+        queue_bytes: Some(200_000),
+        ..LinkConfig::default()
+    };
+    Scenario {
+        cfg: sim_config(),
+        ab: link.clone(),
+        ba: link,
+        a_bytes,
+        b_bytes,
+        deadline,
+        rebind: Some((at, "198.18.7.7:5555".parse().unwrap())),
+    }
+}
+
 #[test]
 fn survives_nat_rebinding_mid_transfer() {
     check_seeds("survives_nat_rebinding_mid_transfer", 0..5, |seed| {
-        let link = LinkConfig {
-            delay: Duration::from_millis(10),
-            bandwidth_bps: 20_000_000,
-            queue_bytes: Some(200_000),
-            ..LinkConfig::default()
-        };
-        let sc = Scenario {
-            cfg: sim_config(),
-            ab: link.clone(),
-            ba: link,
-            a_bytes: 4 << 20,
-            b_bytes: 4 << 20,
-            deadline: Duration::from_secs(120),
-            rebind: Some((
-                Instant::from_millis(700),
-                "198.18.7.7:5555".parse().unwrap(),
-            )),
-        };
+        let sc = rebinding(
+            4 << 20,
+            4 << 20,
+            Instant::from_millis(700),
+            Duration::from_secs(120),
+        );
         let (sim, _a, b, _) = run(seed, &sc)?;
         let nb = sim.node(b);
         let h = nb.h.ok_or("no connection")?;
@@ -790,4 +797,29 @@ fn low_rtt_goodput_with_loss_does_not_collapse() {
         }
         assert!(rtos <= max_rtos, "loss {p}: {rtos} RTOs over 5 seeds");
     }
+}
+
+/// The rebinding hits a one-way transfer that fits the initial window:
+/// everything the client had in flight reaches the server, whose ACKs go to the old address and are lost,
+/// so the client only retransmits data the server already has ("not
+/// acceptable" segments). The server must follow the new address on those
+/// too, or the connection stalls until the user timeout.
+#[test]
+fn survives_nat_rebinding_when_only_retransmissions_follow() {
+    check_seeds(
+        "survives_nat_rebinding_when_only_retransmissions_follow",
+        0..5,
+        |seed| {
+            // After the client sent all 8 KiB (≈ 20 ms), before the ACKs
+            // come back (≈ 40 ms).
+            let sc = rebinding(
+                8 << 10,
+                0,
+                Instant::from_millis(25),
+                Duration::from_secs(30),
+            );
+            run(seed, &sc)?;
+            Ok(())
+        },
+    );
 }

@@ -43,6 +43,9 @@ struct Cli {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long, env = "XTCP_RELAY_METRICS")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// UDP address service address, or "off" (default 0.0.0.0:15000).
+    #[arg(long, env = "XTCP_RELAY_UDP_LISTEN", value_name = "ADDR|off")]
+    udp_listen: Option<String>,
     /// Validate the configuration (and certificate files) and exit.
     #[arg(long)]
     check_config: bool,
@@ -76,6 +79,9 @@ fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
     }
     if cli.metrics_listen.is_some() {
         cfg.metrics_listen = cli.metrics_listen;
+    }
+    if let Some(u) = &cli.udp_listen {
+        cfg.udp_listen = server::parse_udp_listen(u)?;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     if !cfg.self_signed && (cfg.cert.is_none() || cfg.key.is_none()) {
@@ -148,7 +154,11 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("xtcp-relay listening on {}", relay.local_addr());
-    tracing::info!(addr = %relay.local_addr(), "listening");
+    match relay.udp_local_addr() {
+        Some(a) => eprintln!("UDP address service on {a}"),
+        None => eprintln!("UDP address service off"),
+    }
+    tracing::info!(addr = %relay.local_addr(), udp = ?relay.udp_local_addr(), "listening");
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -268,15 +268,47 @@ async fn await_paired(mut ctl: CtlChannel) -> Result<Paired, RelayError> {
         e => ctl_err(e),
     })?;
     match Frame::parse(&bytes) {
-        Ok((Frame::Paired { observed }, _)) => {
+        Ok((Frame::Paired { observed, udp }, _)) => {
             let stream = ctl.finish().await.map_err(ctl_err)?;
+            // The service listens on the relay's IP as we reached it over TCP
+            // (spec/relay.md §4.2.4); without a peer address there is nowhere
+            // to ask, so no service.
+            let udp = match (udp, stream.peer_addr()) {
+                (Some(g), Ok(relay)) => Some(UdpService {
+                    addr: SocketAddr::new(relay.ip(), g.port),
+                    token: g.token,
+                }),
+                _ => None,
+            };
             Ok(Paired {
                 stream,
                 observed,
+                udp,
                 relay: String::new(),
             })
         }
         _ => Err(error_from_frame(&bytes)),
+    }
+}
+
+/// Where and how to ask the relay for this client's public UDP address
+/// (`spec/relay.md` §12): send `proto::udp_service::encode_request(&token, nonce)`
+/// to `addr`. Valid while the paired session lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UdpService {
+    /// The relay's IP address as this client connected to it, and the granted UDP port.
+    pub addr: SocketAddr,
+    /// This client's token (secret: known only to it and the relay).
+    pub token: [u8; 16],
+}
+
+impl std::fmt::Debug for UdpService {
+    // The token is a secret: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpService")
+            .field("addr", &self.addr)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
@@ -287,6 +319,8 @@ pub struct Paired {
     pub stream: RelayedStream,
     /// This client's address as the relay observed it.
     pub observed: SocketAddr,
+    /// The relay's UDP address service, if it granted one.
+    pub udp: Option<UdpService>,
     /// The relay that paired us.
     pub relay: String,
 }

@@ -7,5 +7,5 @@ pub mod ctl;
 pub mod forward;
 pub mod server;
 
-pub use client::{RelayClientConfig, RelayError, RelayTrust};
+pub use client::{RelayClientConfig, RelayError, RelayTrust, UdpService};
 pub use server::{Relay, RelayConfig};

@@ -10,11 +10,14 @@
 //! ```
 //!
 //! One task per connection; the host's task does the pairing and forwarding,
-//! so a session is exactly one task once paired.
+//! so a session is exactly one task once paired. One more task serves the UDP
+//! address service (`spec/relay.md` §12): it answers "your public UDP address
+//! is …" to requests that carry a token granted in a live session's `PAIRED`.
 
 use super::ctl::{CtlChannel, CtlError};
 use super::forward::{self, Activity, Counters, Mode, RateLimiter};
-use proto::relay_wire::{ErrorCode, Frame, VERSION};
+use proto::relay_wire::{ErrorCode, Frame, UdpGrant, VERSION};
+use proto::udp_service;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
@@ -72,7 +75,35 @@ pub struct RelayConfig {
     pub audit_log: Option<std::path::PathBuf>,
     /// Prometheus text metrics on this HTTP address.
     pub metrics_listen: Option<SocketAddr>,
+    /// UDP address service; `None` disables it (`spec/relay.md` §12). In TOML,
+    /// an address string or `"off"`.
+    #[serde(deserialize_with = "de_udp_listen")]
+    pub udp_listen: Option<SocketAddr>,
 }
+
+/// Parse a `udp_listen` value: a socket address, or `off` for none.
+pub fn parse_udp_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("udp_listen: {s:?} is neither an address (ip:port) nor \"off\""))
+}
+
+fn de_udp_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_udp_listen(&s).map_err(serde::de::Error::custom)
+}
+
+/// The default UDP address service port (DESIGN.md "Direct path and handover").
+pub const DEFAULT_UDP_PORT: u16 = 15000;
+
+/// Answers per token per [`UDP_RATE_WINDOW`] (`spec/relay.md` §12.4).
+pub const UDP_ANSWERS_PER_WINDOW: u32 = 20;
+/// The UDP address service's rate-limit window.
+pub const UDP_RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -97,6 +128,7 @@ impl Default for RelayConfig {
             drain_secs: 30.0,
             audit_log: None,
             metrics_listen: None,
+            udp_listen: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_UDP_PORT))),
         }
     }
 }
@@ -159,6 +191,17 @@ impl RelayConfig {
                 "forward_buffer must be within 4096..=1048576".into(),
             ));
         }
+        if let Some(u) = self.udp_listen {
+            let unicast = match u.ip() {
+                IpAddr::V4(ip) => !ip.is_multicast() && !ip.is_broadcast(),
+                IpAddr::V6(ip) => !ip.is_multicast(),
+            };
+            if !unicast {
+                return Err(ConfigError(format!(
+                    "udp_listen: {u} is not a unicast address (use \"off\" to disable)"
+                )));
+            }
+        }
         Ok(l)
     }
 
@@ -212,6 +255,16 @@ pub struct Metrics {
     pub active: AtomicUsize,
     /// Sessions currently waiting.
     pub waiting: AtomicUsize,
+    /// Datagrams received by the UDP address service.
+    pub udp_requests: AtomicU64,
+    /// Address responses sent.
+    pub udp_answers: AtomicU64,
+    /// Datagrams dropped (malformed, unknown token, or rate-limited).
+    pub udp_dropped: AtomicU64,
+    /// Of the dropped datagrams, those over their token's rate limit.
+    pub udp_rate_limited: AtomicU64,
+    /// Live UDP tokens now.
+    pub udp_grants: AtomicUsize,
 }
 
 impl Metrics {
@@ -287,6 +340,31 @@ impl Metrics {
                 "sessions waiting for their guest",
                 self.waiting.load(Ordering::Relaxed),
             ),
+            c(
+                "udp_requests_total",
+                "datagrams received by the UDP address service",
+                r(&self.udp_requests),
+            ),
+            c(
+                "udp_answers_total",
+                "UDP address responses sent",
+                r(&self.udp_answers),
+            ),
+            c(
+                "udp_dropped_total",
+                "UDP datagrams dropped (malformed, unknown token, rate limit)",
+                r(&self.udp_dropped),
+            ),
+            c(
+                "udp_rate_limited_total",
+                "UDP requests dropped by their token's rate limit",
+                r(&self.udp_rate_limited),
+            ),
+            g(
+                "udp_grants_active",
+                "live UDP address service tokens",
+                self.udp_grants.load(Ordering::Relaxed),
+            ),
         ]
         .concat()
     }
@@ -317,6 +395,39 @@ struct Waiting {
     tx: oneshot::Sender<(CtlChannel, SocketAddr)>,
 }
 
+/// A live UDP address service token: its rate-limit window
+/// (`spec/relay.md` §12.4). Present in the table exactly while its session lives.
+struct UdpToken {
+    window_start: Instant,
+    answers: u32,
+}
+
+/// The two tokens of one paired session. Dropping it (however the session
+/// ends, including its task being cancelled) removes them from the table.
+struct UdpGrants {
+    shared: Arc<Shared>,
+    tokens: [[u8; 16]; 2],
+}
+
+impl Drop for UdpGrants {
+    fn drop(&mut self) {
+        //= spec/relay.md#123-tokens-and-their-lifetime
+        //# Then both of the session's tokens are removed.
+        let mut t = self
+            .shared
+            .udp_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for tok in &self.tokens {
+            t.remove(tok);
+        }
+        self.shared
+            .metrics
+            .udp_grants
+            .store(t.len(), Ordering::Relaxed);
+    }
+}
+
 struct Shared {
     cfg: RelayConfig,
     limits: Limits,
@@ -324,6 +435,11 @@ struct Shared {
     tokens: RwLock<Vec<[u8; 32]>>,
     waiting: Mutex<HashMap<[u8; 16], Waiting>>,
     lockouts: Mutex<HashMap<IpAddr, Lockout>>,
+    /// Live UDP address service tokens, at most 2 × `max_sessions`.
+    udp_tokens: Mutex<HashMap<[u8; 16], UdpToken>>,
+    /// The bound UDP address service port; `None` when the service is off.
+    udp_port: Option<u16>,
+    rng: ring::rand::SystemRandom,
     unauth: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     audit: Option<AuditSink>,
@@ -386,6 +502,71 @@ impl Shared {
         }
     }
 
+    /// Draw and register the UDP address service tokens of a session being
+    /// paired (host's, guest's). `None` (PAIRED without a grant) if the service
+    /// is off, the table is full or the CSPRNG fails (`spec/relay.md` §12.3).
+    fn grant(self: &Arc<Self>) -> Option<(UdpGrants, [UdpGrant; 2])> {
+        let port = self.udp_port?;
+        let mut tokens = [[0u8; 16]; 2];
+        for t in &mut tokens {
+            ring::rand::SecureRandom::fill(&self.rng, t).ok()?;
+        }
+        if tokens[0] == tokens[1] {
+            return None;
+        }
+        {
+            let mut table = self.udp_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            //= spec/relay.md#123-tokens-and-their-lifetime
+            //# The table holds at most 2 × `max_sessions` tokens.
+            if table.len() + 2 > self.cfg.max_sessions.saturating_mul(2)
+                || tokens.iter().any(|t| table.contains_key(t))
+            {
+                return None;
+            }
+            let now = Instant::now();
+            for t in tokens {
+                table.insert(
+                    t,
+                    UdpToken {
+                        window_start: now,
+                        answers: 0,
+                    },
+                );
+            }
+            self.metrics
+                .udp_grants
+                .store(table.len(), Ordering::Relaxed);
+        }
+        Some((
+            UdpGrants {
+                shared: self.clone(),
+                tokens,
+            },
+            tokens.map(|token| UdpGrant { port, token }),
+        ))
+    }
+
+    /// Whether a request with this token may be answered now: the token is
+    /// live and within its rate limit (`spec/relay.md` §12.4).
+    fn udp_admit(&self, token: &[u8; 16]) -> Admit {
+        let mut table = self.udp_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = table.get_mut(token) else {
+            return Admit::Unknown;
+        };
+        let now = Instant::now();
+        if now.duration_since(t.window_start) >= UDP_RATE_WINDOW {
+            t.window_start = now;
+            t.answers = 0;
+        }
+        //= spec/relay.md#124-processing-and-rate-limit
+        //# at most 20 answers (`UDP_ANSWERS_PER_WINDOW`) per 10 s window
+        if t.answers >= UDP_ANSWERS_PER_WINDOW {
+            return Admit::RateLimited;
+        }
+        t.answers += 1;
+        Admit::Answer
+    }
+
     /// Count a failure; returns true if this failure locked the source out.
     fn fail(&self, ip: IpAddr) -> bool {
         let mut map = self.lockouts.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,6 +604,59 @@ impl Shared {
         } else {
             false
         }
+    }
+}
+
+/// What the UDP address service does with a well-formed request.
+enum Admit {
+    Answer,
+    Unknown,
+    RateLimited,
+}
+
+/// The UDP address service (`spec/relay.md` §12): answer authenticated,
+/// rate-limited requests with their source address; drop everything else
+/// silently. Requests are handled one at a time, in arrival order.
+async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {
+    // One byte more than a request: recv truncates silently, so a longer
+    // datagram must read as REQUEST_LEN + 1 bytes (refused), never as a
+    // valid-looking 48.
+    let mut buf = [0u8; udp_service::REQUEST_LEN + 1];
+    let m = &shared.metrics;
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. an ICMP error reported on the socket: nothing to do
+                // but go on (yield so a persistent error cannot starve others).
+                tracing::debug!("udp address service: {e}");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        m.udp_requests.fetch_add(1, Ordering::Relaxed);
+        let admit = match udp_service::parse_request(buf.get(..n).unwrap_or(&[])) {
+            Ok(req) => match shared.udp_admit(&req.token) {
+                Admit::Answer => Some(req.nonce),
+                Admit::Unknown => None,
+                Admit::RateLimited => {
+                    m.udp_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let Some(nonce) = admit else {
+            m.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        //= spec/relay.md#124-processing-and-rate-limit
+        //# sends the response (§12.2) to the datagram's source address.
+        let (resp, len) = udp_service::encode_response(nonce, from);
+        match sock.send_to(resp.get(..len).unwrap_or(&[]), from).await {
+            Ok(_) => m.udp_answers.fetch_add(1, Ordering::Relaxed),
+            Err(_) => m.udp_dropped.fetch_add(1, Ordering::Relaxed),
+        };
     }
 }
 
@@ -466,6 +700,7 @@ pub fn server_tls(
 pub struct Relay {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    udp_local_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -473,6 +708,7 @@ impl fmt::Debug for Relay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Relay")
             .field("local_addr", &self.local_addr)
+            .field("udp_local_addr", &self.udp_local_addr)
             .finish_non_exhaustive()
     }
 }
@@ -491,6 +727,24 @@ impl Relay {
             .await
             .map_err(StartError::Io)?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
+        // A relay reachable at one address of a host with several must answer
+        // from that address: a reply from another one does not match the
+        // peer's NAT state (`spec/relay.md` §12). So an unspecified UDP
+        // address takes the TLS listener's specific one.
+        let udp_listen = match cfg.udp_listen {
+            Some(u) if u.ip().is_unspecified() && !cfg.listen.ip().is_unspecified() => {
+                Some(SocketAddr::new(cfg.listen.ip(), u.port()))
+            }
+            other => other,
+        };
+        let udp = match udp_listen {
+            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(StartError::Io)?),
+            None => None,
+        };
+        let udp_local_addr = match &udp {
+            Some(u) => Some(u.local_addr().map_err(StartError::Io)?),
+            None => None,
+        };
         let (phase, _) = watch::channel(RUNNING);
         let shared = Arc::new(Shared {
             unauth: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
@@ -500,11 +754,26 @@ impl Relay {
             tokens: RwLock::new(tokens),
             waiting: Mutex::new(HashMap::new()),
             lockouts: Mutex::new(HashMap::new()),
+            udp_tokens: Mutex::new(HashMap::new()),
+            udp_port: udp_local_addr.map(|a| a.port()),
+            rng: ring::rand::SystemRandom::new(),
             metrics: Arc::new(Metrics::default()),
             audit,
             phase,
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        if let Some(sock) = udp {
+            // Runs through a drain (paired sessions may still punch) and stops
+            // with the relay.
+            let mut phase = shared.phase.subscribe();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = udp_loop(sock, shared) => {}
+                    _ = phase.wait_for(|p| *p == ABORT) => {}
+                }
+            });
+        }
         if let Some(addr) = shared.cfg.metrics_listen {
             let m = shared.metrics.clone();
             let mut phase = shared.phase.subscribe();
@@ -519,6 +788,7 @@ impl Relay {
         Ok(Relay {
             shared,
             local_addr,
+            udp_local_addr,
             task,
         })
     }
@@ -526,6 +796,22 @@ impl Relay {
     /// The bound TLS address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound UDP address service address (`spec/relay.md` §12); `None`
+    /// when `udp_listen` is off.
+    pub fn udp_local_addr(&self) -> Option<SocketAddr> {
+        self.udp_local_addr
+    }
+
+    /// Live UDP address service tokens (two per paired session, at most
+    /// 2 × `max_sessions`).
+    pub fn udp_grants(&self) -> usize {
+        self.shared
+            .udp_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Live counters.
@@ -944,12 +1230,23 @@ async fn host(
         serde_json::json!({}),
     );
     // Pair: PAIRED to both, then end both TLS sessions at a record boundary.
+    // The UDP tokens live exactly as long as `grants` (dropped when pairing
+    // fails below, or when the forwarding task ends however it ends).
+    let (grants, [host_udp, guest_udp]) = match shared.grant() {
+        Some((g, [h, u])) => (Some(g), [Some(h), Some(u)]),
+        None => (None, [None, None]),
+    };
     let mut guest = guest;
     let pair = async {
-        ctl.send(&Frame::Paired { observed: peer }).await?;
+        ctl.send(&Frame::Paired {
+            observed: peer,
+            udp: host_udp,
+        })
+        .await?;
         guest
             .send(&Frame::Paired {
                 observed: guest_addr,
+                udp: guest_udp,
             })
             .await?;
         let (a, b) = tokio::try_join!(ctl.finish(), guest.finish())?;
@@ -985,6 +1282,9 @@ async fn host(
     tokio::spawn(async move {
         let started = Instant::now();
         let (h2g, g2h, reason) = forward_session(&a, &b, &shared).await;
+        // Tokens go before `active` drops, so a caller that saw the session
+        // end in the gauge also sees its tokens gone.
+        drop(grants);
         shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
         shared.audit(
             "session_closed",
@@ -1060,5 +1360,50 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `udp_listen` in TOML (spec/relay.md §8): absent → 0.0.0.0:15000, an
+    /// address, or "off"; anything else is an error naming the key.
+    #[test]
+    fn udp_listen_config() {
+        let parse = |t: &str| toml::from_str::<RelayConfig>(t).map(|c| c.udp_listen);
+        assert_eq!(parse(""), Ok(Some("0.0.0.0:15000".parse().unwrap())));
+        assert_eq!(
+            parse("udp_listen = \"127.0.0.1:0\""),
+            Ok(Some("127.0.0.1:0".parse().unwrap()))
+        );
+        assert_eq!(parse("udp_listen = \"off\""), Ok(None));
+        for bad in ["udp_listen = \"x\"", "udp_listen = 1", "udp_listen = \"\""] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("udp_listen"), "{bad}: {e}");
+        }
+        let multicast = RelayConfig {
+            udp_listen: Some("239.1.2.3:15000".parse().unwrap()),
+            ..RelayConfig::default()
+        };
+        assert!(multicast.validate().is_err());
+        assert!(RelayConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn metrics_render_the_udp_counters() {
+        let m = Metrics::default();
+        m.udp_requests.store(3, Ordering::Relaxed);
+        m.udp_dropped.store(1, Ordering::Relaxed);
+        let t = m.render();
+        for line in [
+            "xtcp_relay_udp_requests_total 3",
+            "xtcp_relay_udp_answers_total 0",
+            "xtcp_relay_udp_dropped_total 1",
+            "xtcp_relay_udp_rate_limited_total 0",
+            "xtcp_relay_udp_grants_active 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} missing:\n{t}");
+        }
     }
 }

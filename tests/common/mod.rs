@@ -27,6 +27,8 @@ pub fn relay_config() -> RelayConfig {
     RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_hashes: vec![server::token_hash(TOKEN)],
+        // Ephemeral, so that parallel tests never collide on 15000.
+        udp_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..RelayConfig::default()
     }
 }

@@ -1,0 +1,517 @@
+//! Direct UDP paths: XTCP through NATs by hole punching (`spec/direct.md`
+//! §4.3, §4.4).
+//!
+//! Each side binds one UDP socket carrying an [`XtcpEndpoint`] on an
+//! OS-assigned port and asks the relay's UDP address service, from that same
+//! socket, for the address its NAT gives it (the server-reflexive UDP
+//! candidate). Candidates travel inside the session (CANDIDATES on the relay
+//! path); the host then sends `PUNCH(attempt, UDP)`.
+//!
+//! Punching: both sides send small probes (first byte `0xA2`, never an XTCP
+//! datagram) to every candidate of the other, from the endpoint's socket, so
+//! that each NAT opens a mapping and a filter entry towards the other. A
+//! probe carries a tag only the two peers can compute (HMAC over the attempt
+//! number, keyed with the relay path's exporter); a probe with a good tag from
+//! an address not among the candidates is a peer-reflexive candidate (the
+//! peer's NAT chose another port for us, as a symmetric NAT does) and is
+//! probed back. The host opens XTCP to every address it received a probe
+//! from (the path is then open both ways); the guest accepts. Each XTCP
+//! connection runs the same e2e TLS and tag as direct TCP
+//! ([`DirectCtx::prove_io`]), so the first proven connection wins.
+//!
+//! Everything is bounded: probes per address and in total, peer-reflexive
+//! addresses, connection attempts, and the attempt's duration.
+
+use crate::api::Path;
+use crate::direct::{self, DirectCtx};
+use crate::e2e::Role;
+use crate::net::{EndpointOptions, XtcpEndpoint};
+use proto::session::{Candidate, CandidateKind, Transport};
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// First byte of a punch probe (`spec/direct.md` §4.3).
+pub const PROBE: u8 = 0xA2;
+/// Probe length: type, attempt (u32), tag (32 bytes).
+pub const PROBE_LEN: usize = 37;
+/// Requests sent to the relay's UDP service before giving up on it.
+const SERVICE_TRIES: u32 = 5;
+/// Wait for one answer of the UDP service.
+const SERVICE_WAIT: Duration = Duration::from_millis(250);
+/// Probes go out this often during the first second of an attempt, then
+/// every [`PROBE_SLOW`]: fast enough that a NAT opens within a few RTTs,
+/// slow enough to cost nothing.
+const PROBE_FAST: Duration = Duration::from_millis(20);
+const PROBE_SLOW: Duration = Duration::from_millis(250);
+const FAST_PHASE: Duration = Duration::from_secs(1);
+/// Addresses probed at most (candidates plus peer-reflexive ones).
+const MAX_TARGETS: usize = 24;
+/// Connections the host opens at most in one attempt.
+const MAX_CONNECTS: usize = 8;
+
+/// The relay's UDP address service as granted in `PAIRED` (no `Debug`: the
+/// token is a secret).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelayUdp {
+    pub addr: SocketAddr,
+    pub token: [u8; 16],
+}
+
+/// One side's UDP socket for an attempt, its candidates and its side channel.
+pub(crate) struct Prepared {
+    pub ep: XtcpEndpoint,
+    pub candidates: Vec<Candidate>,
+    side: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// The XTCP settings of a direct UDP path: Nagle off (the session layer
+/// writes whole batches and wants its small control frames out at once).
+fn endpoint_options(role: Role) -> EndpointOptions {
+    let mut o = EndpointOptions {
+        listen: role == Role::Guest,
+        accept_backlog: MAX_CONNECTS,
+        max_half_open: MAX_CONNECTS * 2,
+        ..EndpointOptions::default()
+    };
+    o.conn.nagle = false;
+    o
+}
+
+/// Bind the attempt's endpoint, learn its public address from the relay's UDP
+/// service (when the relay offers one), and gather its candidates.
+pub(crate) async fn prepare(
+    role: Role,
+    observed: SocketAddr,
+    service: Option<RelayUdp>,
+) -> io::Result<Prepared> {
+    let ep = XtcpEndpoint::bind(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        endpoint_options(role),
+    )?;
+    let mut side = ep.side_channel();
+    let port = ep.local_addr().port();
+    let mut candidates = direct::gather_for(Transport::Udp, port, observed);
+    if let Some(svc) = service {
+        match query_reflexive(&ep, &mut side, svc).await {
+            Some(public) => {
+                if !candidates.iter().any(|c| c.addr == public)
+                    && candidates.len() < direct::MAX_OWN_CANDIDATES
+                {
+                    candidates.push(Candidate {
+                        kind: CandidateKind::ServerReflexiveUdp,
+                        transport: Transport::Udp,
+                        addr: public,
+                    });
+                }
+            }
+            None => tracing::debug!("direct udp: no answer from the relay's UDP service"),
+        }
+    }
+    Ok(Prepared {
+        ep,
+        candidates,
+        side,
+    })
+}
+
+/// Ask the relay's UDP service (a few times, each bounded) which address it
+/// sees this endpoint's socket at.
+async fn query_reflexive(
+    ep: &XtcpEndpoint,
+    side: &mut mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    svc: RelayUdp,
+) -> Option<SocketAddr> {
+    let mut nonce_bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_bytes).ok()?;
+    let nonce = u64::from_be_bytes(nonce_bytes);
+    let req = proto::udp_service::encode_request(&svc.token, nonce);
+    for _ in 0..SERVICE_TRIES {
+        if ep.send_raw(svc.addr, &req).await.is_err() {
+            return None;
+        }
+        let deadline = Instant::now() + SERVICE_WAIT;
+        loop {
+            let got = tokio::time::timeout_at(deadline, side.recv()).await;
+            let Ok(Some((from, d))) = got else { break };
+            if from != svc.addr {
+                continue;
+            }
+            if let Ok(r) = proto::udp_service::parse_response(&d) {
+                if r.nonce == nonce {
+                    return Some(r.observed);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The probes' key: HMAC-SHA256 keyed with the relay path's exporter. Only
+/// the two peers know the exporter; the tag keeps strangers' datagrams from
+/// steering connection attempts (the path itself is still proven by TLS and
+/// the session tag).
+fn probe_key(relay_exporter: &[u8; 32]) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, relay_exporter)
+}
+
+/// The tag of attempt `attempt`'s probes: HMAC over `"xtcp punch v1" ‖ attempt`.
+fn probe_input(attempt: u32) -> [u8; 17] {
+    let mut m = [0u8; 17];
+    m[..13].copy_from_slice(b"xtcp punch v1");
+    m[13..].copy_from_slice(&attempt.to_be_bytes());
+    m
+}
+
+fn probe_tag(key: &ring::hmac::Key, attempt: u32) -> [u8; 32] {
+    let t = ring::hmac::sign(key, &probe_input(attempt));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(t.as_ref());
+    out
+}
+
+fn encode_probe(attempt: u32, tag: &[u8; 32]) -> [u8; PROBE_LEN] {
+    let mut p = [0u8; PROBE_LEN];
+    p[0] = PROBE;
+    p[1..5].copy_from_slice(&attempt.to_be_bytes());
+    p[5..].copy_from_slice(tag);
+    p
+}
+
+/// Whether `d` is this attempt's probe (constant-time tag check).
+fn is_probe(d: &[u8], attempt: u32, key: &ring::hmac::Key) -> bool {
+    d.len() == PROBE_LEN
+        && d.first() == Some(&PROBE)
+        && d.get(1..5) == Some(&attempt.to_be_bytes()[..])
+        && d.get(5..)
+            .is_some_and(|t| ring::hmac::verify(key, &probe_input(attempt), t).is_ok())
+}
+
+/// What one UDP attempt does.
+pub(crate) struct PunchPlan {
+    pub attempt: u32,
+    /// The peer's candidates to probe.
+    pub peers: Vec<SocketAddr>,
+    /// The peer's server-reflexive UDP addresses (port prediction's targets).
+    pub reflexive: Vec<SocketAddr>,
+    pub duration: Duration,
+    /// Port prediction budget (0: off), §4.3.4.
+    pub prediction: usize,
+}
+
+/// Run a UDP attempt: probe the peer's candidates, follow peer-reflexive
+/// addresses, connect (host) or accept (guest), and offer every proven
+/// connection to the driver. Ends after `duration`, or earlier when the
+/// driver aborts it (a path was chosen).
+pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
+    let PunchPlan {
+        attempt,
+        peers,
+        reflexive,
+        duration,
+        prediction,
+    } = plan;
+    let Prepared { ep, mut side, .. } = prep;
+    let key = probe_key(&ctx.relay_exporter);
+    let probe = encode_probe(attempt, &probe_tag(&key, attempt));
+    let mut guesses = Vec::new();
+    let (hit_tx, mut hits) = mpsc::channel::<(tokio::net::UdpSocket, SocketAddr)>(4);
+    if prediction > 0 {
+        if let Some(r) = reflexive.first() {
+            guesses = guess_ports(r.ip(), prediction);
+            spray(
+                prediction,
+                *r,
+                probe,
+                key.clone(),
+                attempt,
+                hit_tx,
+                duration,
+            );
+        }
+    }
+    let mut targets: Vec<SocketAddr> = peers;
+    targets.truncate(MAX_TARGETS);
+    let mut connected: HashSet<SocketAddr> = HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let end = start + duration;
+    let mut next_probe = start;
+    let mut next_guess = start;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= next_probe {
+            for t in &targets {
+                let _ = ep.send_raw(*t, &probe).await;
+            }
+            // Guessed ports: a few rounds early in the attempt, while the
+            // peer's spray sockets' mappings are fresh.
+            if now.duration_since(start) < GUESS_PHASE && now >= next_guess {
+                for g in &guesses {
+                    let _ = ep.send_raw(*g, &probe).await;
+                }
+                next_guess = now + PROBE_SLOW;
+            }
+            let step = if now.duration_since(start) < FAST_PHASE {
+                PROBE_FAST
+            } else {
+                PROBE_SLOW
+            };
+            next_probe = now + step;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_probe.min(end)) => {}
+            got = side.recv() => {
+                let Some((from, d)) = got else { break };
+                if !is_probe(&d, attempt, &key) {
+                    continue;
+                }
+                if !targets.contains(&from) && targets.len() < MAX_TARGETS {
+                    // Peer-reflexive: probe it back at once.
+                    targets.push(from);
+                    let _ = ep.send_raw(from, &probe).await;
+                }
+                if ctx.role == Role::Host
+                    && connected.len() < MAX_CONNECTS
+                    && connected.insert(from)
+                {
+                    let ep = ep.clone();
+                    let ctx = ctx.clone();
+                    tasks.spawn(async move {
+                        match tokio::time::timeout(ctx.connect_timeout, ep.connect(from)).await {
+                            Ok(Ok(s)) => {
+                                let w = s.close_waiter();
+                                ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%from, "direct udp: connect: {e}"),
+                            Err(_) => tracing::debug!(%from, "direct udp: connect timed out"),
+                        }
+                    });
+                }
+            }
+            acc = ep.accept(), if ctx.role == Role::Guest && tasks.len() < MAX_CONNECTS => {
+                if let Ok(s) = acc {
+                    let ctx = ctx.clone();
+                    let from = s.peer_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+                    let w = s.close_waiter();
+                    tasks.spawn(ctx.prove_io(s, from, Path::DirectUdp, Some(w)));
+                }
+            }
+            Some((sock, from)) = hits.recv() => {
+                // A spray socket got through: it becomes an XTCP endpoint of
+                // its own; the host connects from it, the guest accepts on it.
+                if tasks.len() < MAX_CONNECTS {
+                    if let Ok(std_sock) = sock.into_std() {
+                        if let Ok(ep2) = XtcpEndpoint::from_std(std_sock, endpoint_options(ctx.role)) {
+                            tasks.spawn(use_spray_socket(ep2, ctx.clone(), from));
+                        }
+                    }
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // Connections still proving finish (bounded by the handshake timeout).
+    while tasks.join_next().await.is_some() {}
+}
+
+/// How long guessed ports are probed (rounds every [`PROBE_SLOW`]).
+const GUESS_PHASE: Duration = Duration::from_secs(2);
+
+/// `n` distinct random ports on `ip` (1024–65535, where Linux's random
+/// source-port allocation draws from).
+fn guess_ports(ip: IpAddr, n: usize) -> Vec<SocketAddr> {
+    let rng = ring::rand::SystemRandom::new();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    // Bounded: at most 4n draws.
+    for _ in 0..n.saturating_mul(4) {
+        if out.len() >= n {
+            break;
+        }
+        let mut b = [0u8; 2];
+        if ring::rand::SecureRandom::fill(&rng, &mut b).is_err() {
+            break;
+        }
+        let port = 1024 + u16::from_be_bytes(b) % (65535 - 1024 + 1);
+        if seen.insert(port) {
+            out.push(SocketAddr::new(ip, port));
+        }
+    }
+    out
+}
+
+/// Open `n` sockets, each probing `target` (the peer's reflexive address)
+/// every [`PROBE_SLOW`] during [`GUESS_PHASE`]: behind an endpoint-dependent
+/// NAT each gets its own external port, which the peer's guesses may hit.
+/// The first sockets that receive a valid probe are handed over on `hits`
+/// (with the probe's source); the rest close when the attempt ends.
+fn spray(
+    n: usize,
+    target: SocketAddr,
+    probe: [u8; PROBE_LEN],
+    key: ring::hmac::Key,
+    attempt: u32,
+    hits: mpsc::Sender<(tokio::net::UdpSocket, SocketAddr)>,
+    duration: Duration,
+) {
+    let end = Instant::now() + duration;
+    for _ in 0..n {
+        let Ok(std_sock) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
+            return; // out of descriptors: spray what we have
+        };
+        if std_sock.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(sock) = tokio::net::UdpSocket::from_std(std_sock) else {
+            return;
+        };
+        let (key, hits) = (key.clone(), hits.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut next = start;
+            let mut buf = [0u8; PROBE_LEN + 1];
+            loop {
+                let now = Instant::now();
+                if now >= end || hits.is_closed() {
+                    return;
+                }
+                if now >= next && now.duration_since(start) < GUESS_PHASE {
+                    let _ = sock.send_to(&probe, target).await;
+                    next = now + PROBE_SLOW;
+                } else if now >= next {
+                    next = end;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next.min(end)) => {}
+                    r = sock.recv_from(&mut buf) => {
+                        if let Ok((len, from)) = r {
+                            if is_probe(buf.get(..len).unwrap_or(&[]), attempt, &key) {
+                                let _ = sock.send_to(&probe, from).await;
+                                let _ = hits.send((sock, from)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Carry on an XTCP path over a spray socket that got through: the host
+/// connects to the address the probe came from, the guest accepts one
+/// connection; the proven one is offered to the driver.
+async fn use_spray_socket(ep: XtcpEndpoint, ctx: DirectCtx, from: SocketAddr) {
+    let stream = if ctx.role == Role::Host {
+        tokio::time::timeout(ctx.connect_timeout, ep.connect(from))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        tokio::time::timeout(ctx.connect_timeout, ep.accept())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    };
+    match stream {
+        Some(s) => {
+            let remote = s.peer_addr().unwrap_or(from);
+            let w = s.close_waiter();
+            ctx.prove_io(s, remote, Path::DirectUdp, Some(w)).await
+        }
+        None => tracing::debug!(%from, "direct udp: predicted port: no connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_round_trip_and_rejections() {
+        let key = probe_key(&[9; 32]);
+        let p = encode_probe(3, &probe_tag(&key, 3));
+        assert!(is_probe(&p, 3, &key));
+        assert!(!is_probe(&p, 4, &key), "another attempt");
+        assert!(!is_probe(&p, 3, &probe_key(&[8; 32])), "another session");
+        assert!(!is_probe(&p[..PROBE_LEN - 1], 3, &key), "truncated");
+        let mut bad = p;
+        bad[PROBE_LEN - 1] ^= 1;
+        assert!(!is_probe(&bad, 3, &key), "forged tag");
+        let mut other = encode_probe(4, &probe_tag(&key, 3));
+        assert!(
+            !is_probe(&other, 4, &key),
+            "attempt 3's tag under attempt 4"
+        );
+        other[1..5].copy_from_slice(&3u32.to_be_bytes());
+        assert!(is_probe(&other, 3, &key));
+        assert!(crate::net::SIDE_CHANNEL.contains(&PROBE));
+    }
+
+    /// The guest's UDP endpoint during an attempt: a stranger who knows its
+    /// address (everything the relay and the network see) but not the code
+    /// connects XTCP and fails the end-to-end proof, as does the right code
+    /// with another session's binding; nothing is offered to the driver. The
+    /// rightful host gets through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_xtcp_attempts_on_the_guest_endpoint_are_rejected() {
+        use crate::direct::forged::ctx;
+        use crate::secret::SessionSecret;
+        let s = SessionSecret::generate().unwrap();
+        let code = s.code();
+        let exporter = [5u8; 32];
+        let (guest, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let prep = prepare(Role::Guest, lo, None).await.unwrap();
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), prep.ep.local_addr().port());
+        let plan = PunchPlan {
+            attempt: 0,
+            peers: Vec::new(),
+            reflexive: Vec::new(),
+            duration: Duration::from_secs(20),
+            prediction: 0,
+        };
+        let attempt = tokio::spawn(punch(prep, guest, plan));
+        // A host-side dial with `secret` and `binding`; Ok when it proved.
+        let dial = |secret: SessionSecret, exporter: [u8; 32]| async move {
+            let (host, mut hfound) = ctx(secret, Role::Host, exporter);
+            let ep =
+                XtcpEndpoint::bind("127.0.0.1:0".parse().unwrap(), endpoint_options(Role::Host))
+                    .unwrap();
+            let s = ep.connect(target).await.unwrap();
+            host.prove_io(s, target, Path::DirectUdp, None).await;
+            hfound.try_recv().is_ok()
+        };
+        assert!(
+            !dial(SessionSecret::generate().unwrap(), exporter).await,
+            "stranger"
+        );
+        assert!(
+            !dial(SessionSecret::parse(&code).unwrap(), [6u8; 32]).await,
+            "another session's binding"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), found.recv())
+                .await
+                .is_err(),
+            "the guest offered no forged path"
+        );
+        assert!(
+            dial(SessionSecret::parse(&code).unwrap(), exporter).await,
+            "rightful host"
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(ref c)) if c.kind == Path::DirectUdp),
+            "the guest offers the rightful path"
+        );
+        attempt.abort();
+    }
+}
