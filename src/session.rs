@@ -81,6 +81,11 @@ pub struct DirectOptions {
     /// round of direct attempts began (pairing, or a retry). Zero races TCP
     /// and UDP from the start.
     pub udp_after: Duration,
+    /// Keepalive on the relay path when it sent nothing for this long (also
+    /// keeps the relay's idle timer from firing). A relay path that received
+    /// nothing for three of these is dead: the session fails if the relay
+    /// was its path, else the relay is no longer a fallback.
+    pub relay_keepalive_interval: Duration,
     /// Port prediction for endpoint-dependent ("symmetric") NATs: this many
     /// extra sockets probe the peer's public address and this many guessed
     /// ports of it are probed (0: off, the default). Bounded birthday
@@ -102,6 +107,7 @@ impl Default for DirectOptions {
             udp: true,
             udp_after: Duration::from_secs(10),
             port_prediction: 0,
+            relay_keepalive_interval: Duration::from_secs(15),
         }
     }
 }
@@ -1378,7 +1384,8 @@ impl Driver {
         let now = Instant::now();
         self.link.lock().st.force_ack();
         let mut dead = Vec::new();
-        let relay_interval = self.opts.keepalive_interval.max(Duration::from_secs(15));
+        let mut relay_dead = Vec::new();
+        let relay_interval = self.opts.relay_keepalive_interval;
         let keys: Vec<u64> = self.slots.keys().copied().collect();
         for k in keys {
             let Some(s) = self.slots.get(&k) else {
@@ -1395,6 +1402,10 @@ impl Driver {
                 dead.push(k);
                 continue;
             }
+            if s.kind == Path::Relay && now.duration_since(s.last_recv) >= relay_interval * 3 {
+                relay_dead.push(k);
+                continue;
+            }
             if s.out_id.is_some() && s.out.is_empty() && now.duration_since(s.last_sent) >= interval
             {
                 self.queue(k, &Frame::Keepalive { nonce: 0 });
@@ -1404,6 +1415,13 @@ impl Driver {
             tracing::debug!("direct path: keepalive timeout");
             self.drop_slot(k);
             self.direct_lost();
+        }
+        for k in relay_dead {
+            // Silent for three keepalive intervals (the peer's keepalives and
+            // answers never came): a black-holed relay connection. The
+            // session fails if the relay was its path (`path_lost`).
+            tracing::debug!("relay path: silent for {:?}", relay_interval * 3);
+            self.path_lost(k);
         }
         if self.role == Role::Host && self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
