@@ -426,6 +426,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
         udp_round: 0,
         udp_tx,
         udp_punch_pending: None,
+        guest_dialed: None,
         round_start: None,
     };
     tokio::spawn(driver.run(s.relay, events_rx, found_rx, udp_rx));
@@ -491,6 +492,8 @@ struct Driver {
     /// is dropped.
     udp_round: u32,
     udp_tx: mpsc::Sender<UdpReady>,
+    /// Guest: the TCP attempt it dialled last (the first one without PUNCH).
+    guest_dialed: Option<u32>,
     /// Guest: a UDP PUNCH that arrived before this side's endpoint was ready.
     udp_punch_pending: Option<u32>,
     /// When the current round of direct attempts began (the UDP window
@@ -1082,9 +1085,16 @@ impl Driver {
             .retain(|old| !c.iter().any(|n| n.transport == old.transport));
         self.peer_candidates.extend(c);
         // The first attempt starts at once; later ones (after a fallback) at
-        // their scheduled time, with the freshest candidates.
+        // their scheduled time, with the freshest candidates. The guest dials
+        // the first attempt on the host's candidates without waiting for
+        // PUNCH: a relay round trip sooner, and its connect completing
+        // first lets it (the TLS client) send ClientHello at once.
         if tcp && self.role == Role::Host && self.attempt == 0 {
             self.punch();
+        }
+        if tcp && self.role == Role::Guest && self.attempt == 0 && self.guest_dialed.is_none() {
+            self.guest_dialed = Some(0);
+            self.dial();
         }
         if udp {
             if self.role == Role::Guest {
@@ -1254,7 +1264,12 @@ impl Driver {
     fn on_punch(&mut self, n: u32) {
         if self.role == Role::Guest && self.opts.policy != PathPolicy::RelayOnly {
             self.attempt = n + 1;
-            self.dial();
+            // The first attempt may be under way already (dialled on the
+            // host's candidates): restarting it would cut its handshakes.
+            if self.guest_dialed != Some(n) {
+                self.guest_dialed = Some(n);
+                self.dial();
+            }
         }
     }
 
@@ -1279,7 +1294,7 @@ impl Driver {
         if self.opts.policy == PathPolicy::RelayOnly || self.direct_id.is_some() {
             return; // dropped: closes it
         }
-        tracing::debug!(remote = %conn.remote, "direct tcp: proven");
+        tracing::debug!(remote = %conn.remote, kind = %conn.kind, "direct path: proven");
         let key = self.add_slot(conn.kind, conn.io);
         if let Some(s) = self.slots.get_mut(&key) {
             s.xtcp = conn.xtcp;
