@@ -81,6 +81,11 @@ pub struct DirectOptions {
     /// round of direct attempts began (pairing, or a retry). Zero races TCP
     /// and UDP from the start.
     pub udp_after: Duration,
+    /// Keepalive on the relay path when it sent nothing for this long (also
+    /// keeps the relay's idle timer from firing). A relay path that received
+    /// nothing for three of these is dead: the session fails if the relay
+    /// was its path, else the relay is no longer a fallback.
+    pub relay_keepalive_interval: Duration,
     /// Port prediction for endpoint-dependent ("symmetric") NATs: this many
     /// extra sockets probe the peer's public address and this many guessed
     /// ports of it are probed (0: off, the default). Bounded birthday
@@ -102,6 +107,7 @@ impl Default for DirectOptions {
             udp: true,
             udp_after: Duration::from_secs(10),
             port_prediction: 0,
+            relay_keepalive_interval: Duration::from_secs(15),
         }
     }
 }
@@ -420,6 +426,7 @@ pub(crate) fn start(s: Start) -> SessionStream {
         udp_round: 0,
         udp_tx,
         udp_punch_pending: None,
+        guest_dialed: None,
         round_start: None,
     };
     tokio::spawn(driver.run(s.relay, events_rx, found_rx, udp_rx));
@@ -485,6 +492,8 @@ struct Driver {
     /// is dropped.
     udp_round: u32,
     udp_tx: mpsc::Sender<UdpReady>,
+    /// Guest: the TCP attempt it dialled last (the first one without PUNCH).
+    guest_dialed: Option<u32>,
     /// Guest: a UDP PUNCH that arrived before this side's endpoint was ready.
     udp_punch_pending: Option<u32>,
     /// When the current round of direct attempts began (the UDP window
@@ -1076,9 +1085,16 @@ impl Driver {
             .retain(|old| !c.iter().any(|n| n.transport == old.transport));
         self.peer_candidates.extend(c);
         // The first attempt starts at once; later ones (after a fallback) at
-        // their scheduled time, with the freshest candidates.
+        // their scheduled time, with the freshest candidates. The guest dials
+        // the first attempt on the host's candidates without waiting for
+        // PUNCH: a relay round trip sooner, and its connect completing
+        // first lets it (the TLS client) send ClientHello at once.
         if tcp && self.role == Role::Host && self.attempt == 0 {
             self.punch();
+        }
+        if tcp && self.role == Role::Guest && self.attempt == 0 && self.guest_dialed.is_none() {
+            self.guest_dialed = Some(0);
+            self.dial();
         }
         if udp {
             if self.role == Role::Guest {
@@ -1248,7 +1264,12 @@ impl Driver {
     fn on_punch(&mut self, n: u32) {
         if self.role == Role::Guest && self.opts.policy != PathPolicy::RelayOnly {
             self.attempt = n + 1;
-            self.dial();
+            // The first attempt may be under way already (dialled on the
+            // host's candidates): restarting it would cut its handshakes.
+            if self.guest_dialed != Some(n) {
+                self.guest_dialed = Some(n);
+                self.dial();
+            }
         }
     }
 
@@ -1273,7 +1294,7 @@ impl Driver {
         if self.opts.policy == PathPolicy::RelayOnly || self.direct_id.is_some() {
             return; // dropped: closes it
         }
-        tracing::debug!(remote = %conn.remote, "direct tcp: proven");
+        tracing::debug!(remote = %conn.remote, kind = %conn.kind, "direct path: proven");
         let key = self.add_slot(conn.kind, conn.io);
         if let Some(s) = self.slots.get_mut(&key) {
             s.xtcp = conn.xtcp;
@@ -1378,7 +1399,8 @@ impl Driver {
         let now = Instant::now();
         self.link.lock().st.force_ack();
         let mut dead = Vec::new();
-        let relay_interval = self.opts.keepalive_interval.max(Duration::from_secs(15));
+        let mut relay_dead = Vec::new();
+        let relay_interval = self.opts.relay_keepalive_interval;
         let keys: Vec<u64> = self.slots.keys().copied().collect();
         for k in keys {
             let Some(s) = self.slots.get(&k) else {
@@ -1395,6 +1417,10 @@ impl Driver {
                 dead.push(k);
                 continue;
             }
+            if s.kind == Path::Relay && now.duration_since(s.last_recv) >= relay_interval * 3 {
+                relay_dead.push(k);
+                continue;
+            }
             if s.out_id.is_some() && s.out.is_empty() && now.duration_since(s.last_sent) >= interval
             {
                 self.queue(k, &Frame::Keepalive { nonce: 0 });
@@ -1404,6 +1430,13 @@ impl Driver {
             tracing::debug!("direct path: keepalive timeout");
             self.drop_slot(k);
             self.direct_lost();
+        }
+        for k in relay_dead {
+            // Silent for three keepalive intervals (the peer's keepalives and
+            // answers never came): a black-holed relay connection. The
+            // session fails if the relay was its path (`path_lost`).
+            tracing::debug!("relay path: silent for {:?}", relay_interval * 3);
+            self.path_lost(k);
         }
         if self.role == Role::Host && self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;

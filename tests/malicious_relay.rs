@@ -660,3 +660,68 @@ async fn relay_sockets_never_carry_the_plaintext() {
     assert!(!seen.windows(16).any(|w| w == &key[..16]));
     assert!(!seen.windows(code.len()).any(|w| w == code.as_bytes()));
 }
+
+/// g) A relay that forwards honestly until the peers' session is up, then
+/// black-holes both directions while keeping the connections open. The
+/// peers' relay keepalives go unanswered; after three keepalive intervals
+/// each session fails with an error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_relay_that_goes_silent_ends_the_session_instead_of_hanging() {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (addr, fp, mut rx) = evil_relay().await;
+    let interval = Duration::from_millis(100);
+    let opts_with = |token| {
+        let mut o = opts(addr, fp, token);
+        o.direct.relay_keepalive_interval = interval;
+        o
+    };
+    let host = xtcp::host(&opts_with(Some(TOKEN))).await.unwrap();
+    let code = host.code();
+    tokio::spawn(async move {
+        let Some((h, g)) = rx.recv().await else {
+            return;
+        };
+        let (hr, hw) = h.into_split();
+        let (gr, gw) = g.into_split();
+        let pump = |mut stop: tokio::sync::watch::Receiver<bool>,
+                    mut r: tokio::net::tcp::OwnedReadHalf,
+                    mut w: tokio::net::tcp::OwnedWriteHalf| async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    n = r.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => return (r, w),
+                        Ok(n) => if w.write_all(&buf[..n]).await.is_err() { return (r, w) },
+                    },
+                    _ = stop.changed() => return (r, w),
+                }
+            }
+        };
+        let (a, b) = tokio::join!(pump(stop_rx.clone(), hr, gw), pump(stop_rx, gr, hw));
+        // Black hole: hold both connections open, forward nothing.
+        let _keep = (a, b);
+        std::future::pending::<()>().await;
+    });
+    let gopts = opts_with(None);
+    let (h, g) = tokio::time::timeout(BOUND, async {
+        tokio::join!(host.accept(), xtcp::join(&code, &gopts))
+    })
+    .await
+    .expect("paired within the bound");
+    let (mut h, mut g) = (h.expect("host session"), g.expect("guest session"));
+    stop_tx.send_replace(true);
+    let t = std::time::Instant::now();
+    let mut b1 = [0u8; 16];
+    let mut b2 = [0u8; 16];
+    let (rh, rg) = tokio::time::timeout(BOUND, async {
+        tokio::join!(h.read(&mut b1), g.read(&mut b2))
+    })
+    .await
+    .expect("both sessions end within the bound");
+    let took = t.elapsed();
+    assert!(rh.is_err() && rg.is_err(), "both reads fail: {rh:?} {rg:?}");
+    assert!(
+        took >= interval * 3,
+        "not before three keepalive intervals: {took:?}"
+    );
+}

@@ -7,6 +7,9 @@
 //! drop. Nothing touches the host's own namespace except creating and deleting
 //! the namespaces.
 //!
+//! [`nfq`] delays packets through an NFQUEUE (iptables) where the kernel has
+//! no `tc netem`; [`nat::Lab::delay`] uses it.
+//!
 //! Root is required. [`require_root`] fails loudly (never skips) so that CI,
 //! which runs as root, cannot silently pass without running these tests.
 
@@ -15,6 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod nat;
+pub mod nfq;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -33,18 +37,22 @@ pub fn require_root() {
         "network-namespace tests need root (CI runs them as root); run as root or skip this test binary explicitly"
     );
     for tool in ["ip", "nft", "tc"] {
-        let ok = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
         assert!(
-            ok,
+            tool_runs(tool),
             "`{tool}` is missing: apt-get install -y iproute2 nftables"
         );
     }
+}
+
+/// Whether `tool -V` runs and succeeds.
+pub(crate) fn tool_runs(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn run(cmd: &mut Command) -> io::Result<Output> {

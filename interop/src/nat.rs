@@ -59,6 +59,10 @@
 //! chain drops everything from/to the other site's WAN /24 and LAN /24 (the
 //! relay's 198.18.0.0/24 is untouched); [`Lab::restore`] deletes it.
 //!
+//! [`Lab::delay`] lengthens every round trip across `inet` (peer ↔ peer and
+//! peer ↔ relay alike) by twice a one-way delay, with NFQUEUE delayers
+//! ([`crate::nfq`]) on `inet`'s `PREROUTING`; this kernel has no netem.
+//!
 //! [`Lab::rebind`] changes the site's external ports mid-session: it reads the
 //! router's conntrack table (`conntrack -L`), gives every peer port seen there a
 //! new external port in 10000–29999 (never the current one, distinct from each
@@ -72,6 +76,7 @@
 //! error. A plain flush alone would not do: masquerade would pick the same,
 //! still free, port again.
 
+use crate::nfq::{DelayConfig, DelayStats, Delayer, Tap};
 use crate::{veth, Netns};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -446,6 +451,61 @@ impl Lab {
         UdpEcho::start(&self.inet, &[ECHO1.into(), ECHO2.into()])
     }
 
+    /// Delay the packets through `inet` so that every round trip across it
+    /// takes `2 × one_way` more, until the guard is dropped. NFQUEUE
+    /// [`Delayer`]s in `inet` (this kernel has no `tc netem`; needs
+    /// `iptables`, see [`crate::nfq`]), both on iptables `mangle PREROUTING`:
+    ///
+    /// - queue 0, `one_way`: packets `inet` forwards (`-m addrtype !
+    ///   --dst-type LOCAL`), i.e. peer ↔ peer, each direction once;
+    /// - queue 1, `2 × one_way`: packets for `inet`'s own addresses from
+    ///   outside (`! -i lo -m addrtype --dst-type LOCAL`): requests to the
+    ///   relay, the [`UdpEcho`], the relay's UDP address service.
+    ///
+    /// Resulting round-trip times (plus the lab's own ≈ 0.1 ms and the
+    /// delayer's wake-up latency, well under a millisecond):
+    /// - peer ↔ peer: `one_way` each way, RTT = `2 × one_way`;
+    /// - peer ↔ relay (or echo): `2 × one_way` to the relay, 0 back, RTT =
+    ///   `2 × one_way` too; so peer → relay → other peer (a relayed byte)
+    ///   takes `2 × one_way`, as across `inet` directly.
+    /// - an ICMP error `inet` returns for a forwarded packet (no route):
+    ///   `one_way` after the packet was sent.
+    ///
+    /// **Why not `OUTPUT` for the relay's answers** (symmetric one-way
+    /// delays): a locally sent packet held in `OUTPUT` still belongs to its
+    /// socket, and TCP Small Queues (`tcp_limit_output_bytes`, ≈ 1 ms of the
+    /// pacing rate) then stops the sender after a few packets: the relay's
+    /// TCP throughput collapsed to ≈ 270 KB/s (2 MiB in 7.7 s against 0.35 s
+    /// forwarded; see the test in `interop/tests/nat.rs`). Packets arriving
+    /// from a veth are orphaned, so holding them in `PREROUTING` costs the
+    /// senders nothing. Netem on a sender's own egress has the same flaw.
+    ///
+    /// Traffic inside a site and loopback traffic inside `inet` are not
+    /// delayed. The lab is IPv4 only: no `ip6tables` rules. Dropping the
+    /// guard releases what is held, in order, and removes the rules.
+    pub fn delay(&self, one_way: Duration) -> io::Result<DelayGuard> {
+        let forward = Delayer::start(
+            &self.inet,
+            DelayConfig::new(one_way),
+            &[Tap::new(
+                "PREROUTING",
+                &["-m", "addrtype", "!", "--dst-type", "LOCAL"],
+            )],
+        )?;
+        let local = Delayer::start(
+            &self.inet,
+            DelayConfig {
+                queue: 1,
+                ..DelayConfig::new(2 * one_way)
+            },
+            &[Tap::new(
+                "PREROUTING",
+                &["!", "-i", "lo", "-m", "addrtype", "--dst-type", "LOCAL"],
+            )],
+        )?;
+        Ok(DelayGuard { forward, local })
+    }
+
     /// Drop all traffic between this site's peer and the other site (its WAN
     /// and LAN prefixes) at this site's router; the relay stays reachable.
     pub fn cut(&self, site: Site) -> io::Result<()> {
@@ -536,6 +596,43 @@ impl Lab {
         }
         r.exec(&["conntrack", "-F"]).map_err(hint)?;
         Ok(())
+    }
+}
+
+/// A delay in `inet` ([`Lab::delay`]); lifted on drop.
+#[derive(Debug)]
+pub struct DelayGuard {
+    forward: Delayer,
+    local: Delayer,
+}
+
+impl DelayGuard {
+    /// The delayers: forwarded packets (`one_way`), packets for `inet`
+    /// itself (`2 × one_way`).
+    pub fn delayers(&self) -> [&Delayer; 2] {
+        [&self.forward, &self.local]
+    }
+
+    /// Both delayers' counters, added.
+    pub fn stats(&self) -> DelayStats {
+        let (f, l) = (self.forward.stats(), self.local.stats());
+        DelayStats {
+            delayed: f.delayed + l.delayed,
+            dropped: f.dropped + l.dropped,
+            overflows: f.overflows + l.overflows,
+        }
+    }
+
+    /// `Err` if either delayer stopped.
+    pub fn check(&self) -> io::Result<()> {
+        self.forward.check().and(self.local.check())
+    }
+
+    /// Both queues' kernel drop counters, added (see
+    /// [`Delayer::kernel_drops`]).
+    pub fn kernel_drops(&self) -> io::Result<(u64, u64)> {
+        let (f, l) = (self.forward.kernel_drops()?, self.local.kernel_drops()?);
+        Ok((f.0 + l.0, f.1 + l.1))
     }
 }
 
