@@ -200,6 +200,9 @@ pub(crate) struct PunchPlan {
     pub duration: Duration,
     /// Port prediction budget (0: off), §4.3.4.
     pub prediction: usize,
+    /// Start no earlier than this (the host waits out the UDP window; the
+    /// guest's probes meanwhile wait in the side channel).
+    pub start_at: Option<Instant>,
 }
 
 /// Run a UDP attempt: probe the peer's candidates, follow peer-reflexive
@@ -213,8 +216,13 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
         reflexive,
         duration,
         prediction,
+        start_at,
     } = plan;
     let Prepared { ep, mut side, .. } = prep;
+    // Probing starts now (it only opens NAT state); the host connects no
+    // earlier than `start_at`, to the peers whose probes arrived by then.
+    let connect_from = start_at.unwrap_or_else(Instant::now);
+    let mut pending: Vec<SocketAddr> = Vec::new();
     let key = probe_key(&ctx.relay_exporter);
     let probe = encode_probe(attempt, &probe_tag(&key, attempt));
     let mut guesses = Vec::new();
@@ -229,7 +237,7 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                 key.clone(),
                 attempt,
                 hit_tx,
-                duration,
+                duration + connect_from.saturating_duration_since(Instant::now()),
             );
         }
     }
@@ -238,13 +246,33 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     let mut connected: HashSet<SocketAddr> = HashSet::new();
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now();
-    let end = start + duration;
+    let end = connect_from.max(start) + duration;
+    let fast_until = connect_from.max(start) + FAST_PHASE;
     let mut next_probe = start;
     let mut next_guess = start;
+    let connect = |tasks: &mut tokio::task::JoinSet<()>, from: SocketAddr| {
+        let ep = ep.clone();
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            match tokio::time::timeout(ctx.connect_timeout, ep.connect(from)).await {
+                Ok(Ok(s)) => {
+                    let w = s.close_waiter();
+                    ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
+                }
+                Ok(Err(e)) => tracing::debug!(%from, "direct udp: connect: {e}"),
+                Err(_) => tracing::debug!(%from, "direct udp: connect timed out"),
+            }
+        });
+    };
     loop {
         let now = Instant::now();
         if now >= end {
             break;
+        }
+        if now >= connect_from {
+            for from in pending.drain(..) {
+                connect(&mut tasks, from);
+            }
         }
         if now >= next_probe {
             for t in &targets {
@@ -258,15 +286,20 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                 }
                 next_guess = now + PROBE_SLOW;
             }
-            let step = if now.duration_since(start) < FAST_PHASE {
+            let step = if now < fast_until {
                 PROBE_FAST
             } else {
                 PROBE_SLOW
             };
             next_probe = now + step;
         }
+        let wake = if pending.is_empty() {
+            next_probe.min(end)
+        } else {
+            next_probe.min(end).min(connect_from)
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(next_probe.min(end)) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             got = side.recv() => {
                 let Some((from, d)) = got else { break };
                 if !is_probe(&d, attempt, &key) {
@@ -281,18 +314,11 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                     && connected.len() < MAX_CONNECTS
                     && connected.insert(from)
                 {
-                    let ep = ep.clone();
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        match tokio::time::timeout(ctx.connect_timeout, ep.connect(from)).await {
-                            Ok(Ok(s)) => {
-                                let w = s.close_waiter();
-                                ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(%from, "direct udp: connect: {e}"),
-                            Err(_) => tracing::debug!(%from, "direct udp: connect timed out"),
-                        }
-                    });
+                    if Instant::now() >= connect_from {
+                        connect(&mut tasks, from);
+                    } else {
+                        pending.push(from);
+                    }
                 }
             }
             acc = ep.accept(), if ctx.role == Role::Guest && tasks.len() < MAX_CONNECTS => {
@@ -309,7 +335,7 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                 if tasks.len() < MAX_CONNECTS {
                     if let Ok(std_sock) = sock.into_std() {
                         if let Ok(ep2) = XtcpEndpoint::from_std(std_sock, endpoint_options(ctx.role)) {
-                            tasks.spawn(use_spray_socket(ep2, ctx.clone(), from));
+                            tasks.spawn(use_spray_socket(ep2, ctx.clone(), from, connect_from));
                         }
                     }
                 }
@@ -408,8 +434,14 @@ fn spray(
 /// Carry on an XTCP path over a spray socket that got through: the host
 /// connects to the address the probe came from, the guest accepts one
 /// connection; the proven one is offered to the driver.
-async fn use_spray_socket(ep: XtcpEndpoint, ctx: DirectCtx, from: SocketAddr) {
+async fn use_spray_socket(
+    ep: XtcpEndpoint,
+    ctx: DirectCtx,
+    from: SocketAddr,
+    connect_from: Instant,
+) {
     let stream = if ctx.role == Role::Host {
+        tokio::time::sleep_until(connect_from).await;
         tokio::time::timeout(ctx.connect_timeout, ep.connect(from))
             .await
             .ok()
@@ -477,6 +509,7 @@ mod tests {
             reflexive: Vec::new(),
             duration: Duration::from_secs(20),
             prediction: 0,
+            start_at: None,
         };
         let attempt = tokio::spawn(punch(prep, guest, plan));
         // A host-side dial with `secret` and `binding`; Ok when it proved.

@@ -1155,7 +1155,7 @@ impl Driver {
             if let Some(n) = self.udp_punch_pending {
                 if matches!(self.udp, UdpState::Ready(_)) {
                     self.udp_punch_pending = None;
-                    self.udp_start(n);
+                    self.udp_start(n, None);
                 }
             }
             return;
@@ -1164,15 +1164,19 @@ impl Driver {
             return;
         };
         let punch_at = start + self.opts.udp_after;
-        if now + UDP_PREPARE_LEAD >= punch_at {
+        let in_lead = now + UDP_PREPARE_LEAD >= punch_at;
+        if in_lead {
             self.udp_prepare();
         }
-        if now >= punch_at
-            && self.peer_has(Transport::Udp)
-            && matches!(self.udp, UdpState::Ready(_))
-        {
-            let n = self.send_punch(Transport::Udp);
-            self.udp_start(n);
+        // As soon as both sides' UDP candidates are known (within the lead
+        // before the window ends), the host announces the attempt with the
+        // time left: the guest starts probing on receipt (opening its NAT
+        // towards us), the host itself starts when the window ends, and
+        // finds the guest's probes already waiting (§4.3.2).
+        if in_lead && self.peer_has(Transport::Udp) && matches!(self.udp, UdpState::Ready(_)) {
+            let delay = punch_at.saturating_duration_since(now);
+            let n = self.send_punch(Transport::Udp, delay);
+            self.udp_start(n, Some(punch_at));
         }
     }
 
@@ -1181,7 +1185,7 @@ impl Driver {
     }
 
     /// Host: number the next attempt and announce it on the relay path.
-    fn send_punch(&mut self, transport: Transport) -> u32 {
+    fn send_punch(&mut self, transport: Transport, delay: Duration) -> u32 {
         let n = self.attempt;
         self.attempt += 1;
         if let Some(r) = self.relay_slot() {
@@ -1189,7 +1193,7 @@ impl Driver {
                 r,
                 &Frame::Punch {
                     attempt: n,
-                    delay_ms: 0,
+                    delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
                     transport,
                 },
             );
@@ -1208,7 +1212,7 @@ impl Driver {
     }
 
     /// Run UDP attempt `n` with the prepared endpoint.
-    fn udp_start(&mut self, n: u32) {
+    fn udp_start(&mut self, n: u32, start_at: Option<Instant>) {
         let UdpState::Ready(prep) = std::mem::replace(&mut self.udp, UdpState::Idle) else {
             return;
         };
@@ -1225,8 +1229,9 @@ impl Driver {
             reflexive,
             duration: self.opts.connect_timeout + self.opts.handshake_timeout,
             prediction: self.opts.port_prediction,
+            start_at,
         };
-        tracing::debug!(attempt = n, peers = ?plan.peers, "direct udp: punching");
+        tracing::debug!(attempt = n, peers = ?plan.peers, ?start_at, "direct udp: punching");
         self.udp = UdpState::Punching(tokio::spawn(direct_udp::punch(
             prep,
             self.ctx.clone(),
@@ -1257,7 +1262,7 @@ impl Driver {
         if self.direct_id.is_some() || self.listener.is_none() || !self.peer_has(Transport::Tcp) {
             return;
         }
-        self.send_punch(Transport::Tcp);
+        self.send_punch(Transport::Tcp, Duration::ZERO);
         self.dial();
     }
 

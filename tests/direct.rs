@@ -134,15 +134,28 @@ async fn relay_only_never_leaves_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_again() {
+    sever_twice(Path::DirectTcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_udp_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_again() {
+    sever_twice(Path::DirectUdp).await;
+}
+
+/// 256 MiB host→guest and 64 MiB back while the direct path (`kind`) is
+/// severed twice, each time once it is back: every byte once, in order; the
+/// longest gap between two reads at the guest is reported.
+async fn sever_twice(kind: Path) {
     let relay = start_relay(relay_config()).await;
     let d = DirectOptions {
         retry_after: Duration::from_millis(300),
+        tcp: kind == Path::DirectTcp,
+        udp: kind == Path::DirectUdp,
+        udp_after: Duration::ZERO,
         ..Default::default()
     };
     let (h, g, _) = pair(&relay, d).await;
-    assert!(wait_path(&h, Path::DirectTcp, Duration::from_secs(10))
-        .await
-        .is_some());
+    assert!(wait_path(&h, kind, Duration::from_secs(10)).await.is_some());
     let ctl = h.control();
     let mut seen = h.path_events();
     let len: u64 = 256 << 20;
@@ -153,18 +166,18 @@ async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_agai
     let cutter = tokio::spawn(async move {
         let mut cuts = 0u32;
         let mut upgrades = 0u32;
-        let mut last = Path::DirectTcp;
+        let mut last = kind;
         for _ in 0..2000 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             if done2.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
             let p = ctl.path();
-            if p == Path::DirectTcp && last == Path::Relay {
+            if p == kind && last == Path::Relay {
                 upgrades += 1;
             }
             last = p;
-            if p == Path::DirectTcp && cuts < 2 && (cuts == 0 || upgrades >= cuts) {
+            if p == kind && cuts < 2 && (cuts == 0 || upgrades >= cuts) {
                 ctl.sever_direct_path();
                 cuts += 1;
                 last = Path::Relay;
@@ -201,7 +214,7 @@ async fn direct_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_agai
         (b.0, len / 4),
         "guest→host byte-exact across fallbacks"
     );
-    eprintln!("longest gap between two reads at the guest: {stall:?}");
+    eprintln!("{kind}: longest gap between two reads at the guest: {stall:?}");
     let (cuts, upgrades) = cutter.await.unwrap();
     let path_log = watcher.await.unwrap();
     eprintln!("{cuts} cuts, {upgrades} upgrades in {secs:.1} s; host path log {path_log:?}");
