@@ -29,6 +29,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use xtcp_lab::nfq::{DelayConfig, Delayer, Tap};
 use xtcp_lab::{payload, require_root, sha256_hex, veth, Netns};
 
 /// Payload seed shared by the parent and the children.
@@ -600,7 +601,7 @@ fn run_ttfb(opts: &Opts, code: &str) -> Result<(), String> {
             let r = (|| -> Result<(f64, Option<f64>), String> {
                 if lab.is_none() {
                     let l = Lab::new()?;
-                    let d = delay_path(&l, code)?;
+                    let d = delay_path(&l)?;
                     lab = Some((l, d));
                 }
                 let (l, _delayer) = lab.as_ref().ok_or("no lab")?;
@@ -675,47 +676,19 @@ fn run_ttfb(opts: &Opts, code: &str) -> Result<(), String> {
 ///
 /// `tc netem` is the usual tool, but this kernel has no `sch_netem` (and no
 /// `fq` for EDT delays), so packets go to an NFQUEUE (iptables `NFQUEUE`
-/// target on egress and ingress of A's eth0) and a child process (`--role delay`)
-/// releases each one after the delay. Without `bypass`, packets are dropped
-/// if the delayer dies, so a broken delay cannot go unnoticed.
-fn delay_path(l: &Lab, code: &str) -> Result<Proc, String> {
-    let mut d = Proc::spawn(
+/// target on egress and ingress of A's eth0) and `xtcp_lab::nfq::Delayer`
+/// releases each one after the delay (no queue bypass: if the delayer dies,
+/// packets are dropped, so a broken delay cannot go unnoticed).
+fn delay_path(l: &Lab) -> Result<Delayer, String> {
+    Delayer::start(
         &l.a,
-        SENDER_CORE,
-        "delayer",
-        &child_args("delay", Case::XtcpTls, 0, 0, code),
-    )?;
-    d.line("READY", Instant::now() + Duration::from_secs(10))?;
-    let ex = |args: &[&str]| l.a.exec(args).map(|_| ()).map_err(|e| format!("nft: {e}"));
-    // This kernel has no nft `queue` expression (CONFIG_NFT_QUEUE unset) but
-    // has the xtables NFQUEUE target, reached through iptables-nft.
-    ex(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "OUTPUT",
-        "-o",
-        "eth0",
-        "-j",
-        "NFQUEUE",
-        "--queue-num",
-        "0",
-    ])?;
-    ex(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "eth0",
-        "-j",
-        "NFQUEUE",
-        "--queue-num",
-        "0",
-    ])?;
-    Ok(d)
+        DelayConfig::new(Duration::from_millis(TTFB_DELAY_MS.into())),
+        &[
+            Tap::new("OUTPUT", &["-o", "eth0"]),
+            Tap::new("PREROUTING", &["-i", "eth0"]),
+        ],
+    )
+    .map_err(|e| format!("delayer: {e}"))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -986,14 +959,6 @@ mod child {
             }
             "ttfb-client" => ttfb_client(o).await,
             "ttfb-server" => ttfb_server(o).await,
-            "delay" => {
-                tokio::task::spawn_blocking(|| {
-                    nfq::delay(Duration::from_millis(TTFB_DELAY_MS.into()))
-                })
-                .await
-                .map_err(err("delayer"))??;
-                Ok(Report::default())
-            }
             r => Err(format!("unknown role {r}")),
         }
     }
@@ -1476,185 +1441,5 @@ mod child {
         .map_err(err("QUIC server config"))?;
         let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         quinn::Endpoint::server(cfg, addr).map_err(err("quic bind"))
-    }
-}
-
-/// A minimal NFQUEUE client (netlink, `NETLINK_NETFILTER`): holds each queued
-/// packet for a fixed delay, then accepts it. Only what the delay needs:
-/// bind queue 0, metadata-only copies, `NF_ACCEPT` verdicts.
-mod nfq {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::collections::VecDeque;
-    use std::io::{self, Read as _, Write as _};
-    use std::time::{Duration, Instant};
-
-    const AF_NETLINK: i32 = 16;
-    const NETLINK_NETFILTER: i32 = 12;
-    const NFNL_SUBSYS_QUEUE: u16 = 3;
-    const NFQNL_MSG_PACKET: u16 = 0;
-    const NFQNL_MSG_VERDICT: u16 = 1;
-    const NFQNL_MSG_CONFIG: u16 = 2;
-    const NFQA_PACKET_HDR: u16 = 1;
-    const NFQA_VERDICT_HDR: u16 = 2;
-    const NFQA_CFG_CMD: u16 = 1;
-    const NFQA_CFG_PARAMS: u16 = 2;
-    const NFQNL_CFG_CMD_BIND: u8 = 1;
-    const NFQNL_COPY_META: u8 = 1;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    const NF_ACCEPT: u32 = 1;
-    const QUEUE: u16 = 0;
-
-    fn message(kind: u16, flags: u16, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut m = vec![0u8; 16];
-        // nfgenmsg: family AF_UNSPEC, version 0, queue number (big-endian)
-        m.extend_from_slice(&[0, 0]);
-        m.extend_from_slice(&QUEUE.to_be_bytes());
-        for (ty, data) in attrs {
-            let len = 4 + data.len();
-            m.extend_from_slice(&(len as u16).to_ne_bytes());
-            m.extend_from_slice(&ty.to_ne_bytes());
-            m.extend_from_slice(data);
-            m.resize(m.len().next_multiple_of(4), 0);
-        }
-        let len = m.len() as u32;
-        m[0..4].copy_from_slice(&len.to_ne_bytes());
-        m[4..6].copy_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | kind).to_ne_bytes());
-        m[6..8].copy_from_slice(&flags.to_ne_bytes());
-        m[8..12].copy_from_slice(&seq.to_ne_bytes());
-        m
-    }
-
-    fn u16_at(b: &[u8], i: usize) -> Option<u16> {
-        Some(u16::from_ne_bytes(b.get(i..i + 2)?.try_into().ok()?))
-    }
-
-    fn u32_at(b: &[u8], i: usize) -> Option<u32> {
-        Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
-    }
-
-    fn recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Vec<u8>> {
-        let mut r = sock;
-        let n = r.read(buf)?;
-        Ok(buf[..n].to_vec())
-    }
-
-    /// The netlink messages in one datagram: (type, payload after nlmsghdr).
-    fn messages(d: &[u8]) -> Vec<(u16, &[u8])> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while let (Some(len), Some(ty)) = (u32_at(d, i), u16_at(d, i + 4)) {
-            let len = len as usize;
-            if len < 16 || i + len > d.len() {
-                break;
-            }
-            out.push((ty, &d[i + 16..i + len]));
-            i += len.next_multiple_of(4);
-        }
-        out
-    }
-
-    /// The packet id of an `NFQNL_MSG_PACKET` payload.
-    fn packet_id(p: &[u8]) -> Option<u32> {
-        let mut i = 4; // nfgenmsg
-        while let (Some(len), Some(ty)) = (u16_at(p, i), u16_at(p, i + 2)) {
-            let len = usize::from(len);
-            if len < 4 {
-                return None;
-            }
-            if ty & 0x7fff == NFQA_PACKET_HDR {
-                return Some(u32::from_be_bytes(p.get(i + 4..i + 8)?.try_into().ok()?));
-            }
-            i += len.next_multiple_of(4);
-        }
-        None
-    }
-
-    pub fn delay(delay: Duration) -> Result<(), String> {
-        let e = |what: &'static str| move |err: io::Error| format!("nfqueue {what}: {err}");
-        let sock = Socket::new(
-            Domain::from(AF_NETLINK),
-            Type::RAW,
-            Some(Protocol::from(NETLINK_NETFILTER)),
-        )
-        .map_err(e("socket"))?;
-        let _ = sock.set_recv_buffer_size(4 << 20);
-        let mut buf = vec![0u8; 65536];
-        // Bind queue 0, then ask for metadata only; each acknowledged.
-        let bind = [NFQNL_CFG_CMD_BIND, 0, 0, 0];
-        let mut params = 0u32.to_be_bytes().to_vec();
-        params.push(NFQNL_COPY_META);
-        for (seq, attr) in [
-            (1u32, (NFQA_CFG_CMD, &bind[..])),
-            (2, (NFQA_CFG_PARAMS, &params[..])),
-        ] {
-            sock.send(&message(
-                NFQNL_MSG_CONFIG,
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                &[attr],
-            ))
-            .map_err(e("config"))?;
-            let d = recv(&sock, &mut buf).map_err(e("config ack"))?;
-            for (ty, p) in messages(&d) {
-                if ty == NLMSG_ERROR {
-                    let code = u32_at(p, 0).unwrap_or(0) as i32;
-                    if code != 0 {
-                        return Err(format!(
-                            "nfqueue config: {}",
-                            io::Error::from_raw_os_error(-code)
-                        ));
-                    }
-                }
-            }
-        }
-        println!("READY");
-        let _ = std::io::stdout().flush();
-        let mut held: VecDeque<(Instant, u32)> = VecDeque::new();
-        let mut seq = 3u32;
-        loop {
-            let now = Instant::now();
-            while let Some(&(at, id)) = held.front() {
-                if at > now {
-                    break;
-                }
-                held.pop_front();
-                let mut v = NF_ACCEPT.to_be_bytes().to_vec();
-                v.extend_from_slice(&id.to_be_bytes());
-                seq = seq.wrapping_add(1);
-                sock.send(&message(
-                    NFQNL_MSG_VERDICT,
-                    NLM_F_REQUEST,
-                    seq,
-                    &[(NFQA_VERDICT_HDR, &v)],
-                ))
-                .map_err(e("verdict"))?;
-            }
-            let wait = held
-                .front()
-                .map(|&(at, _)| at.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(1))
-                .max(Duration::from_micros(50));
-            sock.set_read_timeout(Some(wait)).map_err(e("timeout"))?;
-            match recv(&sock, &mut buf) {
-                Ok(d) => {
-                    let at = Instant::now() + delay;
-                    for (ty, p) in messages(&d) {
-                        if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-                            if let Some(id) = packet_id(p) {
-                                held.push_back((at, id));
-                            }
-                        }
-                    }
-                }
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(err) => return Err(format!("nfqueue recv: {err}")),
-            }
-        }
     }
 }
