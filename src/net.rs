@@ -695,8 +695,9 @@ async fn drive(weak: std::sync::Weak<Shared>) {
                 None => std::future::pending().await,
             }
         };
-        // Only the strong reference held across the wait is this one; an
-        // endpoint whose handles are all gone ends the driver.
+        // Once the wait is over: an endpoint whose handles are all gone and
+        // that has nothing closing any more ends the driver (checked after
+        // the wait, not on the busy path above).
         let notified = shared.notify.notified();
         tokio::select! {
             _ = shared.socket.readable() => {}

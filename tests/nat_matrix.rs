@@ -195,13 +195,7 @@ fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
     let mut failures = Vec::new();
     for r in &results {
         let name = cell_name(r.a, r.b, r.prediction);
-        let mut why = Vec::new();
-        if !r.verified {
-            why.push("bytes differ".to_string());
-        }
-        if r.host_exit != Some(0) || r.guest_exit != Some(0) {
-            why.push(format!("exit codes {:?}/{:?}", r.host_exit, r.guest_exit));
-        }
+        let mut why = r.basic_failures();
         // Expected direct: one side maps endpoint-independently, except
         // port-restricted × symmetric without port prediction (neither
         // side's probe can reach the other: §4.3.4) and the UDP-blocked
@@ -237,21 +231,9 @@ fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
                 r.host_paths, r.guest_paths
             ));
         }
-        if !why.is_empty() {
-            failures.push(format!(
-                "{name}: {}\n--- host stderr:\n{}\n--- guest stderr:\n{}",
-                why.join("; "),
-                r.host_stderr,
-                r.guest_stderr
-            ));
-        }
+        failures.extend(r.failure(&name, &why));
     }
-    assert!(
-        failures.is_empty(),
-        "{} cell(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_no_failures(&failures);
 }
 
 /// A host and a guest in `lab` moving 24 MiB (paced over ≈ 4 s) and 1 MiB

@@ -243,13 +243,7 @@ fn pairing_to_direct_path_in_round_trips_with_20ms_one_way() {
     } in &rows
     {
         let expect = cell.expect;
-        let mut why = Vec::new();
-        if !r.verified {
-            why.push("bytes differ".to_string());
-        }
-        if r.host_exit != Some(0) || r.guest_exit != Some(0) {
-            why.push(format!("exit codes {:?}/{:?}", r.host_exit, r.guest_exit));
-        }
+        let mut why = r.basic_failures();
         if r.direct_kind() != Some(expect) {
             why.push(format!("expected {expect}, got {}", r.path_reached()));
         }
@@ -269,21 +263,7 @@ fn pairing_to_direct_path_in_round_trips_with_20ms_one_way() {
         if *kernel_drops != (0, 0) {
             why.push(format!("the delay queue dropped packets: {kernel_drops:?}"));
         }
-        if !why.is_empty() {
-            failures.push(format!(
-                "{} x {}: {}\n--- host stderr:\n{}\n--- guest stderr:\n{}",
-                label(r.a),
-                label(r.b),
-                why.join("; "),
-                r.host_stderr,
-                r.guest_stderr
-            ));
-        }
+        failures.extend(r.failure(&format!("{} x {}", label(r.a), label(r.b)), &why));
     }
-    assert!(
-        failures.is_empty(),
-        "{} cell(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_no_failures(&failures);
 }

@@ -191,6 +191,19 @@ fn symmetric_pair_cannot_punch_but_symmetric_to_full_cone_can() {
     assert!(drain(&a, WAIT).iter().any(|(_, p)| p == b"from-b"));
 }
 
+/// A TCP connect from `site`'s peer to the relay address succeeds; the
+/// source address the relay saw.
+fn outbound_tcp_source(lab: &Lab, site: Site) -> std::net::IpAddr {
+    let srv = tcp_listen(lab.inet(), (RELAY, 0)).unwrap();
+    tcp_connect(
+        lab.peer(site),
+        srv.local_addr().unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    srv.accept().unwrap().1.ip()
+}
+
 #[test]
 fn block_inbound_tcp_drops_inbound_connects_only() {
     setup();
@@ -219,15 +232,7 @@ fn block_inbound_tcp_drops_inbound_connects_only() {
             l.accept().unwrap();
         }
         // Outbound TCP and UDP still work.
-        let srv = tcp_listen(lab.inet(), (RELAY, 0)).unwrap();
-        tcp_connect(
-            lab.peer(Site::A),
-            srv.local_addr().unwrap(),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let (_c, from) = srv.accept().unwrap();
-        assert_eq!(from.ip(), Site::A.wan_addr());
+        assert_eq!(outbound_tcp_source(&lab, Site::A), Site::A.wan_addr());
         let s = udp_bind(lab.peer(Site::A), "0.0.0.0:0").unwrap();
         mapped_addr(&s, e1(), 3, WAIT).unwrap();
     }
@@ -246,14 +251,7 @@ fn block_udp_drops_udp_but_not_tcp() {
     let s = udp_bind(lab.peer(Site::A), "0.0.0.0:0").unwrap();
     let e = mapped_addr(&s, e1(), 3, WAIT).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-    let srv = tcp_listen(lab.inet(), (RELAY, 0)).unwrap();
-    tcp_connect(
-        lab.peer(Site::A),
-        srv.local_addr().unwrap(),
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    srv.accept().unwrap();
+    outbound_tcp_source(&lab, Site::A);
     // The other site is unaffected.
     let sb = udp_bind(lab.peer(Site::B), "0.0.0.0:0").unwrap();
     mapped_addr(&sb, e1(), 3, WAIT).unwrap();

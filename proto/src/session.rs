@@ -86,6 +86,17 @@ pub enum Transport {
     Udp = 17,
 }
 
+impl Transport {
+    /// Decode an IANA protocol number; others are [`FrameError::BadTransport`].
+    fn from_u8(p: u8) -> Result<Transport, FrameError> {
+        match p {
+            6 => Ok(Transport::Tcp),
+            17 => Ok(Transport::Udp),
+            p => Err(FrameError::BadTransport(p)),
+        }
+    }
+}
+
 /// One candidate address for a direct path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Candidate {
@@ -382,12 +393,7 @@ impl<'a> Frame<'a> {
                 Frame::Punch {
                     attempt: be_u32(body, 0).ok_or(bad)?,
                     delay_ms: be_u32(body, 4).ok_or(bad)?,
-                    transport: match body.get(8) {
-                        Some(6) => Transport::Tcp,
-                        Some(17) => Transport::Udp,
-                        Some(&t) => return Err(FrameError::BadTransport(t)),
-                        None => return Err(bad),
-                    },
+                    transport: Transport::from_u8(*body.get(8).ok_or(bad)?)?,
                 }
             }
             T_PATH_SWITCH => {
@@ -440,11 +446,7 @@ fn parse_candidates(body: &[u8], bad: FrameError) -> Result<Vec<Candidate>, Fram
             3 => CandidateKind::ServerReflexiveUdp,
             k => return Err(FrameError::BadCandidateKind(k)),
         };
-        let transport = match transport {
-            6 => Transport::Tcp,
-            17 => Transport::Udp,
-            p => return Err(FrameError::BadTransport(p)),
-        };
+        let transport = Transport::from_u8(transport)?;
         let alen = match family {
             4 => 4,
             6 => 16,

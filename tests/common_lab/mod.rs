@@ -256,6 +256,33 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// What every cell must satisfy: byte-exact both ways, both exits 0.
+    pub fn basic_failures(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.verified {
+            why.push("bytes differ".to_string());
+        }
+        if self.host_exit != Some(0) || self.guest_exit != Some(0) {
+            why.push(format!(
+                "exit codes {:?}/{:?}",
+                self.host_exit, self.guest_exit
+            ));
+        }
+        why
+    }
+
+    /// The failure report of cell `name` (with both peers' stderr), if `why`
+    /// lists anything.
+    pub fn failure(&self, name: &str, why: &[String]) -> Option<String> {
+        (!why.is_empty()).then(|| {
+            format!(
+                "{name}: {}\n--- host stderr:\n{}\n--- guest stderr:\n{}",
+                why.join("; "),
+                self.host_stderr,
+                self.guest_stderr
+            )
+        })
+    }
     pub fn host_last(&self) -> &str {
         self.host_paths.last().map_or("-", String::as_str)
     }
@@ -463,3 +490,13 @@ pub const PR_NO_INBOUND_TCP: SiteConfig = SiteConfig {
     block_inbound_tcp: true,
     block_udp: false,
 };
+
+/// Fail with every cell's report at once.
+pub fn assert_no_failures(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} cell(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
