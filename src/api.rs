@@ -164,18 +164,14 @@ impl HostSession {
     /// Cancel safety: dropping the future abandons the session.
     pub async fn accept(self) -> Result<Session, Error> {
         let paired = self.waiting.paired().await?;
-        let relay = paired.relay.clone();
-        let udp = relay_udp(&paired);
-        let stream = e2e::handshake(paired.stream, Role::Host, &self.secret, &self.e2e).await?;
-        Ok(Session::start(
-            stream,
+        Session::begin(
+            paired,
             Role::Host,
             Arc::new(self.secret),
-            relay,
-            paired.observed,
-            udp,
+            &self.e2e,
             self.direct,
-        ))
+        )
+        .await
     }
 }
 
@@ -183,18 +179,14 @@ impl HostSession {
 pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
     let secret = SessionSecret::parse(code).map_err(|e| Error::InvalidCode(e.to_string()))?;
     let paired = client::join_session(&opts.relay, secret.rendezvous_id()).await?;
-    let relay = paired.relay.clone();
-    let udp = relay_udp(&paired);
-    let stream = e2e::handshake(paired.stream, Role::Guest, &secret, &opts.e2e).await?;
-    Ok(Session::start(
-        stream,
+    Session::begin(
+        paired,
         Role::Guest,
         Arc::new(secret),
-        relay,
-        paired.observed,
-        udp,
+        &opts.e2e,
         opts.direct.clone(),
-    ))
+    )
+    .await
 }
 
 /// The relay's UDP address service from its PAIRED grant.
@@ -224,15 +216,43 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    fn start(
-        relay_path: e2e::E2eStream<client::RelayedStream>,
+    /// From pairing to a running session: preambles (direct attempts begin,
+    /// `crate::preamble`), the e2e handshake over the relay, the driver.
+    async fn begin(
+        paired: client::Paired,
         role: Role,
         secret: Arc<SessionSecret>,
-        relay: String,
-        observed: SocketAddr,
-        relay_udp: Option<crate::direct_udp::RelayUdp>,
+        e2e_opts: &E2eOptions,
         direct: DirectOptions,
-    ) -> Session {
+    ) -> Result<Session, Error> {
+        let relay = paired.relay.clone();
+        let udp = relay_udp(&paired);
+        let observed = paired.observed;
+        let (early, pipe) =
+            crate::session::Early::begin(paired.stream, role, secret.clone(), observed, &direct)
+                .await
+                .map_err(Error::Io)?;
+        // The tags bind both preambles (and any binding the caller adds).
+        let extra = e2e_opts.binding.clone();
+        let preambles = early.relay_binding();
+        let binding = async move {
+            let mut b = extra;
+            b.extend_from_slice(&preambles.await?);
+            Some(b)
+        };
+        let publish = early.exporter_publisher();
+        let relay_path = e2e::handshake_bound(
+            pipe,
+            role,
+            &secret,
+            e2e_opts.handshake_timeout,
+            binding,
+            // Direct attempts under way bind their tags to it at once.
+            move |e| {
+                publish.send_replace(Some(e));
+            },
+        )
+        .await?;
         let cipher = relay_path
             .cipher_suite()
             .map(|s| format!("{s:?}"))
@@ -241,18 +261,21 @@ impl Session {
         let inner = crate::session::start(crate::session::Start {
             relay: Box::new(relay_path),
             role,
-            secret,
+            early,
             relay_exporter,
             observed,
-            relay_udp,
+            relay_udp: udp,
             opts: direct,
-        });
-        Session {
+        })
+        .await
+        // The peer's preamble did not open: the relay altered it.
+        .map_err(|_| Error::PeerAuthFailed)?;
+        Ok(Session {
             inner,
             cipher,
             relay,
             observed,
-        }
+        })
     }
     /// The path the bytes currently take.
     pub fn path(&self) -> Path {

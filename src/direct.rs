@@ -13,7 +13,7 @@
 //! host decides which one carries the session (`RESUME` on it).
 
 use crate::api::Path;
-use crate::e2e::{self, E2eOptions, Role};
+use crate::e2e::{self, Role};
 use crate::secret::SessionSecret;
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::io;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A byte stream that can carry a session path.
 pub trait PathIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -47,20 +47,28 @@ pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
 pub(crate) struct DirectCtx {
     pub secret: Arc<SessionSecret>,
     pub role: Role,
-    pub relay_exporter: [u8; 32],
+    /// The relay path's TLS exporter, once its e2e handshake is done
+    /// (direct attempts begin earlier, at pairing: their tags wait for it).
+    pub relay_exporter: watch::Receiver<Option<[u8; 32]>>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub found: mpsc::Sender<DirectConn>,
 }
 
 impl DirectCtx {
-    fn e2e_options(&self) -> E2eOptions {
+    /// The relay path's exporter if known yet.
+    pub(crate) fn exporter_now(&self) -> Option<[u8; 32]> {
+        *self.relay_exporter.borrow()
+    }
+
+    /// The binding of a direct path's tag, `"xtcp direct v1" ‖ relay
+    /// exporter`, as soon as the exporter is known (None: the relay path's
+    /// handshake failed).
+    async fn binding(mut exporter: watch::Receiver<Option<[u8; 32]>>) -> Option<Vec<u8>> {
+        let e = (*exporter.wait_for(Option::is_some).await.ok()?)?;
         let mut binding = b"xtcp direct v1".to_vec();
-        binding.extend_from_slice(&self.relay_exporter);
-        E2eOptions {
-            handshake_timeout: self.handshake_timeout,
-            binding,
-        }
+        binding.extend_from_slice(&e);
+        Some(binding)
     }
 
     /// Prove the session on `tcp`, then offer it to the driver.
@@ -78,8 +86,9 @@ impl DirectCtx {
         kind: Path,
         xtcp: Option<crate::net::CloseWaiter>,
     ) {
-        let opts = self.e2e_options();
-        match e2e::handshake(io, self.role, &self.secret, &opts).await {
+        let binding = Self::binding(self.relay_exporter.clone());
+        let timeout = self.handshake_timeout;
+        match e2e::handshake_bound(io, self.role, &self.secret, timeout, binding, |_| {}).await {
             Ok(s) => {
                 let _ = self
                     .found
@@ -408,7 +417,7 @@ pub(crate) mod forged {
             DirectCtx {
                 secret: Arc::new(secret),
                 role,
-                relay_exporter: exporter,
+                relay_exporter: watch::channel(Some(exporter)).1,
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
                 found: tx,

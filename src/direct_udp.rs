@@ -223,7 +223,11 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     // earlier than `start_at`, to the peers whose probes arrived by then.
     let connect_from = start_at.unwrap_or_else(Instant::now);
     let mut pending: Vec<SocketAddr> = Vec::new();
-    let key = probe_key(&ctx.relay_exporter);
+    // Punching starts after the relay path's handshake: the exporter is known.
+    let Some(exporter) = ctx.exporter_now() else {
+        return;
+    };
+    let key = probe_key(&exporter);
     let probe = encode_probe(attempt, &probe_tag(&key, attempt));
     let mut guesses = Vec::new();
     let (hit_tx, mut hits) = mpsc::channel::<(tokio::net::UdpSocket, SocketAddr)>(4);

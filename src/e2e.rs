@@ -48,13 +48,13 @@ pub enum Role {
 }
 
 impl Role {
-    fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             Role::Host => 1,
             Role::Guest => 2,
         }
     }
-    fn peer(self) -> Role {
+    pub(crate) fn peer(self) -> Role {
         match self {
             Role::Host => Role::Guest,
             Role::Guest => Role::Host,
@@ -174,30 +174,54 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if opts.binding.len() > usize::from(u16::MAX) {
-        return Err(E2eError::Setup(
-            "channel binding longer than 65535 bytes".into(),
-        ));
-    }
-    match tokio::time::timeout(
+    let binding = opts.binding.clone();
+    handshake_bound(
+        io,
+        role,
+        secret,
         opts.handshake_timeout,
-        handshake_inner(io, role, secret, &opts.binding),
+        async { Some(binding) },
+        |_| {},
     )
     .await
-    {
+}
+
+/// [`handshake`] with a binding that may become known only while TLS runs
+/// (a direct path whose TLS starts before the relay path's exporter exists,
+/// `spec/direct.md` §4.2): TLS proceeds at once, the tag waits for
+/// `binding`. `None` from it (the relay path failed) ends the handshake
+/// with [`E2eError::Closed`]. `timeout` bounds everything, the wait included.
+/// `on_tls` gets the exporter as soon as TLS is done, before the tags (the
+/// relay path hands it to direct attempts already under way: their own
+/// tags then bind it, so nothing is trusted on it yet).
+pub async fn handshake_bound<S, F>(
+    io: S,
+    role: Role,
+    secret: &SessionSecret,
+    timeout: Duration,
+    binding: F,
+    on_tls: impl FnOnce([u8; 32]),
+) -> Result<E2eStream<S>, E2eError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = Option<Vec<u8>>>,
+{
+    match tokio::time::timeout(timeout, handshake_inner(io, role, secret, binding, on_tls)).await {
         Ok(r) => r,
         Err(_) => Err(E2eError::Timeout),
     }
 }
 
-async fn handshake_inner<S>(
+async fn handshake_inner<S, F>(
     io: S,
     role: Role,
     secret: &SessionSecret,
-    binding: &[u8],
+    binding: F,
+    on_tls: impl FnOnce([u8; 32]),
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = Option<Vec<u8>>>,
 {
     let mut stream: TlsStream<S> = match role {
         Role::Guest => {
@@ -233,6 +257,14 @@ where
         }
     };
     let exporter: [u8; 32] = exported.map_err(|e| E2eError::Tls(e.to_string()))?;
+    on_tls(exporter);
+    let binding = binding.await.ok_or(E2eError::Closed)?;
+    if binding.len() > usize::from(u16::MAX) {
+        return Err(E2eError::Setup(
+            "channel binding longer than 65535 bytes".into(),
+        ));
+    }
+    let binding = binding.as_slice();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.auth_key());
     let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
     stream.write_all(mine.as_ref()).await.map_err(io_to_e2e)?;

@@ -16,6 +16,7 @@ pub mod direct;
 pub mod direct_udp;
 pub mod e2e;
 pub mod net;
+pub mod preamble;
 pub mod relay;
 pub mod secret;
 pub mod session;

@@ -25,6 +25,7 @@ const SALT: &[u8] = b"xtcp session v1";
 const INFO_RENDEZVOUS: &[u8] = b"xtcp rendezvous id";
 const INFO_AUTH: &[u8] = b"xtcp auth key";
 const INFO_CHECK: &[u8] = b"xtcp code check";
+const INFO_PREAMBLE: &[u8] = b"xtcp preamble key v1";
 
 /// Why a code was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +125,14 @@ impl SessionSecret {
     /// The key the peers prove knowledge of the secret with. Never sent anywhere.
     pub fn auth_key(&self) -> [u8; 32] {
         self.expand(INFO_AUTH)
+    }
+
+    /// The key `role` seals its preamble with (`crate::preamble`): the role
+    /// byte follows the info label. Never sent anywhere.
+    pub(crate) fn preamble_key(&self, role: u8) -> [u8; 32] {
+        let mut info = INFO_PREAMBLE.to_vec();
+        info.push(role);
+        self.expand(&info)
     }
 
     fn check(&self) -> u16 {

@@ -28,6 +28,7 @@ use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
 use crate::direct_udp::{self, Prepared, RelayUdp};
 use crate::e2e::Role;
 use crate::net::CloseWaiter;
+use crate::preamble::{self, PreambleError, PreambleReader};
 use crate::secret::SessionSecret;
 use proto::session::{
     encode, Candidate, CandidateKind, Frame, FrameDecoder, Received, SessionConfig, SessionError,
@@ -359,11 +360,177 @@ impl Drop for Slot {
     }
 }
 
+/// Direct TCP attempts begun at pairing (`spec/direct.md` §4.2): this side's
+/// listener and candidates (sent in the preamble, `crate::preamble`), and
+/// the peer's candidates, dialled the moment its preamble arrives, while
+/// the relay path's e2e handshake still runs. Dropping it (the relay
+/// path's handshake failed) stops all of it.
+pub(crate) struct Early {
+    ctx: DirectCtx,
+    found: mpsc::Receiver<DirectConn>,
+    exporter: watch::Sender<Option<[u8; 32]>>,
+    listener: Option<DirectListener>,
+    peer: tokio::sync::oneshot::Receiver<Result<Vec<Candidate>, PreambleError>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// This side's preamble as sent, and the peer's as received.
+    own_preamble: Vec<u8>,
+    peer_preamble: watch::Receiver<Option<Vec<u8>>>,
+    role: Role,
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Early {
+    /// Start listening, send this side's preamble on `relay` (the pipe the
+    /// relay just paired), and return the pipe wrapped so that the peer's
+    /// preamble is taken off its front; the e2e handshake runs on that.
+    pub(crate) async fn begin<S: PathIo>(
+        mut relay: S,
+        role: Role,
+        secret: Arc<SessionSecret>,
+        observed: SocketAddr,
+        opts: &DirectOptions,
+    ) -> io::Result<(Early, PreambleReader<S>)> {
+        let (found_tx, found) = mpsc::channel(4);
+        let (exporter, exporter_rx) = watch::channel(None);
+        let ctx = DirectCtx {
+            secret: secret.clone(),
+            role,
+            relay_exporter: exporter_rx,
+            handshake_timeout: opts.handshake_timeout,
+            connect_timeout: opts.connect_timeout,
+            found: found_tx,
+        };
+        let direct_ok = opts.policy != PathPolicy::RelayOnly && opts.tcp;
+        let listener = if direct_ok {
+            DirectListener::start(ctx.clone())
+                .map_err(|e| tracing::debug!("direct tcp: no listener: {e}"))
+                .ok()
+        } else {
+            None
+        };
+        let own = listener
+            .as_ref()
+            .map(|l| direct::gather(l.port, observed, l.v6))
+            .unwrap_or_default();
+        let sealed = preamble::seal(&secret, role, &own).map_err(io::Error::other)?;
+        relay.write_all(&sealed).await?;
+        relay.flush().await?;
+        let (pre_tx, pre_rx) = tokio::sync::oneshot::channel::<preamble::PeerPreamble>();
+        let (peer_tx, peer) = tokio::sync::oneshot::channel();
+        let dial_from = listener.as_ref().map(|l| (l.port, l.v6));
+        let dial_ctx = ctx.clone();
+        let (raw_tx, peer_preamble) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            let got = match pre_rx.await {
+                Ok(Ok(body)) => {
+                    let c = preamble::open(&secret, role.peer(), &body);
+                    raw_tx.send_replace(Some(body));
+                    c
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(PreambleError::Closed),
+            };
+            let peers = match (&got, dial_from) {
+                (Ok(c), Some((_, v6))) => direct::dialable(c, observed, v6),
+                _ => Vec::new(),
+            };
+            let _ = peer_tx.send(got);
+            // Attempt 0: both sides dial each other's candidates from their
+            // listening port at the same moment (one relay trip after
+            // pairing): simultaneous open where the NATs need it.
+            if let (false, Some((port, _))) = (peers.is_empty(), dial_from) {
+                direct::dial_all(dial_ctx, port, peers).await;
+            }
+        });
+        let early = Early {
+            ctx,
+            found,
+            exporter,
+            listener,
+            peer,
+            task: Some(task),
+            own_preamble: sealed,
+            peer_preamble,
+            role,
+        };
+        Ok((early, PreambleReader::new(relay, pre_tx)))
+    }
+
+    /// The relay path's tags bind both preambles (`spec/session.md` §3.4):
+    /// `"xtcp preamble v1" ‖ SHA-256(host's preamble) ‖ SHA-256(guest's)`,
+    /// each as sent on the wire without its length field, so that a relay
+    /// that altered, dropped or swapped either fails both peers' checks.
+    /// Ready once the peer's preamble arrived (it precedes its TLS bytes).
+    pub(crate) fn relay_binding(&self) -> impl std::future::Future<Output = Option<Vec<u8>>> {
+        let own = self.own_preamble.get(2..).unwrap_or_default().to_vec();
+        let role = self.role;
+        let mut peer = self.peer_preamble.clone();
+        async move {
+            let theirs = peer.wait_for(Option::is_some).await.ok()?.clone()?;
+            let (h, g) = match role {
+                Role::Host => (own, theirs),
+                Role::Guest => (theirs, own),
+            };
+            let mut b = b"xtcp preamble v1".to_vec();
+            for p in [h, g] {
+                b.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &p).as_ref());
+            }
+            Some(b)
+        }
+    }
+
+    /// Where the relay path's exporter is published to the direct attempts.
+    pub(crate) fn exporter_publisher(&self) -> watch::Sender<Option<[u8; 32]>> {
+        self.exporter.clone()
+    }
+
+    /// The relay path's handshake is done: its exporter unblocks the direct
+    /// paths' tags. Fails when the peer's preamble did not open (the relay
+    /// tampered with it).
+    async fn ready(&mut self, relay_exporter: [u8; 32]) -> Result<Vec<Candidate>, PreambleError> {
+        self.exporter.send_replace(Some(relay_exporter));
+        // The preamble precedes the TLS bytes the handshake already read:
+        // its result is there, or nearly (a task switch away).
+        match (&mut self.peer).await {
+            Ok(r) => r,
+            Err(_) => Err(PreambleError::Closed),
+        }
+    }
+
+    /// Hand everything over to the driver (which then owns the first
+    /// round's dialling task).
+    fn into_parts(mut self) -> EarlyParts {
+        EarlyParts {
+            ctx: self.ctx.clone(),
+            found: std::mem::replace(&mut self.found, mpsc::channel(1).1),
+            exporter: std::mem::replace(&mut self.exporter, watch::channel(None).0),
+            listener: self.listener.take(),
+            dialing: self.task.take(),
+        }
+    }
+}
+
+struct EarlyParts {
+    ctx: DirectCtx,
+    found: mpsc::Receiver<DirectConn>,
+    exporter: watch::Sender<Option<[u8; 32]>>,
+    listener: Option<DirectListener>,
+    dialing: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// Everything the driver needs to start.
 pub(crate) struct Start {
     pub relay: Box<dyn PathIo>,
     pub role: Role,
-    pub secret: Arc<SessionSecret>,
+    /// Direct attempts begun at pairing, and the relay path's exporter.
+    pub early: Early,
     pub relay_exporter: [u8; 32],
     pub observed: SocketAddr,
     /// The relay's UDP address service, when it offers one.
@@ -372,7 +539,9 @@ pub(crate) struct Start {
 }
 
 /// Start the driver over an authenticated relay path and return the stream.
-pub(crate) fn start(s: Start) -> SessionStream {
+/// Fails when the peer's preamble did not open.
+pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> {
+    let peer_candidates = s.early.ready(s.relay_exporter).await?;
     let cfg = SessionConfig::with_capacity(s.opts.replay_capacity.max(FRAME_DATA));
     let (path_tx, path_rx) = watch::channel(Path::Relay);
     let link = Arc::new(Link {
@@ -392,8 +561,9 @@ pub(crate) fn start(s: Start) -> SessionStream {
         finished: watch::channel(false).0,
     });
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
-    let (found_tx, found_rx) = mpsc::channel(4);
     let (udp_tx, udp_rx) = mpsc::channel(2);
+    let early = s.early.into_parts();
+    let found_rx = early.found;
     let driver = Driver {
         link: link.clone(),
         role: s.role,
@@ -401,23 +571,18 @@ pub(crate) fn start(s: Start) -> SessionStream {
         slots: HashMap::new(),
         next_slot: 0,
         events_tx,
-        ctx: DirectCtx {
-            secret: s.secret,
-            role: s.role,
-            relay_exporter: s.relay_exporter,
-            handshake_timeout: s.opts.handshake_timeout,
-            connect_timeout: s.opts.connect_timeout,
-            found: found_tx,
-        },
+        ctx: early.ctx,
+        _exporter: early.exporter,
         observed: s.observed,
-        listener: None,
-        peer_candidates: Vec::new(),
+        listener: early.listener,
+        peer_candidates,
         relay_epoch: 0,
-        attempt: 0,
+        // Attempt 0 was dialled at pairing, on the preambles' candidates.
+        attempt: 1,
         direct_id: None,
         direct_seq: 0,
         retry_at: None,
-        dialing: None,
+        dialing: early.dialing,
         finished_at: None,
         closing: false,
         draining: Vec::new(),
@@ -426,14 +591,14 @@ pub(crate) fn start(s: Start) -> SessionStream {
         udp_round: 0,
         udp_tx,
         udp_punch_pending: None,
-        guest_dialed: None,
+        guest_dialed: Some(0),
         round_start: None,
     };
     tokio::spawn(driver.run(s.relay, events_rx, found_rx, udp_rx));
-    SessionStream {
+    Ok(SessionStream {
         link,
         path: path_rx,
-    }
+    })
 }
 
 /// A closed path's writer queue, its last bytes, the writer task, and for an
@@ -468,6 +633,8 @@ struct Driver {
     next_slot: u64,
     events_tx: mpsc::Sender<(u64, ReadEvent)>,
     ctx: DirectCtx,
+    /// Keeps the relay exporter published to direct attempts.
+    _exporter: watch::Sender<Option<[u8; 32]>>,
     observed: SocketAddr,
     listener: Option<DirectListener>,
     peer_candidates: Vec<Candidate>,
@@ -664,7 +831,7 @@ impl Driver {
             s.out_id = Some(0);
         }
         if self.opts.policy != PathPolicy::RelayOnly {
-            self.start_listener();
+            // The listener and the first TCP round came with `Early`.
             self.round_start = Some(Instant::now());
             self.udp_schedule();
         }

@@ -272,8 +272,9 @@ async fn honest_evil_relay_baseline_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_byte_tampering_during_the_handshake_fails_closed() {
-    // Offsets inside the ClientHello (guest→host) and inside the server's
-    // encrypted flight (host→guest).
+    // Offsets inside the preamble (sealed candidates, ≈ 43 bytes with the
+    // one loopback candidate: 5, 40), inside the ClientHello (guest→host) and
+    // inside the server's encrypted flight (host→guest).
     let cases = [
         (Tamper::Flip, 40usize),
         (Tamper::Flip, 150),
@@ -375,7 +376,20 @@ async fn b_tampering_mid_stream_never_delivers_a_corrupted_byte() {
 /// (a) The relay terminates TLS toward each peer with its own keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mitm_with_its_own_keys_fails_closed() {
-    let r = run_attack(|h, g| async move {
+    let r = run_attack(|mut h, mut g| async move {
+        // The preambles (sealed candidates, `spec/session.md` §3.4) go
+        // through unchanged: the MITM cannot open them, only pass them on.
+        async fn preamble(s: &mut TcpStream) -> Vec<u8> {
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.unwrap();
+            let mut p = vec![0u8; 2 + usize::from(u16::from_be_bytes(len))];
+            p[..2].copy_from_slice(&len);
+            s.read_exact(&mut p[2..]).await.unwrap();
+            p
+        }
+        let (hp, gp) = tokio::join!(preamble(&mut h), preamble(&mut g));
+        h.write_all(&gp).await.unwrap();
+        g.write_all(&hp).await.unwrap();
         // TLS server toward the guest (which is a TLS client) …
         let ck = xtcp::tls::self_signed(&["peer.xtcp.invalid"]).unwrap();
         let mut scfg = rustls::ServerConfig::builder_with_provider(xtcp::tls::crypto_provider())

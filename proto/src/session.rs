@@ -1195,9 +1195,18 @@ impl SessionState {
                 sent: self.max_sent,
             });
         }
+        // Path ids grow with time (spec/direct.md §4.6): a RESUME for a path
+        // older than the active one arrived late (the relay path's first
+        // RESUME, say, overtaken by a faster direct path). The path is open
+        // and its ACK counts, but it does not take the sending back.
+        let takes_over = self.active.is_none_or(|a| path > a);
         let entry = self.path_mut(path)?;
         entry.peer_resumed = true;
         entry.last_ack = received;
+        if !takes_over {
+            self.apply_ack(received);
+            return Ok(());
+        }
         // ACKs sent on the old path may die with it; what the peer surely learns
         // is the RESUME this side sent on the new one. Acknowledge again from there.
         let our_resume = entry.our_resume;

@@ -675,6 +675,60 @@ fn stale_resume_and_ack_are_ignored() {
 }
 
 #[test]
+fn a_late_resume_of_an_older_path_does_not_take_the_sending_back() {
+    // Host at session start: relay path 0 and a direct path 1 both opened;
+    // the peer's RESUME(1) (direct, fast) arrives before its RESUME(0)
+    // (relayed, slow).
+    let mut s = SessionState::new(SessionConfig::with_capacity(1024));
+    s.open_path(0).unwrap();
+    s.open_path(1).unwrap();
+    s.write(b"abc").unwrap();
+    s.handle_frame(
+        1,
+        Frame::Resume {
+            path_id: 1,
+            received: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.active_path(), Some(1));
+    assert_eq!(
+        s.poll_transmit(100),
+        Some((1, data(0, b"abc"))),
+        "sends on the direct path"
+    );
+    s.handle_frame(
+        0,
+        Frame::Resume {
+            path_id: 0,
+            received: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.active_path(),
+        Some(1),
+        "the late relay RESUME changes nothing"
+    );
+    assert_eq!(s.poll_transmit(100), None, "no resend, no PATH_SWITCH");
+    // The older path is open: its data and ACKs count.
+    assert_eq!(s.handle_frame(0, data(0, b"xy")), Ok(Received::Data(b"xy")));
+    s.handle_frame(0, Frame::Ack { received: 3 }).unwrap();
+    assert_eq!(s.acked(), 3);
+    // A newer path still takes over.
+    s.open_path(2).unwrap();
+    s.handle_frame(
+        2,
+        Frame::Resume {
+            path_id: 2,
+            received: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.active_path(), Some(2));
+}
+
+#[test]
 fn receiver_trims_duplicates_after_switch() {
     let mut s = started(1024);
     s.open_path(1).unwrap(); // our RESUME(1, 0)
