@@ -241,6 +241,10 @@ impl Session {
             Some(b)
         };
         let publish = early.exporter_publisher();
+        // The guest measures the relayed round trip on the way: ClientHello
+        // out, the host's flight back (the agreed UDP start, §4.3.2).
+        let started = tokio::time::Instant::now();
+        let mut tls_done = None;
         let relay_path = e2e::handshake_bound(
             pipe,
             role,
@@ -248,11 +252,14 @@ impl Session {
             e2e_opts.handshake_timeout,
             binding,
             // Direct attempts under way bind their tags to it at once.
-            move |e| {
+            |e| {
                 publish.send_replace(Some(e));
+                tls_done = Some(started.elapsed());
             },
+            Vec::new,
         )
         .await?;
+        let relay_rtt = tls_done.filter(|_| role == Role::Guest);
         let cipher = relay_path
             .cipher_suite()
             .map(|s| format!("{s:?}"))
@@ -263,6 +270,7 @@ impl Session {
             role,
             early,
             relay_exporter,
+            relay_rtt,
             observed,
             relay_udp: udp,
             opts: direct,

@@ -15,9 +15,10 @@
 use crate::api::Path;
 use crate::e2e::{self, Role};
 use crate::secret::SessionSecret;
-use proto::session::{Candidate, CandidateKind, Transport};
+use proto::session::{encode, Candidate, CandidateKind, Frame, Transport, PROVISIONAL_PATH};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +38,9 @@ pub(crate) struct DirectConn {
     /// For XTCP: waits until the peer acknowledged everything (see the
     /// session driver's end).
     pub xtcp: Option<crate::net::CloseWaiter>,
+    /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
+    /// sent right behind its tag (`spec/direct.md` §4.6).
+    pub early_resume: Option<u64>,
 }
 
 /// Most candidates this side advertises (the frame allows 32).
@@ -53,6 +57,9 @@ pub(crate) struct DirectCtx {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub found: mpsc::Sender<DirectConn>,
+    /// The session's `received` offset as the driver last published it (the
+    /// guest's early `RESUME` carries it).
+    pub received: Arc<AtomicU64>,
 }
 
 impl DirectCtx {
@@ -88,8 +95,37 @@ impl DirectCtx {
     ) {
         let binding = Self::binding(self.relay_exporter.clone());
         let timeout = self.handshake_timeout;
-        match e2e::handshake_bound(io, self.role, &self.secret, timeout, binding, |_| {}).await {
+        // The guest's early RESUME: right behind its tag, so that the host
+        // can switch the moment it has checked that tag, a round trip
+        // sooner than answering the host's RESUME (§4.6).
+        let early = AtomicU64::new(u64::MAX);
+        let after_tag = || {
+            let mut out = Vec::new();
+            if self.role == Role::Guest {
+                let received = self.received.load(Ordering::Acquire);
+                early.store(received, Ordering::Relaxed);
+                let f = Frame::Resume {
+                    path_id: PROVISIONAL_PATH,
+                    received,
+                };
+                // A RESUME always encodes.
+                let _ = encode(&f, &mut out);
+            }
+            out
+        };
+        let r = e2e::handshake_bound(
+            io,
+            self.role,
+            &self.secret,
+            timeout,
+            binding,
+            |_| {},
+            after_tag,
+        )
+        .await;
+        match r {
             Ok(s) => {
+                let early = early.load(Ordering::Relaxed);
                 let _ = self
                     .found
                     .send(DirectConn {
@@ -97,6 +133,7 @@ impl DirectCtx {
                         remote,
                         kind,
                         xtcp,
+                        early_resume: (early != u64::MAX).then_some(early),
                     })
                     .await;
             }
@@ -418,6 +455,7 @@ pub(crate) mod forged {
                 secret: Arc::new(secret),
                 role,
                 relay_exporter: watch::channel(Some(exporter)).1,
+                received: Arc::new(AtomicU64::new(0)),
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
                 found: tx,

@@ -14,8 +14,9 @@
 //! number, keyed with the relay path's exporter); a probe with a good tag from
 //! an address not among the candidates is a peer-reflexive candidate (the
 //! peer's NAT chose another port for us, as a symmetric NAT does) and is
-//! probed back. The host opens XTCP to every address it received a probe
-//! from (the path is then open both ways); the guest accepts. Each XTCP
+//! probed back. The guest (the TLS client) opens XTCP to every address it
+//! received a probe from (the path is then open both ways) once the agreed
+//! time has come; the host accepts. Each XTCP
 //! connection runs the same e2e TLS and tag as direct TCP
 //! ([`DirectCtx::prove_io`]), so the first proven connection wins.
 //!
@@ -50,7 +51,7 @@ const PROBE_SLOW: Duration = Duration::from_millis(250);
 const FAST_PHASE: Duration = Duration::from_secs(1);
 /// Addresses probed at most (candidates plus peer-reflexive ones).
 const MAX_TARGETS: usize = 24;
-/// Connections the host opens at most in one attempt.
+/// Connections the guest opens (the host accepts) at most in one attempt.
 const MAX_CONNECTS: usize = 8;
 
 /// The relay's UDP address service as granted in `PAIRED` (no `Debug`: the
@@ -68,11 +69,18 @@ pub(crate) struct Prepared {
     side: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
 }
 
+/// The side that opens the XTCP connections: the guest (the TLS client),
+/// so that its ClientHello follows its handshake at once; the host accepts
+/// (§4.3.2).
+fn connects(role: Role) -> bool {
+    role == Role::Guest
+}
+
 /// The XTCP settings of a direct UDP path: Nagle off (the session layer
 /// writes whole batches and wants its small control frames out at once).
 fn endpoint_options(role: Role) -> EndpointOptions {
     let mut o = EndpointOptions {
-        listen: role == Role::Guest,
+        listen: !connects(role),
         accept_backlog: MAX_CONNECTS,
         max_half_open: MAX_CONNECTS * 2,
         ..EndpointOptions::default()
@@ -200,8 +208,8 @@ pub(crate) struct PunchPlan {
     pub duration: Duration,
     /// Port prediction budget (0: off), §4.3.4.
     pub prediction: usize,
-    /// Start no earlier than this (the host waits out the UDP window; the
-    /// guest's probes meanwhile wait in the side channel).
+    /// The agreed start: the guest connects no earlier, the host proves no
+    /// accepted connection earlier (the UDP window); probing starts at once.
     pub start_at: Option<Instant>,
 }
 
@@ -219,8 +227,9 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
         start_at,
     } = plan;
     let Prepared { ep, mut side, .. } = prep;
-    // Probing starts now (it only opens NAT state); the host connects no
-    // earlier than `start_at`, to the peers whose probes arrived by then.
+    // Probing starts now (it only opens NAT state); the guest connects no
+    // earlier than `start_at`, to the peers whose probes arrived by then,
+    // and the host proves what it accepted no earlier either.
     let connect_from = start_at.unwrap_or_else(Instant::now);
     let mut pending: Vec<SocketAddr> = Vec::new();
     // Punching starts after the relay path's handshake: the exporter is known.
@@ -314,7 +323,7 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                     targets.push(from);
                     let _ = ep.send_raw(from, &probe).await;
                 }
-                if ctx.role == Role::Host
+                if connects(ctx.role)
                     && connected.len() < MAX_CONNECTS
                     && connected.insert(from)
                 {
@@ -325,17 +334,21 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
                     }
                 }
             }
-            acc = ep.accept(), if ctx.role == Role::Guest && tasks.len() < MAX_CONNECTS => {
+            acc = ep.accept(), if !connects(ctx.role) && tasks.len() < MAX_CONNECTS => {
                 if let Ok(s) = acc {
                     let ctx = ctx.clone();
                     let from = s.peer_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
                     let w = s.close_waiter();
-                    tasks.spawn(ctx.prove_io(s, from, Path::DirectUdp, Some(w)));
+                    tasks.spawn(async move {
+                        // Nothing is proven over UDP before the window ends.
+                        tokio::time::sleep_until(connect_from).await;
+                        ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
+                    });
                 }
             }
             Some((sock, from)) = hits.recv() => {
                 // A spray socket got through: it becomes an XTCP endpoint of
-                // its own; the host connects from it, the guest accepts on it.
+                // its own; the guest connects from it, the host accepts on it.
                 if tasks.len() < MAX_CONNECTS {
                     if let Ok(std_sock) = sock.into_std() {
                         if let Ok(ep2) = XtcpEndpoint::from_std(std_sock, endpoint_options(ctx.role)) {
@@ -435,26 +448,29 @@ fn spray(
     }
 }
 
-/// Carry on an XTCP path over a spray socket that got through: the host
-/// connects to the address the probe came from, the guest accepts one
-/// connection; the proven one is offered to the driver.
+/// Carry on an XTCP path over a spray socket that got through: the guest
+/// connects to the address the probe came from, the host accepts one
+/// connection; the proven one is offered to the driver (neither before
+/// `connect_from`).
 async fn use_spray_socket(
     ep: XtcpEndpoint,
     ctx: DirectCtx,
     from: SocketAddr,
     connect_from: Instant,
 ) {
-    let stream = if ctx.role == Role::Host {
+    let stream = if connects(ctx.role) {
         tokio::time::sleep_until(connect_from).await;
         tokio::time::timeout(ctx.connect_timeout, ep.connect(from))
             .await
             .ok()
             .and_then(Result::ok)
     } else {
-        tokio::time::timeout(ctx.connect_timeout, ep.accept())
+        let s = tokio::time::timeout(ctx.connect_timeout, ep.accept())
             .await
             .ok()
-            .and_then(Result::ok)
+            .and_then(Result::ok);
+        tokio::time::sleep_until(connect_from).await;
+        s
     };
     match stream {
         Some(s) => {
@@ -491,21 +507,21 @@ mod tests {
         assert!(crate::net::SIDE_CHANNEL.contains(&PROBE));
     }
 
-    /// The guest's UDP endpoint during an attempt: a stranger who knows its
-    /// address (everything the relay and the network see) but not the code
-    /// connects XTCP and fails the end-to-end proof, as does the right code
-    /// with another session's binding; nothing is offered to the driver. The
-    /// rightful host gets through.
+    /// The host's UDP endpoint during an attempt (it accepts, §4.3.2): a
+    /// stranger who knows its address (everything the relay and the network
+    /// see) but not the code connects XTCP and fails the end-to-end proof, as
+    /// does the right code with another session's binding; nothing is offered
+    /// to the driver. The rightful guest gets through.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn forged_xtcp_attempts_on_the_guest_endpoint_are_rejected() {
+    async fn forged_xtcp_attempts_on_the_host_endpoint_are_rejected() {
         use crate::direct::forged::ctx;
         use crate::secret::SessionSecret;
         let s = SessionSecret::generate().unwrap();
         let code = s.code();
         let exporter = [5u8; 32];
-        let (guest, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        let (host, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Host, exporter);
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let prep = prepare(Role::Guest, lo, None).await.unwrap();
+        let prep = prepare(Role::Host, lo, None).await.unwrap();
         let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), prep.ep.local_addr().port());
         let plan = PunchPlan {
             attempt: 0,
@@ -515,16 +531,18 @@ mod tests {
             prediction: 0,
             start_at: None,
         };
-        let attempt = tokio::spawn(punch(prep, guest, plan));
-        // A host-side dial with `secret` and `binding`; Ok when it proved.
+        let attempt = tokio::spawn(punch(prep, host, plan));
+        // A guest-side dial with `secret` and `binding`; Ok when it proved.
         let dial = |secret: SessionSecret, exporter: [u8; 32]| async move {
-            let (host, mut hfound) = ctx(secret, Role::Host, exporter);
-            let ep =
-                XtcpEndpoint::bind("127.0.0.1:0".parse().unwrap(), endpoint_options(Role::Host))
-                    .unwrap();
+            let (guest, mut gfound) = ctx(secret, Role::Guest, exporter);
+            let ep = XtcpEndpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                endpoint_options(Role::Guest),
+            )
+            .unwrap();
             let s = ep.connect(target).await.unwrap();
-            host.prove_io(s, target, Path::DirectUdp, None).await;
-            hfound.try_recv().is_ok()
+            guest.prove_io(s, target, Path::DirectUdp, None).await;
+            gfound.try_recv().is_ok()
         };
         assert!(
             !dial(SessionSecret::generate().unwrap(), exporter).await,
@@ -538,16 +556,16 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(300), found.recv())
                 .await
                 .is_err(),
-            "the guest offered no forged path"
+            "the host offered no forged path"
         );
         assert!(
             dial(SessionSecret::parse(&code).unwrap(), exporter).await,
-            "rightful host"
+            "rightful guest"
         );
         let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
         assert!(
             matches!(got, Ok(Some(ref c)) if c.kind == Path::DirectUdp),
-            "the guest offers the rightful path"
+            "the host offers the rightful path"
         );
         attempt.abort();
     }

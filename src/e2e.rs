@@ -182,6 +182,7 @@ where
         opts.handshake_timeout,
         async { Some(binding) },
         |_| {},
+        Vec::new,
     )
     .await
 }
@@ -193,7 +194,10 @@ where
 /// with [`E2eError::Closed`]. `timeout` bounds everything, the wait included.
 /// `on_tls` gets the exporter as soon as TLS is done, before the tags (the
 /// relay path hands it to direct attempts already under way: their own
-/// tags then bind it, so nothing is trusted on it yet).
+/// tags then bind it, so nothing is trusted on it yet). `after_tag` gives
+/// bytes sent right behind this side's tag, in the same flight, before the
+/// peer's tag is checked (the guest's early `RESUME` on a direct path); the
+/// caller sees them as already sent on the returned stream.
 pub async fn handshake_bound<S, F>(
     io: S,
     role: Role,
@@ -201,12 +205,14 @@ pub async fn handshake_bound<S, F>(
     timeout: Duration,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
+    after_tag: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
-    match tokio::time::timeout(timeout, handshake_inner(io, role, secret, binding, on_tls)).await {
+    let run = handshake_inner(io, role, secret, binding, on_tls, after_tag);
+    match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
         Err(_) => Err(E2eError::Timeout),
     }
@@ -218,6 +224,7 @@ async fn handshake_inner<S, F>(
     secret: &SessionSecret,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
+    after_tag: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -267,7 +274,9 @@ where
     let binding = binding.as_slice();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.auth_key());
     let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
-    stream.write_all(mine.as_ref()).await.map_err(io_to_e2e)?;
+    let mut flight = mine.as_ref().to_vec();
+    flight.extend_from_slice(&after_tag());
+    stream.write_all(&flight).await.map_err(io_to_e2e)?;
     stream.flush().await.map_err(io_to_e2e)?;
     let mut theirs = [0u8; TAG_LEN];
     stream

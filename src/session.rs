@@ -32,12 +32,13 @@ use crate::preamble::{self, PreambleError, PreambleReader};
 use crate::secret::SessionSecret;
 use proto::session::{
     encode, Candidate, CandidateKind, Frame, FrameDecoder, Received, SessionConfig, SessionError,
-    SessionState, Transport, MAX_DATA,
+    SessionState, Transport, MAX_DATA, PROVISIONAL_PATH,
 };
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -137,6 +138,8 @@ struct Shared {
     app_gone: bool,
     /// The peer sent CLOSE(0): it had everything, including our FIN.
     peer_closed: bool,
+    /// `st.received()` published to direct attempts (the guest's early RESUME).
+    received_pub: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -347,6 +350,8 @@ struct Slot {
     graceful: bool,
     /// For a direct UDP path: waits until XTCP delivered everything.
     xtcp: Option<CloseWaiter>,
+    /// Guest: the early RESUME it sent on this direct connection.
+    early_resume: Option<u64>,
 }
 
 impl Drop for Slot {
@@ -406,6 +411,7 @@ impl Early {
             handshake_timeout: opts.handshake_timeout,
             connect_timeout: opts.connect_timeout,
             found: found_tx,
+            received: Arc::new(AtomicU64::new(0)),
         };
         let direct_ok = opts.policy != PathPolicy::RelayOnly && opts.tcp;
         let listener = if direct_ok {
@@ -532,6 +538,8 @@ pub(crate) struct Start {
     /// Direct attempts begun at pairing, and the relay path's exporter.
     pub early: Early,
     pub relay_exporter: [u8; 32],
+    /// Guest: the relay path's round trip as its handshake measured it.
+    pub relay_rtt: Option<Duration>,
     pub observed: SocketAddr,
     /// The relay's UDP address service, when it offers one.
     pub relay_udp: Option<RelayUdp>,
@@ -542,6 +550,7 @@ pub(crate) struct Start {
 /// Fails when the peer's preamble did not open.
 pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> {
     let peer_candidates = s.early.ready(s.relay_exporter).await?;
+    let early = s.early.into_parts();
     let cfg = SessionConfig::with_capacity(s.opts.replay_capacity.max(FRAME_DATA));
     let (path_tx, path_rx) = watch::channel(Path::Relay);
     let link = Arc::new(Link {
@@ -554,6 +563,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
             write_waker: None,
             app_gone: false,
             peer_closed: false,
+            received_pub: early.ctx.received.clone(),
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -562,7 +572,6 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
     });
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
     let (udp_tx, udp_rx) = mpsc::channel(2);
-    let early = s.early.into_parts();
     let found_rx = early.found;
     let driver = Driver {
         link: link.clone(),
@@ -591,6 +600,9 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
         udp_round: 0,
         udp_tx,
         udp_punch_pending: None,
+        relay_one_way: s
+            .relay_rtt
+            .map_or(Duration::ZERO, |r| (r / 2).min(MAX_ONE_WAY)),
         guest_dialed: Some(0),
         round_start: None,
     };
@@ -624,6 +636,8 @@ enum UdpState {
 /// The UDP service is asked for the public address this long before the
 /// punch, so both sides' candidates are there when the window ends.
 const UDP_PREPARE_LEAD: Duration = Duration::from_secs(2);
+/// Bound on the guest's estimate of the relay's one-way delay.
+const MAX_ONE_WAY: Duration = Duration::from_secs(2);
 
 struct Driver {
     link: Arc<Link>,
@@ -661,8 +675,13 @@ struct Driver {
     udp_tx: mpsc::Sender<UdpReady>,
     /// Guest: the TCP attempt it dialled last (the first one without PUNCH).
     guest_dialed: Option<u32>,
-    /// Guest: a UDP PUNCH that arrived before this side's endpoint was ready.
-    udp_punch_pending: Option<u32>,
+    /// Guest: a UDP PUNCH (attempt, agreed start) waiting for this side's
+    /// endpoint.
+    udp_punch_pending: Option<(u32, Instant)>,
+    /// Guest: how long the host's frames take to arrive (half the relay
+    /// path's round trip): the agreed UDP start is the PUNCH's arrival plus
+    /// its delay minus this.
+    relay_one_way: Duration,
     /// When the current round of direct attempts began (the UDP window
     /// counts from here).
     round_start: Option<Instant>,
@@ -738,6 +757,7 @@ impl Driver {
                 writer,
                 graceful: false,
                 xtcp: None,
+                early_resume: None,
             },
         );
         key
@@ -1028,6 +1048,14 @@ impl Driver {
                 tracing::debug!(role = ?self.role, key, ?in_id, frame = ?frame, "frame in");
             }
             let handled = match frame {
+                // The guest's early RESUME on a direct connection: for the id
+                // this side gave it (§4.6).
+                Frame::Resume {
+                    path_id: PROVISIONAL_PATH,
+                    received,
+                } if self.role == Role::Host && kind != Path::Relay && in_id.is_some() => {
+                    in_id.map(|path_id| Frame::Resume { path_id, received })
+                }
                 Frame::Resume { path_id, received } => {
                     if in_id != Some(path_id) {
                         self.on_peer_resume(key, kind, in_id, path_id)?;
@@ -1039,11 +1067,13 @@ impl Driver {
                     None
                 }
                 Frame::Punch {
-                    attempt, transport, ..
+                    attempt,
+                    transport,
+                    delay_ms,
                 } => {
                     match transport {
                         Transport::Tcp => self.on_punch(attempt),
-                        Transport::Udp => self.on_udp_punch(attempt),
+                        Transport::Udp => self.on_udp_punch(attempt, delay_ms),
                     }
                     None
                 }
@@ -1203,8 +1233,15 @@ impl Driver {
             self.drop_slot(key);
             return Ok(());
         }
-        let resume = link.lock().st.open_path(new_id).map_err(io_err)?;
-        self.queue(key, &resume);
+        // Our early RESUME on this connection already told the host where
+        // to resend from: open the path at that offset, send no second one.
+        match self.slots.get(&key).and_then(|s| s.early_resume) {
+            Some(r0) => link.lock().st.open_path_at(new_id, r0).map_err(io_err)?,
+            None => {
+                let resume = link.lock().st.open_path(new_id).map_err(io_err)?;
+                self.queue(key, &resume);
+            }
+        }
         if let Some(s) = self.slots.get_mut(&key) {
             s.in_id = Some(new_id);
             s.out_id = Some(new_id);
@@ -1319,10 +1356,10 @@ impl Driver {
         }
         let now = Instant::now();
         if self.role == Role::Guest {
-            if let Some(n) = self.udp_punch_pending {
+            if let Some((n, at)) = self.udp_punch_pending {
                 if matches!(self.udp, UdpState::Ready(_)) {
                     self.udp_punch_pending = None;
-                    self.udp_start(n, None);
+                    self.udp_start(n, Some(at));
                 }
             }
             return;
@@ -1368,13 +1405,17 @@ impl Driver {
         n
     }
 
-    /// Guest: the host punches UDP attempt `n`.
-    fn on_udp_punch(&mut self, n: u32) {
+    /// Guest: the host punches UDP attempt `n`, its window ending `delay_ms`
+    /// after it sent the frame: this side connects then (§4.3.2), i.e.
+    /// `delay_ms` after receipt less the frame's trip through the relay.
+    fn on_udp_punch(&mut self, n: u32, delay_ms: u32) {
         if self.role != Role::Guest || self.opts.policy == PathPolicy::RelayOnly {
             return;
         }
         self.attempt = n + 1;
-        self.udp_punch_pending = Some(n);
+        let delay = Duration::from_millis(u64::from(delay_ms));
+        let at = Instant::now() + delay.saturating_sub(self.relay_one_way);
+        self.udp_punch_pending = Some((n, at));
         self.udp_schedule();
     }
 
@@ -1470,6 +1511,7 @@ impl Driver {
         let key = self.add_slot(conn.kind, conn.io);
         if let Some(s) = self.slots.get_mut(&key) {
             s.xtcp = conn.xtcp;
+            s.early_resume = conn.early_resume;
         }
         if self.role == Role::Guest {
             return; // waits for the host's RESUME on it
@@ -1631,6 +1673,9 @@ fn g_handle(g: &mut Shared, id: u32, f: Frame<'_>) -> Result<(), SessionError> {
         if let Some(w) = g.write_waker.take() {
             w.wake();
         }
+    }
+    if matches!(r, Received::Data(_) | Received::EndOfStream) {
+        g.received_pub.store(g.st.received(), Ordering::Release);
     }
     match r {
         Received::Data(d) => {

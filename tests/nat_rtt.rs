@@ -12,10 +12,10 @@
 //! (`cargo test --release --test nat_rtt -- --nocapture`; with `XTCP_LOG`
 //! set, e.g. `XTCP_LOG=xtcp=debug`, both peers' stderr too). Asserted: every
 //! byte verified both ways, both exit codes 0, the expected direct path, no
-//! packet dropped by the delay queues, and a generous bound on the RTT
-//! multiple ([`TCP_MAX_RTTS`] and the UDP ones) that catches a regression
-//! of the order of a retransmission timeout without flaking; the exact
-//! multiple is reported, not asserted.
+//! packet dropped by the delay queues, and the issue's acceptance figures:
+//! ≤ 3 RTTs to direct TCP ([`TCP_MAX_RTTS`]), ≤ 3 RTTs beyond the default
+//! UDP window ([`UDP_WINDOW_MAX_RTTS`]); the `--udp-after 0` cells get a
+//! generous bound ([`UDP_MAX_RTTS`]). The exact multiples are printed.
 //!
 //! Cells: `None` × `None`, `FullCone` × `FullCone`, `PortRestricted` ×
 //! `PortRestricted` (default options: direct TCP), and `PortRestricted
@@ -44,14 +44,19 @@ const BYTES: (usize, usize) = (1 << 20, 256 << 10);
 /// figures are printed by the test, not asserted.
 ///
 /// TCP cells: the issue's acceptance figure, "≤ 3 RTT from pairing to
-/// direct TCP", asserted (observed 1.5–1.6 RTTs since the preambles start
-/// the direct attempts during the relay path's handshake; 4.7–6.2 before).
+/// direct TCP", asserted (observed 0.5 RTT: the preambles start the direct
+/// attempts during the relay path's handshake and the guest's early RESUME
+/// saves the last round trip; 4.7–6.2 before both).
 const TCP_MAX_RTTS: f64 = 3.0;
-/// UDP cells: observed with `--udp-after 0` ≈ 10 RTTs with no data queued
-/// on the relay, ≈ 13.5 with [`BYTES`] (the UDP `CANDIDATES` and `PUNCH`
-/// frames wait behind the payload in the relay stream); with the default
-/// window, ≈ 6 RTTs beyond it (the candidates were exchanged before).
+/// UDP cells with `--udp-after 0` (not an acceptance figure): observed
+/// ≈ 7.6 RTTs with no data queued on the relay, ≈ 11.5 with [`BYTES`] (the
+/// UDP `CANDIDATES` and `PUNCH` frames wait behind the payload in the relay
+/// stream). A bound that catches a gross regression.
 const UDP_MAX_RTTS: f64 = 25.0;
+/// The UDP cell with the default window: the issue's "≤ 10 s + 3 RTT",
+/// asserted beyond the window (observed 2.5 RTTs: the guest connects at the
+/// agreed time and sends its ClientHello behind its handshake; 4.1 before).
+const UDP_WINDOW_MAX_RTTS: f64 = 3.0;
 /// Tiny payloads, so that the relay carries no data ahead of the control
 /// frames.
 const TINY: (usize, usize) = (1024, 1024);
@@ -138,13 +143,17 @@ fn pairing_to_direct_path_in_round_trips_with_20ms_one_way() {
         max_rtts: TCP_MAX_RTTS,
         window: Duration::ZERO,
     };
-    let udp_cell = |plan, bytes, window| Cell {
+    let udp_cell = |plan, bytes, window: Duration| Cell {
         a: blocked,
         b: blocked,
         plan,
         bytes,
         expect: "direct-udp",
-        max_rtts: UDP_MAX_RTTS,
+        max_rtts: if window.is_zero() {
+            UDP_MAX_RTTS
+        } else {
+            UDP_WINDOW_MAX_RTTS
+        },
         window,
     };
     let cells = [

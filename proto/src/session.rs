@@ -48,6 +48,10 @@ pub const MAX_CLOSE_REASON: usize = 200;
 pub const DEFAULT_REPLAY_CAPACITY: usize = 4 << 20;
 /// Largest number of paths a [`SessionState`] tracks at once.
 pub const MAX_PATHS: usize = 8;
+/// The `path_id` of the guest's early `RESUME` on a direct connection: "the
+/// id the host gives this connection" (`spec/direct.md` §4.6). Never a real
+/// path id.
+pub const PROVISIONAL_PATH: u32 = u32::MAX;
 
 const T_DATA: u8 = 0x01;
 const T_ACK: u8 = 0x02;
@@ -689,6 +693,15 @@ pub enum SessionError {
     DuplicatePath(u32),
     /// [`SessionState::open_path`] with [`MAX_PATHS`] paths open.
     TooManyPaths,
+    /// [`SessionState::open_path`] with [`PROVISIONAL_PATH`].
+    ReservedPath,
+    /// [`SessionState::open_path_at`] with an offset beyond what was received.
+    ResumeAhead {
+        /// The offset given.
+        received: u64,
+        /// What this side has received.
+        have: u64,
+    },
     /// The first frame on a path was not `RESUME`.
     NoResume {
         /// The path.
@@ -901,13 +914,32 @@ impl SessionState {
     /// `RESUME` frame the driver MUST send first on it. Sending continues on the
     /// current path until the peer's `RESUME` arrives on this one.
     pub fn open_path(&mut self, path_id: u32) -> Result<Frame<'static>, SessionError> {
+        let received = self.received();
+        self.open_path_at(path_id, received)?;
+        Ok(Frame::Resume { path_id, received })
+    }
+
+    /// [`SessionState::open_path`] for a path whose `RESUME(received)` this
+    /// side already sent before it knew the path's id (the guest's early
+    /// `RESUME` on a direct connection, [`PROVISIONAL_PATH`]). `received`
+    /// MUST be what that frame said (at most [`SessionState::received`]
+    /// now); bytes the peer resends below what arrived since are trimmed.
+    pub fn open_path_at(&mut self, path_id: u32, received: u64) -> Result<(), SessionError> {
+        if received > self.received() {
+            return Err(SessionError::ResumeAhead {
+                received,
+                have: self.received(),
+            });
+        }
+        if path_id == PROVISIONAL_PATH {
+            return Err(SessionError::ReservedPath);
+        }
         if self.path(path_id).is_some() {
             return Err(SessionError::DuplicatePath(path_id));
         }
         if self.paths.len() >= MAX_PATHS {
             return Err(SessionError::TooManyPaths);
         }
-        let received = self.received();
         self.paths.push(PathEntry {
             id: path_id,
             our_resume: received,
@@ -919,7 +951,7 @@ impl SessionState {
         });
         // The RESUME does not count as an ACK here: the new path may die before
         // the peer reads it, while the old path stays active.
-        Ok(Frame::Resume { path_id, received })
+        Ok(())
     }
 
     /// The path is gone (closed, failed or retired). Unacknowledged bytes stay

@@ -7,7 +7,7 @@ use quickcheck::{QuickCheck, TestResult};
 use std::collections::{HashMap, VecDeque};
 use xtcp_proto::session::{
     encode, Candidate, CandidateKind, EncodeError, Frame, FrameDecoder, FrameError, Received,
-    SessionConfig, SessionError, SessionState, Transport, MAX_BODY, MAX_DATA,
+    SessionConfig, SessionError, SessionState, Transport, MAX_BODY, MAX_DATA, PROVISIONAL_PATH,
 };
 
 const SPEC: &str = include_str!("../../spec/direct.md");
@@ -674,6 +674,18 @@ fn stale_resume_and_ack_are_ignored() {
     assert_eq!(s.acked(), 8);
 }
 
+/// The peer's `RESUME(path, received)` on `path`.
+fn peer_resume(s: &mut SessionState, path: u32, received: u64) {
+    let r = s.handle_frame(
+        path,
+        Frame::Resume {
+            path_id: path,
+            received,
+        },
+    );
+    assert_eq!(r, Ok(Received::Nothing));
+}
+
 #[test]
 fn a_late_resume_of_an_older_path_does_not_take_the_sending_back() {
     // Host at session start: relay path 0 and a direct path 1 both opened;
@@ -683,28 +695,14 @@ fn a_late_resume_of_an_older_path_does_not_take_the_sending_back() {
     s.open_path(0).unwrap();
     s.open_path(1).unwrap();
     s.write(b"abc").unwrap();
-    s.handle_frame(
-        1,
-        Frame::Resume {
-            path_id: 1,
-            received: 0,
-        },
-    )
-    .unwrap();
+    peer_resume(&mut s, 1, 0);
     assert_eq!(s.active_path(), Some(1));
     assert_eq!(
         s.poll_transmit(100),
         Some((1, data(0, b"abc"))),
         "sends on the direct path"
     );
-    s.handle_frame(
-        0,
-        Frame::Resume {
-            path_id: 0,
-            received: 0,
-        },
-    )
-    .unwrap();
+    peer_resume(&mut s, 0, 0);
     assert_eq!(
         s.active_path(),
         Some(1),
@@ -717,15 +715,45 @@ fn a_late_resume_of_an_older_path_does_not_take_the_sending_back() {
     assert_eq!(s.acked(), 3);
     // A newer path still takes over.
     s.open_path(2).unwrap();
-    s.handle_frame(
-        2,
-        Frame::Resume {
-            path_id: 2,
-            received: 2,
-        },
-    )
-    .unwrap();
+    peer_resume(&mut s, 2, 2);
     assert_eq!(s.active_path(), Some(2));
+}
+
+#[test]
+fn a_path_opened_at_an_earlier_resume_takes_the_resend_from_there() {
+    // Guest: it sent RESUME(PROVISIONAL, 4) on a direct connection, then 6
+    // more bytes arrived on the relay path before the host's RESUME(1).
+    let mut s = started(1024);
+    assert_eq!(
+        s.handle_frame(0, data(0, b"0123")),
+        Ok(Received::Data(b"0123"))
+    );
+    let sent_then = s.received();
+    assert_eq!(
+        s.handle_frame(0, data(4, b"456789")),
+        Ok(Received::Data(b"456789"))
+    );
+    assert_eq!(
+        s.open_path_at(1, s.received() + 1),
+        Err(SessionError::ResumeAhead {
+            received: 11,
+            have: 10
+        })
+    );
+    assert_eq!(
+        s.open_path_at(PROVISIONAL_PATH, 0),
+        Err(SessionError::ReservedPath)
+    );
+    s.open_path_at(1, sent_then).unwrap();
+    peer_resume(&mut s, 1, 0);
+    assert_eq!(s.active_path(), Some(1));
+    // The host resends from 4 (what our early RESUME said): the part we have
+    // is trimmed, the rest delivered, nothing refused.
+    assert_eq!(
+        s.handle_frame(1, data(4, b"456789AB")),
+        Ok(Received::Data(b"AB"))
+    );
+    assert_eq!(s.received(), 12);
 }
 
 #[test]
