@@ -345,6 +345,65 @@ mod tests {
         w.await.unwrap();
     }
 
+    /// Any bytes, in any chunking: the reader either hands over exactly the
+    /// preamble its length field frames and then passes every later byte
+    /// through, or fails; it never panics, never takes a byte beyond the
+    /// preamble, never buffers more than its bound.
+    #[test]
+    fn any_input_in_any_chunking_is_framed_exactly_or_refused() {
+        fn prop(mut input: Vec<u8>, cuts: Vec<u8>, valid: bool) -> bool {
+            if valid {
+                // Half the cases start with a well-framed preamble.
+                let body_len = 28 + input.len() % 64;
+                let mut framed = (body_len as u16).to_be_bytes().to_vec();
+                framed.extend((0..body_len).map(|i| i as u8));
+                framed.extend_from_slice(&input);
+                input = framed;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (mut a, b) = tokio::io::duplex(4096);
+                let (tx, rx) = oneshot::channel();
+                let mut r = PreambleReader::new(b, tx);
+                let feed = input.clone();
+                let w = tokio::spawn(async move {
+                    let mut rest = &feed[..];
+                    let mut cuts = cuts.into_iter().cycle();
+                    while !rest.is_empty() {
+                        let n = (usize::from(cuts.next().unwrap_or(7)) + 1).min(rest.len());
+                        if a.write_all(&rest[..n]).await.is_err() {
+                            return;
+                        }
+                        rest = &rest[n..];
+                    }
+                });
+                let mut out = Vec::new();
+                let res = r.read_to_end(&mut out).await;
+                let _ = w.await;
+                let len = input
+                    .len()
+                    .checked_sub(2)
+                    .map(|_| usize::from(u16::from_be_bytes([input[0], input[1]])));
+                match (rx.await, len) {
+                    (Ok(Ok(body)), Some(len)) => {
+                        res.is_ok()
+                            && (28..=MAX_BODY).contains(&len)
+                            && body == input[2..2 + len]
+                            && out == input[2 + len..]
+                    }
+                    (Ok(Err(_)), _) => out.is_empty(),
+                    _ => false,
+                }
+            })
+        }
+        quickcheck::QuickCheck::new()
+            .tests(300)
+            .quickcheck(prop as fn(Vec<u8>, Vec<u8>, bool) -> bool);
+    }
+
     #[tokio::test]
     async fn a_bad_length_or_an_early_end_is_an_error_not_a_hang() {
         for wire in [

@@ -503,10 +503,11 @@ impl Early {
     async fn ready(&mut self, relay_exporter: [u8; 32]) -> Result<Vec<Candidate>, PreambleError> {
         self.exporter.send_replace(Some(relay_exporter));
         // The preamble precedes the TLS bytes the handshake already read:
-        // its result is there, or nearly (a task switch away).
-        match (&mut self.peer).await {
-            Ok(r) => r,
-            Err(_) => Err(PreambleError::Closed),
+        // its result is there, or nearly (a task switch away); bounded all
+        // the same.
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.peer).await {
+            Ok(Ok(r)) => r,
+            _ => Err(PreambleError::Closed),
         }
     }
 
