@@ -4,6 +4,11 @@
 //! area, the worst case for option parsing), (b) a 1400-byte data segment with
 //! timestamps (the bulk-transfer hot path, dominated by the checksum).
 //! Throughput is reported in datagram bytes.
+//!
+//! (c) `recv_buf_after_hole`: the receive buffer under loss — one 1448-byte
+//! segment lost, then a 4 MiB window's worth of segments arriving in order
+//! behind the hole, then the retransmission filling it (throughput in
+//! stream bytes).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
@@ -58,11 +63,33 @@ fn bench_case(c: &mut Criterion, name: &str, repr: SegmentRepr<'_>) {
     group.finish();
 }
 
+fn recv_buf_after_hole(c: &mut Criterion) {
+    const MSS: usize = 1448;
+    const WINDOW: usize = 4 << 20;
+    let seg = vec![7u8; MSS];
+    let n = WINDOW / MSS;
+    let mut group = c.benchmark_group("recv_buf_after_hole");
+    group.throughput(Throughput::Bytes((n * MSS) as u64));
+    group.sample_size(20);
+    group.bench_function("4MiB", |b| {
+        b.iter(|| {
+            let mut rb = proto::recv_buf::RecvBuffer::new(WINDOW + MSS);
+            for i in 1..n {
+                rb.insert((i * MSS) as u64, black_box(&seg));
+            }
+            let r = rb.insert(0, &seg);
+            assert_eq!(r.advanced, n * MSS);
+            rb.readable()
+        })
+    });
+    group.finish();
+}
+
 fn codec(c: &mut Criterion) {
     bench_case(c, "ack_ts_sack3", repr(&[], 3));
     let payload: Vec<u8> = (0..1400u32).map(|i| (i * 31 % 251) as u8).collect();
     bench_case(c, "data_1400_ts", repr(&payload, 0));
 }
 
-criterion_group!(benches, codec);
+criterion_group!(benches, codec, recv_buf_after_hole);
 criterion_main!(benches);

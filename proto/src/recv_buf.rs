@@ -140,6 +140,24 @@ impl RecvBuffer {
             };
         }
         self.clock += 1;
+        // The common case under loss: segments after a hole arrive in order
+        // and extend the one range they touch at its end. Append in place
+        // (amortised O(segment)) instead of rebuilding the range, which
+        // would copy the whole range per segment (quadratic in the window).
+        if hi == lo + 1 {
+            if let Some(r) = self.ooo.get_mut(lo).filter(|r| r.start <= s) {
+                let old_end = r.end();
+                if e > old_end {
+                    let add = piece.get((old_end - s) as usize..).unwrap_or(&[]);
+                    r.data.extend_from_slice(add);
+                    self.ooo_bytes += add.len();
+                    res.new_data = true;
+                    res.out_of_order = true;
+                }
+                r.stamp = self.clock;
+                return res;
+            }
+        }
         let covered: u64 = self.ooo[lo..hi]
             .iter()
             .map(|r| r.end().min(e).saturating_sub(r.start.max(s)))
