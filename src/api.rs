@@ -229,7 +229,7 @@ impl Session {
         let udp = relay_udp(&paired);
         let observed = paired.observed;
         let (early, pipe) =
-            crate::session::Early::begin(paired.stream, role, secret.clone(), observed, &direct)
+            crate::early::Early::begin(paired.stream, role, secret.clone(), observed, &direct)
                 .await
                 .map_err(Error::Io)?;
         // The tags bind both preambles (and any binding the caller adds).

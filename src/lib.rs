@@ -15,6 +15,7 @@ pub mod demo;
 pub mod direct;
 pub mod direct_udp;
 pub mod e2e;
+mod early;
 pub mod net;
 pub mod preamble;
 pub mod relay;

@@ -265,13 +265,21 @@ pub fn session_frames(data: &[u8]) {
     const CAP: usize = 4096;
     let mut dec = FrameDecoder::new();
     let mut st = SessionState::new(SessionConfig::with_capacity(CAP));
-    if st.open_path(0).is_err() {
+    // Three paths: the relay's, a direct one, and one opened later at an
+    // earlier RESUME offset (the guest's early RESUME); chunks go to them
+    // in turn, so late RESUMEs, switches and resends between paths all run.
+    if st.open_path(0).is_err() || st.open_path(1).is_err() {
         return;
     }
     // Something to acknowledge, resend and finish.
     let _ = st.write(&[7u8; 5000]);
     st.finish();
-    for chunk in rest.chunks(usize::from(split) + 1) {
+    for (i, chunk) in rest.chunks(usize::from(split) + 1).enumerate() {
+        if i == 2 {
+            let at = st.received() / 2;
+            let _ = st.open_path_at(3, at);
+        }
+        let path = [0, 1, 3][i % 3];
         let mut input = chunk;
         loop {
             let frame = match dec.decode(&mut input) {
@@ -286,7 +294,7 @@ pub fn session_frames(data: &[u8]) {
                 assert_eq!(back, frame, "parse(encode(f)) != f");
                 assert_eq!(used, again.len(), "parse consumed a different length");
             }
-            let _ = st.handle_frame(0, frame);
+            let _ = st.handle_frame(path, frame);
             assert!(st.replay_len() <= CAP, "replay buffer beyond its capacity");
             // Drain what the state wants to send (bounded).
             for _ in 0..64 {
