@@ -256,7 +256,8 @@ pub struct CellResult {
 }
 
 impl CellResult {
-    /// What every cell must satisfy: byte-exact both ways, both exits 0.
+    /// What every cell must satisfy: byte-exact both ways, both exits 0, no
+    /// fall back once direct.
     pub fn basic_failures(&self) -> Vec<String> {
         let mut why = Vec::new();
         if !self.verified {
@@ -266,6 +267,15 @@ impl CellResult {
             why.push(format!(
                 "exit codes {:?}/{:?}",
                 self.host_exit, self.guest_exit
+            ));
+        }
+        // Nothing cuts these paths: once direct, a side stays direct (a
+        // late relay RESUME taking the sending back was such a flap).
+        if self.reached_direct() && (!is_direct(self.host_last()) || !is_direct(self.guest_last()))
+        {
+            why.push(format!(
+                "fell back without a cause: host {:?}, guest {:?}",
+                self.host_paths, self.guest_paths
             ));
         }
         why
