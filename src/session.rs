@@ -1066,8 +1066,11 @@ impl Driver {
                 "unexpected RESUME on a direct path".into(),
             ));
         }
-        if self.direct_id.is_some() {
-            // Already on another direct path: this one lost.
+        if self.direct_id.is_some() || new_id < self.relay_epoch {
+            // Already on another direct path: this one lost. Or a stale one:
+            // its proof reached this driver after a fallback to a newer relay
+            // epoch, and the host has dropped it (path ids grow with time,
+            // §4.6; opening it would end in a needless second fallback).
             self.drop_slot(key);
             return Ok(());
         }
@@ -1354,8 +1357,10 @@ impl Driver {
         if self.role == Role::Guest {
             return; // waits for the host's RESUME on it
         }
-        // Direct ids are odd and increase: 1, 3, 5 …
-        self.direct_seq += 1;
+        // Direct ids are odd and increase: 1, 3, 5 …, and exceed the relay
+        // epoch in force, so that the new path takes the sending over
+        // (path ids grow with time, §4.6).
+        self.direct_seq = (self.direct_seq + 1).max(self.relay_epoch / 2 + 1);
         let id = 2 * self.direct_seq - 1;
         let resume = self.link.lock().st.open_path(id);
         match resume {

@@ -146,6 +146,7 @@ async fn direct_udp_path_dies_mid_transfer_back_to_relay_byte_exact_then_direct_
 /// severed twice, each time once it is back: every byte once, in order; the
 /// longest gap between two reads at the guest is reported.
 async fn sever_twice(kind: Path) {
+    init_log();
     let relay = start_relay(relay_config()).await;
     let d = DirectOptions {
         retry_after: Duration::from_millis(300),

@@ -23,6 +23,17 @@ pub fn tls_for_relay() -> (Arc<rustls::ServerConfig>, [u8; 32]) {
     (server::server_tls(ck.chain, ck.key).expect("tls"), fp)
 }
 
+/// Log to the test's output when `XTCP_LOG` is set (e.g. `xtcp=debug`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn init_log() {
+    if std::env::var_os("XTCP_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("XTCP_LOG"))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn relay_config() -> RelayConfig {
     RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
