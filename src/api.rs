@@ -8,7 +8,9 @@
 //!   code() ─────────────── (out of band) ────────────────────► join(code, cfg)
 //!                               ◄── Join(rendezvous_id) ─────────
 //!   ◄──────── Paired, TLS ends ──┼── Paired, TLS ends ─────────►
-//!   ◄═══════ e2e TLS 1.3 + HMAC(auth_key, role ‖ exporter), forwarded blindly ═══►
+//!   ◄─── preambles: TCP candidates sealed with a key from the code ───►
+//!        (both dial direct at once, `crate::early`)
+//!   ◄═══════ e2e TLS 1.3 + HMAC(auth_key, role ‖ exporter ‖ preambles), forwarded blindly ═══►
 //! ```
 //!
 //! The relay only ever sees `rendezvous_id` (a one-way derivation of the
