@@ -18,7 +18,7 @@
 //! received a probe from (the path is then open both ways) once the agreed
 //! time has come; the host accepts. Each XTCP
 //! connection runs the same e2e TLS and tag as direct TCP
-//! ([`DirectCtx::prove_io`]), so the first proven connection wins.
+//! (`DirectCtx::prove_io`), so the first proven connection wins.
 //!
 //! Everything is bounded: probes per address and in total, peer-reflexive
 //! addresses, connection attempts, and the attempt's duration.
