@@ -319,7 +319,28 @@ mod tests {
         let p = seal_with_nonce(&s, Role::Host, &c, [0; 12]).unwrap();
         let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, SPEC_VECTOR);
+        assert_eq!(
+            hex,
+            vector_in_spec(),
+            "spec/session.md §3.4 and the code agree"
+        );
         assert_eq!(open(&s, Role::Host, &p[2..]).unwrap(), c);
+    }
+
+    /// The preamble of the §3.4 test vector as the spec prints it (two lines).
+    fn vector_in_spec() -> String {
+        let spec = include_str!("../spec/session.md");
+        let mut lines = spec
+            .lines()
+            .skip_while(|l| !l.starts_with("preamble = 0029"));
+        let first = lines.next().unwrap_or_default();
+        let second = lines.next().unwrap_or_default();
+        format!(
+            "{}{}",
+            first.trim_start_matches("preamble = "),
+            second.trim()
+        )
+        .replace(' ', "")
     }
     const SPEC_VECTOR: &str =
         "002900000000000000000000000049889ed259f0568e21a295ed5ca001289e563402b34717e15909989e12";
