@@ -266,12 +266,10 @@ impl Session {
             .cipher_suite()
             .map(|s| format!("{s:?}"))
             .unwrap_or_default();
-        let relay_exporter = relay_path.exporter();
         let inner = crate::session::start(crate::session::Start {
             relay: Box::new(relay_path),
             role,
             early,
-            relay_exporter,
             relay_rtt,
             observed,
             relay_udp: udp,

@@ -151,14 +151,11 @@ impl Early {
         self.exporter.clone()
     }
 
-    /// The relay path's handshake is done: its exporter unblocks the direct
-    /// paths' tags. Fails when the peer's preamble did not open (the relay
+    /// The relay path's handshake is done (its exporter was published the
+    /// moment its TLS completed, `exporter_publisher`): the peer's
+    /// candidates. Fails when the peer's preamble did not open (the relay
     /// tampered with it).
-    pub(crate) async fn ready(
-        &mut self,
-        relay_exporter: [u8; 32],
-    ) -> Result<Vec<Candidate>, PreambleError> {
-        self.exporter.send_replace(Some(relay_exporter));
+    pub(crate) async fn ready(&mut self) -> Result<Vec<Candidate>, PreambleError> {
         // The preamble precedes the TLS bytes the handshake already read:
         // its result is there, or nearly (a task switch away); bounded all
         // the same.

@@ -373,9 +373,8 @@ impl Drop for Slot {
 pub(crate) struct Start {
     pub relay: Box<dyn PathIo>,
     pub role: Role,
-    /// Direct attempts begun at pairing, and the relay path's exporter.
+    /// Direct attempts begun at pairing.
     pub early: Early,
-    pub relay_exporter: [u8; 32],
     /// Guest: the relay path's round trip as its handshake measured it.
     pub relay_rtt: Option<Duration>,
     pub observed: SocketAddr,
@@ -387,7 +386,7 @@ pub(crate) struct Start {
 /// Start the driver over an authenticated relay path and return the stream.
 /// Fails when the peer's preamble did not open.
 pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> {
-    let peer_candidates = s.early.ready(s.relay_exporter).await?;
+    let peer_candidates = s.early.ready().await?;
     let early = s.early.into_parts();
     let cfg = SessionConfig::with_capacity(s.opts.replay_capacity.max(FRAME_DATA));
     let (path_tx, path_rx) = watch::channel(Path::Relay);
