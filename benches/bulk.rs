@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use xtcp::proto::conn::{Config, ConnectionParams};
+use xtcp::proto::xtcp::conn::{Config, ConnectionParams};
 use xtcp::proto::{Connection, Instant, SeqNumber, State};
 
 const TOTAL: usize = 64 << 20;

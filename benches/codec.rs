@@ -11,7 +11,7 @@
 //! stream bytes).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
+use proto::xtcp::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
 use proto::SeqNumber;
 
 fn repr(payload: &[u8], sack: usize) -> SegmentRepr<'_> {
@@ -73,7 +73,7 @@ fn recv_buf_after_hole(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("4MiB", |b| {
         b.iter(|| {
-            let mut rb = proto::recv_buf::RecvBuffer::new(WINDOW + MSS);
+            let mut rb = proto::xtcp::recv_buf::RecvBuffer::new(WINDOW + MSS);
             for i in 1..n {
                 rb.insert((i * MSS) as u64, black_box(&seg));
             }

@@ -342,7 +342,7 @@ fn parent(args: &[String]) -> Res<()> {
     println!("| {s} | {sbase} | {safter} | {:.1} |", per(sbase, safter));
     println!(
         "\nproto::conn::Connection is {} bytes inline.",
-        std::mem::size_of::<proto::conn::Connection>()
+        std::mem::size_of::<proto::xtcp::conn::Connection>()
     );
     Ok(())
 }

@@ -136,7 +136,7 @@ async fn query_reflexive(
     let mut nonce_bytes = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_bytes).ok()?;
     let nonce = u64::from_be_bytes(nonce_bytes);
-    let req = proto::udp_service::encode_request(&svc.token, nonce);
+    let req = proto::relay::udp_service::encode_request(&svc.token, nonce);
     for _ in 0..SERVICE_TRIES {
         if ep.send_raw(svc.addr, &req).await.is_err() {
             return None;
@@ -148,7 +148,7 @@ async fn query_reflexive(
             if from != svc.addr {
                 continue;
             }
-            if let Ok(r) = proto::udp_service::parse_response(&d) {
+            if let Ok(r) = proto::relay::udp_service::parse_response(&d) {
                 if r.nonce == nonce {
                     return Some(r.observed);
                 }

@@ -32,8 +32,8 @@
 //! million times per run (`RcvbufErrors` in `/proc/net/snmp`), often enough
 //! that ~1 % of the connects lost all seven SYNs or SYN-ACKs.
 
-use proto::conn::{Config, ConnectionError, ReadError, State, WriteError};
-use proto::endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
+use proto::xtcp::conn::{Config, ConnectionError, ReadError, State, WriteError};
+use proto::xtcp::endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -402,7 +402,7 @@ impl XtcpEndpoint {
     }
 
     /// Endpoint counters (malformed datagrams, unknown connection ids …).
-    pub fn stats(&self) -> proto::endpoint::EndpointStats {
+    pub fn stats(&self) -> proto::xtcp::endpoint::EndpointStats {
         self.shared.lock().ep.stats()
     }
 

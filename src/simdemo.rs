@@ -1,7 +1,7 @@
 //! `xtcp demo --sim`: an XTCP bulk transfer in both directions through the
 //! deterministic simulator, with the figures a researcher wants to see.
 
-use proto::conn::{Config, Stats};
+use proto::xtcp::conn::{Config, Stats};
 use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use ring::digest;
 use sim::{LinkConfig, LossModel, Node, Sim};

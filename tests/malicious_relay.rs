@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use proto::relay_wire::{Frame, VERSION};
+use proto::relay::wire::{Frame, VERSION};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -569,7 +569,7 @@ async fn unauthenticated_connections_are_bounded_and_timed_out() {
 
 // ───────────── UDP address service (spec/relay.md §4.2.4, §12) ─────────────
 
-use proto::udp_service::{encode_request, parse_response, Response, REQUEST_LEN};
+use proto::relay::udp_service::{encode_request, parse_response, Response, REQUEST_LEN};
 use tokio::net::UdpSocket;
 use xtcp::relay::client::Paired;
 
@@ -663,7 +663,7 @@ async fn udp_service_drops_bad_requests_silently() {
     let mut padded = good;
     padded[REQUEST_LEN - 1] = 1;
     let mut as_response = good;
-    as_response[0] = proto::udp_service::RESPONSE;
+    as_response[0] = proto::relay::udp_service::RESPONSE;
     let bad: [(&str, Vec<u8>); 7] = [
         ("wrong token", encode_request(&wrong, 1).to_vec()),
         ("short", good[..REQUEST_LEN - 1].to_vec()),

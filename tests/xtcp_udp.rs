@@ -106,7 +106,7 @@ async fn cuttable_path(to: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanishing_peer_times_out_within_the_user_timeout() {
-    let conn = proto::conn::Config {
+    let conn = proto::xtcp::conn::Config {
         user_timeout: Duration::from_secs(2),
         ..Default::default()
     };

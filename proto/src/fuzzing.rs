@@ -4,7 +4,7 @@
 //! oracle also runs in `cargo test` (`proto/tests/fuzz_corpus.rs` replays the
 //! committed seed corpora through it). Not part of the stable API.
 
-use crate::wire::SegmentRepr;
+use crate::xtcp::wire::SegmentRepr;
 
 /// XTCP segment codec oracle.
 ///
@@ -41,10 +41,10 @@ pub fn segment_codec(data: &[u8]) {
 /// their limits, must only emit datagrams that parse, and must never ask to
 /// be woken in the past.
 pub fn connection(data: &[u8]) {
-    use crate::conn::{Config, Connection, ConnectionParams};
-    use crate::seq::SeqNumber;
     use crate::time::Instant;
-    use crate::wire::{SackBlock, TcpFlags, TcpOptions, XtcpFlags};
+    use crate::xtcp::conn::{Config, Connection, ConnectionParams};
+    use crate::xtcp::seq::SeqNumber;
+    use crate::xtcp::wire::{SackBlock, TcpFlags, TcpOptions, XtcpFlags};
     use core::time::Duration;
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -91,7 +91,7 @@ pub fn connection(data: &[u8]) {
             None
         },
         keepalive: if mode & 64 != 0 {
-            Some(crate::conn::Keepalive {
+            Some(crate::xtcp::conn::Keepalive {
                 idle: Duration::from_secs(1),
                 interval: Duration::from_millis(300),
                 probes: 2,
@@ -235,7 +235,7 @@ pub fn connection(data: &[u8]) {
 /// frame re-emits to exactly the bytes it consumed (the codec is canonical),
 /// and emitting into a buffer one byte short fails instead of truncating.
 pub fn relay_frame(data: &[u8]) {
-    use crate::relay_wire::Frame;
+    use crate::relay::wire::Frame;
     let mut rest = data;
     // A stream of frames, as the relay reads them; bounded by the input length.
     while let Ok((frame, used)) = Frame::parse(rest) {
@@ -312,7 +312,7 @@ pub fn session_frames(data: &[u8]) {
 /// length, zero padding); and no response is ever as long as a request (the
 /// service cannot amplify).
 pub fn udp_service(data: &[u8]) {
-    use crate::udp_service::{
+    use crate::relay::udp_service::{
         encode_request, encode_response, parse_request, parse_response, REQUEST_LEN,
     };
     let req = parse_request(data);

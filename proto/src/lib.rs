@@ -21,22 +21,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
-pub mod cc;
-pub mod conn;
-pub mod endpoint;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod recv_buf;
-pub mod relay_wire;
-pub mod rtt;
-pub mod send_buf;
-pub mod seq;
+pub mod relay;
 pub mod session;
 pub mod time;
-pub mod udp_service;
-pub mod wire;
+pub mod xtcp;
 
-pub use conn::{Config, Connection, ConnectionError, Event, State, Transmit};
-pub use endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
-pub use seq::SeqNumber;
 pub use time::Instant;
+pub use xtcp::conn::{Config, Connection, ConnectionError, Event, State, Transmit};
+pub use xtcp::endpoint::{ConnectionHandle, Endpoint, EndpointConfig};
+pub use xtcp::seq::SeqNumber;

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use xtcp_proto::conn::{Config, ConnectionParams, Event, ReadError};
-use xtcp_proto::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
+use xtcp_proto::xtcp::conn::{Config, ConnectionParams, Event, ReadError};
+use xtcp_proto::xtcp::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
 use xtcp_proto::{
     Connection, ConnectionError, Endpoint, EndpointConfig, Instant, SeqNumber, State,
 };
@@ -902,7 +902,7 @@ fn nagle_off_sends_small_segments_at_once() {
 #[test]
 fn keepalive_probes_then_timeout() {
     let cfg = Config {
-        keepalive: Some(xtcp_proto::conn::Keepalive {
+        keepalive: Some(xtcp_proto::xtcp::conn::Keepalive {
             idle: Duration::from_secs(10),
             interval: Duration::from_secs(1),
             probes: 2,

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{payload, sha256, sim_config, App};
-use proto::cc::Algorithm;
-use proto::conn::Config;
+use proto::xtcp::cc::Algorithm;
+use proto::xtcp::conn::Config;
 use proto::{Instant, State};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use std::net::SocketAddr;
@@ -694,7 +694,7 @@ fn slow_reader_zero_windows_byte_exact() {
         let b_addr = addr_b();
         sim.set_observer(move |r| {
             if r.src == b_addr && matches!(r.kind, xtcp_sim::RecordKind::Sent) {
-                if let Ok(s) = proto::wire::SegmentRepr::parse(r.data) {
+                if let Ok(s) = proto::xtcp::wire::SegmentRepr::parse(r.data) {
                     if s.window == 0 {
                         z.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -727,7 +727,7 @@ fn slow_reader_zero_windows_byte_exact() {
 /// 16 MiB A → B over a 1 Gbit/s link with 50 µs each way and Bernoulli loss
 /// `p` on the data direction, both event loops waking on a 1 ms timer tick.
 /// Returns (goodput bit/s, sender stats).
-fn low_rtt_lossy(p: f64, seed: u64) -> (f64, proto::conn::Stats) {
+fn low_rtt_lossy(p: f64, seed: u64) -> (f64, proto::xtcp::conn::Stats) {
     let total = 16 << 20;
     let sc = Scenario {
         cfg: sim_config(),

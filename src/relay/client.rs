@@ -3,7 +3,7 @@
 //! the relay now forwards blindly (`spec/relay.md` §3, §5).
 
 use super::ctl::{CtlChannel, CtlError};
-use proto::relay_wire::{ErrorCode, Frame, VERSION};
+use proto::relay::wire::{ErrorCode, Frame, VERSION};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::fmt;
 use std::net::SocketAddr;
@@ -170,7 +170,7 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    cfg.alpn_protocols = vec![proto::relay_wire::ALPN.to_vec()];
+    cfg.alpn_protocols = vec![proto::relay::wire::ALPN.to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
@@ -212,7 +212,7 @@ async fn connect(
             CtlError::Tls(e) => RelayError::Protocol(format!("{relay}: TLS: {e}")),
             e => RelayError::Unreachable(format!("{relay}: {e}")),
         })?;
-        if ctl.alpn() != Some(proto::relay_wire::ALPN) {
+        if ctl.alpn() != Some(proto::relay::wire::ALPN) {
             return Err(RelayError::Protocol(format!(
                 "{relay}: not an xtcp relay (ALPN)"
             )));
@@ -292,7 +292,7 @@ async fn await_paired(mut ctl: CtlChannel) -> Result<Paired, RelayError> {
 }
 
 /// Where and how to ask the relay for this client's public UDP address
-/// (`spec/relay.md` §12): send `proto::udp_service::encode_request(&token, nonce)`
+/// (`spec/relay.md` §12): send `proto::relay::udp_service::encode_request(&token, nonce)`
 /// to `addr`. Valid while the paired session lives.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct UdpService {
@@ -424,7 +424,7 @@ pub async fn create_session(
     if cfg
         .token
         .as_ref()
-        .is_some_and(|t| t.len() > proto::relay_wire::MAX_TOKEN)
+        .is_some_and(|t| t.len() > proto::relay::wire::MAX_TOKEN)
     {
         return Err(RelayError::Config("token too long".into()));
     }

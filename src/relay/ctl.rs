@@ -6,7 +6,7 @@
 //! forwarding: nothing past the `close_notify` record was ever read into a
 //! TLS buffer, on either side, so the peers' own TLS bytes flow untouched.
 
-use proto::relay_wire::{Frame, FrameError, HEADER_LEN, MAX_BODY};
+use proto::relay::wire::{Frame, FrameError, HEADER_LEN, MAX_BODY};
 use std::fmt;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -16,8 +16,8 @@
 
 use super::ctl::{CtlChannel, CtlError};
 use super::forward::{self, Activity, Counters, Mode, RateLimiter};
-use proto::relay_wire::{ErrorCode, Frame, UdpGrant, VERSION};
-use proto::udp_service;
+use proto::relay::udp_service;
+use proto::relay::wire::{ErrorCode, Frame, UdpGrant, VERSION};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -689,7 +689,7 @@ pub fn server_tls(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![proto::relay_wire::ALPN.to_vec()];
+    cfg.alpn_protocols = vec![proto::relay::wire::ALPN.to_vec()];
     // Tickets would be extra records after the handshake; the control channel
     // is short-lived and must end at a record boundary both sides can see.
     cfg.send_tls13_tickets = 0;
@@ -951,7 +951,7 @@ async fn handle(
     })
     .await;
     let bytes = match first {
-        Ok(Ok(_)) if ctl.alpn() != Some(proto::relay_wire::ALPN) => {
+        Ok(Ok(_)) if ctl.alpn() != Some(proto::relay::wire::ALPN) => {
             let f = Frame::error(
                 ErrorCode::UnsupportedVersion,
                 0,

@@ -2,7 +2,7 @@
 //! sender/receiver that verifies every byte with SHA-256.
 #![allow(dead_code)]
 
-use proto::conn::Config;
+use proto::xtcp::conn::Config;
 use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use ring::digest;
 use std::net::SocketAddr;
@@ -62,7 +62,7 @@ pub struct App {
     /// the next multiple (tokio's timer wheel ticks in 1 ms). `None`: exact.
     pub timer_tick: Option<std::time::Duration>,
     /// The connection's counters as of the last wake-up.
-    pub stats: Option<proto::conn::Stats>,
+    pub stats: Option<proto::xtcp::conn::Stats>,
 }
 
 impl App {

@@ -198,12 +198,12 @@ pub fn parse_response(d: &[u8]) -> Result<Response, UdpServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay_wire::spec_vectors::hex;
+    use crate::relay::wire::spec_vectors::hex;
 
     /// The spec carries the same vectors (`spec/relay.md` §12.6); each hex
     /// line below must appear there verbatim.
     fn in_spec(line: &str) {
-        crate::relay_wire::spec_vectors::in_spec("§12.6", line);
+        crate::relay::wire::spec_vectors::in_spec("§12.6", line);
     }
 
     const TOKEN: [u8; 16] = [

@@ -4,7 +4,7 @@
 //!
 //! A [`Connection`] never touches a socket or a clock. The caller feeds it:
 //! - [`Connection::handle_segment`] / [`Connection::handle_datagram`] for every
-//!   datagram that arrives for it (the [`crate::endpoint::Endpoint`] routes them),
+//!   datagram that arrives for it (the [`crate::xtcp::endpoint::Endpoint`] routes them),
 //! - [`Connection::handle_timeout`] whenever [`Connection::poll_timeout`]'s
 //!   instant is reached (an early or repeated call is harmless),
 //!
@@ -24,13 +24,13 @@
 //! ISS+1, "receive offsets" from IRS+1), so wrap-around is handled once, at the
 //! boundary where segments come in and go out.
 
-use crate::cc::{CongestionController, Pacer, SharedFactory};
-use crate::recv_buf::RecvBuffer;
-use crate::rtt::RttEstimator;
-use crate::send_buf::SendBuffer;
-use crate::seq::SeqNumber;
 use crate::time::Instant;
-use crate::wire::{
+use crate::xtcp::cc::{CongestionController, Pacer, SharedFactory};
+use crate::xtcp::recv_buf::RecvBuffer;
+use crate::xtcp::rtt::RttEstimator;
+use crate::xtcp::send_buf::SendBuffer;
+use crate::xtcp::seq::SeqNumber;
+use crate::xtcp::wire::{
     SackBlock, SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags, MAX_SACK_BLOCKS,
     TCP_HEADER_LEN, XTCP_HEADER_LEN,
 };
@@ -117,7 +117,7 @@ impl Default for Config {
             sack: true,
             timestamps: true,
             window_scaling: true,
-            congestion: Arc::new(crate::cc::Algorithm::Cubic),
+            congestion: Arc::new(crate::xtcp::cc::Algorithm::Cubic),
             pacing: true,
             syn_retries: 6,
             challenge_ack_limit: 100,
@@ -568,7 +568,7 @@ impl Connection {
     }
 
     /// Passive open (RFC 9293 §3.10.1): a connection in LISTEN that will accept
-    /// one SYN. (The [`crate::endpoint::Endpoint`] creates these per incoming SYN.)
+    /// one SYN. (The [`crate::xtcp::endpoint::Endpoint`] creates these per incoming SYN.)
     pub fn listen(cfg: Arc<Config>, now: Instant, params: ConnectionParams) -> Self {
         Connection::new(cfg, now, params, State::Listen)
     }
@@ -580,7 +580,7 @@ impl Connection {
         now: Instant,
         params: ConnectionParams,
         ack_seg: &SegmentRepr<'_>,
-        cookie: crate::endpoint::CookieOptions,
+        cookie: crate::xtcp::endpoint::CookieOptions,
     ) -> Self {
         let mut c = Connection::new(cfg, now, params, State::SynReceived);
         c.irs = ack_seg.seq + u32::MAX; // seq - 1

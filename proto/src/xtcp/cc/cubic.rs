@@ -5,8 +5,8 @@
 
 use super::newreno::half_flight;
 use super::{initial_window, MAX_WINDOW};
-use crate::rtt::RttEstimator;
 use crate::time::Instant;
+use crate::xtcp::rtt::RttEstimator;
 use core::time::Duration;
 
 /// C (RFC 9438 §5.1).

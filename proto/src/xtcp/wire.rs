@@ -42,7 +42,7 @@
 //! Bytes 12.. are the TCP header of RFC 9293 §3.1 unchanged; the XTCP header
 //! takes the place of the IP pseudo-header in the checksum.
 
-use crate::seq::SeqNumber;
+use crate::xtcp::seq::SeqNumber;
 use core::fmt;
 
 /// Version carried in the first byte of every XTCP datagram.
@@ -852,7 +852,7 @@ mod tests {
     use super::*;
     use quickcheck::{quickcheck, Arbitrary, Gen, TestResult};
 
-    const SPEC: &str = include_str!("../../spec/xtcp.md");
+    const SPEC: &str = include_str!("../../../spec/xtcp.md");
 
     // -----------------------------------------------------------------------
     // Test vectors from spec/xtcp.md §9

@@ -448,7 +448,7 @@ pub(crate) mod spec_vectors {
     /// Assert that `line` is a line of spec/relay.md (surrounding blanks
     /// aside), in its test-vector section `section`.
     pub(crate) fn in_spec(section: &str, line: &str) {
-        let spec = include_str!("../../spec/relay.md");
+        let spec = include_str!("../../../spec/relay.md");
         assert!(
             spec.lines().any(|l| l.trim() == line),
             "vector not in spec/relay.md {section}: {line}"

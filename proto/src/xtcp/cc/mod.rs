@@ -16,8 +16,8 @@ pub mod cubic;
 pub mod newreno;
 pub mod pacer;
 
-use crate::rtt::RttEstimator;
 use crate::time::Instant;
+use crate::xtcp::rtt::RttEstimator;
 use core::fmt;
 use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 //! the connection). Windows are in bytes.
 
 use super::{initial_window, MAX_WINDOW};
-use crate::rtt::RttEstimator;
 use crate::time::Instant;
+use crate::xtcp::rtt::RttEstimator;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]

@@ -11,10 +11,10 @@
 //! 32-byte secret the caller supplies (from its CSPRNG); connection ids, ISNs
 //! (RFC 6528) and cookies are keyed PRF outputs of it.
 
-use crate::conn::{Config, Connection, ConnectionParams, Event, State, Transmit};
-use crate::seq::SeqNumber;
 use crate::time::Instant;
-use crate::wire::{SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags};
+use crate::xtcp::conn::{Config, Connection, ConnectionParams, Event, State, Transmit};
+use crate::xtcp::seq::SeqNumber;
+use crate::xtcp::wire::{SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags};
 use ring::hmac;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
