@@ -31,27 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Which path a session's bytes take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Path {
-    /// Through the relay (blind TCP forwarding).
-    Relay,
-    /// A direct TCP connection between the peers.
-    DirectTcp,
-    /// A direct XTCP (UDP) connection between the peers.
-    DirectUdp,
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Path::Relay => "relay",
-            Path::DirectTcp => "direct-tcp",
-            Path::DirectUdp => "direct-udp",
-        })
-    }
-}
+pub use proto::session::Path;
 
 /// Everything that can go wrong, with one short line each.
 #[derive(Debug)]

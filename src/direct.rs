@@ -350,45 +350,7 @@ pub(crate) fn gather_for(transport: Transport, port: u16, observed: SocketAddr) 
     out
 }
 
-/// The peer's TCP candidates worth dialling (IPv4; loopback only when ours
-/// would be offered too).
-pub(crate) fn dialable(peer: &[Candidate], observed: SocketAddr, v6: bool) -> Vec<SocketAddr> {
-    let mut v = dialable_for(Transport::Tcp, peer, observed);
-    if v6 && !observed.ip().is_loopback() {
-        let six = peer
-            .iter()
-            .filter(|c| c.transport == Transport::Tcp && c.addr.is_ipv6() && c.addr.port() != 0)
-            .filter(|c| match c.addr.ip() {
-                IpAddr::V6(ip) => !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80,
-                IpAddr::V4(_) => false,
-            })
-            .map(|c| c.addr);
-        for a in six {
-            if !v.contains(&a) && v.len() < MAX_OWN_CANDIDATES * 2 {
-                v.push(a);
-            }
-        }
-    }
-    v
-}
-
-/// [`dialable`] for either transport.
-pub(crate) fn dialable_for(
-    transport: Transport,
-    peer: &[Candidate],
-    observed: SocketAddr,
-) -> Vec<SocketAddr> {
-    let loopback_ok = observed.ip().is_loopback();
-    let mut v: Vec<SocketAddr> = peer
-        .iter()
-        .filter(|c| c.transport == transport && c.addr.is_ipv4() && c.addr.port() != 0)
-        .filter(|c| loopback_ok || !c.addr.ip().is_loopback())
-        .map(|c| c.addr)
-        .collect();
-    v.dedup();
-    v.truncate(MAX_OWN_CANDIDATES * 2);
-    v
-}
+pub(crate) use proto::session::paths::dialable;
 
 #[cfg(test)]
 mod tests {

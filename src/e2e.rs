@@ -38,29 +38,9 @@ pub const ALPN: &[u8] = b"xtcp-e2e/1";
 /// The name the guest asks for (the certificate is ephemeral and unchecked).
 const PEER_NAME: &str = "peer.xtcp.invalid";
 
-/// Which side of the session this peer is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Created the session; TLS server.
-    Host,
-    /// Joined with the code; TLS client.
-    Guest,
-}
-
-impl Role {
-    pub(crate) fn byte(self) -> u8 {
-        match self {
-            Role::Host => 1,
-            Role::Guest => 2,
-        }
-    }
-    pub(crate) fn peer(self) -> Role {
-        match self {
-            Role::Host => Role::Guest,
-            Role::Guest => Role::Host,
-        }
-    }
-}
+/// Which side of the session this peer is (the host is the TLS server,
+/// the guest the TLS client).
+pub use proto::session::Role;
 
 /// Options of the end-to-end handshake.
 #[derive(Clone, Debug)]

@@ -64,6 +64,13 @@ const T_KEEPALIVE: u8 = 0x08;
 const T_KEEPALIVE_ACK: u8 = 0x09;
 const T_CLOSE: u8 = 0x0A;
 
+pub mod paths;
+
+pub use paths::{
+    Action, Path, PathConfig, PathHandle, PathManager, PathPolicy, PeerFault, Role, SessionFailure,
+    Status, UdpAttempt,
+};
+
 // ---------------------------------------------------------------------------
 // Codec
 // ---------------------------------------------------------------------------
@@ -868,6 +875,8 @@ pub struct SessionState {
     peer_fin_delivered: bool,
     last_ack_sent: u64,
     ack_forced: bool,
+    /// Highest offset this side acknowledges (the receive window, §3.2).
+    ack_limit: u64,
     // paths
     paths: Vec<PathEntry>,
     active: Option<u32>,
@@ -897,6 +906,7 @@ impl SessionState {
             peer_fin_delivered: false,
             last_ack_sent: 0,
             ack_forced: false,
+            ack_limit: u64::MAX,
             paths: Vec::new(),
             active: None,
             pending_switch: None,
@@ -1143,6 +1153,29 @@ impl SessionState {
         self.fin_acked() && self.peer_fin_delivered
     }
 
+    /// Acknowledge no data beyond `limit` (the receive window's right edge,
+    /// `spec/direct.md` §3.2): bytes beyond it were received but the
+    /// application has not made room for them, so the peer's replay buffer
+    /// keeps them. The end of stream is acknowledged with the last byte.
+    /// Default: no limit.
+    pub fn set_ack_limit(&mut self, limit: u64) {
+        self.ack_limit = limit;
+    }
+
+    /// The limit set by [`SessionState::set_ack_limit`].
+    pub fn ack_limit(&self) -> u64 {
+        self.ack_limit
+    }
+
+    /// What an `ACK` may say now: `received`, or the window's edge.
+    fn ackable(&self) -> u64 {
+        if self.expected <= self.ack_limit {
+            self.received()
+        } else {
+            self.ack_limit
+        }
+    }
+
     /// Ask for an `ACK` at the next [`SessionState::poll_ack`] if anything new
     /// arrived (the driver's idle timer, e.g. 100 ms).
     pub fn force_ack(&mut self) {
@@ -1154,13 +1187,13 @@ impl SessionState {
     /// [`SessionState::force_ack`] called, and something new to acknowledge.
     pub fn poll_ack(&mut self) -> Option<u64> {
         self.active?;
-        let r = self.received();
+        let r = self.ackable();
         let new = r.saturating_sub(self.last_ack_sent);
         if new == 0 {
             self.ack_forced = false;
             return None;
         }
-        let fin_news = self.peer_fin_delivered && r > self.last_ack_sent;
+        let fin_news = self.peer_fin_delivered && r == self.received() && r > self.last_ack_sent;
         if new >= self.config.ack_every || self.ack_forced || fin_news {
             self.ack_forced = false;
             self.last_ack_sent = r;
