@@ -408,12 +408,21 @@ impl Driver {
             if !p.out.is_empty() {
                 continue; // waits for room in the writer queue
             }
-            if let Ok(permit) = p.tx.try_reserve() {
-                if let Some(out) = g.m.poll_transmit(h) {
-                    permit.send(out);
+            match p.tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some(out) = g.m.poll_transmit(h) {
+                        permit.send(out);
+                    }
                 }
-            } else if let Some(out) = g.m.poll_transmit(h) {
-                p.out = out;
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    if let Some(out) = g.m.poll_transmit(h) {
+                        p.out = out;
+                    }
+                }
+                // The writer failed: its reader reports the path's end.
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    let _ = g.m.poll_transmit(h);
+                }
             }
         }
         self.received_pub.store(g.m.received(), Ordering::Release);
@@ -525,7 +534,7 @@ impl Driver {
     fn blocked_writer(&self) -> Option<(PathHandle, mpsc::Sender<Vec<u8>>)> {
         self.paths
             .iter()
-            .find(|(_, p)| !p.out.is_empty())
+            .find(|(_, p)| !p.out.is_empty() && !p.tx.is_closed())
             .map(|(k, p)| (*k, p.tx.clone()))
     }
 
@@ -595,10 +604,12 @@ impl Driver {
                     }
                     g.m.handle_timeout(now);
                 }
-                permit = reserve(blocked) => {
-                    if let Some((h, permit)) = permit {
-                        if let Some(p) = self.paths.get_mut(&h) {
-                            permit.send(std::mem::take(&mut p.out));
+                (h, permit) = reserve(blocked) => {
+                    if let Some(p) = self.paths.get_mut(&h) {
+                        let out = std::mem::take(&mut p.out);
+                        // A closed writer: the bytes are lost with the path.
+                        if let Some(permit) = permit {
+                            permit.send(out);
                         }
                     }
                 }
@@ -633,9 +644,9 @@ async fn sleep_until(t: Option<Instant>) {
 
 async fn reserve(
     blocked: Option<(PathHandle, mpsc::Sender<Vec<u8>>)>,
-) -> Option<(PathHandle, mpsc::OwnedPermit<Vec<u8>>)> {
+) -> (PathHandle, Option<mpsc::OwnedPermit<Vec<u8>>>) {
     match blocked {
-        Some((k, tx)) => tx.reserve_owned().await.ok().map(|p| (k, p)),
+        Some((k, tx)) => (k, tx.reserve_owned().await.ok()),
         None => std::future::pending().await,
     }
 }

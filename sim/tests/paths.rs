@@ -1,0 +1,822 @@
+//! The session and path layer, whole, on the virtual clock: two
+//! `PathManager`s (each with its `SessionState`) over simulated relay,
+//! direct-TCP and direct-UDP links (reliable byte pipes with latency and
+//! bandwidth that the scenario can stall, black-hole or reset), with an
+//! application on each side writing a seeded stream and reading it back.
+//!
+//! Every scenario asserts: both streams byte-exact, both sides end cleanly,
+//! no flap (a side leaves a working direct path only after the harness broke
+//! it), and where it applies, time to direct in RTTs. A failure prints its
+//! seed and the replay command (`XTCP_SIM_SEED=<seed> cargo test …`);
+//! `XTCP_SIM_SEEDS=1000` runs the matrix with 1000 seeds per cell.
+
+use proto::session::{
+    encode, Action, Candidate, CandidateKind, Frame, Path, PathConfig, PathHandle, PathManager,
+    PathPolicy, Role, Status, Transport, PROVISIONAL_PATH,
+};
+use proto::Instant;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use xtcp_sim::{check_seeds, seeds_from_env, Rng};
+
+const H: usize = 0;
+const G: usize = 1;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One simulated path between the two sides: a pair of pipes.
+struct Pair {
+    kind: Path,
+    /// Each side's handle once it was told of the path.
+    handle: [Option<PathHandle>; 2],
+    one_way: Duration,
+    /// Bytes per millisecond each way.
+    rate: u64,
+    busy_until: [Instant; 2],
+    /// Bytes vanish (a black hole: no close, no error).
+    cut: bool,
+    /// Extra delay on everything sent now (a stalled relay).
+    stall_until: Instant,
+    closed: [bool; 2],
+}
+
+#[derive(Debug)]
+enum Ev {
+    /// Bytes arrive at `side` on pair `pair`.
+    Bytes(usize, usize, Vec<u8>),
+    /// `side` learns that pair `pair` ended.
+    Closed(usize, usize),
+    /// `side` has pair `pair` proven (`early`: the guest's early RESUME offset).
+    Opened(usize, usize),
+    /// `side`'s UDP endpoint for `round` is ready.
+    Prepared(usize, u32),
+    /// Scenario step `n` is due.
+    Step(usize),
+}
+
+/// What the scenario allows and does.
+#[derive(Clone, Debug)]
+struct Scenario {
+    name: &'static str,
+    /// Direct TCP connects.
+    tcp: bool,
+    /// Direct UDP connects.
+    udp: bool,
+    relay_one_way: Duration,
+    direct_one_way: Duration,
+    /// Bytes each side writes.
+    bytes: usize,
+    udp_after: Duration,
+    /// (time, what) the harness does.
+    steps: Vec<(Duration, Step)>,
+    /// Upper bound on time to the first direct path, in relay RTTs (after
+    /// the UDP window when TCP is off).
+    direct_within_rtts: Option<f64>,
+    /// The run must end before this.
+    deadline: Duration,
+    policy: PathPolicy,
+    /// The applications end their streams no earlier than this.
+    finish_not_before: Duration,
+    /// Each side moves onto a direct path at least this often.
+    min_direct: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    /// Black-hole the active direct path.
+    CutDirect,
+    /// Reset the active direct path (both sides see it end).
+    ResetDirect,
+    /// Let direct connections through again / not.
+    AllowDirect(bool),
+    /// Stall the relay for this long.
+    StallRelay(Duration),
+    /// A side's application stops reading (until `Read(side)`).
+    StopReading(usize),
+    /// A side's application reads again.
+    Read(usize),
+}
+
+struct Side {
+    m: PathManager,
+    /// Bytes written so far, of `total`.
+    written: usize,
+    total: usize,
+    finished: bool,
+    got: Vec<u8>,
+    eof: bool,
+    reading: bool,
+    path: Path,
+    /// (time, path) changes.
+    changes: Vec<(Instant, Path)>,
+    /// Pending UDP attempt start.
+    udp_start: Option<Instant>,
+    prepared_round: Option<u32>,
+    /// The pair of the direct path in use.
+    direct_pair: Option<usize>,
+}
+
+struct World {
+    now: Instant,
+    rng: Rng,
+    sc: Scenario,
+    pairs: Vec<Pair>,
+    sides: [Side; 2],
+    events: BTreeMap<(Instant, u64), Ev>,
+    seq: u64,
+    direct_ok: bool,
+    streams: [Vec<u8>; 2],
+    log: Vec<String>,
+}
+
+fn stream(seed: u64, side: usize, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed.wrapping_mul(31).wrapping_add(side as u64 + 7));
+    (0..len).map(|_| r.next_u64() as u8).collect()
+}
+
+fn cand(t: Transport, a: &str) -> Candidate {
+    Candidate {
+        kind: CandidateKind::Host,
+        transport: t,
+        addr: a.parse().expect("literal address"),
+    }
+}
+
+impl World {
+    fn new(seed: u64, sc: Scenario) -> World {
+        let mut rng = Rng::new(seed);
+        let observed: [SocketAddr; 2] = [
+            "198.18.0.1:40000".parse().expect("addr"),
+            "198.18.0.2:40000".parse().expect("addr"),
+        ];
+        let streams = [stream(seed, H, sc.bytes), stream(seed, G, sc.bytes)];
+        let mk = |role: Role, obs: SocketAddr, peer: &str, jitter: u64| {
+            let mut cfg = PathConfig::new(role, obs);
+            cfg.policy = sc.policy;
+            cfg.keepalive_interval = ms(200);
+            cfg.keepalive_timeout = ms(1000);
+            cfg.retry_after = ms(1000 + jitter);
+            cfg.udp_after = sc.udp_after;
+            cfg.replay_capacity = 256 * 1024;
+            cfg.receive_window = 256 * 1024;
+            cfg.relay_one_way = sc.relay_one_way;
+            let (m, h) = PathManager::new(
+                cfg,
+                Instant::ZERO,
+                vec![cand(Transport::Tcp, peer)],
+                Some((7000, false)),
+            );
+            (m, h)
+        };
+        let j = rng.below(500);
+        let (mh, hh) = mk(Role::Host, observed[0], "198.18.0.2:7000", j);
+        let (mg, hg) = mk(Role::Guest, observed[1], "198.18.0.1:7000", j);
+        let side = |m| Side {
+            m,
+            written: 0,
+            total: sc.bytes,
+            finished: false,
+            got: Vec::new(),
+            eof: false,
+            reading: true,
+            path: Path::Relay,
+            changes: Vec::new(),
+            udp_start: None,
+            prepared_round: None,
+            direct_pair: None,
+        };
+        let relay = Pair {
+            kind: Path::Relay,
+            handle: [Some(hh), Some(hg)],
+            one_way: sc.relay_one_way,
+            rate: 100_000,
+            busy_until: [Instant::ZERO; 2],
+            cut: false,
+            stall_until: Instant::ZERO,
+            closed: [false; 2],
+        };
+        let mut w = World {
+            now: Instant::ZERO,
+            rng,
+            pairs: vec![relay],
+            sides: [side(mh), side(mg)],
+            events: BTreeMap::new(),
+            seq: 0,
+            direct_ok: true,
+            streams,
+            log: Vec::new(),
+            sc: sc.clone(),
+        };
+        for (i, (t, _)) in sc.steps.iter().enumerate() {
+            w.at(Instant::ZERO + *t, Ev::Step(i));
+        }
+        // Attempt 0: both dial one relay trip after pairing, on the
+        // preambles' candidates (§4.2), before the managers exist.
+        if sc.tcp && sc.policy != PathPolicy::RelayOnly {
+            w.open_direct(Path::DirectTcp, Instant::ZERO + sc.relay_one_way);
+        }
+        w
+    }
+
+    fn at(&mut self, t: Instant, e: Ev) {
+        self.seq += 1;
+        self.events.insert((t, self.seq), e);
+    }
+
+    fn pair_of(&self, side: usize, h: PathHandle) -> Option<usize> {
+        self.pairs.iter().position(|p| p.handle[side] == Some(h))
+    }
+
+    /// Send bytes from `side` on pair `p`.
+    fn send(&mut self, side: usize, p: usize, bytes: Vec<u8>) {
+        let now = self.now;
+        let pair = &mut self.pairs[p];
+        if pair.cut || pair.closed[side] {
+            return;
+        }
+        let start = now.max(pair.busy_until[side]).max(pair.stall_until);
+        let ser = Duration::from_micros(bytes.len() as u64 * 1000 / pair.rate.max(1));
+        pair.busy_until[side] = start + ser;
+        let arrive = start + ser + pair.one_way;
+        self.at(arrive, Ev::Bytes(1 - side, p, bytes));
+    }
+
+    /// The runtime's part: carry out actions and move output.
+    fn drive(&mut self, side: usize) -> Result<(), String> {
+        loop {
+            let mut progressed = false;
+            while let Some(a) = self.sides[side].m.poll_action() {
+                progressed = true;
+                self.act(side, a)?;
+            }
+            let hs: Vec<PathHandle> = self.sides[side].m.pending_output().collect();
+            for h in hs {
+                if let Some(out) = self.sides[side].m.poll_transmit(h) {
+                    progressed = true;
+                    if let Some(p) = self.pair_of(side, h) {
+                        self.send(side, p, out);
+                    }
+                }
+            }
+            // The application.
+            let s = &mut self.sides[side];
+            if s.written < s.total {
+                let src = &self.streams[side];
+                let chunk = 1 + self.rng.below(64 * 1024) as usize;
+                let end = (s.written + chunk).min(s.total);
+                if let Ok(n) = s.m.write(&src[s.written..end]) {
+                    if n > 0 {
+                        s.written += n;
+                        progressed = true;
+                    }
+                }
+            } else if !s.finished && self.now >= Instant::ZERO + self.sc.finish_not_before {
+                s.m.finish();
+                s.finished = true;
+                progressed = true;
+            }
+            if s.reading {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = s.m.read(&mut buf);
+                if n > 0 {
+                    s.got.extend_from_slice(&buf[..n]);
+                    progressed = true;
+                }
+                if s.m.read_eof() && !s.eof && s.finished {
+                    s.eof = true;
+                    // The application is done: it closes the session.
+                    let now = self.now;
+                    s.m.close(now);
+                    progressed = true;
+                }
+            }
+            if progressed {
+                let now = self.now;
+                self.sides[side].m.handle_timeout(now);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    fn act(&mut self, side: usize, a: Action) -> Result<(), String> {
+        match a {
+            Action::PathChanged(p) => {
+                let s = &mut self.sides[side];
+                let was = s.path;
+                s.path = p;
+                s.changes.push((self.now, p));
+                self.log
+                    .push(format!("{} side {side}: {was} -> {p}", self.now));
+                // No flap: leaving a direct path needs a cause (§4.7): the
+                // harness broke the direct path this side was on.
+                let caused = s.direct_pair.is_some_and(|d| self.pairs[d].cut);
+                if p != Path::Relay {
+                    s.direct_pair = self
+                        .pairs
+                        .iter()
+                        .rposition(|x| x.kind == p && x.handle[side].is_some());
+                }
+                if was != Path::Relay && p == Path::Relay && !caused {
+                    return Err(format!(
+                        "flap: side {side} left {was} at {} with no cause",
+                        self.now
+                    ));
+                }
+            }
+            Action::ClosePath {
+                path,
+                last,
+                graceful,
+            } => {
+                if let Some(p) = self.pair_of(side, path) {
+                    if graceful && !last.is_empty() {
+                        self.send(side, p, last);
+                    }
+                    let pair = &mut self.pairs[p];
+                    pair.closed[side] = true;
+                    pair.handle[side] = None;
+                    let arrive = self.now.max(pair.busy_until[side]) + pair.one_way;
+                    if !pair.cut {
+                        self.at(arrive, Ev::Closed(1 - side, p));
+                    }
+                }
+            }
+            Action::DialTcp { .. } => {
+                // Both sides dial; one connection per attempt succeeds (the
+                // host's dial, say), proven after a round trip.
+                if self.sc.tcp && self.direct_ok && side == H {
+                    self.open_direct(Path::DirectTcp, self.now);
+                }
+            }
+            Action::StartListener => {
+                let port = 7000 + self.rng.below(1000) as u16;
+                let addr = if side == H {
+                    "198.18.0.1"
+                } else {
+                    "198.18.0.2"
+                };
+                let now = self.now;
+                self.sides[side].m.handle_listener(
+                    now,
+                    Some((
+                        port,
+                        false,
+                        vec![cand(Transport::Tcp, &format!("{addr}:{port}"))],
+                    )),
+                );
+            }
+            Action::PrepareUdp { round } => {
+                let t = self.now + ms(5 + self.rng.below(20));
+                self.at(t, Ev::Prepared(side, round));
+            }
+            Action::StartUdp(a) => {
+                self.sides[side].udp_start = Some(a.start_at);
+                // The guest connects at the agreed start; proven a round trip later.
+                if side == G && self.sc.udp && self.direct_ok {
+                    let at = a.start_at.max(self.now);
+                    self.open_direct(Path::DirectUdp, at);
+                }
+            }
+            Action::StopUdp => {
+                self.sides[side].udp_start = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// A direct connection of `kind` whose transport is up at `t`: the
+    /// guest proves it (and sends its early RESUME) one way later, the host
+    /// a round trip later (it reads the guest's tag and early RESUME).
+    fn open_direct(&mut self, kind: Path, t: Instant) {
+        let one = self.sc.direct_one_way + ms(self.rng.below(3));
+        self.pairs.push(Pair {
+            kind,
+            handle: [None, None],
+            one_way: one,
+            rate: 100_000,
+            busy_until: [Instant::ZERO; 2],
+            cut: false,
+            stall_until: Instant::ZERO,
+            closed: [false; 2],
+        });
+        let p = self.pairs.len() - 1;
+        self.at(t + one * 2, Ev::Opened(G, p));
+        self.at(t + one * 3, Ev::Opened(H, p));
+    }
+
+    fn step(&mut self, st: Step) {
+        self.log.push(format!("{} step {st:?}", self.now));
+        let direct = |w: &World| {
+            w.pairs.iter().position(|p| {
+                p.kind != Path::Relay && p.handle.iter().any(Option::is_some) && !p.cut
+            })
+        };
+        match st {
+            Step::CutDirect => {
+                if let Some(p) = direct(self) {
+                    self.pairs[p].cut = true;
+                }
+            }
+            Step::ResetDirect => {
+                if let Some(p) = direct(self) {
+                    let one = self.pairs[p].one_way;
+                    self.pairs[p].cut = true;
+                    let now = self.now;
+                    self.at(now + one, Ev::Closed(H, p));
+                    self.at(now + one, Ev::Closed(G, p));
+                }
+            }
+            Step::AllowDirect(b) => self.direct_ok = b,
+            Step::StallRelay(d) => {
+                self.pairs[0].stall_until = self.now + d;
+            }
+            Step::StopReading(s) => self.sides[s].reading = false,
+            Step::Read(s) => self.sides[s].reading = true,
+        }
+    }
+
+    fn handle(&mut self, e: Ev) -> Result<(), String> {
+        let now = self.now;
+        match e {
+            Ev::Bytes(side, p, b) => {
+                if let Some(h) = self.pairs[p].handle[side] {
+                    self.sides[side].m.handle_path_data(now, h, &b);
+                }
+                self.drive(side)?;
+            }
+            Ev::Closed(side, p) => {
+                if let Some(h) = self.pairs[p].handle[side].take() {
+                    self.pairs[p].closed[side] = true;
+                    self.sides[side].m.handle_path_closed(now, h);
+                }
+                self.drive(side)?;
+            }
+            Ev::Opened(side, p) => {
+                if self.pairs[p].cut {
+                    return Ok(());
+                }
+                let early = (side == G).then(|| self.sides[G].m.received());
+                let kind = self.pairs[p].kind;
+                match self.sides[side].m.handle_path_opened(now, kind, early) {
+                    Some(h) => {
+                        self.pairs[p].handle[side] = Some(h);
+                        if let Some(r) = early {
+                            // The early RESUME, right behind the guest's tag.
+                            let mut b = Vec::new();
+                            let f = Frame::Resume {
+                                path_id: PROVISIONAL_PATH,
+                                received: r,
+                            };
+                            encode(&f, &mut b).map_err(|e| format!("{e:?}"))?;
+                            self.send(G, p, b);
+                        }
+                    }
+                    None => {
+                        // Refused: the peer sees it close.
+                        self.pairs[p].closed[side] = true;
+                        let one = self.pairs[p].one_way;
+                        self.at(now + one, Ev::Closed(1 - side, p));
+                    }
+                }
+                self.drive(side)?;
+            }
+            Ev::Prepared(side, round) => {
+                self.sides[side].prepared_round = Some(round);
+                let addr = if side == H {
+                    "198.18.0.1:9000"
+                } else {
+                    "198.18.0.2:9000"
+                };
+                self.sides[side].m.handle_udp_prepared(
+                    now,
+                    round,
+                    Some(vec![cand(Transport::Udp, addr)]),
+                );
+                self.drive(side)?;
+            }
+            Ev::Step(i) => {
+                let st = self.sc.steps[i].1;
+                self.step(st);
+                self.drive(H)?;
+                self.drive(G)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        self.drive(H)?;
+        self.drive(G)?;
+        let deadline = Instant::ZERO + self.sc.deadline;
+        for _ in 0..50_000_000u64 {
+            let done = self.sides.iter().all(|s| *s.m.status() != Status::Open);
+            if done {
+                break;
+            }
+            let next_ev = self.events.keys().next().map(|k| k.0);
+            let next_t = self.sides.iter().filter_map(|s| s.m.poll_timeout()).min();
+            let next = match (next_ev, next_t) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return Err(format!("stuck at {}: nothing to do", self.now)),
+            };
+            if next > deadline {
+                return Err(format!(
+                    "not done by {:?}: {:?} / {:?}",
+                    self.sc.deadline, self.sides[H].m, self.sides[G].m
+                ));
+            }
+            self.now = self.now.max(next);
+            if let Some(k) = self
+                .events
+                .keys()
+                .next()
+                .copied()
+                .filter(|k| k.0 <= self.now)
+            {
+                if let Some(e) = self.events.remove(&k) {
+                    self.handle(e)?;
+                }
+                continue;
+            }
+            for s in [H, G] {
+                let now = self.now;
+                self.sides[s].m.handle_timeout(now);
+                self.drive(s)?;
+            }
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for s in [H, G] {
+            let side = &self.sides[s];
+            if *side.m.status() == Status::Open {
+                return Err(format!("side {s} still open at {}: {:?}", self.now, side.m));
+            }
+        }
+        for s in [H, G] {
+            let side = &self.sides[s];
+            if let Status::Failed(f) = side.m.status() {
+                return Err(format!("side {s} failed at {}: {f}", self.now));
+            }
+            let want = &self.streams[1 - s];
+            if side.got.len() != want.len() || side.got != *want {
+                let first = side
+                    .got
+                    .iter()
+                    .zip(want.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(side.got.len().min(want.len()));
+                return Err(format!(
+                    "side {s} stream differs at {}: got {} bytes, want {}, first difference at {first}; {:?} / {:?}",
+                    self.now,
+                    side.got.len(),
+                    want.len(),
+                    self.sides[H].m,
+                    self.sides[G].m
+                ));
+            }
+            if !side.eof {
+                return Err(format!("side {s} saw no end of stream"));
+            }
+        }
+        for s in [H, G] {
+            let n = self.sides[s]
+                .changes
+                .iter()
+                .filter(|(_, p)| *p != Path::Relay)
+                .count();
+            if n < self.sc.min_direct {
+                return Err(format!(
+                    "side {s} went direct {n} times, expected at least {}",
+                    self.sc.min_direct
+                ));
+            }
+        }
+        if let Some(bound) = self.sc.direct_within_rtts {
+            let rtt = self.sc.relay_one_way.as_secs_f64() * 2.0;
+            let base = if self.sc.tcp {
+                0.0
+            } else {
+                self.sc.udp_after.as_secs_f64()
+            };
+            for s in [H, G] {
+                let Some((t, _)) = self.sides[s]
+                    .changes
+                    .iter()
+                    .find(|(_, p)| *p != Path::Relay)
+                else {
+                    return Err(format!("side {s} never went direct"));
+                };
+                let secs = t.as_micros() as f64 / 1e6 - base;
+                if secs > bound * rtt {
+                    return Err(format!(
+                        "side {s} direct after {:.1} RTT beyond the window (bound {bound})",
+                        secs / rtt
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(name: &str, sc: Scenario, seeds: u64) {
+    check_seeds(name, seeds_from_env(seeds), |seed| {
+        let mut w = World::new(seed, sc.clone());
+        let r = w.run();
+        if r.is_err() {
+            for l in w.log.iter().rev().take(20).rev() {
+                eprintln!("{l}");
+            }
+        }
+        r
+    });
+}
+
+fn base(name: &'static str) -> Scenario {
+    Scenario {
+        name,
+        tcp: true,
+        udp: true,
+        relay_one_way: ms(20),
+        direct_one_way: ms(5),
+        bytes: 2 << 20,
+        udp_after: Duration::from_secs(10),
+        steps: Vec::new(),
+        direct_within_rtts: None,
+        deadline: Duration::from_secs(600),
+        policy: PathPolicy::Auto,
+        finish_not_before: Duration::ZERO,
+        min_direct: 0,
+    }
+}
+
+const SEEDS: u64 = 20;
+
+#[test]
+fn relay_to_direct_takeover_data_both_ways() {
+    let mut sc = base("takeover");
+    sc.min_direct = 1;
+    sc.direct_within_rtts = Some(3.0);
+    sc.finish_not_before = Duration::from_secs(1);
+    run("relay_to_direct_takeover_data_both_ways", sc, SEEDS);
+}
+
+#[test]
+fn direct_black_holed_falls_back_then_retries_and_takes_over_again() {
+    let mut sc = base("cut");
+    sc.finish_not_before = Duration::from_secs(5);
+    sc.min_direct = 2;
+    sc.bytes = 8 << 20;
+    sc.steps = vec![(ms(300), Step::CutDirect)];
+    run(
+        "direct_black_holed_falls_back_then_retries_and_takes_over_again",
+        sc,
+        SEEDS,
+    );
+}
+
+#[test]
+fn direct_reset_twice_falls_back_each_time_byte_exact() {
+    let mut sc = base("reset twice");
+    sc.finish_not_before = Duration::from_secs(6);
+    sc.min_direct = 3;
+    sc.bytes = 8 << 20;
+    sc.steps = vec![(ms(200), Step::ResetDirect), (ms(1700), Step::ResetDirect)];
+    run(
+        "direct_reset_twice_falls_back_each_time_byte_exact",
+        sc,
+        SEEDS,
+    );
+}
+
+#[test]
+fn direct_refused_after_fallback_stays_on_relay_byte_exact() {
+    let mut sc = base("refused");
+    sc.finish_not_before = Duration::from_secs(9);
+    sc.min_direct = 2;
+    sc.bytes = 8 << 20;
+    sc.steps = vec![
+        (ms(150), Step::AllowDirect(false)),
+        (ms(200), Step::CutDirect),
+        (ms(5000), Step::AllowDirect(true)),
+    ];
+    run(
+        "direct_refused_after_fallback_stays_on_relay_byte_exact",
+        sc,
+        SEEDS,
+    );
+}
+
+#[test]
+fn udp_window_at_10_s_when_tcp_never_connects() {
+    let mut sc = base("udp window");
+    sc.min_direct = 1;
+    sc.tcp = false;
+    sc.direct_within_rtts = Some(3.0);
+    sc.bytes = 256 << 10;
+    sc.finish_not_before = Duration::from_secs(12);
+    run("udp_window_at_10_s_when_tcp_never_connects", sc, SEEDS);
+}
+
+#[test]
+fn slow_relay_late_resume_does_not_take_the_sending_back() {
+    // The relay's RESUME arrives long after the direct path took over.
+    let mut sc = base("late resume");
+    sc.min_direct = 1;
+    sc.relay_one_way = ms(400);
+    sc.direct_one_way = ms(2);
+    run(
+        "slow_relay_late_resume_does_not_take_the_sending_back",
+        sc,
+        SEEDS,
+    );
+}
+
+#[test]
+fn relay_stall_while_relayed_is_not_a_failure() {
+    let mut sc = base("relay stall");
+    sc.tcp = false;
+    sc.udp = false;
+    sc.bytes = 1 << 20;
+    sc.steps = vec![(ms(100), Step::StallRelay(Duration::from_secs(20)))];
+    run("relay_stall_while_relayed_is_not_a_failure", sc, SEEDS);
+}
+
+fn not_reading(name: &'static str, tcp: bool, udp: bool) -> Scenario {
+    let mut sc = base(name);
+    sc.tcp = tcp;
+    sc.udp = udp;
+    sc.bytes = 4 << 20;
+    sc.steps = vec![
+        (ms(50), Step::StopReading(G)),
+        (ms(60), Step::StopReading(H)),
+        (Duration::from_secs(300), Step::Read(G)),
+        (Duration::from_secs(301), Step::Read(H)),
+    ];
+    sc.deadline = Duration::from_secs(900);
+    sc
+}
+
+#[test]
+fn both_apps_stop_reading_for_minutes_on_the_relay() {
+    let sc = not_reading("not reading, relay", false, false);
+    run("both_apps_stop_reading_for_minutes_on_the_relay", sc, 5);
+}
+
+#[test]
+fn both_apps_stop_reading_for_minutes_on_direct_tcp() {
+    let mut sc = not_reading("not reading, tcp", true, false);
+    sc.min_direct = 1;
+    run("both_apps_stop_reading_for_minutes_on_direct_tcp", sc, 5);
+}
+
+#[test]
+fn both_apps_stop_reading_for_minutes_on_direct_udp() {
+    let mut sc = not_reading("not reading, udp", false, true);
+    sc.min_direct = 1;
+    sc.udp_after = ms(500);
+    run("both_apps_stop_reading_for_minutes_on_direct_udp", sc, 5);
+}
+
+#[test]
+fn chaos_matrix_random_cuts_resets_and_stalls() {
+    // Each seed draws its own schedule of breaks.
+    check_seeds(
+        "chaos_matrix_random_cuts_resets_and_stalls",
+        seeds_from_env(SEEDS),
+        |seed| {
+            let mut r = Rng::new(seed ^ 0x5eed);
+            let mut sc = base("chaos");
+            sc.bytes = 4 << 20;
+            sc.tcp = r.chance(0.8);
+            sc.udp_after = ms(200 + r.below(2000));
+            sc.relay_one_way = ms(5 + r.below(100));
+            sc.direct_one_way = ms(1 + r.below(20));
+            let mut t = 0;
+            for _ in 0..r.below(4) {
+                t += 100 + r.below(3000);
+                let st = match r.below(3) {
+                    0 => Step::CutDirect,
+                    1 => Step::ResetDirect,
+                    _ => Step::StallRelay(ms(r.below(3000))),
+                };
+                sc.steps.push((ms(t), st));
+            }
+            let mut w = World::new(seed, sc);
+            let res = w.run();
+            if res.is_err() {
+                for l in w.log.iter().rev().take(20).rev() {
+                    eprintln!("{l}");
+                }
+            }
+            res
+        },
+    );
+}
