@@ -860,6 +860,8 @@ impl Driver {
                 }
                 if let Err((k, m)) = self.on_bytes(key, &buf) {
                     self.link.lock().fail(k, m);
+                    //= spec/direct.md#DI-PARSE-2
+                    //# and SHOULD send `CLOSE` on another path if one is left.
                     self.close_all(1, "protocol error");
                 }
             }
@@ -879,6 +881,8 @@ impl Driver {
             let frame = match slot.decoder.decode(&mut input) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
+                //= spec/direct.md#DI-PARSE-1
+                //# Every other error is fatal for the session: the receiver MUST stop using the path
                 Err(e) => return Err((io::ErrorKind::InvalidData, format!("session frame: {e}"))),
             };
             if !matches!(frame, Frame::Data { .. } | Frame::Ack { .. }) {
@@ -922,6 +926,9 @@ impl Driver {
                         .get(&key)
                         .is_some_and(|s| s.out.len() < 2 * OUT_BATCH)
                     {
+                        //= spec/direct.md#DI-KA-1
+                        //# A receiver of `KEEPALIVE` SHOULD answer on the same path with `KEEPALIVE_ACK` carrying
+                        //# the same nonce.
                         self.queue(key, &Frame::KeepaliveAck { nonce });
                     }
                     None
@@ -930,6 +937,8 @@ impl Driver {
                 Frame::Close { code, reason } => {
                     self.closing = true;
                     let mut g = link.lock();
+                    //= spec/direct.md#DI-CLOSE-1
+                    //# A receiver MUST NOT base a decision on the reason.
                     if code == 0 {
                         g.peer_closed = true;
                         g.wake();
@@ -944,6 +953,8 @@ impl Driver {
                 }
                 other => {
                     // DATA, ACK, FIN, PATH_SWITCH: the session state's business.
+                    //= spec/direct.md#DI-EARLY-1
+                    //# any other frame closes that connection
                     let Some(id) = in_id else {
                         // Only RESUME is valid first on a direct connection.
                         drop(other);
@@ -1059,6 +1070,8 @@ impl Driver {
             return Ok(());
         }
         // A direct path: only the host assigns its id (odd).
+        //= spec/direct.md#DI-EARLY-1
+        //# MUST be `RESUME` with an odd id
         if self.role == Role::Host || new_id.is_multiple_of(2) || in_id.is_some() {
             return Err((
                 io::ErrorKind::InvalidData,
@@ -1360,6 +1373,8 @@ impl Driver {
         // epoch in force, so that the new path takes the sending over
         // (path ids grow with time, §4.6).
         self.direct_seq = (self.direct_seq + 1).max(self.relay_epoch / 2 + 1);
+        //= spec/direct.md#DI-EARLY-1
+        //# waits for the host's first frame, which MUST be `RESUME` with an odd id
         let id = 2 * self.direct_seq - 1;
         let resume = self.link.lock().st.open_path(id);
         match resume {
@@ -1453,6 +1468,8 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        //= spec/direct.md#DI-ACK-1
+        //# which it SHOULD do after about 100 ms without an `ACK` while new bytes arrived
         self.link.lock().st.force_ack();
         let mut dead = Vec::new();
         let mut relay_dead = Vec::new();

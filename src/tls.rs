@@ -137,6 +137,10 @@ where
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        //= spec/relay.md#RL-TLS-2
+        //# the CertificateVerify signature MUST still be checked
+        //= spec/session.md#SE-SIG-1
+        //# the guest MUST verify the CertificateVerify signature with the certificate's key
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 

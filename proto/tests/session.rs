@@ -186,6 +186,9 @@ fn spec_vectors_encode_and_decode() {
 // Codec errors
 // ---------------------------------------------------------------------------
 
+//= spec/direct.md#DI-FRAME-2
+//= spec/direct.md#DI-FRAME-3
+//= spec/direct.md#DI-CAND-1
 #[test]
 fn codec_errors() {
     // Unknown type: an error, not skipped.
@@ -393,6 +396,9 @@ fn data(offset: u64, payload: &[u8]) -> Frame<'_> {
     Frame::Data { offset, payload }
 }
 
+//= spec/direct.md#DI-RECV-1
+//= spec/direct.md#DI-DATA-1
+//= spec/direct.md#DI-RESUME-1
 #[test]
 fn receive_errors() {
     let mut s = started(1024);
@@ -577,6 +583,7 @@ fn send_errors_and_backpressure() {
     assert_eq!(s.write(b"late"), Err(SessionError::WriteAfterFinish));
 }
 
+//= spec/direct.md#DI-SEND-1
 #[test]
 fn resume_rewinds_and_resends_fin() {
     let mut s = started(1024);
@@ -590,6 +597,11 @@ fn resume_rewinds_and_resends_fin() {
     assert_eq!(s.active_path(), None);
     assert_eq!(s.poll_transmit(100), None);
     s.open_path(1).unwrap();
+    assert_eq!(
+        s.poll_transmit(100),
+        None,
+        "nothing is sent on path 1 before the peer's RESUME arrives on it"
+    );
     assert_eq!(
         s.handle_frame(
             1,
