@@ -262,6 +262,15 @@ mod tests {
         assert_eq!(SessionSecret::parse(&"z".repeat(28)), Err(CodeError::Range));
     }
 
+    //= spec/session.md#SE-LOG-1
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let s = SessionSecret::from_bytes([0xab; 16]);
+        let shown = format!("{s:?}");
+        assert_eq!(shown, "SessionSecret(<redacted>)");
+        assert!(!shown.contains(&s.code()));
+    }
+
     //= spec/session.md#SE-CODE-1
     //= spec/session.md#SE-CODE-2
     #[test]

@@ -422,6 +422,7 @@ async fn tokens_gate_session_creation() {
     assert!(xtcp::host(&client(&peers, Some("fresh"))).await.is_ok());
 }
 
+//= spec/relay.md#RL-TLS-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_relay_certificate_is_a_clear_error() {
     let relay = start_relay(relay_config()).await;
@@ -501,6 +502,7 @@ async fn idle_paired_sessions_are_closed() {
     assert!(r.is_err(), "an idle cut is not a clean TLS close");
 }
 
+//= spec/relay.md#RL-TLS-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_trusted_through_a_ca_file() {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -531,6 +533,7 @@ async fn relay_trusted_through_a_ca_file() {
     assert!(matches!(e, xtcp::Error::RelayCertificateMismatch(_)), "{e}");
 }
 
+//= spec/relay.md#RL-TIME-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_and_timed_out() {
     let mut cfg = relay_config();
@@ -611,6 +614,7 @@ async fn udp_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.expect("bind")
 }
 
+//= spec/relay.md#RL-GRANT-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_service_answers_each_granted_peer_with_its_own_address() {
     let relay = start_relay(relay_config()).await;
@@ -649,6 +653,7 @@ async fn udp_service_answers_each_granted_peer_with_its_own_address() {
 /// the bad datagram goes first, a good one with another nonce second, on the
 /// same socket; the relay handles them in order, so had it answered the bad
 /// one, that answer would arrive first.
+//= spec/relay.md#RL-UDP-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_service_drops_bad_requests_silently() {
     let relay = start_relay(relay_config()).await;
@@ -769,6 +774,7 @@ async fn udp_service_rate_limits_each_token() {
     assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 5);
 }
 
+//= spec/relay.md#RL-GRANT-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_without_udp_service_pairs_without_a_grant() {
     let relay = start_relay(server::RelayConfig {

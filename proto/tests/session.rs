@@ -186,6 +186,7 @@ fn spec_vectors_encode_and_decode() {
 // Codec errors
 // ---------------------------------------------------------------------------
 
+//= spec/direct.md#DI-FRAME-1
 //= spec/direct.md#DI-FRAME-2
 //= spec/direct.md#DI-FRAME-3
 //= spec/direct.md#DI-CAND-1
@@ -201,6 +202,11 @@ fn codec_errors() {
     assert_eq!(
         Frame::parse(&[0x01, 0x40, 0x11]),
         Err(FrameError::TooLong { len: MAX_BODY + 1 })
+    );
+    // MAX_BODY itself is accepted: the receiver waits for the body.
+    assert_eq!(
+        Frame::parse(&[0x01, 0x40, 0x10]),
+        Err(FrameError::Incomplete { needed: MAX_BODY })
     );
     let mut dec = FrameDecoder::new();
     let mut input: &[u8] = &[0x01, 0xFF, 0xFF, 0, 0];

@@ -534,6 +534,29 @@ mod tests {
         assert_eq!(Frame::parse(&bytes).unwrap().0, err);
     }
 
+    //= spec/relay.md#RL-FRAME-1
+    //= spec/relay.md#RL-ERR-1
+    #[test]
+    fn max_body_and_unknown_error_codes_are_accepted() {
+        // A 512-byte body is read (the receiver waits for it), not refused.
+        assert_eq!(
+            Frame::parse(&[T_ERROR, 0x02, 0x00]),
+            Err(FrameError::Incomplete { needed: MAX_BODY })
+        );
+        // An unknown error code is a generic failure that keeps its raw value.
+        let (f, used) = Frame::parse(&[0xE0, 0, 6, 0x12, 0x34, 0, 0, 0, 7]).unwrap();
+        assert_eq!(used, 9);
+        assert_eq!(
+            f,
+            Frame::Error {
+                code: ErrorCode::Other,
+                raw_code: 0x1234,
+                retry_after_secs: 7,
+                reason: b"",
+            }
+        );
+    }
+
     //= spec/relay.md#RL-FRAME-2
     //= spec/relay.md#RL-TOKEN-1
     #[test]
