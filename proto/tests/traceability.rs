@@ -280,11 +280,15 @@ fn read_specs(root: &Path) -> Specs {
                     level,
                     gap,
                 };
-                if let Some(old) = s.reqs.insert(id.clone(), r) {
-                    s.errors.push(format!(
-                        "spec/{file}:{line}: duplicate id {id} (also spec/{}:{})",
+                // The first definition stands; citations resolve against it.
+                match s.reqs.get(id) {
+                    Some(old) => s.errors.push(format!(
+                        "spec/{file}:{line}: duplicate id {id} (first defined at spec/{}:{})",
                         old.file, old.line
-                    ));
+                    )),
+                    None => {
+                        s.reqs.insert(id.clone(), r);
+                    }
                 }
             }
         }
