@@ -13,8 +13,8 @@
 //!   MUST-level, SHOULD or RECOMMENDED (alone) SHOULD-level.
 //! * Every capitalised MUST, SHALL, REQUIRED, SHOULD or RECOMMENDED in a spec
 //!   lies inside some definition, or in a block that refers back to one as
-//!   `[ID]` (a restatement). Fenced code and the key-words paragraph (the one
-//!   naming RFC 2119) are skipped.
+//!   `[ID]` (a restatement). Fenced code, code spans and the key-words
+//!   paragraph (the one naming RFC 2119) are skipped.
 //! * A citation is a comment line `//= spec/<file>.md#<ID>` in a `.rs` file
 //!   under `proto/`, `src/`, `sim/`, `interop/`, `tests/`, `benches/` or
 //!   `fuzz/fuzz_targets/` (`target/` skipped). `#<anchor>` may also name a
@@ -155,18 +155,27 @@ fn is_id(s: &str, prefix: Option<&str>) -> bool {
 /// Capitalised RFC 2119 keywords in `s` (words, not parts of words).
 fn keywords(s: &str) -> Vec<&'static str> {
     const KW: [&str; 5] = ["MUST", "SHALL", "REQUIRED", "SHOULD", "RECOMMENDED"];
-    // Code spans are not prose.
-    let mut prose = String::new();
-    for (i, part) in s.split('`').enumerate() {
-        if i % 2 == 0 {
-            prose.push_str(part);
-            prose.push(' ');
-        }
-    }
-    prose
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+    s.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .filter_map(|w| KW.iter().find(|k| **k == w).copied())
         .collect()
+}
+
+/// `block` with the inside of every code span blanked (byte offsets kept):
+/// neither key words nor ids count there.
+fn mask_code(block: &str) -> String {
+    let mut out = String::with_capacity(block.len());
+    let mut code = false;
+    for c in block.chars() {
+        if c == '`' {
+            code = !code;
+            out.push(c);
+        } else if code {
+            out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `**[ID]**` definitions and `[ID]` references in a block, by byte offset.
@@ -236,6 +245,7 @@ fn read_specs(root: &Path) -> Specs {
             }
         }
         for (line, block) in blocks(&text) {
+            let block = mask_code(&block);
             let ms = markers(&block);
             let has_ref = ms.iter().any(|m| !m.3);
             let first_def = ms.iter().find(|m| m.3).map_or(block.len(), |m| m.0);
