@@ -20,6 +20,7 @@ async fn pair(relay: &TestRelay) -> (xtcp::Session, xtcp::Session) {
     (h.expect("host accept"), g.expect("guest join"))
 }
 
+//= spec/relay.md#RL-FWD-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_256_mib_each_way_byte_exact() {
     let relay = start_relay(relay_config()).await;
@@ -786,4 +787,73 @@ async fn relay_without_udp_service_pairs_without_a_grant() {
     let (h, g) = pair_raw(&relay).await;
     assert_eq!((h.udp, g.udp), (None, None));
     assert_eq!(relay.relay.udp_grants(), 0);
+}
+
+/// A raw control channel to `relay` offering the ALPN ids `alpn` (none if
+/// empty), its TLS handshake done.
+async fn raw_ctl(relay: &TestRelay, alpn: &[&[u8]]) -> xtcp::relay::ctl::CtlChannel {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(xtcp::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            xtcp::tls::SignatureOnlyVerifier::new(|_| Ok(())),
+        ))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(cfg), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut ctl = xtcp::relay::ctl::CtlChannel::new(tcp, conn);
+    ctl.handshake().await.unwrap();
+    ctl
+}
+
+/// The relay's answer to `frame` on `ctl`: the error code and reason.
+async fn first_answer(
+    mut ctl: xtcp::relay::ctl::CtlChannel,
+    frame: proto::relay::wire::Frame<'_>,
+) -> (proto::relay::wire::ErrorCode, String) {
+    ctl.send(&frame).await.unwrap();
+    let bytes = ctl.recv().await.unwrap();
+    match proto::relay::wire::Frame::parse(&bytes).unwrap().0 {
+        proto::relay::wire::Frame::Error { code, reason, .. } => {
+            (code, String::from_utf8_lossy(reason).into_owned())
+        }
+        f => panic!("expected ERROR, got {f:?}"),
+    }
+}
+
+//= spec/relay.md#RL-VER-1
+//= spec/relay.md#RL-ALPN-3
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_versions_and_a_missing_alpn_get_unsupported_version() {
+    use proto::relay::wire::{ErrorCode, Frame, ALPN};
+    let relay = start_relay(relay_config()).await;
+    // ALPN offered: the relay selects it; a version-2 JOIN is refused.
+    let ctl = raw_ctl(&relay, &[ALPN]).await;
+    assert_eq!(ctl.alpn(), Some(ALPN));
+    let join2 = Frame::Join {
+        version: 2,
+        rendezvous_id: [7; 16],
+    };
+    assert_eq!(
+        first_answer(ctl, join2).await,
+        (
+            ErrorCode::UnsupportedVersion,
+            "this relay speaks version 1".to_string()
+        )
+    );
+    // No ALPN offered: the handshake completes, the first frame is refused.
+    let ctl = raw_ctl(&relay, &[]).await;
+    assert_eq!(ctl.alpn(), None);
+    let join1 = Frame::Join {
+        version: 1,
+        rendezvous_id: [7; 16],
+    };
+    assert_eq!(
+        first_answer(ctl, join1).await.0,
+        ErrorCode::UnsupportedVersion
+    );
 }
