@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// The crypto provider: ring, TLS 1.3 AEAD suites in xtcp's order, X25519 then P-256.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     let mut p = provider::default_provider();
+    //= spec/session.md#SE-TLS-1
+    //# Both peers MUST use TLS 1.3 (RFC 8446) with the following profile
     p.cipher_suites = vec![
         provider::cipher_suite::TLS13_AES_256_GCM_SHA384,
         provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
