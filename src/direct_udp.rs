@@ -134,10 +134,14 @@ async fn query_reflexive(
     svc: RelayUdp,
 ) -> Option<SocketAddr> {
     let mut nonce_bytes = [0u8; 8];
+    //= spec/relay.md#RL-UDP-1
+    //# a client SHOULD use a fresh random nonce per request
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_bytes).ok()?;
     let nonce = u64::from_be_bytes(nonce_bytes);
     let req = proto::relay::udp_service::encode_request(&svc.token, nonce);
     for _ in 0..SERVICE_TRIES {
+        //= spec/relay.md#RL-GRANT-3
+        //# MUST NOT reveal the token to anyone but the relay
         if ep.send_raw(svc.addr, &req).await.is_err() {
             return None;
         }
@@ -149,6 +153,9 @@ async fn query_reflexive(
                 continue;
             }
             if let Ok(r) = proto::relay::udp_service::parse_response(&d) {
+                //= spec/relay.md#RL-UDP-3
+                //# A client MUST ignore a response whose nonce it did not send, and any datagram
+                //# that does not parse.
                 if r.nonce == nonce {
                     return Some(r.observed);
                 }

@@ -106,10 +106,14 @@ fn io_to_e2e(e: io::Error) -> E2eError {
 
 fn client_config() -> Result<rustls::ClientConfig, E2eError> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+        //= spec/session.md#SE-TLS-1
+        //# Both peers MUST use TLS 1.3 (RFC 8446) with the following profile
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| E2eError::Setup(e.to_string()))?
         .dangerous()
         // The certificate is ephemeral: trust comes from the tag, not from it.
+        //= spec/session.md#SE-SIG-1
+        //# the guest MUST verify the CertificateVerify signature with the certificate's key
         .with_custom_certificate_verifier(Arc::new(tls::SignatureOnlyVerifier::new(|_| Ok(()))))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -121,6 +125,8 @@ fn client_config() -> Result<rustls::ClientConfig, E2eError> {
 fn server_config() -> Result<rustls::ServerConfig, E2eError> {
     let ck = tls::self_signed(&[PEER_NAME]).map_err(|e| E2eError::Setup(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(tls::crypto_provider())
+        //= spec/session.md#SE-TLS-1
+        //# Both peers MUST use TLS 1.3 (RFC 8446) with the following profile
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| E2eError::Setup(e.to_string()))?
         .with_no_client_auth()
@@ -178,6 +184,8 @@ where
 /// bytes sent right behind this side's tag, in the same flight, before the
 /// peer's tag is checked (the guest's early `RESUME` on a direct path); the
 /// caller sees them as already sent on the returned stream.
+//= spec/session.md#SE-TAG-4
+//# It MUST NOT retry on the same stream.
 pub async fn handshake_bound<S, F>(
     io: S,
     role: Role,
@@ -192,6 +200,8 @@ where
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
     let run = handshake_inner(io, role, secret, binding, on_tls, after_tag);
+    //= spec/session.md#SE-TAG-5
+    //# TLS handshake plus tag exchange MUST be bounded in time
     match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
         Err(_) => Err(E2eError::Timeout),
@@ -226,6 +236,8 @@ where
             .map_err(io_to_e2e)?
             .into(),
     };
+    //= spec/session.md#SE-ALPN-1
+    //# a peer MUST abort if it was not negotiated
     if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err(E2eError::Tls(
             "peer did not negotiate ALPN xtcp-e2e/1".into(),
@@ -254,6 +266,8 @@ where
     let binding = binding.as_slice();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.auth_key());
     let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
+    //= spec/session.md#SE-TAG-1
+    //# A peer MUST NOT send application bytes before its tag
     let mut flight = mine.as_ref().to_vec();
     flight.extend_from_slice(&after_tag());
     stream.write_all(&flight).await.map_err(io_to_e2e)?;
@@ -268,6 +282,9 @@ where
             _ => io_to_e2e(e),
         })?;
     // Constant-time comparison (ring::hmac::verify).
+    //= spec/session.md#SE-TAG-3
+    //# If the tag does not verify, if the stream ends (EOF or close_notify) before 32 bytes
+    //# arrive, or if TLS fails, the peer MUST close the connection and report failure
     ring::hmac::verify(&key, &tag_input(role.peer(), &exporter, binding), &theirs)
         .map_err(|_| E2eError::PeerAuthFailed)?;
     let suite = stream
@@ -275,6 +292,9 @@ where
         .1
         .negotiated_cipher_suite()
         .map(|s| s.suite());
+    //= spec/session.md#SE-TAG-2
+    //# MUST NOT deliver any received application byte, nor send any of its own beyond the
+    //# tag, before the peer's tag has verified.
     Ok(E2eStream {
         inner: stream,
         suite,

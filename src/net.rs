@@ -185,6 +185,8 @@ impl Inner {
     /// channel has room: a flood is dropped, never queued without bound).
     /// Returns whether the datagram was a side-channel one.
     fn side_channel(&mut self, from: SocketAddr, d: &[u8]) -> bool {
+        //= spec/relay.md#RL-UDP-4
+        //# | `0xA3..=0xAF` | unassigned; a receiver MUST drop them |
         if !d.first().is_some_and(|b| SIDE_CHANNEL.contains(b)) {
             return false;
         }

@@ -114,6 +114,7 @@ pub fn seal_with_nonce(
         )
         .map_err(|_| PreambleError::Local("seal".into()))?;
     let len = NONCE_LEN + body.len();
+    //= spec/session.md#SE-PRE-1
     if len > MAX_BODY {
         return Err(PreambleError::BadLength(len));
     }
@@ -131,6 +132,7 @@ pub fn open(
     sender: Role,
     body: &[u8],
 ) -> Result<Vec<Candidate>, PreambleError> {
+    //= spec/session.md#SE-PRE-1
     if body.len() < NONCE_LEN + TAG_LEN || body.len() > MAX_BODY {
         return Err(PreambleError::BadLength(body.len()));
     }
@@ -199,6 +201,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for PreambleReader<S> {
                 2
             } else {
                 let len = usize::from(u16::from_be_bytes([got[0], got[1]]));
+                //= spec/session.md#SE-PRE-1
+                //# `len` MUST be between 28 and 2048: a receiver reads the two length bytes, refuses
+                //# any other length
                 if !(NONCE_LEN + TAG_LEN..=MAX_BODY).contains(&len) {
                     return Poll::Ready(Err(this.fail(PreambleError::BadLength(len))));
                 }
@@ -370,6 +375,7 @@ mod tests {
     /// preamble its length field frames and then passes every later byte
     /// through, or fails; it never panics, never takes a byte beyond the
     /// preamble, never buffers more than its bound.
+    //= spec/session.md#SE-PRE-1
     #[test]
     fn any_input_in_any_chunking_is_framed_exactly_or_refused() {
         fn prop(mut input: Vec<u8>, cuts: Vec<u8>, valid: bool) -> bool {
@@ -425,6 +431,7 @@ mod tests {
             .quickcheck(prop as fn(Vec<u8>, Vec<u8>, bool) -> bool);
     }
 
+    //= spec/session.md#SE-PRE-1
     #[tokio::test]
     async fn a_bad_length_or_an_early_end_is_an_error_not_a_hang() {
         for wire in [

@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// The crypto provider: ring, TLS 1.3 AEAD suites in xtcp's order, X25519 then P-256.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     let mut p = provider::default_provider();
+    //= spec/session.md#SE-TLS-1
+    //# Both peers MUST use TLS 1.3 (RFC 8446) with the following profile
     p.cipher_suites = vec![
         provider::cipher_suite::TLS13_AES_256_GCM_SHA384,
         provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
@@ -137,6 +139,10 @@ where
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        //= spec/relay.md#RL-TLS-2
+        //# the CertificateVerify signature MUST still be checked
+        //= spec/session.md#SE-SIG-1
+        //# the guest MUST verify the CertificateVerify signature with the certificate's key
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 

@@ -369,6 +369,8 @@ fn relay_check_config_and_sigterm() {
     assert!(status.success());
 }
 
+//= spec/relay.md#RL-AUDIT-1
+//= spec/relay.md#RL-TOK-1
 #[test]
 fn relay_audit_log_and_metrics_never_hold_secrets() {
     let dir = TempDir::new("audit");

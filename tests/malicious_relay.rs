@@ -270,6 +270,7 @@ async fn honest_evil_relay_baseline_works() {
     assert_eq!(b.unwrap().1, sha256_of_gen(1 << 20, 1));
 }
 
+//= spec/session.md#SE-TAG-3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_byte_tampering_during_the_handshake_fails_closed() {
     // Offsets inside the preamble (sealed candidates, ≈ 43 bytes with the
@@ -374,6 +375,8 @@ async fn b_tampering_mid_stream_never_delivers_a_corrupted_byte() {
 }
 
 /// (a) The relay terminates TLS toward each peer with its own keys.
+//= spec/session.md#SE-TAG-2
+//= spec/session.md#SE-TAG-3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mitm_with_its_own_keys_fails_closed() {
     let r = run_attack(|mut h, mut g| async move {
@@ -437,6 +440,7 @@ async fn a_mitm_with_its_own_keys_fails_closed() {
 }
 
 /// (c) Two concurrent sessions spliced crosswise.
+//= spec/session.md#SE-TAG-3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_crosswise_splice_of_two_sessions_fails_closed() {
     let (addr, fp, mut rx) = evil_relay().await;
@@ -550,6 +554,7 @@ async fn d_replayed_session_fails_closed() {
 }
 
 /// (e) close_notify or garbage during the handshake.
+//= spec/session.md#SE-TAG-3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_close_notify_or_garbage_during_handshake_fails_closed() {
     // An unencrypted close_notify alert record (RFC 8446 §6.1), then garbage.
@@ -573,6 +578,7 @@ async fn e_close_notify_or_garbage_during_handshake_fails_closed() {
 }
 
 /// (f) The relay pairs, then stalls forever (slow loris): the timeouts fire.
+//= spec/session.md#SE-TAG-5
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_stalling_relay_hits_the_handshake_timeout() {
     let t = std::time::Instant::now();

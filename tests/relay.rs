@@ -20,6 +20,7 @@ async fn pair(relay: &TestRelay) -> (xtcp::Session, xtcp::Session) {
     (h.expect("host accept"), g.expect("guest join"))
 }
 
+//= spec/relay.md#RL-FWD-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_256_mib_each_way_byte_exact() {
     let relay = start_relay(relay_config()).await;
@@ -422,6 +423,7 @@ async fn tokens_gate_session_creation() {
     assert!(xtcp::host(&client(&peers, Some("fresh"))).await.is_ok());
 }
 
+//= spec/relay.md#RL-TLS-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_relay_certificate_is_a_clear_error() {
     let relay = start_relay(relay_config()).await;
@@ -501,6 +503,7 @@ async fn idle_paired_sessions_are_closed() {
     assert!(r.is_err(), "an idle cut is not a clean TLS close");
 }
 
+//= spec/relay.md#RL-TLS-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_trusted_through_a_ca_file() {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -531,6 +534,7 @@ async fn relay_trusted_through_a_ca_file() {
     assert!(matches!(e, xtcp::Error::RelayCertificateMismatch(_)), "{e}");
 }
 
+//= spec/relay.md#RL-TIME-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_and_timed_out() {
     let mut cfg = relay_config();
@@ -611,6 +615,7 @@ async fn udp_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.expect("bind")
 }
 
+//= spec/relay.md#RL-GRANT-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_service_answers_each_granted_peer_with_its_own_address() {
     let relay = start_relay(relay_config()).await;
@@ -649,6 +654,7 @@ async fn udp_service_answers_each_granted_peer_with_its_own_address() {
 /// the bad datagram goes first, a good one with another nonce second, on the
 /// same socket; the relay handles them in order, so had it answered the bad
 /// one, that answer would arrive first.
+//= spec/relay.md#RL-UDP-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_service_drops_bad_requests_silently() {
     let relay = start_relay(relay_config()).await;
@@ -769,6 +775,7 @@ async fn udp_service_rate_limits_each_token() {
     assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 5);
 }
 
+//= spec/relay.md#RL-GRANT-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_without_udp_service_pairs_without_a_grant() {
     let relay = start_relay(server::RelayConfig {
@@ -780,4 +787,73 @@ async fn relay_without_udp_service_pairs_without_a_grant() {
     let (h, g) = pair_raw(&relay).await;
     assert_eq!((h.udp, g.udp), (None, None));
     assert_eq!(relay.relay.udp_grants(), 0);
+}
+
+/// A raw control channel to `relay` offering the ALPN ids `alpn` (none if
+/// empty), its TLS handshake done.
+async fn raw_ctl(relay: &TestRelay, alpn: &[&[u8]]) -> xtcp::relay::ctl::CtlChannel {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(xtcp::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            xtcp::tls::SignatureOnlyVerifier::new(|_| Ok(())),
+        ))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(cfg), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut ctl = xtcp::relay::ctl::CtlChannel::new(tcp, conn);
+    ctl.handshake().await.unwrap();
+    ctl
+}
+
+/// The relay's answer to `frame` on `ctl`: the error code and reason.
+async fn first_answer(
+    mut ctl: xtcp::relay::ctl::CtlChannel,
+    frame: proto::relay::wire::Frame<'_>,
+) -> (proto::relay::wire::ErrorCode, String) {
+    ctl.send(&frame).await.unwrap();
+    let bytes = ctl.recv().await.unwrap();
+    match proto::relay::wire::Frame::parse(&bytes).unwrap().0 {
+        proto::relay::wire::Frame::Error { code, reason, .. } => {
+            (code, String::from_utf8_lossy(reason).into_owned())
+        }
+        f => panic!("expected ERROR, got {f:?}"),
+    }
+}
+
+//= spec/relay.md#RL-VER-1
+//= spec/relay.md#RL-ALPN-3
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_versions_and_a_missing_alpn_get_unsupported_version() {
+    use proto::relay::wire::{ErrorCode, Frame, ALPN};
+    let relay = start_relay(relay_config()).await;
+    // ALPN offered: the relay selects it; a version-2 JOIN is refused.
+    let ctl = raw_ctl(&relay, &[ALPN]).await;
+    assert_eq!(ctl.alpn(), Some(ALPN));
+    let join2 = Frame::Join {
+        version: 2,
+        rendezvous_id: [7; 16],
+    };
+    assert_eq!(
+        first_answer(ctl, join2).await,
+        (
+            ErrorCode::UnsupportedVersion,
+            "this relay speaks version 1".to_string()
+        )
+    );
+    // No ALPN offered: the handshake completes, the first frame is refused.
+    let ctl = raw_ctl(&relay, &[]).await;
+    assert_eq!(ctl.alpn(), None);
+    let join1 = Frame::Join {
+        version: 1,
+        rendezvous_id: [7; 16],
+    };
+    assert_eq!(
+        first_answer(ctl, join1).await.0,
+        ErrorCode::UnsupportedVersion
+    );
 }

@@ -186,6 +186,10 @@ fn spec_vectors_encode_and_decode() {
 // Codec errors
 // ---------------------------------------------------------------------------
 
+//= spec/direct.md#DI-FRAME-1
+//= spec/direct.md#DI-FRAME-2
+//= spec/direct.md#DI-FRAME-3
+//= spec/direct.md#DI-CAND-1
 #[test]
 fn codec_errors() {
     // Unknown type: an error, not skipped.
@@ -198,6 +202,11 @@ fn codec_errors() {
     assert_eq!(
         Frame::parse(&[0x01, 0x40, 0x11]),
         Err(FrameError::TooLong { len: MAX_BODY + 1 })
+    );
+    // MAX_BODY itself is accepted: the receiver waits for the body.
+    assert_eq!(
+        Frame::parse(&[0x01, 0x40, 0x10]),
+        Err(FrameError::Incomplete { needed: MAX_BODY })
     );
     let mut dec = FrameDecoder::new();
     let mut input: &[u8] = &[0x01, 0xFF, 0xFF, 0, 0];
@@ -393,6 +402,9 @@ fn data(offset: u64, payload: &[u8]) -> Frame<'_> {
     Frame::Data { offset, payload }
 }
 
+//= spec/direct.md#DI-RECV-1
+//= spec/direct.md#DI-DATA-1
+//= spec/direct.md#DI-RESUME-1
 #[test]
 fn receive_errors() {
     let mut s = started(1024);
@@ -577,6 +589,7 @@ fn send_errors_and_backpressure() {
     assert_eq!(s.write(b"late"), Err(SessionError::WriteAfterFinish));
 }
 
+//= spec/direct.md#DI-SEND-1
 #[test]
 fn resume_rewinds_and_resends_fin() {
     let mut s = started(1024);
@@ -590,6 +603,11 @@ fn resume_rewinds_and_resends_fin() {
     assert_eq!(s.active_path(), None);
     assert_eq!(s.poll_transmit(100), None);
     s.open_path(1).unwrap();
+    assert_eq!(
+        s.poll_transmit(100),
+        None,
+        "nothing is sent on path 1 before the peer's RESUME arrives on it"
+    );
     assert_eq!(
         s.handle_frame(
             1,

@@ -230,6 +230,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    //= spec/relay.md#RL-OPS-1
+    //# Operators SHOULD raise the file descriptor limit (the binary raises its soft
+    //# `RLIMIT_NOFILE` to the hard limit)
     server::raise_fd_limit();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

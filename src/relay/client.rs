@@ -132,6 +132,8 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| RelayError::Config(e.to_string()))?;
+    //= spec/relay.md#RL-TLS-1
+    //# A client MUST verify it in one of three ways (`RelayTrust`)
     let mut cfg = match trust {
         RelayTrust::Fingerprint(fp) => {
             let fp = *fp;
@@ -170,7 +172,11 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
+    //= spec/relay.md#RL-ALPN-1
+    //# A client MUST offer exactly this protocol
     cfg.alpn_protocols = vec![proto::relay::wire::ALPN.to_vec()];
+    //= spec/relay.md#RL-TLS-4
+    //# Clients MUST NOT attempt resumption or 0-RTT.
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
@@ -212,6 +218,8 @@ async fn connect(
             CtlError::Tls(e) => RelayError::Protocol(format!("{relay}: TLS: {e}")),
             e => RelayError::Unreachable(format!("{relay}: {e}")),
         })?;
+        //= spec/relay.md#RL-ALPN-2
+        //# and MUST abort if the relay did not select it ("not an xtcp relay")
         if ctl.alpn() != Some(proto::relay::wire::ALPN) {
             return Err(RelayError::Protocol(format!(
                 "{relay}: not an xtcp relay (ALPN)"
@@ -235,6 +243,8 @@ fn error_from_frame(bytes: &[u8]) -> RelayError {
                 ..
             },
             _,
+            //= spec/relay.md#RL-ERR-2
+            //# A receiver MUST NOT base any decision on it
         )) => match code {
             ErrorCode::Unauthorized => RelayError::Unauthorized,
             ErrorCode::UnknownSession => RelayError::UnknownSession,
@@ -247,6 +257,8 @@ fn error_from_frame(bytes: &[u8]) -> RelayError {
             other => RelayError::Protocol(format!(
                 "{}: {}",
                 other.name(),
+                //= spec/relay.md#RL-ERR-3
+                //# MUST tolerate invalid UTF-8.
                 String::from_utf8_lossy(reason)
             )),
         },
@@ -269,12 +281,16 @@ async fn await_paired(mut ctl: CtlChannel) -> Result<Paired, RelayError> {
     })?;
     match Frame::parse(&bytes) {
         Ok((Frame::Paired { observed, udp }, _)) => {
+            //= spec/relay.md#RL-CLOSE-1
+            //# The client MUST NOT send any e2e byte before its own close_notify
             let stream = ctl.finish().await.map_err(ctl_err)?;
             // The service listens on the relay's IP as we reached it over TCP
             // (spec/relay.md §4.2.4); without a peer address there is nowhere
             // to ask, so no service.
             let udp = match (udp, stream.peer_addr()) {
                 (Some(g), Ok(relay)) => Some(UdpService {
+                    //= spec/relay.md#RL-GRANT-3
+                    //# MUST NOT reveal the token to anyone but the relay
                     addr: SocketAddr::new(relay.ip(), g.port),
                     token: g.token,
                 }),
@@ -389,6 +405,9 @@ async fn register(
     for (i, relay) in order.iter().enumerate() {
         let attempt = async {
             let mut ctl = connect(relay, tls, cfg.connect_timeout).await?;
+            //= spec/relay.md#RL-ONE-1
+            //# A client MUST send exactly one frame (CREATE or JOIN) and nothing after it but
+            //# close_notify.
             ctl.send(&Frame::Create {
                 version: VERSION,
                 rendezvous_id: rid,
@@ -424,6 +443,8 @@ pub async fn create_session(
     if cfg
         .token
         .as_ref()
+        //= spec/relay.md#RL-TOKEN-1
+        //# A sender MUST NOT emit more than 128 bytes
         .is_some_and(|t| t.len() > proto::relay::wire::MAX_TOKEN)
     {
         return Err(RelayError::Config("token too long".into()));
@@ -451,6 +472,7 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
     for relay in &order {
         let attempt = async {
             let mut ctl = connect(relay, &tls, cfg.connect_timeout).await?;
+            //= spec/relay.md#RL-ONE-1
             ctl.send(&Frame::Join {
                 version: VERSION,
                 rendezvous_id: rid,

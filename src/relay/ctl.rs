@@ -118,6 +118,9 @@ impl CtlChannel {
             )));
         }
         rec.resize(5 + len, 0);
+        //= spec/relay.md#RL-CLOSE-2
+        //# an implementation MUST NOT let bytes past the peer's close_notify
+        //# record disappear into its TLS library's input buffer.
         self.tcp.read_exact(&mut rec[5..]).await?;
         let mut slice = &rec[..];
         while !slice.is_empty() {

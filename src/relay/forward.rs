@@ -168,6 +168,8 @@ async fn pump_copy(
             match src.try_read(&mut buf) {
                 Ok(0) => return Ok(total),
                 Ok(n) => {
+                    //= spec/relay.md#RL-FWD-1
+                    //# It MUST NOT interpret the peers' TLS records.
                     write_all(dst, &buf[..n]).await?;
                     total += n as u64;
                     moved(n, counters, activity, limiter).await;
@@ -238,6 +240,8 @@ async fn pump_splice(
         let (r, w) = pipes::take(buffer)?;
         loop {
             let n = match src.try_io(Interest::READABLE, || {
+                //= spec/relay.md#RL-FWD-1
+                //# It MUST NOT interpret the peers' TLS records.
                 splice(src, None, &w, None, buffer, flags).map_err(io::Error::from)
             }) {
                 Ok(0) => {

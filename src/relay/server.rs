@@ -377,6 +377,8 @@ pub type AuditSink = Arc<Mutex<Box<dyn Write + Send>>>;
 /// itself would let anyone who reads the log join a waiting session.
 fn session_label(rid: &[u8; 16]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    //= spec/relay.md#RL-AUDIT-1
+    //# The log MUST NOT contain `rendezvous_id` itself
     ctx.update(b"xtcp relay audit label");
     ctx.update(rid);
     crate::tls::hex(&ctx.finish().as_ref()[..8])
@@ -644,6 +646,8 @@ async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {
                     None
                 }
             },
+            //= spec/relay.md#RL-UDP-2
+            //# a shorter or longer datagram, or one with a non-zero padding byte, MUST be dropped
             Err(_) => None,
         };
         let Some(nonce) = admit else {
@@ -689,9 +693,13 @@ pub fn server_tls(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    //= spec/relay.md#RL-ALPN-3
+    //# A relay MUST select it when offered.
     cfg.alpn_protocols = vec![proto::relay::wire::ALPN.to_vec()];
     // Tickets would be extra records after the handshake; the control channel
     // is short-lived and must end at a record boundary both sides can see.
+    //= spec/relay.md#RL-TLS-3
+    //# The relay MUST NOT send NewSessionTicket messages (`send_tls13_tickets = 0`)
     cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
@@ -945,6 +953,9 @@ async fn handle(
     };
     let mut ctl = CtlChannel::new(tcp, conn);
     // Handshake timeout: TLS handshake plus the first frame.
+    //= spec/relay.md#RL-TIME-1
+    //# TLS handshake and the first complete frame MUST arrive within
+    //# `handshake_timeout_secs`
     let first = tokio::time::timeout(shared.limits.handshake_timeout, async {
         ctl.handshake().await?;
         ctl.recv().await
@@ -975,6 +986,9 @@ async fn handle(
     };
     let req = match Frame::parse(&bytes) {
         Ok((Frame::Create { version, .. } | Frame::Join { version, .. }, _))
+            //= spec/relay.md#RL-VER-1
+            //# A relay that receives another version MUST answer
+            //# `ERROR UNSUPPORTED_VERSION` (§6) and close
             if version != VERSION =>
         {
             ctl.fail(&Frame::error(
@@ -1111,6 +1125,8 @@ fn token_ok(shared: &Shared, token: &[u8]) -> bool {
     if tokens.is_empty() && token.is_empty() {
         return shared.cfg.allow_anonymous_hosts;
     }
+    //= spec/relay.md#RL-TOK-1
+    //# It MUST NOT store or log tokens.
     let h = ring::digest::digest(&ring::digest::SHA256, token);
     let mut ok = false;
     for t in tokens.iter() {
@@ -1232,6 +1248,9 @@ async fn host(
     // Pair: PAIRED to both, then end both TLS sessions at a record boundary.
     // The UDP tokens live exactly as long as `grants` (dropped when pairing
     // fails below, or when the forwarding task ends however it ends).
+    //= spec/relay.md#RL-GRANT-1
+    //# A relay that runs the service MUST send a grant to both clients, unless its
+    //# token table is full
     let (grants, [host_udp, guest_udp]) = match shared.grant() {
         Some((g, [h, u])) => (Some(g), [Some(h), Some(u)]),
         None => (None, [None, None]),
@@ -1252,6 +1271,8 @@ async fn host(
         let (a, b) = tokio::try_join!(ctl.finish(), guest.finish())?;
         Ok::<_, CtlError>((a, b))
     };
+    //= spec/relay.md#RL-PAIR-1
+    //# All of this MUST complete within `handshake_timeout_secs`
     let (a, b) = match tokio::time::timeout(shared.limits.handshake_timeout, pair).await {
         Ok(Ok(x)) => x,
         _ => {

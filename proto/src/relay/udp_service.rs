@@ -115,9 +115,9 @@ pub fn parse_request(d: &[u8]) -> Result<Request, UdpServiceError> {
     if ty != REQUEST {
         return Err(UdpServiceError::BadType(ty));
     }
-    //= spec/relay.md#121-request
-    //# A request MUST be exactly 48 bytes; a shorter or longer datagram, or
-    //# one with a non-zero padding byte, MUST be dropped.
+    //= spec/relay.md#RL-UDP-2
+    //# A request MUST be exactly 48 bytes; a shorter or longer datagram, or one with a
+    //# non-zero padding byte, MUST be dropped.
     let d: &[u8; REQUEST_LEN] = match d.len() {
         n if n < REQUEST_LEN => return Err(UdpServiceError::Truncated),
         n if n > REQUEST_LEN => return Err(UdpServiceError::BadLength),
@@ -255,6 +255,7 @@ mod tests {
         in_spec(&hex(&b[..n]));
     }
 
+    //= spec/relay.md#RL-UDP-2
     #[test]
     fn malformed_inputs_are_typed_errors() {
         let good = encode_request(&TOKEN, 7);

@@ -101,6 +101,9 @@ impl ErrorCode {
             8 => ErrorCode::Expired,
             9 => ErrorCode::Timeout,
             10 => ErrorCode::ShuttingDown,
+            //= spec/relay.md#RL-ERR-1
+            //# A receiver MUST accept unknown values and treat them as a
+            //# generic failure (`ErrorCode::Other`, which keeps the raw value).
             _ => ErrorCode::Other,
         }
     }
@@ -229,6 +232,11 @@ impl<'a> Frame<'a> {
             });
         };
         let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+        //= spec/relay.md#RL-FRAME-1
+        //# | `MAX_BODY` | 512 | largest body a sender MAY emit and a receiver MUST accept |
+        //= spec/relay.md#RL-FRAME-2
+        //# A receiver MUST reject a length above 512 as soon as it has read the
+        //# header, without waiting for the body.
         if len > MAX_BODY {
             return Err(FrameError::TooLong);
         }
@@ -274,6 +282,8 @@ impl<'a> Frame<'a> {
                     6 => 16,
                     _ => return Err(FrameError::BadField),
                 };
+                //= spec/relay.md#RL-GRANT-2
+                //# A client MUST accept both forms
                 let (addr, grant) = match rest.len().checked_sub(ip_len + 2) {
                     Some(0) => (rest, None),
                     Some(UDP_GRANT_LEN) => {
@@ -353,6 +363,8 @@ impl<'a> Frame<'a> {
                 rendezvous_id,
                 token,
             } => {
+                //= spec/relay.md#RL-TOKEN-1
+                //# A sender MUST NOT emit more than 128 bytes
                 if token.len() > MAX_TOKEN {
                     return Err(EmitError);
                 }
@@ -466,6 +478,7 @@ mod tests {
     }
 
     // Test vectors, also in spec/relay.md §4.3.
+    //= spec/relay.md#RL-GRANT-2
     #[test]
     fn vectors() {
         let join = Frame::Join {
@@ -521,6 +534,31 @@ mod tests {
         assert_eq!(Frame::parse(&bytes).unwrap().0, err);
     }
 
+    //= spec/relay.md#RL-FRAME-1
+    //= spec/relay.md#RL-ERR-1
+    #[test]
+    fn max_body_and_unknown_error_codes_are_accepted() {
+        // A 512-byte body is read (the receiver waits for it), not refused.
+        assert_eq!(
+            Frame::parse(&[T_ERROR, 0x02, 0x00]),
+            Err(FrameError::Incomplete { needed: MAX_BODY })
+        );
+        // An unknown error code is a generic failure that keeps its raw value.
+        let (f, used) = Frame::parse(&[0xE0, 0, 6, 0x12, 0x34, 0, 0, 0, 7]).unwrap();
+        assert_eq!(used, 9);
+        assert_eq!(
+            f,
+            Frame::Error {
+                code: ErrorCode::Other,
+                raw_code: 0x1234,
+                retry_after_secs: 7,
+                reason: b"",
+            }
+        );
+    }
+
+    //= spec/relay.md#RL-FRAME-2
+    //= spec/relay.md#RL-TOKEN-1
     #[test]
     fn malformed_inputs_are_typed_errors() {
         assert_eq!(Frame::parse(&[]), Err(FrameError::Incomplete { needed: 3 }));

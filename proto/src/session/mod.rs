@@ -351,6 +351,11 @@ impl<'a> Frame<'a> {
             });
         };
         let len = usize::from(len);
+        //= spec/direct.md#DI-FRAME-1
+        //# | `MAX_BODY` | 16400 | `MAX_DATA` + 16: largest body a sender MAY emit and a receiver MUST accept |
+        //= spec/direct.md#DI-FRAME-2
+        //# A receiver MUST reject a length above `MAX_BODY` as soon as it has read the header,
+        //# without waiting for the body (`TooLong`).
         if len > MAX_BODY {
             return Err(FrameError::TooLong { len });
         }
@@ -436,6 +441,8 @@ impl<'a> Frame<'a> {
                 let reason = core::str::from_utf8(reason).map_err(|_| FrameError::ReasonNotUtf8)?;
                 Frame::Close { code, reason }
             }
+            //= spec/direct.md#DI-FRAME-3
+            //# An unknown type is an error (`UnknownType`); it MUST NOT be skipped.
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -476,6 +483,8 @@ fn parse_candidates(body: &[u8], bad: FrameError) -> Result<Vec<Candidate>, Fram
         });
         rest = rest.get(3 + alen + 2..).ok_or(bad)?;
     }
+    //= spec/direct.md#DI-CAND-1
+    //# The body MUST hold exactly `count` candidates (missing or trailing bytes: `BadLength`).
     if !rest.is_empty() {
         return Err(bad);
     }
@@ -609,6 +618,8 @@ impl FrameDecoder {
             [ty, hi, lo, ..] => (*ty, usize::from(u16::from_be_bytes([*hi, *lo]))),
             _ => return Ok(None),
         };
+        //= spec/direct.md#DI-FRAME-1
+        //= spec/direct.md#DI-FRAME-2
         if len > MAX_BODY {
             self.error = Some(FrameError::TooLong { len });
             return Err(FrameError::TooLong { len });
@@ -926,6 +937,8 @@ impl SessionState {
     pub fn open_path(&mut self, path_id: u32) -> Result<Frame<'static>, SessionError> {
         let received = self.received();
         self.open_path_at(path_id, received)?;
+        //= spec/direct.md#DI-RESUME-1
+        //# `path_id` MUST be the id of the path it is sent on.
         Ok(Frame::Resume { path_id, received })
     }
 
@@ -1218,6 +1231,9 @@ impl SessionState {
                     self.on_resume(path, path_id, received)?;
                     Ok(Received::Nothing)
                 }
+                //= spec/direct.md#DI-RECV-1
+                //# The first frame on P MUST be `RESUME` with `path_id` = P (`NoResume`,
+                //# `ResumePathMismatch`)
                 _ => Err(SessionError::NoResume { path }),
             };
         }
@@ -1251,6 +1267,7 @@ impl SessionState {
 
     /// The peer's `RESUME` on `path` (normally via [`SessionState::handle_frame`]).
     fn on_resume(&mut self, path: u32, claimed: u32, received: u64) -> Result<(), SessionError> {
+        //= spec/direct.md#DI-RESUME-1
         if claimed != path {
             return Err(SessionError::ResumePathMismatch { path, claimed });
         }
@@ -1289,6 +1306,9 @@ impl SessionState {
                 self.pending_switch = Some((old, path));
             }
         }
+        //= spec/direct.md#DI-SEND-1
+        //# A side MUST NOT send `DATA`, `ACK` or `FIN` on a path before the peer's `RESUME`
+        //# arrived on it; until then it keeps using the previous active path.
         self.active = Some(path);
         Ok(())
     }
@@ -1323,6 +1343,8 @@ impl SessionState {
         payload: &'p [u8],
     ) -> Result<&'p [u8], SessionError> {
         let end = offset
+            //= spec/direct.md#DI-DATA-1
+            //# `offset + n` MUST NOT exceed 2^64 − 1.
             .checked_add(payload.len() as u64)
             .ok_or(SessionError::DataBeyondFin {
                 fin: u64::MAX,

@@ -466,7 +466,7 @@ impl PathManager {
             cfg,
         };
         let h = m.add_slot(Path::Relay, now, None);
-        //= spec/direct.md#4.6
+        //= spec/direct.md#DI-ID-1
         //# the relay path's epochs use even ids (0 first …)
         match m.st.open_path(0) {
             Ok(f) => {
@@ -613,7 +613,7 @@ impl PathManager {
         early_resume: Option<u64>,
     ) -> Option<PathHandle> {
         self.now = now;
-        //= spec/direct.md#4.6
+        //= spec/direct.md#DI-ONE-1
         //# Any later authenticated connection is closed while a direct path is in use.
         if self.cfg.policy == PathPolicy::RelayOnly
             || self.direct_id.is_some()
@@ -627,7 +627,7 @@ impl PathManager {
             // It waits for the host's RESUME on it (§4.6).
             return Some(h);
         }
-        //= spec/direct.md#4.6
+        //= spec/direct.md#DI-ID-2
         //# direct paths use odd ids chosen by the host (1, 3, 5, …), each above
         //# the relay epoch in force
         self.direct_seq = (self.direct_seq + 1).max(self.relay_epoch / 2 + 1);
@@ -658,7 +658,11 @@ impl PathManager {
             s.last_recv = now;
         }
         if let Err(fault) = self.on_bytes(now, h, bytes) {
+            //= spec/direct.md#DI-PARSE-1
+            //# the receiver MUST stop using the path
             self.fail(SessionFailure::PeerMisbehaved(fault));
+            //= spec/direct.md#DI-PARSE-2
+            //# SHOULD send `CLOSE` on another path if one is left.
             self.close_all(1, "protocol error");
         }
         self.fill(now);
@@ -720,7 +724,7 @@ impl PathManager {
             return;
         }
         if self.ack_at.is_some_and(|t| now >= t) {
-            //= spec/direct.md#3.3
+            //= spec/direct.md#DI-ACK-1
             //# the driver asks (`force_ack`) after about 100 ms without an `ACK`
             self.st.force_ack();
             self.ack_at = None;
@@ -739,7 +743,7 @@ impl PathManager {
             } else {
                 relay_interval
             };
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-LIVE-2
             //# A direct path that received nothing for `keepalive_timeout` … is dead
             if is_direct_active
                 && now.saturating_duration_since(s.last_recv) >= self.cfg.keepalive_timeout
@@ -747,7 +751,7 @@ impl PathManager {
                 dead.push(k);
                 continue;
             }
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-LIVE-3
             //# A relay connection that received nothing for three such intervals is dead
             if s.kind == Path::Relay
                 && now.saturating_duration_since(s.last_recv) >= relay_interval * 3
@@ -755,7 +759,7 @@ impl PathManager {
                 relay_dead.push(k);
                 continue;
             }
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-LIVE-1
             //# a peer sends `KEEPALIVE` whenever it sent nothing for `keepalive_interval`
             if s.out_id.is_some()
                 && s.out.is_empty()
@@ -931,7 +935,7 @@ impl PathManager {
         self.st.ack_limit()
     }
 
-    //= spec/direct.md#3.2
+    //= spec/direct.md#DI-WIN-1
     //# the receiver acknowledges at most `window` bytes beyond what the
     //# application consumed
     fn update_ack_limit(&mut self) {
@@ -978,8 +982,8 @@ impl PathManager {
                 let _ = encode(&frame, &mut s.out);
             }
         }
-        //= spec/direct.md#3.6
-        //# both directions complete: the session is closed with `CLOSE(0)`
+        // spec/direct.md §3.6:
+        // both directions complete: the session is closed with `CLOSE(0)`
         if self.st.is_complete() || (self.peer_closed && self.st.peer_finished()) {
             self.close_all(0, "done");
             self.status = Status::Done;
@@ -1063,7 +1067,7 @@ impl PathManager {
                 other => {
                     // DATA, ACK, FIN, PATH_SWITCH: the session state's business.
                     let Some(id) = in_id else {
-                        //= spec/direct.md#4.6
+                        //= spec/direct.md#DI-EARLY-1
                         //# its first frame … MUST be `RESUME` with an odd id; any other
                         //# frame closes that connection
                         drop(other);
@@ -1082,8 +1086,14 @@ impl PathManager {
                     continue;
                 }
             };
+            if kind != Path::Relay && in_id.is_none() && !matches!(control, Control::Resume(..)) {
+                //= spec/direct.md#DI-EARLY-1
+                //# any other frame closes that connection
+                self.drop_slot(h);
+                return Ok(());
+            }
             match control {
-                //= spec/direct.md#4.6
+                //= spec/direct.md#DI-EARLY-2
                 //# The guest's early `RESUME` is the first frame the host reads on the
                 //# connection it chose; it is taken as `RESUME(id, received)`
                 Control::Resume(PROVISIONAL_PATH, received)
@@ -1128,6 +1138,8 @@ impl PathManager {
                 Control::Punch(attempt, Transport::Udp, delay) => {
                     self.on_udp_punch(now, attempt, delay)
                 }
+                //= spec/direct.md#DI-KA-1
+                //# A receiver of `KEEPALIVE` SHOULD answer on the same path with `KEEPALIVE_ACK`
                 Control::Keepalive(nonce) => {
                     // Bounded: a peer that floods keepalives while not
                     // reading gets no more answers once the output backs up.
@@ -1140,10 +1152,12 @@ impl PathManager {
                     }
                 }
                 Control::Close(code, reason) => {
-                    //= spec/direct.md#4.7
+                    //= spec/direct.md#DI-CLOSE-2
                     //# A `CLOSE(0)` from the peer marks the end of the session: its paths
                     //# closing afterwards are not failures
                     self.closing = true;
+                    //= spec/direct.md#DI-CLOSE-1
+                    //# A receiver MUST NOT base a decision on the reason.
                     if code == 0 {
                         self.peer_closed = true;
                     } else if !self.st.is_complete() {
@@ -1177,7 +1191,7 @@ impl PathManager {
                 Ok(())
             }
             Ok(_) => Ok(()),
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-STALE-1
             //# Frames that still arrive for a path id this side has closed are ignored
             Err(SessionError::UnknownPath(_)) => Ok(()),
             Err(e) => Err(PeerFault::Stream(e)),
@@ -1200,7 +1214,7 @@ impl PathManager {
                 .map(|s| s.kind);
             if let Some(k) = kind {
                 self.set_path(k);
-                //= spec/direct.md#4.6
+                //= spec/direct.md#DI-POLICY-1
                 //# with `NoRelayFallback` the relay connection is closed once the
                 //# direct path carries the session
                 if k != Path::Relay && self.cfg.policy == PathPolicy::NoRelayFallback {
@@ -1232,7 +1246,7 @@ impl PathManager {
         new_id: u32,
     ) -> Result<(), PeerFault> {
         if kind == Path::Relay {
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-FALL-2
             //# a peer that receives a `RESUME` with a new even id on the relay
             //# connection follows
             if !new_id.is_multiple_of(2) || in_id.is_some_and(|old| new_id <= old) {
@@ -1255,7 +1269,7 @@ impl PathManager {
         if self.cfg.role == Role::Host || new_id.is_multiple_of(2) || in_id.is_some() {
             return Err(PeerFault::UnexpectedDirectResume(new_id));
         }
-        //= spec/direct.md#4.6
+        //= spec/direct.md#DI-ID-3
         //# a guest drops a direct connection whose host `RESUME` names an id below
         //# its relay epoch
         if self.direct_id.is_some() || new_id < self.relay_epoch {
@@ -1280,7 +1294,7 @@ impl PathManager {
         }
         self.direct_id = Some(new_id);
         self.udp_stop();
-        //= spec/direct.md#4.6
+        //= spec/direct.md#DI-ONE-2
         //# and closes its other not-yet-resumed direct connections
         let losers: Vec<PathHandle> = self
             .slots
@@ -1298,8 +1312,8 @@ impl PathManager {
         if self.cfg.policy == PathPolicy::RelayOnly {
             return;
         }
-        //= spec/direct.md#4.1
-        //# A CANDIDATES frame replaces the candidates of the transports it carries
+        // spec/direct.md §4.1:
+        // A CANDIDATES frame replaces the candidates of the transports it carries
         let has = |t: Transport| c.iter().any(|c| c.transport == t);
         let (tcp, udp) = (has(Transport::Tcp), has(Transport::Udp));
         self.peer_candidates
@@ -1359,15 +1373,15 @@ impl PathManager {
         let Some(punch_at) = self.udp_punch_time() else {
             return;
         };
-        //= spec/direct.md#4.3.1
-        //# the host prepares its UDP side `UDP_PREPARE_LEAD` before the window ends
+        // spec/direct.md §4.3.1:
+        // the host prepares its UDP side `UDP_PREPARE_LEAD` before the window ends
         let in_lead = now + UDP_PREPARE_LEAD >= punch_at;
         if in_lead {
             self.udp_prepare();
         }
-        //= spec/direct.md#4.3.2
-        //# the host announces the attempt with the time left: the guest starts
-        //# probing on receipt, the host itself starts when the window ends
+        // spec/direct.md §4.3.2:
+        // the host announces the attempt with the time left: the guest starts
+        // probing on receipt, the host itself starts when the window ends
         if in_lead && self.peer_has(Transport::Udp) && self.udp == Udp::Ready {
             let delay = punch_at.saturating_duration_since(now);
             let n = self.send_punch(Transport::Udp, delay);
@@ -1403,8 +1417,8 @@ impl PathManager {
             return;
         }
         self.attempt = n + 1;
-        //= spec/direct.md#4.3.2
-        //# The guest's start = PUNCH receipt + delay − half the relay RTT
+        // spec/direct.md §4.3.2:
+        // The guest's start = PUNCH receipt + delay − half the relay RTT
         let delay = Duration::from_millis(u64::from(delay_ms));
         let one_way = self.cfg.relay_one_way.min(MAX_ONE_WAY);
         let at = now + delay.saturating_sub(one_way);
@@ -1522,7 +1536,7 @@ impl PathManager {
             }
             return;
         }
-        //= spec/direct.md#4.7
+        //= spec/direct.md#DI-FALL-1
         //# reopens the relay stream as the next even id `r + 2`
         let next = self.relay_epoch + 2;
         self.fall_back_to_relay_with(now, next);
@@ -1549,12 +1563,12 @@ impl PathManager {
             }
             self.relay_epoch = id;
             self.set_path(Path::Relay);
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-FALL-4
             //# the host starts a new direct attempt `retry_after` later
             let retry_at = now + self.cfg.retry_after;
             self.retry_at = Some(retry_at);
             self.udp_new_round(retry_at);
-            //= spec/direct.md#4.7
+            //= spec/direct.md#DI-FALL-3
             //# both sides open a new listening port and send fresh `CANDIDATES`
             if self.cfg.policy != PathPolicy::RelayOnly && self.cfg.tcp {
                 self.actions.push_back(Action::StartListener);

@@ -393,7 +393,7 @@ impl<T: AsRef<[u8]>> Segment<T> {
     pub fn new_checked(buffer: T) -> Result<Segment<T>, WireError> {
         let data = buffer.as_ref();
         //= spec/xtcp.md#parse-errors
-        //# A datagram whose first byte is not 1 MUST be rejected with BadVersion.
+        //# | 2 | byte 0 is not 1 | `BadVersion(byte 0)` |
         match data.first() {
             None => return Err(WireError::Truncated),
             Some(&v) if v != XTCP_VERSION => return Err(WireError::BadVersion(v)),
@@ -529,17 +529,21 @@ impl TcpOptions {
         loop {
             match area {
                 // RFC 9293 §3.2: End of Option List; the rest is padding.
+                //= spec/xtcp.md#XT-OPT-2
+                //# a receiver MUST NOT reject a datagram because they are not
                 [] | [EOL, ..] => return Ok(opts),
                 // RFC 9293 §3.2: No-Operation, a single byte.
                 [NOP, rest @ ..] => area = rest,
                 // A kind other than EOL/NOP without room for its length byte.
+                //= spec/xtcp.md#XT-OPT-3
+                //# if it is the last byte of the area (no length byte) ... MUST be rejected
                 [_] => return Err(WireError::BadOption),
                 [kind, len, ..] => {
                     let kind = *kind;
                     let len = usize::from(*len);
-                    //= spec/xtcp.md#options
-                    //# An option length below 2, or one running past the TCP
-                    //# header, MUST be rejected with BadOption.
+                    //= spec/xtcp.md#XT-OPT-3
+                    //# its length is below 2, or the option runs past the end of the
+                    //# TCP header, the datagram MUST be rejected with `BadOption`.
                     if len < 2 {
                         return Err(WireError::BadOption);
                     }
@@ -589,12 +593,14 @@ impl TcpOptions {
                 self.sack_len = n;
             }
             // A known kind with the wrong length.
+            //= spec/xtcp.md#XT-OPT-4
+            //# A **known kind** (2, 3, 4, 5, 8) whose length is not the one in the table MUST be
+            //# rejected with `BadOption`.
             (MSS | WINDOW_SCALE | SACK_PERMITTED | TIMESTAMPS | SACK, _) => {
                 return Err(WireError::BadOption)
             }
-            //= spec/xtcp.md#options
-            //# A receiver MUST skip an option of unknown kind by its length
-            //# byte and otherwise ignore it (RFC 9293 §3.1).
+            //= spec/xtcp.md#XT-OPT-5
+            //# An **unknown kind** MUST be skipped by its length byte and otherwise ignored
             _ => {}
         }
         Ok(())
@@ -676,6 +682,8 @@ impl TcpOptions {
         // RFC 9293 §3.1: pad the option area to a 32-bit boundary with zeros
         // (an EOL followed by zero padding).
         while w.pos < len {
+            //= spec/xtcp.md#XT-OPT-1
+            //# they SHOULD be zero
             w.put(&[EOL])?;
         }
         Ok(len)
@@ -716,14 +724,13 @@ impl<'a> SegmentRepr<'a> {
     /// and the XTCP flags are accepted whatever they hold.
     pub fn parse(datagram: &'a [u8]) -> Result<SegmentRepr<'a>, WireError> {
         let seg = Segment::new_checked(datagram)?;
-        //= spec/xtcp.md#checksum
-        //# A receiver MUST drop a datagram whose checksum does not verify.
+        //= spec/xtcp.md#XT-CSUM-1
+        //# Otherwise it MUST drop the datagram (`BadChecksum`).
         if !seg.verify_checksum() {
             return Err(WireError::BadChecksum);
         }
         //= spec/xtcp.md#xtcp-header
-        //# Bytes 2 and 3 are reserved; a receiver MUST reject a datagram in
-        //# which they are not zero.
+        //# | 2–3 | Reserved | MUST be zero | non-zero: drop, `Reserved` |
         if seg.xtcp_reserved() != 0 {
             return Err(WireError::Reserved);
         }
@@ -763,6 +770,8 @@ impl<'a> SegmentRepr<'a> {
     /// blocks that do not fit in the option area are dropped (see
     /// [`TcpOptions::sack_blocks_emitted`]), so `parse(emit(x))` returns
     /// [`SegmentRepr::canonical`]`(x)`.
+    //= spec/xtcp.md#XT-VEC-1
+    //# Without it, emitting the decoded fields MUST reproduce `hex` exactly.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         let header_len = self.header_len();
         let total = header_len + self.payload.len();
@@ -775,7 +784,11 @@ impl<'a> SegmentRepr<'a> {
             .ok_or(WireError::BufferTooSmall)?;
 
         // Fixed header, built in place. The checksum field stays zero until the end.
+        //= spec/xtcp.md#XT-HDR-2
+        //# | 2–3 | Reserved | MUST be zero |
         *fixed = [0; FIXED_HEADER_LEN];
+        //= spec/xtcp.md#XT-HDR-1
+        //# | 0 | Version | MUST be 1 |
         write_at(fixed, field::VERSION..field::VERSION + 1, &[XTCP_VERSION]);
         write_at(fixed, field::XFLAGS..field::XFLAGS + 1, &[self.xflags.0]);
         write_at(fixed, field::CONN_ID, &self.conn_id.to_be_bytes());
@@ -1029,8 +1042,10 @@ mod tests {
         }
     }
 
-    //= spec/xtcp.md#9-test-vectors
-    //# Emitting the decoded fields MUST reproduce `hex` exactly.
+    //= spec/xtcp.md#XT-VEC-1
+    //# Without it, emitting the decoded fields MUST reproduce `hex` exactly.
+    //= spec/xtcp.md#XT-HDR-1
+    //= spec/xtcp.md#XT-HDR-2
     #[test]
     fn spec_vectors() {
         let vs = vectors();
@@ -1436,6 +1451,10 @@ mod tests {
         assert_eq!(parsed, repr.canonical());
     }
 
+    //= spec/xtcp.md#XT-OPT-2
+    //= spec/xtcp.md#XT-OPT-3
+    //= spec/xtcp.md#XT-OPT-4
+    //= spec/xtcp.md#XT-OPT-5
     #[test]
     fn option_parsing_rules() {
         use WireError::BadOption;
@@ -1483,6 +1502,7 @@ mod tests {
         assert_eq!(peek_conn_id(&d), Ok(42));
     }
 
+    //= spec/xtcp.md#XT-CSUM-1
     #[test]
     fn every_single_bit_flip_of_every_vector_is_rejected() {
         // The Internet checksum catches every single-bit error; a flip of the
