@@ -659,6 +659,9 @@ fn base(name: &'static str) -> Scenario {
 
 const SEEDS: u64 = 20;
 
+//= spec/direct.md#DI-ID-2
+//= spec/direct.md#DI-EARLY-2
+//= spec/direct.md#DI-ONE-1
 #[test]
 fn relay_to_direct_takeover_data_both_ways() {
     let mut sc = base("takeover");
@@ -668,6 +671,11 @@ fn relay_to_direct_takeover_data_both_ways() {
     run("relay_to_direct_takeover_data_both_ways", sc, SEEDS);
 }
 
+//= spec/direct.md#DI-LIVE-1
+//= spec/direct.md#DI-LIVE-2
+//= spec/direct.md#DI-FALL-1
+//= spec/direct.md#DI-FALL-2
+//= spec/direct.md#DI-FALL-4
 #[test]
 fn direct_black_holed_falls_back_then_retries_and_takes_over_again() {
     let mut sc = base("cut");
@@ -682,6 +690,9 @@ fn direct_black_holed_falls_back_then_retries_and_takes_over_again() {
     );
 }
 
+//= spec/direct.md#DI-FALL-1
+//= spec/direct.md#DI-STALE-1
+//= spec/direct.md#DI-ID-3
 #[test]
 fn direct_reset_twice_falls_back_each_time_byte_exact() {
     let mut sc = base("reset twice");
@@ -725,6 +736,7 @@ fn udp_window_at_10_s_when_tcp_never_connects() {
     run("udp_window_at_10_s_when_tcp_never_connects", sc, SEEDS);
 }
 
+//= spec/direct.md#DI-ID-1
 #[test]
 fn slow_relay_late_resume_does_not_take_the_sending_back() {
     // The relay's RESUME arrives long after the direct path took over.
@@ -739,6 +751,7 @@ fn slow_relay_late_resume_does_not_take_the_sending_back() {
     );
 }
 
+//= spec/direct.md#DI-LIVE-3
 #[test]
 fn relay_stall_while_relayed_is_not_a_failure() {
     let mut sc = base("relay stall");
@@ -764,6 +777,8 @@ fn not_reading(name: &'static str, tcp: bool, udp: bool) -> Scenario {
     sc
 }
 
+//= spec/direct.md#DI-WIN-1
+//= spec/direct.md#DI-WIN-2
 #[test]
 fn both_apps_stop_reading_for_minutes_on_the_relay() {
     let sc = not_reading("not reading, relay", false, false);

@@ -598,6 +598,8 @@ impl PathManager {
     /// more than the window plus [`RX_SLACK`] unread (a peer ignoring the
     /// window, §3.2).
     pub fn wants_read(&self, h: PathHandle) -> bool {
+        //= spec/direct.md#DI-WIN-2
+        //# a receiver MUST keep reading its paths while its application does not read
         self.slots.contains_key(&h)
             && self.rx.len() < self.cfg.receive_window.saturating_add(RX_SLACK)
     }
