@@ -105,14 +105,11 @@ impl<'a> Reader<'a> {
 
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
-        match n.checked_sub(self.buf.len()) {
-            Some(needed) if needed > 0 => Err(CodecError::Truncated { needed }),
-            _ => {
-                let (head, tail) = self.buf.split_at(n);
-                self.buf = tail;
-                Ok(head)
-            }
-        }
+        let (head, tail) = self.buf.split_at_checked(n).ok_or(CodecError::Truncated {
+            needed: n.saturating_sub(self.buf.len()),
+        })?;
+        self.buf = tail;
+        Ok(head)
     }
 
     /// The next `N` bytes, copied into an array.
@@ -180,6 +177,51 @@ impl<'a> Reader<'a> {
         *self = r;
         Ok(SocketAddr::new(ip, port))
     }
+}
+
+/// Length of the header of [`split_frame`]'s framing.
+pub const FRAME_HEADER_LEN: usize = 3;
+
+/// Why [`split_frame`] found no whole frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SplitError {
+    /// `needed` more bytes are required.
+    Incomplete {
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// The length field exceeds the format's largest body.
+    TooLong {
+        /// The announced body length.
+        len: usize,
+    },
+}
+
+/// Split one frame off the front of `buf` in the framing that relay control
+/// frames and session frames share; returns its type, its body and the bytes
+/// it takes. An oversize length is refused from the header alone.
+///
+/// ```text
+///  0        1        2        3
+/// +--------+--------+--------+---- ... ----+
+/// |  type  |  length (u16 BE) |    body     |   length ≤ max_body
+/// +--------+--------+--------+---- ... ----+
+/// ```
+pub fn split_frame(buf: &[u8], max_body: usize) -> Result<(u8, &[u8], usize), SplitError> {
+    // `take` fails only by truncation.
+    let incomplete = |e| match e {
+        CodecError::Truncated { needed } => SplitError::Incomplete { needed },
+        _ => SplitError::Incomplete { needed: 1 },
+    };
+    let mut r = Reader::new(buf);
+    let [ty, len @ ..] = r.array::<FRAME_HEADER_LEN>().map_err(incomplete)?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > max_body {
+        return Err(SplitError::TooLong { len });
+    }
+    let body = r.take(len).map_err(incomplete)?;
+    Ok((ty, body, FRAME_HEADER_LEN + len))
 }
 
 /// Where encoders write; the puts match [`Reader`]'s reads.
@@ -310,6 +352,24 @@ mod tests {
         let mut r = Reader::new(&v[..v.len() - 1]);
         assert_eq!(r.socket_addr(), Err(CodecError::Truncated { needed: 1 }));
         assert_eq!(r.remaining(), v.len() - 1, "a failed read consumes nothing");
+    }
+
+    #[test]
+    fn frames_split_at_their_length() {
+        let f = [7, 0, 2, 0xAA, 0xBB, 0xCC];
+        assert_eq!(split_frame(&f, 2), Ok((7, &f[3..5], 5)));
+        for n in 0..3 {
+            assert_eq!(
+                split_frame(&f[..n], 2),
+                Err(SplitError::Incomplete { needed: 3 - n })
+            );
+        }
+        assert_eq!(
+            split_frame(&f[..4], 2),
+            Err(SplitError::Incomplete { needed: 1 })
+        );
+        // An oversize length is refused before its body arrives.
+        assert_eq!(split_frame(&f[..3], 1), Err(SplitError::TooLong { len: 2 }));
     }
 
     #[test]

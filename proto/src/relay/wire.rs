@@ -16,7 +16,10 @@
 //! nothing allocates. Type bytes come from [`crate::codec::registry::relay`].
 
 use crate::codec::registry::relay as t;
-use crate::codec::{socket_addr_len, CodecError, Reader, SliceWriter, Writer};
+use crate::codec::{
+    socket_addr_len, split_frame, CodecError, Reader, SliceWriter, SplitError, Writer,
+    FRAME_HEADER_LEN,
+};
 use core::fmt;
 use core::net::SocketAddr;
 
@@ -25,7 +28,7 @@ pub const VERSION: u8 = 1;
 /// ALPN protocol id of the client↔relay TLS channel.
 pub const ALPN: &[u8] = b"xtcp-relay/1";
 /// Length of the frame header (type + length).
-pub const HEADER_LEN: usize = 3;
+pub const HEADER_LEN: usize = FRAME_HEADER_LEN;
 /// Largest frame body a sender may emit and a receiver accepts.
 pub const MAX_BODY: usize = 512;
 /// Largest operator token carried in `CREATE`.
@@ -225,18 +228,11 @@ impl std::error::Error for EmitError {}
 impl<'a> Frame<'a> {
     /// Parse one frame from the front of `buf`; returns it and the bytes consumed.
     pub fn parse(buf: &'a [u8]) -> Result<(Frame<'a>, usize), FrameError> {
-        let incomplete = |e| match e {
-            CodecError::Truncated { needed } => FrameError::Incomplete { needed },
-            e => FrameError::from(e),
-        };
-        let mut r = Reader::new(buf);
-        let [ty, len @ ..] = r.array::<HEADER_LEN>().map_err(incomplete)?;
-        let len = usize::from(u16::from_be_bytes(len));
-        if len > MAX_BODY {
-            return Err(FrameError::TooLong);
-        }
-        let body = r.take(len).map_err(incomplete)?;
-        Ok((Frame::parse_body(ty, body)?, HEADER_LEN + len))
+        let (ty, body, used) = split_frame(buf, MAX_BODY).map_err(|e| match e {
+            SplitError::Incomplete { needed } => FrameError::Incomplete { needed },
+            SplitError::TooLong { .. } => FrameError::TooLong,
+        })?;
+        Ok((Frame::parse_body(ty, body)?, used))
     }
 
     /// Parse a body of type `ty`: every byte must belong to a field.

@@ -13,12 +13,14 @@
 //! [`crate::codec::Writer`], so no parser indexes a slice.
 
 use crate::codec::registry::session as t;
-use crate::codec::{socket_addr_len, CodecError, Reader, Writer};
+use crate::codec::{
+    socket_addr_len, split_frame, CodecError, Reader, SplitError, Writer, FRAME_HEADER_LEN,
+};
 use core::fmt;
 use core::net::SocketAddr;
 
 /// Length of the frame header (type + length).
-pub const HEADER_LEN: usize = 3;
+pub const HEADER_LEN: usize = FRAME_HEADER_LEN;
 /// Largest payload of one `DATA` frame.
 pub const MAX_DATA: usize = 16384;
 /// Largest frame body a sender may emit and a receiver accepts.
@@ -327,19 +329,11 @@ impl<'a> Frame<'a> {
     ///
     /// An oversize length is refused from the header alone, before the body arrives.
     pub fn parse(buf: &'a [u8]) -> Result<(Frame<'a>, usize), FrameError> {
-        let incomplete = |e| match e {
-            CodecError::Truncated { needed } => FrameError::Incomplete { needed },
-            // `take` and `array` fail only by truncation.
-            _ => FrameError::Incomplete { needed: 0 },
-        };
-        let mut r = Reader::new(buf);
-        let [ty, len @ ..] = r.array::<HEADER_LEN>().map_err(incomplete)?;
-        let len = usize::from(u16::from_be_bytes(len));
-        if len > MAX_BODY {
-            return Err(FrameError::TooLong { len });
-        }
-        let body = r.take(len).map_err(incomplete)?;
-        Ok((Frame::parse_body(ty, body)?, HEADER_LEN + len))
+        let (ty, body, used) = split_frame(buf, MAX_BODY).map_err(|e| match e {
+            SplitError::Incomplete { needed } => FrameError::Incomplete { needed },
+            SplitError::TooLong { len } => FrameError::TooLong { len },
+        })?;
+        Ok((Frame::parse_body(ty, body)?, used))
     }
 
     /// Parse a frame body of type `ty` (the body's length is the frame's length field).
