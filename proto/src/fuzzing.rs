@@ -321,6 +321,10 @@ pub fn udp_service(data: &[u8]) {
         req.is_err() || resp.is_err(),
         "a datagram parsed as both request and response"
     );
+    assert!(
+        (req.is_err() && resp.is_err()) || crate::session::probe::parse_probe(data).is_err(),
+        "an address service datagram parsed as a punch probe"
+    );
     if let Ok(r) = req {
         assert_eq!(
             &encode_request(&r.token, r.nonce)[..],
