@@ -27,6 +27,7 @@ use crate::api::Path;
 use crate::direct::{self, DirectCtx};
 use crate::e2e::Role;
 use crate::net::{EndpointOptions, XtcpEndpoint};
+use proto::session::probe::ProbeKey;
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::collections::HashSet;
 use std::io;
@@ -35,10 +36,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// First byte of a punch probe (`spec/direct.md` §4.3).
-pub const PROBE: u8 = 0xA2;
-/// Probe length: type, attempt (u32), tag (32 bytes).
-pub const PROBE_LEN: usize = 37;
+/// The punch probe's first byte and length (`spec/direct.md` §4.3; the
+/// codec is `proto::session::probe`).
+pub use proto::session::probe::{PROBE, PROBE_LEN};
 /// Requests sent to the relay's UDP service before giving up on it.
 const SERVICE_TRIES: u32 = 5;
 /// Wait for one answer of the UDP service.
@@ -165,46 +165,6 @@ async fn query_reflexive(
     None
 }
 
-/// The probes' key: HMAC-SHA256 keyed with the relay path's exporter. Only
-/// the two peers know the exporter; the tag keeps strangers' datagrams from
-/// steering connection attempts (the path itself is still proven by TLS and
-/// the session tag).
-fn probe_key(relay_exporter: &[u8; 32]) -> ring::hmac::Key {
-    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, relay_exporter)
-}
-
-/// The tag of attempt `attempt`'s probes: HMAC over `"xtcp punch v1" ‖ attempt`.
-fn probe_input(attempt: u32) -> [u8; 17] {
-    let mut m = [0u8; 17];
-    m[..13].copy_from_slice(b"xtcp punch v1");
-    m[13..].copy_from_slice(&attempt.to_be_bytes());
-    m
-}
-
-fn probe_tag(key: &ring::hmac::Key, attempt: u32) -> [u8; 32] {
-    let t = ring::hmac::sign(key, &probe_input(attempt));
-    let mut out = [0u8; 32];
-    out.copy_from_slice(t.as_ref());
-    out
-}
-
-fn encode_probe(attempt: u32, tag: &[u8; 32]) -> [u8; PROBE_LEN] {
-    let mut p = [0u8; PROBE_LEN];
-    p[0] = PROBE;
-    p[1..5].copy_from_slice(&attempt.to_be_bytes());
-    p[5..].copy_from_slice(tag);
-    p
-}
-
-/// Whether `d` is this attempt's probe (constant-time tag check).
-fn is_probe(d: &[u8], attempt: u32, key: &ring::hmac::Key) -> bool {
-    d.len() == PROBE_LEN
-        && d.first() == Some(&PROBE)
-        && d.get(1..5) == Some(&attempt.to_be_bytes()[..])
-        && d.get(5..)
-            .is_some_and(|t| ring::hmac::verify(key, &probe_input(attempt), t).is_ok())
-}
-
 /// What one UDP attempt does.
 pub(crate) struct PunchPlan {
     pub attempt: u32,
@@ -243,8 +203,10 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     let Some(exporter) = ctx.exporter_now() else {
         return;
     };
-    let key = probe_key(&exporter);
-    let probe = encode_probe(attempt, &probe_tag(&key, attempt));
+    // Only the two peers know the exporter: the probes' tag keeps strangers'
+    // datagrams from steering connection attempts.
+    let key = ProbeKey::new(&exporter);
+    let probe = key.probe(attempt);
     let mut guesses = Vec::new();
     let (hit_tx, mut hits) = mpsc::channel::<(tokio::net::UdpSocket, SocketAddr)>(4);
     if prediction > 0 {
@@ -322,7 +284,7 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
             _ = tokio::time::sleep_until(wake) => {}
             got = side.recv() => {
                 let Some((from, d)) = got else { break };
-                if !is_probe(&d, attempt, &key) {
+                if !key.verify(&d, attempt) {
                     continue;
                 }
                 if !targets.contains(&from) && targets.len() < MAX_TARGETS {
@@ -406,7 +368,7 @@ fn spray(
     n: usize,
     target: SocketAddr,
     probe: [u8; PROBE_LEN],
-    key: ring::hmac::Key,
+    key: ProbeKey,
     attempt: u32,
     hits: mpsc::Sender<(tokio::net::UdpSocket, SocketAddr)>,
     duration: Duration,
@@ -442,7 +404,7 @@ fn spray(
                     _ = tokio::time::sleep_until(next.min(end)) => {}
                     r = sock.recv_from(&mut buf) => {
                         if let Ok((len, from)) = r {
-                            if is_probe(buf.get(..len).unwrap_or(&[]), attempt, &key) {
+                            if key.verify(buf.get(..len).unwrap_or(&[]), attempt) {
                                 let _ = sock.send_to(&probe, from).await;
                                 let _ = hits.send((sock, from)).await;
                                 return;
@@ -492,27 +454,6 @@ async fn use_spray_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_round_trip_and_rejections() {
-        let key = probe_key(&[9; 32]);
-        let p = encode_probe(3, &probe_tag(&key, 3));
-        assert!(is_probe(&p, 3, &key));
-        assert!(!is_probe(&p, 4, &key), "another attempt");
-        assert!(!is_probe(&p, 3, &probe_key(&[8; 32])), "another session");
-        assert!(!is_probe(&p[..PROBE_LEN - 1], 3, &key), "truncated");
-        let mut bad = p;
-        bad[PROBE_LEN - 1] ^= 1;
-        assert!(!is_probe(&bad, 3, &key), "forged tag");
-        let mut other = encode_probe(4, &probe_tag(&key, 3));
-        assert!(
-            !is_probe(&other, 4, &key),
-            "attempt 3's tag under attempt 4"
-        );
-        other[1..5].copy_from_slice(&3u32.to_be_bytes());
-        assert!(is_probe(&other, 3, &key));
-        assert!(crate::net::SIDE_CHANNEL.contains(&PROBE));
-    }
 
     /// The host's UDP endpoint during an attempt (it accepts, §4.3.2): a
     /// stranger who knows its address (everything the relay and the network

@@ -47,8 +47,10 @@ use tokio::sync::Notify;
 
 /// First bytes of datagrams that share an XTCP socket without being XTCP
 /// (byte 0 of XTCP is its version, 1): the relay's UDP address service and
-/// the peers' punch probes (`spec/direct.md` §4.3).
-pub const SIDE_CHANNEL: std::ops::RangeInclusive<u8> = 0xA0..=0xAF;
+/// the peers' punch probes (`spec/direct.md` §4.3). Registered, with every
+/// other first byte, in `proto::codec::registry`.
+pub const SIDE_CHANNEL: std::ops::RangeInclusive<u8> =
+    proto::codec::registry::datagram::SIDE_CHANNEL;
 /// Longest side-channel datagram passed on (they are all small).
 const SIDE_CHANNEL_MAX: usize = 256;
 /// Side-channel datagrams queued at most before new ones are dropped.

@@ -321,6 +321,10 @@ pub fn udp_service(data: &[u8]) {
         req.is_err() || resp.is_err(),
         "a datagram parsed as both request and response"
     );
+    assert!(
+        (req.is_err() && resp.is_err()) || crate::session::probe::parse_probe(data).is_err(),
+        "an address service datagram parsed as a punch probe"
+    );
     if let Ok(r) = req {
         assert_eq!(
             &encode_request(&r.token, r.nonce)[..],
@@ -337,4 +341,36 @@ pub fn udp_service(data: &[u8]) {
         );
         assert!(n < REQUEST_LEN, "a response as long as a request");
     }
+}
+
+/// Punch probe oracle (`spec/direct.md` §4.3): any datagram parses to a
+/// probe or a typed error; a parsed probe re-encodes to exactly the same
+/// bytes; a probe is never also a UDP address service datagram (the first
+/// bytes are registered apart); and a probe verifies under a key exactly
+/// when its tag is that key's tag for its attempt.
+pub fn punch_probe(data: &[u8]) {
+    use crate::relay::udp_service::{parse_request, parse_response};
+    use crate::session::probe::{encode_probe, parse_probe, ProbeKey};
+    let key = ProbeKey::new(&[0x11; 32]);
+    let parsed = parse_probe(data);
+    let attempt = parsed.map_or(0, |p| p.attempt);
+    let valid = key.verify(data, attempt);
+    let Ok(p) = parsed else {
+        assert!(!valid, "an unparseable datagram verified");
+        return;
+    };
+    assert_eq!(
+        &encode_probe(p.attempt, &p.tag)[..],
+        data,
+        "encode(parse(probe)) != probe"
+    );
+    assert!(
+        parse_request(data).is_err() && parse_response(data).is_err(),
+        "a probe parsed as an address service datagram"
+    );
+    assert_eq!(
+        valid,
+        p.tag == key.tag(p.attempt),
+        "verify disagrees with tag"
+    );
 }

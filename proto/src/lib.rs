@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod relay;

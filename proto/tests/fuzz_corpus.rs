@@ -44,3 +44,4 @@ replay!(connection, xtcp_proto::fuzzing::connection);
 replay!(relay_frame, xtcp_proto::fuzzing::relay_frame);
 replay!(session_frames, xtcp_proto::fuzzing::session_frames);
 replay!(udp_service, xtcp_proto::fuzzing::udp_service);
+replay!(punch_probe, xtcp_proto::fuzzing::punch_probe);

@@ -631,6 +631,7 @@ fn run(name: &str, sc: Scenario, seeds: u64) {
         let mut w = World::new(seed, sc.clone());
         let r = w.run();
         if r.is_err() {
+            eprintln!("scenario {}: last events", w.sc.name);
             for l in w.log.iter().rev().take(20).rev() {
                 eprintln!("{l}");
             }

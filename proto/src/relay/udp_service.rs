@@ -30,16 +30,21 @@
 //! (`0xA1`) here, `0xA2` for the peers' punch probe (specified in
 //! `spec/direct.md`, not in this module), the rest unassigned.
 //!
+//! The first bytes are registered in [`crate::codec::registry::datagram`].
+//!
 //! Parsing is total: every byte string yields a value or a typed
-//! [`UdpServiceError`]; nothing allocates, nothing reads a clock.
+//! [`UdpServiceError`] (fields read through [`crate::codec::Reader`]);
+//! nothing allocates, nothing reads a clock.
 
+use crate::codec::registry::datagram;
+use crate::codec::{CodecError, Reader, SliceWriter, Writer};
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::SocketAddr;
 
 /// First byte of an address request (peer → relay).
-pub const REQUEST: u8 = 0xA0;
+pub const REQUEST: u8 = datagram::UDP_SERVICE_REQUEST;
 /// First byte of an address response (relay → peer).
-pub const RESPONSE: u8 = 0xA1;
+pub const RESPONSE: u8 = datagram::UDP_SERVICE_RESPONSE;
 /// Exact length of a request datagram, padding included.
 pub const REQUEST_LEN: usize = 48;
 /// Length of the token granted in `PAIRED`.
@@ -49,8 +54,6 @@ pub const MAX_RESPONSE_LEN: usize = 28;
 
 /// Start of the padding in a request (type + token + nonce).
 const PAD_START: usize = 1 + TOKEN_LEN + 8;
-/// Fixed part of a response before the address (type + nonce + family).
-const RESPONSE_HEAD: usize = 1 + 8 + 1;
 
 /// A parsed address request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,99 +103,79 @@ impl fmt::Display for UdpServiceError {
 
 impl std::error::Error for UdpServiceError {}
 
+/// A field cut short is [`UdpServiceError::Truncated`], bytes left over
+/// [`UdpServiceError::BadLength`].
+impl From<CodecError> for UdpServiceError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Truncated { .. } => UdpServiceError::Truncated,
+            CodecError::BadFamily(x) => UdpServiceError::BadFamily(x),
+            _ => UdpServiceError::BadLength,
+        }
+    }
+}
+
+/// Read the type byte; anything but `want` is [`UdpServiceError::BadType`].
+fn expect_type(r: &mut Reader<'_>, want: u8) -> Result<(), UdpServiceError> {
+    match r.u8()? {
+        ty if ty == want => Ok(()),
+        ty => Err(UdpServiceError::BadType(ty)),
+    }
+}
+
 /// Encode a request: `0xA0 ‖ token ‖ nonce ‖ zeros`, exactly [`REQUEST_LEN`] bytes.
 pub fn encode_request(token: &[u8; TOKEN_LEN], nonce: u64) -> [u8; REQUEST_LEN] {
     let mut d = [0u8; REQUEST_LEN];
-    d[0] = REQUEST;
-    d[1..1 + TOKEN_LEN].copy_from_slice(token);
-    d[1 + TOKEN_LEN..PAD_START].copy_from_slice(&nonce.to_be_bytes());
+    let mut w = SliceWriter::new(&mut d);
+    w.put_u8(REQUEST);
+    w.put_slice(token);
+    w.put_u64(nonce);
+    // The rest is the zero padding; the layout fits REQUEST_LEN by construction.
+    debug_assert_eq!(w.finish(), Ok(PAD_START));
     d
 }
 
 /// Parse a request datagram (the whole datagram, not a prefix).
 pub fn parse_request(d: &[u8]) -> Result<Request, UdpServiceError> {
-    let (&ty, _) = d.split_first().ok_or(UdpServiceError::Truncated)?;
-    if ty != REQUEST {
-        return Err(UdpServiceError::BadType(ty));
-    }
+    let mut r = Reader::new(d);
+    expect_type(&mut r, REQUEST)?;
     //= spec/relay.md#RL-UDP-2
     //# A request MUST be exactly 48 bytes; a shorter or longer datagram, or one with a
     //# non-zero padding byte, MUST be dropped.
-    let d: &[u8; REQUEST_LEN] = match d.len() {
+    match d.len() {
         n if n < REQUEST_LEN => return Err(UdpServiceError::Truncated),
         n if n > REQUEST_LEN => return Err(UdpServiceError::BadLength),
-        _ => d.try_into().map_err(|_| UdpServiceError::BadLength)?,
-    };
-    if d[PAD_START..].iter().any(|&b| b != 0) {
+        _ => {}
+    }
+    let token = r.array()?;
+    let nonce = r.u64()?;
+    if r.rest().iter().any(|&b| b != 0) {
         return Err(UdpServiceError::BadPadding);
     }
-    let mut token = [0u8; TOKEN_LEN];
-    token.copy_from_slice(&d[1..1 + TOKEN_LEN]);
-    let mut nonce = [0u8; 8];
-    nonce.copy_from_slice(&d[1 + TOKEN_LEN..PAD_START]);
-    Ok(Request {
-        token,
-        nonce: u64::from_be_bytes(nonce),
-    })
+    Ok(Request { token, nonce })
 }
 
 /// Encode a response into a fixed buffer; returns it and the number of bytes
 /// used (16 for IPv4, 28 for IPv6).
 pub fn encode_response(nonce: u64, observed: SocketAddr) -> ([u8; MAX_RESPONSE_LEN], usize) {
     let mut d = [0u8; MAX_RESPONSE_LEN];
-    d[0] = RESPONSE;
-    d[1..9].copy_from_slice(&nonce.to_be_bytes());
-    let end = match observed.ip() {
-        IpAddr::V4(ip) => {
-            d[9] = 4;
-            d[RESPONSE_HEAD..RESPONSE_HEAD + 4].copy_from_slice(&ip.octets());
-            RESPONSE_HEAD + 4
-        }
-        IpAddr::V6(ip) => {
-            d[9] = 6;
-            d[RESPONSE_HEAD..RESPONSE_HEAD + 16].copy_from_slice(&ip.octets());
-            RESPONSE_HEAD + 16
-        }
-    };
-    d[end..end + 2].copy_from_slice(&observed.port().to_be_bytes());
-    (d, end + 2)
+    let mut w = SliceWriter::new(&mut d);
+    w.put_u8(RESPONSE);
+    w.put_u64(nonce);
+    w.put_socket_addr(observed);
+    // At most MAX_RESPONSE_LEN by construction (an IPv6 address fills it).
+    let n = w.finish().unwrap_or(MAX_RESPONSE_LEN);
+    (d, n)
 }
 
 /// Parse a response datagram (the whole datagram, not a prefix).
 pub fn parse_response(d: &[u8]) -> Result<Response, UdpServiceError> {
-    let (&ty, _) = d.split_first().ok_or(UdpServiceError::Truncated)?;
-    if ty != RESPONSE {
-        return Err(UdpServiceError::BadType(ty));
-    }
-    let head = d.get(..RESPONSE_HEAD).ok_or(UdpServiceError::Truncated)?;
-    let mut nonce = [0u8; 8];
-    nonce.copy_from_slice(&head[1..9]);
-    let family = head[9];
-    let addr_len = match family {
-        4 => 4,
-        6 => 16,
-        other => return Err(UdpServiceError::BadFamily(other)),
-    };
-    let want = RESPONSE_HEAD + addr_len + 2;
-    if d.len() < want {
-        return Err(UdpServiceError::Truncated);
-    }
-    if d.len() > want {
-        return Err(UdpServiceError::BadLength);
-    }
-    let addr = &d[RESPONSE_HEAD..RESPONSE_HEAD + addr_len];
-    let ip = if family == 4 {
-        let v4: [u8; 4] = addr.try_into().map_err(|_| UdpServiceError::Truncated)?;
-        IpAddr::V4(Ipv4Addr::from(v4))
-    } else {
-        let v6: [u8; 16] = addr.try_into().map_err(|_| UdpServiceError::Truncated)?;
-        IpAddr::V6(Ipv6Addr::from(v6))
-    };
-    let port = u16::from_be_bytes([d[want - 2], d[want - 1]]);
-    Ok(Response {
-        nonce: u64::from_be_bytes(nonce),
-        observed: SocketAddr::new(ip, port),
-    })
+    let mut r = Reader::new(d);
+    expect_type(&mut r, RESPONSE)?;
+    let nonce = r.u64()?;
+    let observed = r.socket_addr()?;
+    r.expect_empty()?;
+    Ok(Response { nonce, observed })
 }
 
 #[cfg(test)]
