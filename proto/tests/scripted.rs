@@ -103,6 +103,7 @@ fn params() -> ConnectionParams {
         local_port: 1,
         remote_port: 2,
         remote: remote(),
+        path_secret: [0x42; 32],
     }
 }
 
