@@ -1023,6 +1023,11 @@ fn nat_rebinding_is_followed_once_the_challenge_is_answered() {
     let (to, _, d) = t.recv_any(31).expect("data");
     assert_eq!(to, remote());
     assert!(!d.payload.is_empty());
+    // The candidate gets a copy of the ACK (no data, spec/xtcp.md §8.1), once.
+    let (to, _, copy) = t.recv_any(31).expect("an ACK copy");
+    assert_eq!((to, copy.flags, copy.ack), (rebound(), A, IRS + 1));
+    assert!(copy.payload.is_empty() && copy.opts.path.is_none());
+    assert!(t.recv_any(31).is_none());
     // Echoes that do not count: a wrong token, the right one from elsewhere.
     let echo = |tok| {
         seg(IRS + 1, ISS + 1 + 988, A)

@@ -525,6 +525,11 @@ pub struct Connection {
     path_response: Option<(SocketAddr, u64)>,
     /// Challenges generated so far (input to the token PRF).
     path_counter: u64,
+    /// An ACK went to the peer address while a candidate exists: a copy
+    /// is due to the candidate (spec/xtcp.md §8.1, within §8.5's budget).
+    ack_copy_due: bool,
+    /// The ACK number of the last copy (a copy goes only when it changed).
+    ack_copied: Option<SeqNumber>,
 
     timers: Timers,
     events: VecDeque<Event>,
@@ -609,6 +614,8 @@ impl Connection {
             path: None,
             path_response: None,
             path_counter: 0,
+            ack_copy_due: false,
+            ack_copied: None,
             timers: Timers::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -1350,6 +1357,15 @@ impl Connection {
                     self.events.push_back(Event::AddressChanged(from));
                     // Tell the peer at once where we are listening (and what we have).
                     self.ack.now = true;
+                    self.ack_copy_due = false;
+                    // What went to the old address while the candidate was
+                    // checked is likely lost: a loss probe to the new address
+                    // at once (RFC 8985 §7.3) lets its SACK show RACK which,
+                    // instead of waiting for the PTO or the RTO.
+                    if self.opts.sack && self.snd_nxt > self.snd_una && !self.tlp_outstanding {
+                        self.tlp_due = true;
+                        self.tlp_outstanding = true;
+                    }
                 }
             }
             None => {}
@@ -1361,6 +1377,7 @@ impl Connection {
         if self.path.take().is_some() {
             self.stats.path_abandoned += 1;
         }
+        self.ack_copy_due = false;
         self.timers.stop(Timer::PathValidation);
         if self.path_response.is_some_and(|(to, _)| to != self.remote) {
             self.path_response = None;
@@ -2100,6 +2117,7 @@ impl Connection {
         if repr.flags.ack() {
             self.ack = AckState::default();
             self.timers.stop(Timer::DelayedAck);
+            self.ack_copy_due = self.path.is_some();
         }
         Some(Transmit {
             destination: self.remote,
@@ -2147,22 +2165,36 @@ impl Connection {
         None
     }
 
-    /// A PATH_RESPONSE, then a PATH_CHALLENGE (spec/xtcp.md §8.4, §8.6):
-    /// pure ACKs carrying the path option, to the address concerned.
+    /// A PATH_RESPONSE, a PATH_CHALLENGE, or a copy of the last ACK for the
+    /// candidate (spec/xtcp.md §8.1, §8.4, §8.6): pure ACKs, the first two
+    /// carrying the path option, to the address concerned.
     fn transmit_path(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((to, token)) = self.path_response.take() {
-            if let Some(t) = self.emit_path(now, to, PathOption::Response(token), buf) {
+            if let Some(t) = self.emit_path(now, to, Some(PathOption::Response(token)), buf) {
                 return Some(t);
             }
         }
-        let c = self.path.filter(|c| c.challenge_due)?;
-        if c.sent_tokens >= MAX_PATH_CHALLENGES || !c.may_send(self.min_path_segment_len()) {
+        let c = self.path?;
+        if !c.may_send(self.min_path_segment_len()) {
             // spec/xtcp.md §8.5: wait for more bytes from the candidate (or
             // for the challenge timer to give up on it).
             return None;
         }
+        if !c.challenge_due || c.sent_tokens >= MAX_PATH_CHALLENGES {
+            let fresh = self.ack_copied != Some(self.rcv_nxt_seq())
+                || (self.opts.sack && self.recv_buf.has_out_of_order());
+            if !self.ack_copy_due || !fresh {
+                return None;
+            }
+            self.ack_copied = Some(self.rcv_nxt_seq());
+            // spec/xtcp.md §8.1: the peer may already be at the candidate
+            // address only; a copy of our ACK (no data) keeps its data
+            // flowing while the challenge is under way.
+            self.ack_copy_due = false;
+            return self.emit_path(now, c.addr, None, buf);
+        }
         let token = self.next_path_token();
-        let t = self.emit_path(now, c.addr, PathOption::Challenge(token), buf)?;
+        let t = self.emit_path(now, c.addr, Some(PathOption::Challenge(token)), buf)?;
         if let Some(c) = self.path.as_mut() {
             if let Some(slot) = c.tokens.get_mut(c.sent_tokens) {
                 *slot = token;
@@ -2191,7 +2223,7 @@ impl Connection {
         &mut self,
         now: Instant,
         to: SocketAddr,
-        opt: PathOption,
+        opt: Option<PathOption>,
         buf: &mut [u8],
     ) -> Option<Transmit> {
         let candidate = if to == self.remote {
@@ -2206,12 +2238,16 @@ impl Connection {
             Some(c)
         };
         let (ack, wnd, mut opts) = self.ack_fields(now);
-        opts.path = Some(opt);
+        opts.path = opt;
         let seq = self.snd_seq(self.snd_nxt);
         let mut repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, &[]);
         if let Some(c) = candidate {
             if !c.may_send(repr.buffer_len()) {
                 repr.options.sack_len = 0;
+            }
+            // spec/xtcp.md §8.5: at most 3 × the bytes received from it.
+            if !c.may_send(repr.buffer_len()) {
+                return None;
             }
         }
         let size = repr.emit(buf).ok()?;
@@ -2501,6 +2537,7 @@ impl Connection {
         if flags.ack() {
             self.ack = AckState::default();
             self.timers.stop(Timer::DelayedAck);
+            self.ack_copy_due = self.path.is_some();
         }
         Some(Transmit {
             destination: self.remote,
