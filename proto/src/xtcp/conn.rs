@@ -1358,10 +1358,11 @@ impl Connection {
                     // Tell the peer at once where we are listening (and what we have).
                     self.ack.now = true;
                     self.ack_copy_due = false;
-                    // What went to the old address while the candidate was
-                    // checked is likely lost: a loss probe to the new address
-                    // at once (RFC 8985 §7.3) lets its SACK show RACK which,
-                    // instead of waiting for the PTO or the RTO.
+                    // spec/xtcp.md §8.4: what went to the old address while
+                    // the candidate was checked is likely lost. A loss probe
+                    // to the new address at once (RFC 8985 §7.3) gets the SACK
+                    // from which RACK finds it, instead of waiting for the
+                    // PTO or the RTO.
                     if self.opts.sack && self.snd_nxt > self.snd_una && !self.tlp_outstanding {
                         self.tlp_due = true;
                         self.tlp_outstanding = true;
