@@ -453,10 +453,11 @@ fn udp_after_the_default_10_s_window_when_tcp_is_blocked() {
     );
 }
 
+/// Bytes read from a child's stdout, and the instant and size of every read.
+type TimedOutput = (Vec<u8>, Vec<(Instant, usize)>);
+
 /// The child's stdout, read to the end, with the instant and size of every read.
-fn drain_stdout_timed(
-    child: &mut std::process::Child,
-) -> std::thread::JoinHandle<(Vec<u8>, Vec<(Instant, usize)>)> {
+fn drain_stdout_timed(child: &mut std::process::Child) -> std::thread::JoinHandle<TimedOutput> {
     use std::io::Read;
     let mut out = child.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {

@@ -693,10 +693,13 @@ fn nat_rebinding_handover_stall() {
             if r.kind == RecordKind::Delivered && !from_b && seg.options.path.is_some() {
                 h.response = Some(r.at - at);
             }
-            if r.kind == RecordKind::Sent && from_b {
-                if r.dst == new && !seg.payload.is_empty() && h.to_new.is_none() {
-                    h.to_new = Some(r.at - at);
-                }
+            if r.kind == RecordKind::Sent
+                && from_b
+                && r.dst == new
+                && !seg.payload.is_empty()
+                && h.to_new.is_none()
+            {
+                h.to_new = Some(r.at - at);
             }
             if r.kind != RecordKind::Delivered || seg.payload.is_empty() {
                 return;
