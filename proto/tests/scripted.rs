@@ -1099,6 +1099,35 @@ fn newer_segment_from_the_old_address_drops_the_candidate() {
     assert_eq!(t.c.remote(), rebound());
 }
 
+/// spec/xtcp.md §8.3: a segment's address counts only after PAWS and the
+/// RFC 5961 checks: a stale TSval, an ACK of unsent data or one too old, a
+/// RST or a SYN from a new address makes no candidate (nothing goes there).
+#[test]
+fn paws_and_rfc5961_checks_come_before_the_address() {
+    let (mut t, my_ts) = established_ts_client();
+    t.send(20, seg(IRS + 1, ISS + 1, A).ts(200, my_ts));
+    let x = observer();
+    for s in [
+        seg(IRS + 1, ISS + 1, A).ts(150, my_ts), // PAWS: older than TS.Recent
+        seg(IRS + 1, ISS + 5000, A).ts(300, my_ts), // ACK of unsent data
+        seg(IRS + 1, ISS.wrapping_sub(70_000), A).ts(300, my_ts), // ACK too old (RFC 5961 §5.2)
+        seg(IRS + 11, ISS + 1, R).ts(300, my_ts), // RST in window, not exact
+        seg(IRS + 1, ISS + 1, S).ts(300, my_ts), // SYN
+        seg(IRS + 1, ISS + 1, TcpFlags::empty()).ts(300, my_ts), // no ACK bit
+    ] {
+        t.send_from(30, x, s.clone());
+        while let Some((to, _, out)) = t.recv_any(30) {
+            assert_eq!(to, remote(), "{out:?} to {to} after {s:?}");
+        }
+    }
+    assert_eq!(t.c.remote(), remote());
+    // The same ACK with a fresh TSval passes, and draws a challenge.
+    t.send_from(40, x, seg(IRS + 1, ISS + 1, A).ts(300, my_ts));
+    let (to, _, ch) = t.recv_any(40).expect("a challenge");
+    assert_eq!(to, x);
+    assert!(matches!(ch.opts.path, Some(PathOption::Challenge(_))));
+}
+
 /// spec/xtcp.md §8.6: a challenge is answered with its token, to the address
 /// it came from: the current one, or a new one (within its budget, with our
 /// own challenge to it). A challenge is not a duplicate ACK (§8.2).

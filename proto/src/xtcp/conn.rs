@@ -1210,10 +1210,14 @@ impl Connection {
             return;
         }
 
-        // The segment passed PAWS, the window and the RST/SYN checks: its
-        // address and path option count (spec/xtcp.md §8.3). A new address
-        // becomes a candidate, not the remote, until it answers a challenge.
-        self.on_peer_segment(now, from, seg);
+        // The segment passed PAWS, the window and the RST/SYN checks; with
+        // an ACK in the RFC 5961 §5.2 range (checked again, with its
+        // consequences, below) its address and path option count
+        // (spec/xtcp.md §8.3). A new address becomes a candidate, not the
+        // remote, until it answers a challenge.
+        if self.ack_plausible(seg) {
+            self.on_peer_segment(now, from, seg);
+        }
         self.last_recv = now;
         self.keepalive_probes = 0;
         self.arm_keepalive(now);
