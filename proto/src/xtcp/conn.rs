@@ -1327,8 +1327,8 @@ impl Connection {
                 // address waits until this one is validated or dropped.
                 Some(_) => return,
                 None => {
-                    // spec/xtcp.md §8.3: a new address becomes a candidate;
-                    // the remote address does not change yet.
+                    // spec/xtcp.md §8.1, §8.3: a new address becomes a
+                    // candidate; the peer address does not change yet.
                     self.path = Some(PathCandidate {
                         addr: from,
                         received: len,
@@ -1407,6 +1407,7 @@ impl Connection {
     /// The next path challenge token: 64 bits of HMAC-SHA256 under the
     /// connection's path secret (spec/xtcp.md §8.2).
     fn next_path_token(&mut self) -> u64 {
+        // spec/xtcp.md §8.2: unpredictable, and fresh for every challenge.
         self.path_counter += 1;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.params.path_secret);
         let mut ctx = ring::hmac::Context::with_key(&key);
@@ -2234,8 +2235,8 @@ impl Connection {
         let candidate = if to == self.remote {
             None
         } else {
-            // spec/xtcp.md §8.5: nothing goes to an address that is neither
-            // the current one nor the candidate.
+            // spec/xtcp.md §8.1, §8.5: nothing goes to an address that is
+            // neither the current one nor the candidate.
             let c = self.path.filter(|c| c.addr == to)?;
             if !c.may_send(self.min_path_segment_len()) {
                 return None;
