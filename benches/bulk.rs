@@ -21,6 +21,7 @@ fn params(remote: SocketAddr, iss: u32) -> ConnectionParams {
         local_port: 1,
         remote_port: 2,
         remote,
+        path_secret: [7; 32],
     }
 }
 

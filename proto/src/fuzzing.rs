@@ -36,16 +36,20 @@ pub fn segment_codec(data: &[u8]) {
 }
 
 /// Connection oracle: a connection fed an arbitrary sequence of datagrams
-/// (raw bytes and structured segments aimed near its sequence space),
-/// timeouts and API calls must never panic, must keep its buffers within
-/// their limits, must only emit datagrams that parse, and must never ask to
-/// be woken in the past.
+/// (raw bytes and structured segments aimed near its sequence space, from
+/// its peer's address and from two others, some carrying path challenges
+/// and responses, some echoing the connection's own challenges), timeouts
+/// and API calls must never panic, must keep its buffers within their
+/// limits, must only emit datagrams that parse, must never ask to be woken
+/// in the past, and must never send an address that is not its current
+/// peer address more than 3 × the bytes received from it (spec/xtcp.md §8.5).
 pub fn connection(data: &[u8]) {
     use crate::time::Instant;
     use crate::xtcp::conn::{Config, Connection, ConnectionParams};
     use crate::xtcp::seq::SeqNumber;
-    use crate::xtcp::wire::{SackBlock, TcpFlags, TcpOptions, XtcpFlags};
+    use crate::xtcp::wire::{PathOption, SackBlock, TcpFlags, TcpOptions, XtcpFlags};
     use core::time::Duration;
+    use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::sync::Arc;
 
@@ -109,7 +113,17 @@ pub fn connection(data: &[u8]) {
         local_port: 1,
         remote_port: 2,
         remote,
+        path_secret: [0x5a; 32],
     };
+    let others: [SocketAddr; 2] = [
+        ([192, 0, 2, 9], 4001).into(),
+        ([192, 0, 2, 10], 4002).into(),
+    ];
+    // Bytes fed from each address, and sent to each while it was not the
+    // connection's peer address.
+    let mut received_from: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut unvalidated_sent: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut last_challenge: u64 = 0;
     let mut now = Instant::ZERO;
     let mut c = if mode & 1 == 0 {
         Connection::connect(cfg.clone(), now, params)
@@ -152,6 +166,20 @@ pub fn connection(data: &[u8]) {
                 if o & 8 != 0 {
                     options.timestamps = Some((b.u32().unwrap_or(0), b.u32().unwrap_or(0)));
                 }
+                if o & 16 != 0 {
+                    let t = b.u8().unwrap_or(0);
+                    // Echo the connection's last challenge, or a made-up token.
+                    let token = if t & 2 != 0 {
+                        last_challenge
+                    } else {
+                        u64::from(t)
+                    };
+                    options.path = Some(if t & 1 != 0 {
+                        PathOption::Challenge(token)
+                    } else {
+                        PathOption::Response(token)
+                    });
+                }
                 let nsack = usize::from(o >> 5) % 4;
                 for i in 0..nsack {
                     let l = iss.wrapping_add(b.u16().unwrap_or(0) as u32);
@@ -176,11 +204,12 @@ pub fn connection(data: &[u8]) {
                     options,
                     payload: payload.get(..len).unwrap_or(&[]),
                 };
-                let from = if op % 8 == 2 {
-                    ([192, 0, 2, 9], 4001).into()
-                } else {
-                    remote
+                let from = match (op % 8, op & 0x80 != 0) {
+                    (2, false) => others[0],
+                    (2, true) => others[1],
+                    _ => remote,
                 };
+                *received_from.entry(from).or_default() += seg.buffer_len() as u64;
                 c.handle_segment(now, from, &seg);
             }
             3 => {
@@ -216,10 +245,29 @@ pub fn connection(data: &[u8]) {
                 break;
             };
             let dgram = out.get(..t.size).unwrap_or(&[]);
-            assert!(
-                SegmentRepr::parse(dgram).is_ok(),
-                "emitted an unparseable datagram"
-            );
+            let parsed = SegmentRepr::parse(dgram);
+            assert!(parsed.is_ok(), "emitted an unparseable datagram");
+            if let Ok(SegmentRepr {
+                options:
+                    TcpOptions {
+                        path: Some(PathOption::Challenge(token)),
+                        ..
+                    },
+                ..
+            }) = parsed
+            {
+                last_challenge = token;
+            }
+            if t.destination != c.remote() {
+                let sent = unvalidated_sent.entry(t.destination).or_default();
+                *sent += t.size as u64;
+                let got = received_from.get(&t.destination).copied().unwrap_or(0);
+                assert!(
+                    *sent <= 3 * got,
+                    "sent {sent} bytes to unvalidated {} after receiving {got}",
+                    t.destination
+                );
+            }
             assert!(
                 t.size <= cfg.max_datagram_size,
                 "datagram larger than max_datagram_size"

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use xtcp_proto::xtcp::conn::{Config, ConnectionParams, Event, ReadError};
-use xtcp_proto::xtcp::wire::{SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
+use xtcp_proto::xtcp::wire::{PathOption, SackBlock, SegmentRepr, TcpFlags, TcpOptions, XtcpFlags};
 use xtcp_proto::{
     Connection, ConnectionError, Endpoint, EndpointConfig, Instant, SeqNumber, State,
 };
@@ -66,6 +66,10 @@ impl Seg {
         self.opts.timestamps = Some((val, ecr));
         self
     }
+    fn path(mut self, p: PathOption) -> Self {
+        self.opts.path = Some(p);
+        self
+    }
     fn sack(mut self, blocks: &[(u32, u32)]) -> Self {
         for (i, (l, r)) in blocks.iter().enumerate() {
             self.opts.sack[i] = SackBlock {
@@ -103,6 +107,7 @@ fn params() -> ConnectionParams {
         local_port: 1,
         remote_port: 2,
         remote: remote(),
+        path_secret: [0x42; 32],
     }
 }
 
@@ -123,6 +128,10 @@ impl T {
     }
     /// Inject a segment at `t` (after firing due timers).
     fn send(&mut self, t: u64, s: Seg) {
+        self.send_from(t, remote(), s);
+    }
+    /// Inject a segment from `from` at `t`; returns the datagram's size.
+    fn send_from(&mut self, t: u64, from: SocketAddr, s: Seg) -> usize {
         self.c.handle_timeout(ms(t));
         let repr = SegmentRepr {
             xflags: XtcpFlags(0),
@@ -138,24 +147,34 @@ impl T {
         };
         let mut buf = vec![0u8; repr.buffer_len()];
         let n = repr.emit(&mut buf).unwrap();
-        self.c.handle_datagram(ms(t), remote(), &buf[..n]).unwrap();
+        self.c.handle_datagram(ms(t), from, &buf[..n]).unwrap();
+        n
     }
     /// The next segment the connection emits at `t` (timers due by then fired first).
     fn recv(&mut self, t: u64) -> Option<Seg> {
+        let (to, _, s) = self.recv_any(t)?;
+        assert_eq!(to, remote());
+        Some(s)
+    }
+    /// The next segment emitted at `t`, its destination and datagram size.
+    fn recv_any(&mut self, t: u64) -> Option<(SocketAddr, usize, Seg)> {
         self.c.handle_timeout(ms(t));
         let mut buf = [0u8; 2048];
         let tx = self.c.poll_transmit(ms(t), &mut buf)?;
-        assert_eq!(tx.destination, remote());
         let r = SegmentRepr::parse(&buf[..tx.size]).unwrap();
         assert_eq!(r.conn_id, CID);
-        Some(Seg {
-            seq: r.seq.0,
-            ack: r.ack.0,
-            flags: r.flags,
-            window: r.window,
-            opts: r.options,
-            payload: r.payload.to_vec(),
-        })
+        Some((
+            tx.destination,
+            tx.size,
+            Seg {
+                seq: r.seq.0,
+                ack: r.ack.0,
+                flags: r.flags,
+                window: r.window,
+                opts: r.options,
+                payload: r.payload.to_vec(),
+            },
+        ))
     }
     fn expect(&mut self, t: u64, seq: u32, ack: u32, flags: TcpFlags) -> Seg {
         let s = self.recv(t).unwrap_or_else(|| {
@@ -836,6 +855,322 @@ fn paws_drops_old_timestamps() {
     assert_eq!(t.c.read(&mut b), Ok(3));
     assert_eq!(&b[..3], b"new");
     assert!(t.c.stats().dropped_segments >= 1);
+}
+
+// ===================================================================
+// Address changes: path validation (spec/xtcp.md §8.1–§8.7)
+// ===================================================================
+
+/// An on-path observer's own address.
+fn observer() -> SocketAddr {
+    "198.51.100.66:6666".parse().unwrap()
+}
+
+/// The peer's address after its NAT rebound it.
+fn rebound() -> SocketAddr {
+    "192.0.2.2:4777".parse().unwrap()
+}
+
+/// A client with timestamps, established; returns it and the TSval of its SYN.
+fn established_ts_client() -> (T, u32) {
+    let cfg = Config {
+        timestamps: true,
+        ..plain_config()
+    };
+    let mut t = T::client(cfg);
+    let syn = t.expect(0, ISS, 0, S);
+    let my_ts = syn.opts.timestamps.unwrap().0;
+    t.send(10, seg(IRS, ISS + 1, S | A).mss(1000).ts(100, my_ts));
+    t.expect(10, ISS + 1, IRS + 1, A);
+    (t, my_ts)
+}
+
+fn address_events(t: &mut T) -> Vec<SocketAddr> {
+    t.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AddressChanged(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 16: an on-path observer copies the header of one of the receiver's
+/// pure ACKs into a 44-byte datagram sent from its own address. The sender
+/// must not move there (spec/xtcp.md §8.1): its data keeps going to the
+/// receiver, which keeps ACKing, and the observer gets at most 3 × the 44
+/// bytes it sent (§8.5) — a challenge, not the data.
+//= spec/xtcp.md#XT-PV-1
+//= spec/xtcp.md#XT-PV-2
+#[test]
+fn forged_ack_from_a_third_address_does_not_move_the_sender() {
+    let (mut t, _) = established_ts_client();
+    let total = 60_000u32;
+    assert_eq!(t.c.write(&vec![7u8; total as usize]), Ok(total as usize));
+    let (mut to_observer, mut from_observer, mut data_to_observer) = (0usize, 0usize, 0usize);
+    let (mut acked, mut peer_ts, mut last_tsval) = (ISS + 1, 100u32, 0u32);
+    let mut forged = false;
+    for now in (20..3000).step_by(10) {
+        let mut highest = acked;
+        while let Some((to, size, s)) = t.recv_any(now) {
+            if to == observer() {
+                to_observer += size;
+                data_to_observer += s.payload.len();
+                continue;
+            }
+            assert_eq!(to, remote(), "a segment to a stranger at {now} ms: {s:?}");
+            last_tsval = s.opts.timestamps.map_or(last_tsval, |(v, _)| v);
+            highest = highest.max(s.seq + s.payload.len() as u32);
+        }
+        if highest == acked {
+            continue;
+        }
+        // The receiver got everything (no loss) and ACKs it.
+        peer_ts += 10;
+        let ack = seg(IRS + 1, highest, A).ts(peer_ts, last_tsval);
+        t.send(now, ack.clone());
+        acked = highest;
+        if !forged {
+            // The observer copies that ACK and sends it from its own address.
+            forged = true;
+            from_observer += t.send_from(now, observer(), ack);
+        }
+    }
+    eprintln!(
+        "observer got {to_observer} bytes ({data_to_observer} of data) for its \
+         {from_observer}; the receiver ACKed {} of {total}",
+        acked - (ISS + 1)
+    );
+    assert_eq!(from_observer, 44, "the forged ACK of issue 16 is 44 bytes");
+    assert_eq!(t.c.remote(), remote());
+    assert_eq!(address_events(&mut t), Vec::<SocketAddr>::new());
+    assert_eq!(acked, ISS + 1 + total, "the receiver got every byte");
+    assert_eq!(data_to_observer, 0);
+    assert!(
+        to_observer <= 3 * from_observer,
+        "{to_observer} bytes to the observer for its {from_observer}"
+    );
+}
+
+/// spec/xtcp.md §8.5: a spoofed address that never answers receives at most
+/// 3 × what came from it; the challenge is retried on the RTO and the
+/// candidate dropped after 3 periods (§8.4); one candidate at a time (§8.3).
+//= spec/xtcp.md#XT-PV-6
+//= spec/xtcp.md#XT-PV-9
+//= spec/xtcp.md#XT-PV-10
+#[test]
+fn unvalidated_address_gets_at_most_three_times_what_it_sent() {
+    let (mut t, my_ts) = established_ts_client();
+    let victim: SocketAddr = "203.0.113.9:53".parse().unwrap();
+    let other: SocketAddr = "203.0.113.10:53".parse().unwrap();
+    let forged = seg(IRS + 1, ISS + 1, A).ts(100, my_ts);
+    let got = t.send_from(20, victim, forged.clone());
+    assert_eq!(got, 44);
+    // The challenge: a pure ACK with the path option, to the victim only.
+    let (to, size, c1) = t.recv_any(20).expect("a challenge");
+    assert_eq!(
+        (to, c1.flags, c1.seq, c1.ack),
+        (victim, A, ISS + 1, IRS + 1)
+    );
+    assert!(matches!(c1.opts.path, Some(PathOption::Challenge(_))));
+    assert_eq!(size, 56);
+    assert!(t.recv_any(20).is_none());
+    // A second stranger is ignored while the first is a candidate.
+    t.send_from(30, other, forged.clone());
+    assert!(t.recv_any(30).is_none());
+    // RTO = 200 ms (min_rto): the second challenge, with a fresh token.
+    assert!(t.recv_any(219).is_none());
+    let (to, size2, c2) = t.recv_any(220).expect("a second challenge");
+    assert_eq!(to, victim);
+    assert_ne!(c1.opts.path, c2.opts.path);
+    // The third would pass 3 × 44 = 132 bytes: it is not sent.
+    assert!(size + size2 + 56 > 3 * got);
+    let mut sent = size + size2;
+    for now in (221..2000).step_by(7) {
+        if let Some((to, size, s)) = t.recv_any(now) {
+            panic!("{size} more bytes to {to} at {now} ms: {s:?}");
+        }
+    }
+    assert!(sent <= 3 * got);
+    // The candidate was dropped after 3 RTOs: the other stranger may now be challenged.
+    t.send_from(2000, other, forged);
+    let (to, size, c3) = t.recv_any(2000).expect("a challenge to the next candidate");
+    sent += size;
+    assert_eq!(to, other);
+    assert!(matches!(c3.opts.path, Some(PathOption::Challenge(_))));
+    assert_eq!(t.c.remote(), remote());
+    assert_eq!(address_events(&mut t), Vec::<SocketAddr>::new());
+    assert!(sent > 0);
+}
+
+/// A real NAT rebinding (spec/xtcp.md §8.4): the peer's segments come only
+/// from its new address. Data keeps going to the old address until the new
+/// one echoes the challenge; a wrong token or an echo from elsewhere does not
+/// count; then everything goes to the new address. Later the peer moves back
+/// (the old address is validated again, §8.4 last rule).
+#[test]
+fn nat_rebinding_is_followed_once_the_challenge_is_answered() {
+    let (mut t, _) = established_ts_client();
+    assert_eq!(t.c.write(&[1u8; 3000]), Ok(3000));
+    let d1 = t.expect(20, ISS + 1, IRS + 1, A);
+    assert_eq!(d1.payload.len(), 988); // MSS 1000 − 12 bytes of timestamps
+    while t.recv(20).is_some() {}
+    // The peer's ACK now comes from its new mapping.
+    let my_ts = d1.opts.timestamps.unwrap().0;
+    t.send_from(30, rebound(), seg(IRS + 1, ISS + 1 + 988, A).ts(130, my_ts));
+    let (to, _, ch) = t.recv_any(30).expect("a challenge");
+    assert_eq!(to, rebound());
+    let Some(PathOption::Challenge(token)) = ch.opts.path else {
+        panic!("not a challenge: {ch:?}")
+    };
+    // Still unvalidated: new data goes to the old address.
+    assert_eq!(t.c.write(&[2u8; 500]), Ok(500));
+    let (to, _, d) = t.recv_any(31).expect("data");
+    assert_eq!(to, remote());
+    assert!(!d.payload.is_empty());
+    // The candidate gets a copy of the ACK (no data, spec/xtcp.md §8.1), once.
+    let (to, _, copy) = t.recv_any(31).expect("an ACK copy");
+    assert_eq!((to, copy.flags, copy.ack), (rebound(), A, IRS + 1));
+    assert!(copy.payload.is_empty() && copy.opts.path.is_none());
+    assert!(t.recv_any(31).is_none());
+    // Echoes that do not count: a wrong token, the right one from elsewhere.
+    let echo = |tok| {
+        seg(IRS + 1, ISS + 1 + 988, A)
+            .ts(131, my_ts)
+            .path(PathOption::Response(tok))
+    };
+    t.send_from(40, rebound(), echo(token ^ 1));
+    t.send_from(40, observer(), echo(token));
+    assert_eq!(t.c.remote(), remote());
+    assert_eq!(address_events(&mut t), Vec::<SocketAddr>::new());
+    // The answer from the new address: moved, and an ACK goes there at once.
+    t.send_from(41, rebound(), echo(token));
+    assert_eq!(t.c.remote(), rebound());
+    assert_eq!(address_events(&mut t), vec![rebound()]);
+    let (to, _, a) = t.recv_any(41).expect("an ACK to the new address");
+    assert_eq!((to, a.opts.path), (rebound(), None));
+    // A retransmission goes to the new address too.
+    let (to, _, r) = t.recv_any(300).expect("the RTO retransmission");
+    assert_eq!((to, r.seq), (rebound(), ISS + 1 + 988));
+    // The peer moves back: the old address must answer a challenge again.
+    t.send_from(
+        310,
+        remote(),
+        seg(IRS + 1, ISS + 1 + 3500, A).ts(400, my_ts),
+    );
+    let (to, _, ch) = t.recv_any(310).expect("a challenge to the old address");
+    assert_eq!(to, remote());
+    let Some(PathOption::Challenge(back)) = ch.opts.path else {
+        panic!("not a challenge: {ch:?}")
+    };
+    assert_ne!(back, token);
+    assert_eq!(t.c.remote(), rebound());
+    t.send_from(320, remote(), echo(back).ts(401, my_ts));
+    assert_eq!(t.c.remote(), remote());
+    assert_eq!(address_events(&mut t), vec![remote()]);
+}
+
+/// spec/xtcp.md §8.3 rule 1: a segment from the current address newer than
+/// the candidate's drops the candidate, so an observer that does answer its
+/// challenge, once the real peer has spoken again, moves nothing; a
+/// reordered older segment from the old address does not drop a real one.
+#[test]
+fn newer_segment_from_the_old_address_drops_the_candidate() {
+    let (mut t, my_ts) = established_ts_client();
+    let ack = |ts: u32| seg(IRS + 1, ISS + 1, A).ts(ts, my_ts);
+    t.send_from(20, observer(), ack(200));
+    let (to, _, ch) = t.recv_any(20).expect("a challenge");
+    assert_eq!(to, observer());
+    let Some(PathOption::Challenge(token)) = ch.opts.path else {
+        panic!("not a challenge: {ch:?}")
+    };
+    // An older (reordered) segment from the peer's address changes nothing …
+    t.send(25, ack(150));
+    // … a newer one drops the candidate: the observer's echo is ignored.
+    t.send(30, ack(210));
+    t.send_from(31, observer(), ack(200).path(PathOption::Response(token)));
+    assert_eq!(t.c.remote(), remote());
+    assert_eq!(address_events(&mut t), Vec::<SocketAddr>::new());
+    // Same order without the newer segment: the echo validates.
+    let (mut t, my_ts) = established_ts_client();
+    let ack = |ts: u32| seg(IRS + 1, ISS + 1, A).ts(ts, my_ts);
+    t.send_from(20, rebound(), ack(200));
+    let (_, _, ch) = t.recv_any(20).expect("a challenge");
+    let Some(PathOption::Challenge(token)) = ch.opts.path else {
+        panic!("not a challenge: {ch:?}")
+    };
+    t.send(25, ack(150));
+    t.send_from(31, rebound(), ack(201).path(PathOption::Response(token)));
+    assert_eq!(t.c.remote(), rebound());
+}
+
+/// spec/xtcp.md §8.3: a segment's address counts only after PAWS and the
+/// RFC 5961 checks: a stale TSval, an ACK of unsent data or one too old, a
+/// RST or a SYN from a new address makes no candidate (nothing goes there).
+#[test]
+fn paws_and_rfc5961_checks_come_before_the_address() {
+    let (mut t, my_ts) = established_ts_client();
+    t.send(20, seg(IRS + 1, ISS + 1, A).ts(200, my_ts));
+    let x = observer();
+    for s in [
+        seg(IRS + 1, ISS + 1, A).ts(150, my_ts), // PAWS: older than TS.Recent
+        seg(IRS + 1, ISS + 5000, A).ts(300, my_ts), // ACK of unsent data
+        seg(IRS + 1, ISS.wrapping_sub(70_000), A).ts(300, my_ts), // ACK too old (RFC 5961 §5.2)
+        seg(IRS + 11, ISS + 1, R).ts(300, my_ts), // RST in window, not exact
+        seg(IRS + 1, ISS + 1, S).ts(300, my_ts), // SYN
+        seg(IRS + 1, ISS + 1, TcpFlags::empty()).ts(300, my_ts), // no ACK bit
+    ] {
+        t.send_from(30, x, s.clone());
+        while let Some((to, _, out)) = t.recv_any(30) {
+            assert_eq!(to, remote(), "{out:?} to {to} after {s:?}");
+        }
+    }
+    assert_eq!(t.c.remote(), remote());
+    // The same ACK with a fresh TSval passes, and draws a challenge.
+    t.send_from(40, x, seg(IRS + 1, ISS + 1, A).ts(300, my_ts));
+    let (to, _, ch) = t.recv_any(40).expect("a challenge");
+    assert_eq!(to, x);
+    assert!(matches!(ch.opts.path, Some(PathOption::Challenge(_))));
+}
+
+/// spec/xtcp.md §8.6: a challenge is answered with its token, to the address
+/// it came from: the current one, or a new one (within its budget, with our
+/// own challenge to it). A challenge is not a duplicate ACK (§8.2).
+#[test]
+fn challenges_are_answered_to_where_they_came_from() {
+    let mut t = T::established_client(plain_config());
+    assert_eq!(t.c.write(&[3u8; 100]), Ok(100));
+    t.expect(20, ISS + 1, IRS + 1, A | TcpFlags::PSH);
+    let ch = |tok| seg(IRS + 1, ISS + 1, A).path(PathOption::Challenge(tok));
+    // Three identical pure ACKs that are challenges: no fast retransmit.
+    for tok in [1, 2, 0x0123_4567_89ab_cdef] {
+        t.send(30, ch(tok));
+        let (to, size, r) = t.recv_any(30).expect("a response");
+        assert_eq!(
+            (to, r.seq, r.ack, r.flags),
+            (remote(), ISS + 101, IRS + 1, A)
+        );
+        assert_eq!(r.opts.path, Some(PathOption::Response(tok)));
+        assert!(r.payload.is_empty());
+        assert_eq!(size, 44);
+        assert!(
+            t.recv_any(30).is_none(),
+            "no retransmission for a challenge"
+        );
+    }
+    // From a new address: the response goes there, then our own challenge.
+    let got = t.send_from(40, rebound(), ch(77));
+    let (to, s1, r) = t.recv_any(40).expect("a response");
+    assert_eq!(
+        (to, r.opts.path),
+        (rebound(), Some(PathOption::Response(77)))
+    );
+    let (to, s2, c) = t.recv_any(40).expect("a challenge");
+    assert_eq!(to, rebound());
+    assert!(matches!(c.opts.path, Some(PathOption::Challenge(_))));
+    assert!(s1 + s2 <= 3 * got);
+    assert!(t.recv_any(40).is_none());
+    assert_eq!(t.c.remote(), remote());
 }
 
 // ===================================================================

@@ -31,8 +31,8 @@ use crate::xtcp::rtt::RttEstimator;
 use crate::xtcp::send_buf::SendBuffer;
 use crate::xtcp::seq::SeqNumber;
 use crate::xtcp::wire::{
-    SackBlock, SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags, MAX_SACK_BLOCKS,
-    TCP_HEADER_LEN, XTCP_HEADER_LEN,
+    PathOption, SackBlock, SegmentRepr, TcpFlags, TcpOptions, WireError, XtcpFlags,
+    MAX_SACK_BLOCKS, TCP_HEADER_LEN, XTCP_HEADER_LEN,
 };
 use core::fmt;
 use core::time::Duration;
@@ -46,6 +46,12 @@ const MAX_WSCALE: u8 = 14;
 const DUP_THRESH: u64 = 3;
 /// Bytes of the timestamps option as emitted (NOP NOP TS).
 const TS_OPTION_LEN: usize = 12;
+/// Path validation attempts (challenge timer periods) per candidate address
+/// (spec/xtcp.md §8.4).
+const MAX_PATH_CHALLENGES: usize = 3;
+/// Anti-amplification factor towards an unvalidated address (spec/xtcp.md
+/// §8.5, after RFC 9000 §8.1).
+const AMPLIFICATION_FACTOR: u64 = 3;
 
 /// Keepalive parameters (RFC 1122 §4.2.3.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +232,8 @@ pub enum Event {
     Writable,
     /// The peer's FIN was received in order: `read` returns 0 once drained.
     PeerFinished,
-    /// The peer's address changed (NAT rebinding) and the connection followed it.
+    /// The peer's address changed (NAT rebinding): the new address answered
+    /// a path challenge (spec/xtcp.md §8.1) and the connection now sends there.
     AddressChanged(SocketAddr),
     /// The connection is closed (`None`: orderly close).
     Closed(Option<ConnectionError>),
@@ -278,6 +285,12 @@ pub struct Stats {
     pub rto: Duration,
     pub challenge_acks: u64,
     pub dropped_segments: u64,
+    /// Path challenges sent to candidate peer addresses (spec/xtcp.md §8).
+    pub path_challenges: u64,
+    /// Candidate addresses validated (the connection moved there).
+    pub path_validated: u64,
+    /// Candidate addresses dropped (timed out or the old address was still in use).
+    pub path_abandoned: u64,
 }
 
 /// Timer kinds; one deadline each (quinn's `TimerTable`, smoltcp's `PollAt`).
@@ -291,8 +304,9 @@ enum Timer {
     Pacing = 5,
     Rack = 6,
     Tlp = 7,
+    PathValidation = 8,
 }
-const TIMER_COUNT: usize = 8;
+const TIMER_COUNT: usize = 9;
 const ALL_TIMERS: [Timer; TIMER_COUNT] = [
     Timer::Rto,
     Timer::DelayedAck,
@@ -302,6 +316,7 @@ const ALL_TIMERS: [Timer; TIMER_COUNT] = [
     Timer::Pacing,
     Timer::Rack,
     Timer::Tlp,
+    Timer::PathValidation,
 ];
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -387,8 +402,37 @@ enum SynPending {
     SynAck,
 }
 
+/// A new peer address under validation (spec/xtcp.md §8.3): one at a time.
+#[derive(Clone, Copy, Debug)]
+struct PathCandidate {
+    addr: SocketAddr,
+    /// Bytes received from `addr` in segments that passed the checks, and
+    /// bytes sent to it (spec/xtcp.md §8.5: sent ≤ 3 × received).
+    received: u64,
+    sent: u64,
+    /// Challenge periods begun (the first at creation; at most
+    /// `MAX_PATH_CHALLENGES`).
+    attempts: usize,
+    /// Tokens of the challenges sent; a response may echo any of them.
+    tokens: [u64; MAX_PATH_CHALLENGES],
+    sent_tokens: usize,
+    /// A challenge is to be sent (when the amplification budget allows).
+    challenge_due: bool,
+    /// The newest TSval seen from `addr` (spec/xtcp.md §8.3: a newer segment
+    /// from the old address cancels the candidate).
+    newest_ts: Option<u32>,
+}
+
+impl PathCandidate {
+    fn may_send(&self, len: usize) -> bool {
+        // spec/xtcp.md §8.5: at most 3 × the bytes received from the address.
+        self.sent + len as u64 <= AMPLIFICATION_FACTOR * self.received
+    }
+}
+
 /// Parameters the endpoint chooses for a new connection (RFC 6528 ISN, the
-/// connection id, the timestamp offset of RFC 7323 §5.4).
+/// connection id, the timestamp offset of RFC 7323 §5.4, the key of the
+/// path challenge tokens of spec/xtcp.md §8.2).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionParams {
     pub conn_id: u64,
@@ -397,6 +441,9 @@ pub struct ConnectionParams {
     pub local_port: u16,
     pub remote_port: u16,
     pub remote: SocketAddr,
+    /// Key for the path challenge tokens (spec/xtcp.md §8.2); must be
+    /// unpredictable (the endpoint derives it from its secret).
+    pub path_secret: [u8; 32],
 }
 
 /// See the module documentation.
@@ -471,6 +518,18 @@ pub struct Connection {
     /// Most recent out-of-order arrival, for the first SACK block (RFC 2018 §4).
     pending_rst: Option<(SeqNumber, SeqNumber, bool)>,
     challenge_window: (Instant, u32),
+
+    // ---- path validation (spec/xtcp.md §8)
+    path: Option<PathCandidate>,
+    /// A PATH_RESPONSE to send: (to, token).
+    path_response: Option<(SocketAddr, u64)>,
+    /// Challenges generated so far (input to the token PRF).
+    path_counter: u64,
+    /// An ACK went to the peer address while a candidate exists: a copy
+    /// is due to the candidate (spec/xtcp.md §8.1, within §8.5's budget).
+    ack_copy_due: bool,
+    /// The ACK number of the last copy (a copy goes only when it changed).
+    ack_copied: Option<SeqNumber>,
 
     timers: Timers,
     events: VecDeque<Event>,
@@ -552,6 +611,11 @@ impl Connection {
             last_ack_sent: SeqNumber(0),
             pending_rst: None,
             challenge_window: (now, 0),
+            path: None,
+            path_response: None,
+            path_counter: 0,
+            ack_copy_due: false,
+            ack_copied: None,
             timers: Timers::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -1095,12 +1159,13 @@ impl Connection {
             }
             // A retransmission from a peer whose NAT mapping changed while
             // all its new data was already here (and our ACKs to the old
-            // address were lost) is "not acceptable" forever: follow the
-            // address on it too, or the duplicate ACK below would go where
-            // the peer no longer is. Plausible means: it carries the
+            // address were lost) is "not acceptable" forever: take its
+            // address as a candidate too, or the connection would never
+            // learn where the peer went. Plausible means: it carries the
             // connection id and an ACK in the RFC 5961 §5.2 acceptable range.
+            // spec/xtcp.md §8.3: only after PAWS and these checks.
             if seg.flags.ack() && self.ack_plausible(seg) {
-                self.follow_address(from);
+                self.on_peer_segment(now, from, seg);
             }
             self.ack.now = true;
             self.stats.dropped_segments += 1;
@@ -1145,9 +1210,14 @@ impl Connection {
             return;
         }
 
-        // The segment is in window and authenticated by its connection id: follow
-        // a peer address change (NAT rebinding).
-        self.follow_address(from);
+        // The segment passed PAWS, the window and the RST/SYN checks; with
+        // an ACK in the RFC 5961 §5.2 range (checked again, with its
+        // consequences, below) its address and path option count
+        // (spec/xtcp.md §8.3). A new address becomes a candidate, not the
+        // remote, until it answers a challenge.
+        if self.ack_plausible(seg) {
+            self.on_peer_segment(now, from, seg);
+        }
         self.last_recv = now;
         self.keepalive_probes = 0;
         self.arm_keepalive(now);
@@ -1219,13 +1289,147 @@ impl Connection {
         }
     }
 
-    /// Send to `from` from now on if the peer's address changed (NAT
-    /// rebinding; the caller checked the segment is plausibly the peer's).
-    fn follow_address(&mut self, from: SocketAddr) {
-        if from != self.remote {
-            self.remote = from;
-            self.events.push_back(Event::AddressChanged(from));
+    /// A segment from `from` passed the checks of spec/xtcp.md §3 (PAWS,
+    /// window or RFC 5961 ACK plausibility): process its address and path
+    /// option (spec/xtcp.md §8.3).
+    fn on_peer_segment(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
+        let tsval = match (self.opts.timestamps, seg.options.timestamps) {
+            (true, Some((v, _))) => Some(v),
+            _ => None,
+        };
+        let len = seg.buffer_len() as u64;
+        if from == self.remote {
+            //= spec/xtcp.md#XT-PV-5
+            // spec/xtcp.md §8.3: a segment from the current address newer
+            // than every segment from the candidate means the peer is still
+            // there (the candidate was a copy, a forgery or a stale route):
+            // drop the candidate.
+            if let Some(c) = self.path {
+                let newer = match (tsval, c.newest_ts) {
+                    (Some(v), Some(n)) => (v.wrapping_sub(n) as i32) > 0,
+                    _ => true,
+                };
+                if newer {
+                    self.abandon_path();
+                }
+            }
+        } else {
+            match &mut self.path {
+                Some(c) if c.addr == from => {
+                    //= spec/xtcp.md#XT-PV-10
+                    // spec/xtcp.md §8.5: what the address sent is its budget.
+                    c.received += len;
+                    if let Some(v) = tsval {
+                        if c.newest_ts.is_none_or(|n| (v.wrapping_sub(n) as i32) > 0) {
+                            c.newest_ts = Some(v);
+                        }
+                    }
+                }
+                //= spec/xtcp.md#XT-PV-6
+                // spec/xtcp.md §8.3: one candidate at a time; another new
+                // address waits until this one is validated or dropped.
+                Some(_) => return,
+                None => {
+                    //= spec/xtcp.md#XT-PV-1
+                    // spec/xtcp.md §8.1, §8.3: a new address becomes a
+                    // candidate; the peer address does not change yet.
+                    self.path = Some(PathCandidate {
+                        addr: from,
+                        received: len,
+                        sent: 0,
+                        attempts: 1,
+                        tokens: [0; MAX_PATH_CHALLENGES],
+                        sent_tokens: 0,
+                        challenge_due: true,
+                        newest_ts: tsval,
+                    });
+                    self.timers.set(Timer::PathValidation, now + self.rtt.rto());
+                }
+            }
         }
+        match seg.options.path {
+            //= spec/xtcp.md#XT-PV-11
+            // spec/xtcp.md §8.6: echo a challenge to the address it came from
+            // (the current address, or the candidate within its budget).
+            Some(PathOption::Challenge(token)) => self.path_response = Some((from, token)),
+            Some(PathOption::Response(token)) => {
+                //= spec/xtcp.md#XT-PV-7
+                //= spec/xtcp.md#XT-PV-8
+                // spec/xtcp.md §8.4: validated when the candidate itself echoes
+                // a token that was sent to it.
+                let valid = self.path.is_some_and(|c| {
+                    c.addr == from && c.tokens.iter().take(c.sent_tokens).any(|&t| t == token)
+                });
+                if valid {
+                    self.path = None;
+                    self.timers.stop(Timer::PathValidation);
+                    self.stats.path_validated += 1;
+                    self.remote = from;
+                    self.events.push_back(Event::AddressChanged(from));
+                    // Tell the peer at once where we are listening (and what we have).
+                    self.ack.now = true;
+                    self.ack_copy_due = false;
+                    // spec/xtcp.md §8.4: what went to the old address while
+                    // the candidate was checked is likely lost. A loss probe
+                    // to the new address at once (RFC 8985 §7.3) gets the SACK
+                    // from which RACK finds it, instead of waiting for the
+                    // PTO or the RTO.
+                    if self.opts.sack && self.snd_nxt > self.snd_una && !self.tlp_outstanding {
+                        self.tlp_due = true;
+                        self.tlp_outstanding = true;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Drop the candidate address (spec/xtcp.md §8.4).
+    fn abandon_path(&mut self) {
+        if self.path.take().is_some() {
+            self.stats.path_abandoned += 1;
+        }
+        self.ack_copy_due = false;
+        self.timers.stop(Timer::PathValidation);
+        if self.path_response.is_some_and(|(to, _)| to != self.remote) {
+            self.path_response = None;
+        }
+    }
+
+    /// The challenge timer fired (spec/xtcp.md §8.4): challenge again, or,
+    /// after `MAX_PATH_CHALLENGES` periods, give up on the candidate.
+    fn on_path_timer(&mut self, now: Instant) {
+        let rto = self.rtt.rto();
+        match &mut self.path {
+            Some(c) if c.attempts < MAX_PATH_CHALLENGES => {
+                c.attempts += 1;
+                c.challenge_due = true;
+                self.timers.set(Timer::PathValidation, now + rto);
+            }
+            //= spec/xtcp.md#XT-PV-9
+            Some(_) => self.abandon_path(),
+            None => {}
+        }
+    }
+
+    /// The next path challenge token: 64 bits of HMAC-SHA256 under the
+    /// connection's path secret (spec/xtcp.md §8.2).
+    fn next_path_token(&mut self) -> u64 {
+        //= spec/xtcp.md#XT-PV-3
+        //= spec/xtcp.md#XT-PV-4
+        // spec/xtcp.md §8.2: unpredictable, and fresh for every challenge.
+        self.path_counter += 1;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.params.path_secret);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(b"xtcp path challenge");
+        ctx.update(&self.params.conn_id.to_be_bytes());
+        ctx.update(&self.path_counter.to_be_bytes());
+        let tag = ctx.sign();
+        let mut b = [0u8; 8];
+        for (d, s) in b.iter_mut().zip(tag.as_ref()) {
+            *d = *s;
+        }
+        u64::from_be_bytes(b)
     }
 
     /// SEG.ACK within `[SND.UNA − MAX.SND.WND, SND.NXT]` (RFC 5961 §5.2).
@@ -1287,6 +1491,9 @@ impl Connection {
         } else if d == 0
             && seg.payload.is_empty()
             && !seg.flags.fin()
+            // Path challenges and responses (spec/xtcp.md §8) are not
+            // duplicate ACKs: they say nothing about loss.
+            && seg.options.path.is_none()
             && self.snd_nxt > self.snd_una
             && window == self.snd_wnd
         {
@@ -1725,6 +1932,7 @@ impl Connection {
                     self.detect_losses(now);
                 }
             }
+            Timer::PathValidation => self.on_path_timer(now),
             Timer::Tlp => {
                 // RFC 8985 §7.3: the probe timeout fired with the tail unacknowledged
                 // (also in recovery: see `arm_tlp`).
@@ -1925,6 +2133,7 @@ impl Connection {
         if repr.flags.ack() {
             self.ack = AckState::default();
             self.timers.stop(Timer::DelayedAck);
+            self.ack_copy_due = self.path.is_some();
         }
         Some(Transmit {
             destination: self.remote,
@@ -1949,6 +2158,9 @@ impl Connection {
             State::SynSent | State::SynReceived => return self.transmit_syn(now, buf),
             _ => {}
         }
+        if let Some(t) = self.transmit_path(now, buf) {
+            return Some(t);
+        }
         if let Some(t) = self.transmit_data(now, buf) {
             return Some(t);
         }
@@ -1967,6 +2179,110 @@ impl Connection {
             return self.emit(now, &repr, buf);
         }
         None
+    }
+
+    /// A PATH_RESPONSE, a PATH_CHALLENGE, or a copy of the last ACK for the
+    /// candidate (spec/xtcp.md §8.1, §8.4, §8.6): pure ACKs, the first two
+    /// carrying the path option, to the address concerned.
+    fn transmit_path(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, token)) = self.path_response.take() {
+            if let Some(t) = self.emit_path(now, to, Some(PathOption::Response(token)), buf) {
+                return Some(t);
+            }
+        }
+        let c = self.path?;
+        if !c.may_send(self.min_path_segment_len()) {
+            // spec/xtcp.md §8.5: wait for more bytes from the candidate (or
+            // for the challenge timer to give up on it).
+            return None;
+        }
+        if !c.challenge_due || c.sent_tokens >= MAX_PATH_CHALLENGES {
+            let fresh = self.ack_copied != Some(self.rcv_nxt_seq())
+                || (self.opts.sack && self.recv_buf.has_out_of_order());
+            if !self.ack_copy_due || !fresh {
+                return None;
+            }
+            self.ack_copied = Some(self.rcv_nxt_seq());
+            // spec/xtcp.md §8.1: the peer may already be at the candidate
+            // address only; a copy of our ACK (no data) keeps its data
+            // flowing while the challenge is under way.
+            self.ack_copy_due = false;
+            return self.emit_path(now, c.addr, None, buf);
+        }
+        let token = self.next_path_token();
+        let t = self.emit_path(now, c.addr, Some(PathOption::Challenge(token)), buf)?;
+        if let Some(c) = self.path.as_mut() {
+            if let Some(slot) = c.tokens.get_mut(c.sent_tokens) {
+                *slot = token;
+                c.sent_tokens += 1;
+            }
+            c.challenge_due = false;
+        }
+        self.stats.path_challenges += 1;
+        Some(t)
+    }
+
+    /// The smallest path segment: headers, timestamps if in use, the path option.
+    fn min_path_segment_len(&self) -> usize {
+        let ts = if self.opts.timestamps {
+            TS_OPTION_LEN
+        } else {
+            0
+        };
+        XTCP_HEADER_LEN + TCP_HEADER_LEN + ts + 12
+    }
+
+    /// Emit a pure ACK with path option `opt` to `to`: the current address,
+    /// or the candidate within its amplification budget (spec/xtcp.md §8.5),
+    /// dropping SACK blocks if that makes it fit.
+    fn emit_path(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        opt: Option<PathOption>,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
+        let candidate = if to == self.remote {
+            None
+        } else {
+            //= spec/xtcp.md#XT-PV-2
+            // spec/xtcp.md §8.1, §8.5: nothing goes to an address that is
+            // neither the current one nor the candidate.
+            let c = self.path.filter(|c| c.addr == to)?;
+            if !c.may_send(self.min_path_segment_len()) {
+                return None;
+            }
+            Some(c)
+        };
+        let (ack, wnd, mut opts) = self.ack_fields(now);
+        opts.path = opt;
+        let seq = self.snd_seq(self.snd_nxt);
+        let mut repr = self.repr(seq, ack, TcpFlags::ACK, wnd, opts, &[]);
+        if let Some(c) = candidate {
+            if !c.may_send(repr.buffer_len()) {
+                repr.options.sack_len = 0;
+            }
+            //= spec/xtcp.md#XT-PV-10
+            // spec/xtcp.md §8.5: at most 3 × the bytes received from it.
+            if !c.may_send(repr.buffer_len()) {
+                return None;
+            }
+        }
+        let size = repr.emit(buf).ok()?;
+        self.stats.segments_sent += 1;
+        self.last_send = now;
+        match self.path.as_mut() {
+            Some(c) if candidate.is_some() => c.sent += size as u64,
+            _ => {
+                // An ACK to the current address like any other.
+                self.ack = AckState::default();
+                self.timers.stop(Timer::DelayedAck);
+            }
+        }
+        Some(Transmit {
+            destination: to,
+            size,
+        })
     }
 
     fn transmit_syn(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -2239,6 +2555,7 @@ impl Connection {
         if flags.ack() {
             self.ack = AckState::default();
             self.timers.stop(Timer::DelayedAck);
+            self.ack_copy_due = self.path.is_some();
         }
         Some(Transmit {
             destination: self.remote,

@@ -241,6 +241,18 @@ impl Endpoint {
         self.prf_u64(&[b"ts", &Self::addr_bytes(remote), &conn_id.to_be_bytes()]) as u32
     }
 
+    /// The key of a connection's path challenge tokens (spec/xtcp.md §8.2):
+    /// a PRF of the endpoint secret, so unpredictable to anyone without it,
+    /// and distinct per connection (the ISS carries the clock).
+    fn path_secret(&self, remote: &SocketAddr, conn_id: u64, iss: SeqNumber) -> [u8; 32] {
+        self.prf(&[
+            b"path",
+            &Self::addr_bytes(remote),
+            &conn_id.to_be_bytes(),
+            &iss.0.to_be_bytes(),
+        ])
+    }
+
     fn insert(&mut self, conn: Connection) -> usize {
         let id = conn.conn_id();
         let idx = match self.free.pop() {
@@ -277,13 +289,15 @@ impl Endpoint {
                 break id;
             }
         };
+        let iss = self.isn(now, &remote, conn_id);
         let params = ConnectionParams {
             conn_id,
-            iss: self.isn(now, &remote, conn_id),
+            iss,
             ts_offset: self.ts_offset(&remote, conn_id),
             local_port: self.cfg.local_port,
             remote_port: remote.port(),
             remote,
+            path_secret: self.path_secret(&remote, conn_id, iss),
         };
         let conn = Connection::connect(self.cfg.conn.clone(), now, params);
         ConnectionHandle(self.insert(conn))
@@ -573,13 +587,15 @@ impl Endpoint {
         from: SocketAddr,
         seg: &SegmentRepr<'_>,
     ) -> ConnectionParams {
+        let iss = self.isn(now, &from, seg.conn_id);
         ConnectionParams {
             conn_id: seg.conn_id,
-            iss: self.isn(now, &from, seg.conn_id),
+            iss,
             ts_offset: self.ts_offset(&from, seg.conn_id),
             local_port: seg.dst_port,
             remote_port: seg.src_port,
             remote: from,
+            path_secret: self.path_secret(&from, seg.conn_id, iss),
         }
     }
 

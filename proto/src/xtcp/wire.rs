@@ -151,6 +151,30 @@ pub struct TcpOptions {
     pub sack_len: u8,
     /// Timestamps (kind 8, RFC 7323 §3): (TSval, TSecr).
     pub timestamps: Option<(u32, u32)>,
+    /// Path validation (kind 253, RFC 6994 experimental with an XTCP ExID;
+    /// spec/xtcp.md §2.3, §8.1): a PATH_CHALLENGE or PATH_RESPONSE token.
+    pub path: Option<PathOption>,
+}
+
+/// The XTCP path validation option (spec/xtcp.md §2.3, §8.1): an 8-byte
+/// token sent to a new peer address ([`PathOption::Challenge`]) and echoed
+/// back ([`PathOption::Response`]), after RFC 9000 §8.2's PATH_CHALLENGE /
+/// PATH_RESPONSE.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PathOption {
+    /// `fd 0c 58 43 <token:8>`: echo this token.
+    Challenge(u64),
+    /// `fd 0c 58 52 <token:8>`: the echo of a challenge's token.
+    Response(u64),
+}
+
+impl PathOption {
+    /// The token carried.
+    pub fn token(self) -> u64 {
+        match self {
+            PathOption::Challenge(t) | PathOption::Response(t) => t,
+        }
+    }
 }
 
 impl TcpOptions {
@@ -241,6 +265,15 @@ pub mod option_kind {
     pub const SACK: u8 = 5;
     /// Timestamps, length 10 (RFC 7323 §3.2).
     pub const TIMESTAMPS: u8 = 8;
+    /// Experimental option with a 16-bit ExID (RFC 6994 §3). XTCP's path
+    /// validation uses it with the ExIDs below, length 12 (spec/xtcp.md §2.3).
+    pub const EXPERIMENTAL: u8 = 253;
+    /// ExID of PATH_CHALLENGE ("XC").
+    pub const EXID_PATH_CHALLENGE: u16 = 0x5843;
+    /// ExID of PATH_RESPONSE ("XR").
+    pub const EXID_PATH_RESPONSE: u16 = 0x5852;
+    /// Length of a path validation option: kind, length, ExID, 8-byte token.
+    pub const PATH_LEN: u8 = 12;
 }
 
 /// Byte ranges of the fixed fields, as offsets from the start of the
@@ -592,6 +625,24 @@ impl TcpOptions {
                 }
                 self.sack_len = n;
             }
+            //= spec/xtcp.md#options
+            //# Kind 253 with ExID 0x5843 or 0x5852 is XTCP's path validation
+            //# option and MUST have length 12.
+            (EXPERIMENTAL, [_, _, x0, x1, rest @ ..])
+                if matches!(
+                    u16::from_be_bytes([*x0, *x1]),
+                    EXID_PATH_CHALLENGE | EXID_PATH_RESPONSE
+                ) =>
+            {
+                // `rest` is 8 bytes exactly when the length is 12.
+                let token = <[u8; 8]>::try_from(rest).map_err(|_| WireError::BadOption)?;
+                let token = u64::from_be_bytes(token);
+                self.path = Some(if u16::from_be_bytes([*x0, *x1]) == EXID_PATH_CHALLENGE {
+                    PathOption::Challenge(token)
+                } else {
+                    PathOption::Response(token)
+                });
+            }
             // A known kind with the wrong length.
             //= spec/xtcp.md#XT-OPT-4
             //# A **known kind** (2, 3, 4, 5, 8) whose length is not the one in the table MUST be
@@ -620,6 +671,7 @@ impl TcpOptions {
 
     /// Bytes of every option except SACK, as emitted.
     fn fixed_options_len(&self) -> usize {
+        use option_kind::PATH_LEN;
         let mut len = 0;
         if self.mss.is_some() {
             len += 4; // 02 04 mss
@@ -631,6 +683,9 @@ impl TcpOptions {
         }
         if self.window_scale.is_some() {
             len += 4; // 01 03 03 shift
+        }
+        if self.path.is_some() {
+            len += usize::from(PATH_LEN); // fd 0c ExID token
         }
         len
     }
@@ -668,6 +723,15 @@ impl TcpOptions {
         }
         if let Some(shift) = self.window_scale {
             w.put(&[NOP, WINDOW_SCALE, 3, shift])?;
+        }
+        if let Some(p) = self.path {
+            let exid = match p {
+                PathOption::Challenge(_) => EXID_PATH_CHALLENGE,
+                PathOption::Response(_) => EXID_PATH_RESPONSE,
+            };
+            let [x0, x1] = exid.to_be_bytes();
+            w.put(&[EXPERIMENTAL, PATH_LEN, x0, x1])?;
+            w.put(&p.token().to_be_bytes())?;
         }
         let n = self.sack_blocks_emitted();
         if n > 0 {
@@ -879,6 +943,13 @@ mod tests {
     }
 
     impl Vector {
+        fn get_or<'s>(&'s self, key: &str, default: &'s str) -> &'s str {
+            self.kv
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(default, |(_, v)| v.as_str())
+        }
+
         fn get(&self, key: &str) -> &str {
             self.kv
                 .iter()
@@ -999,6 +1070,12 @@ mod tests {
             let (a, b) = ts.split_once(' ').unwrap();
             options.timestamps = Some((num(a) as u32, num(b) as u32));
         }
+        options.path = match v.get_or("path", "none").split_once(' ') {
+            Some(("challenge", t)) => Some(PathOption::Challenge(num(t))),
+            Some(("response", t)) => Some(PathOption::Response(num(t))),
+            None => None,
+            Some(other) => panic!("path: {other:?}"),
+        };
         let sack = v.get("sack");
         if sack != "none" {
             for (i, pair) in sack.split_whitespace().enumerate() {
@@ -1088,6 +1165,9 @@ mod tests {
             "err-option-overrun",
             "err-bad-checksum",
             "err-reserved",
+            "path-challenge",
+            "path-response",
+            "err-path-length",
         ] {
             assert!(names.contains(required), "missing vector {required}");
         }
@@ -1205,6 +1285,7 @@ mod tests {
         window_scale: Option<u8>,
         sack_permitted: bool,
         timestamps: Option<(u32, u32)>,
+        path: Option<(bool, u64)>,
         sack: [(u32, u32); MAX_SACK_BLOCKS],
         /// Up to 6 to exercise the clamp in `sack_blocks()`.
         sack_len: u8,
@@ -1236,6 +1317,7 @@ mod tests {
                 window_scale: Arbitrary::arbitrary(g),
                 sack_permitted: Arbitrary::arbitrary(g),
                 timestamps: Arbitrary::arbitrary(g),
+                path: Arbitrary::arbitrary(g),
                 sack,
                 sack_len,
                 payload,
@@ -1268,6 +1350,13 @@ mod tests {
                     sack,
                     sack_len: self.sack_len,
                     timestamps: self.timestamps,
+                    path: self.path.map(|(challenge, t)| {
+                        if challenge {
+                            PathOption::Challenge(t)
+                        } else {
+                            PathOption::Response(t)
+                        }
+                    }),
                 },
                 payload: &self.payload,
             }
@@ -1486,6 +1575,29 @@ mod tests {
         assert_eq!(o.sack[0].left, SeqNumber(3));
         // Window scale is not clamped by the codec.
         assert_eq!(p(&[3, 3, 200]).unwrap().window_scale, Some(200));
+        // Path validation (kind 253, ExID "XC" / "XR", length 12).
+        let tok = [1, 2, 3, 4, 5, 6, 7, 8];
+        let mut c = vec![0xfd, 12, 0x58, 0x43];
+        c.extend_from_slice(&tok);
+        assert_eq!(
+            p(&c).unwrap().path,
+            Some(PathOption::Challenge(0x0102_0304_0506_0708))
+        );
+        c[3] = 0x52;
+        assert_eq!(
+            p(&c).unwrap().path,
+            Some(PathOption::Response(0x0102_0304_0506_0708))
+        );
+        // Our ExIDs with another length are malformed ...
+        assert_eq!(p(&[0xfd, 4, 0x58, 0x43]), Err(BadOption));
+        assert_eq!(
+            p(&[0xfd, 11, 0x58, 0x52, 0, 0, 0, 0, 0, 0, 0]),
+            Err(BadOption)
+        );
+        // ... other ExIDs (or none) are unknown options, skipped.
+        c[3] = 0x44;
+        assert_eq!(p(&c), Ok(TcpOptions::default()));
+        assert_eq!(p(&[0xfd, 3, 0x58]), Ok(TcpOptions::default()));
     }
 
     #[test]
