@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod nat;
 pub mod nfq;
+pub mod tun;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
