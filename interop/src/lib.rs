@@ -54,8 +54,14 @@ pub fn require_netns() {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_default();
-    assert_eq!(uid, "0", "network-namespace tests need root (CI runs them as root)");
-    assert!(tool_runs("ip"), "`ip` is missing: apt-get install -y iproute2");
+    assert_eq!(
+        uid, "0",
+        "network-namespace tests need root (CI runs them as root)"
+    );
+    assert!(
+        tool_runs("ip"),
+        "`ip` is missing: apt-get install -y iproute2"
+    );
 }
 
 /// Whether `tool -V` runs and succeeds.

@@ -272,3 +272,294 @@ fn a_kernel_connects_10mib_each_way() {
 fn a_xtcp_connects_10mib_each_way() {
     bulk(Opener::Xtcp);
 }
+
+// ---------------------------------------------------------------------------
+// (b) half-close by either side
+// ---------------------------------------------------------------------------
+
+/// `closer` writes and half-closes first; the other side reads to EOF, only
+/// then writes its own bytes and closes; the closer reads them after its FIN.
+fn half_close(who: Opener, closer: Opener) {
+    rt().block_on(async {
+        let lab = Lab::new("half", LabOpts::default());
+        let (k, x) = lab.pair(who, None).await;
+        let (a, b) = (payload(3, MIB), payload(4, MIB / 2));
+        let run = async {
+            let (kr, kw) = k.into_split();
+            let (xr, xw) = x.into_split();
+            match closer {
+                Opener::Kernel => {
+                    let ((), got) = tokio::join!(send_all(kw, &a), recv_all(xr));
+                    assert_eq!(got, want(3, MIB), "xtcp reads the kernel's bytes, then EOF");
+                    let ((), got) = tokio::join!(send_all(xw, &b), recv_all(kr));
+                    assert_eq!(got, want(4, MIB / 2), "kernel reads after its own FIN");
+                }
+                Opener::Xtcp => {
+                    let ((), got) = tokio::join!(send_all(xw, &a), recv_all(kr));
+                    assert_eq!(got, want(3, MIB), "kernel reads the xtcp bytes, then EOF");
+                    let ((), got) = tokio::join!(send_all(kw, &b), recv_all(xr));
+                    assert_eq!(got, want(4, MIB / 2), "xtcp reads after its own FIN");
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("half-close timed out");
+        let r = lab.assert_clean();
+        assert_eq!((r.kernel().fins, r.xtcp().fins), (1, 1), "one FIN each way");
+        assert_eq!((r.kernel().rsts, r.xtcp().rsts), (0, 0), "no RST");
+    });
+}
+
+#[test]
+fn b_half_close_kernel_first_kernel_opened() {
+    half_close(Opener::Kernel, Opener::Kernel);
+}
+
+#[test]
+fn b_half_close_xtcp_first_kernel_opened() {
+    half_close(Opener::Kernel, Opener::Xtcp);
+}
+
+#[test]
+fn b_half_close_kernel_first_xtcp_opened() {
+    half_close(Opener::Xtcp, Opener::Kernel);
+}
+
+#[test]
+fn b_half_close_xtcp_first_xtcp_opened() {
+    half_close(Opener::Xtcp, Opener::Xtcp);
+}
+
+// ---------------------------------------------------------------------------
+// (c) option negotiation seen from the kernel's TCP_INFO
+// ---------------------------------------------------------------------------
+
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+const TCPI_OPT_ECN: u8 = 8;
+const TCPI_OPT_SYN_DATA: u8 = 32;
+
+/// The fields of `struct tcp_info` (linux/tcp.h) the tests read.
+#[derive(Debug, Clone, Copy)]
+struct TcpInfo {
+    options: u8,
+    snd_wscale: u8,
+    rcv_wscale: u8,
+    snd_mss: u32,
+    advmss: u32,
+}
+
+fn tcp_info(s: &impl AsRawFd) -> TcpInfo {
+    let mut b = [0u8; 256];
+    let mut len = b.len() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `b`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            b.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    TcpInfo {
+        options: b[5],
+        // Bitfields: tcpi_snd_wscale:4 (low nibble), tcpi_rcv_wscale:4.
+        snd_wscale: b[6] & 0x0f,
+        rcv_wscale: b[6] >> 4,
+        snd_mss: u32_at(16),
+        advmss: u32_at(84),
+    }
+}
+
+fn options_from_tcp_info(who: Opener, all: bool) {
+    rt().block_on(async {
+        let mut o = LabOpts::default();
+        o.xtcp.conn.sack = all;
+        o.xtcp.conn.timestamps = all;
+        o.xtcp.conn.window_scaling = all;
+        let lab = Lab::new("opts", o);
+        let (k, x) = lab.pair(who, None).await;
+        let info = tcp_info(&k);
+        exchange(k, x, MIB, MIB, Duration::from_secs(60)).await;
+        let r = lab.assert_clean();
+        let (ks, xs) = (r.kernel().syn, r.xtcp().syn);
+        eprintln!("options {who:?} all={all}: {info:?}; xtcp SYN {xs:?}");
+        let want_opts = if all {
+            TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE
+        } else {
+            0
+        };
+        assert_eq!(info.options & 0x0f, want_opts, "negotiated options");
+        assert_eq!(xs.mss, Some(1440), "xtcp announces 1472 − 12 − 20");
+        assert_eq!(ks.mss, Some(1460), "kernel announces MTU 1500 − 40");
+        if all {
+            assert_eq!(
+                Some(info.snd_wscale),
+                xs.wscale,
+                "kernel scales by xtcp's shift"
+            );
+            assert_eq!(Some(info.rcv_wscale), ks.wscale, "kernel's own shift");
+            assert_eq!(
+                info.snd_mss,
+                1440 - 12,
+                "kernel's send MSS: xtcp's MSS − timestamps"
+            );
+        } else {
+            assert_eq!(
+                (xs.sack_permitted, xs.timestamps, xs.wscale),
+                (false, false, None)
+            );
+            assert_eq!(info.snd_mss, 1440, "kernel's send MSS: xtcp's MSS");
+        }
+        assert_eq!(info.advmss, 1460 - if all { 12 } else { 0 });
+        // And xtcp's segments to the kernel respect the kernel's MSS (h).
+        let opt_len = if all { 12 } else { 0 };
+        assert!(r.xtcp().max_payload <= 1460 - opt_len);
+        assert!(r.kernel().max_payload <= 1440 - opt_len);
+    });
+}
+
+#[test]
+fn c_options_tcp_info_kernel_opened() {
+    options_from_tcp_info(Opener::Kernel, true);
+}
+
+#[test]
+fn c_options_tcp_info_xtcp_opened() {
+    options_from_tcp_info(Opener::Xtcp, true);
+}
+
+#[test]
+fn c_options_off_tcp_info_kernel_opened() {
+    options_from_tcp_info(Opener::Kernel, false);
+}
+
+#[test]
+fn c_options_off_tcp_info_xtcp_opened() {
+    options_from_tcp_info(Opener::Xtcp, false);
+}
+
+// ---------------------------------------------------------------------------
+// (d) seeded random loss, both directions of the bridge
+// ---------------------------------------------------------------------------
+
+fn lossy(who: Opener, loss: f64, len: usize, seed: u64) {
+    rt().block_on(async {
+        let lab = Lab::new(
+            "loss",
+            LabOpts {
+                loss,
+                seed,
+                ..LabOpts::default()
+            },
+        );
+        let (k, x) = lab.pair(who, None).await;
+        let took = exchange(k, x, len, len, Duration::from_secs(150)).await;
+        let r = lab.assert_clean();
+        eprintln!(
+            "loss {:.0} % {who:?} seed {seed}: {} MiB each way in {took:.2?}; dropped kernel→xtcp {}/{}, xtcp→kernel {}/{}",
+            loss * 100.0,
+            len / MIB,
+            r.kernel().dropped_loss,
+            r.kernel().segments,
+            r.xtcp().dropped_loss,
+            r.xtcp().segments,
+        );
+        assert!(r.kernel().dropped_loss > 0 && r.xtcp().dropped_loss > 0);
+    });
+}
+
+#[test]
+fn d_loss_2pct_kernel_opened() {
+    lossy(Opener::Kernel, 0.02, 4 * MIB, 21);
+}
+
+#[test]
+fn d_loss_2pct_xtcp_opened() {
+    lossy(Opener::Xtcp, 0.02, 4 * MIB, 22);
+}
+
+#[test]
+fn d_loss_10pct_kernel_opened() {
+    lossy(Opener::Kernel, 0.10, 2 * MIB, 101);
+}
+
+#[test]
+fn d_loss_10pct_xtcp_opened() {
+    lossy(Opener::Xtcp, 0.10, 2 * MIB, 102);
+}
+
+// ---------------------------------------------------------------------------
+// (e) both windows closed for 2 s, then completion
+// ---------------------------------------------------------------------------
+
+/// Wait until `f` holds, checking every 10 ms; panic after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn windows_closed(who: Opener) {
+    rt().block_on(async {
+        let lab = Lab::new("zwin", LabOpts::default());
+        // Small fixed kernel buffers so its window closes on a few MiB.
+        let (k, x) = lab.pair(who, Some(256 << 10)).await;
+        let len = 12 * MIB;
+        let (kr, kw) = k.into_split();
+        let (xr, xw) = x.into_split();
+        let kw = tokio::spawn(async move { send_all(kw, &payload(1, len)).await });
+        let xw = tokio::spawn(async move { send_all(xw, &payload(2, len)).await });
+        // Neither side reads: both advertise a zero window.
+        wait_for("both windows at zero", Duration::from_secs(30), || {
+            let r = lab.bridge.report();
+            r.kernel().last_window == Some(0) && r.xtcp().last_window == Some(0)
+        })
+        .await;
+        let before = lab.bridge.report();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = lab.bridge.report();
+        assert_eq!(
+            held.kernel().last_window,
+            Some(0),
+            "kernel window stayed closed"
+        );
+        assert_eq!(
+            held.xtcp().last_window,
+            Some(0),
+            "xtcp window stayed closed"
+        );
+        assert!(!kw.is_finished() && !xw.is_finished(), "writers blocked");
+        eprintln!(
+            "zero window {who:?}: probes during the 2 s: kernel {} segments, xtcp {}",
+            held.kernel().segments - before.kernel().segments,
+            held.xtcp().segments - before.xtcp().segments
+        );
+        let all = async { tokio::join!(recv_all(kr), recv_all(xr)) };
+        let (k_got, x_got) = tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("completion after the windows reopen");
+        kw.await.unwrap();
+        xw.await.unwrap();
+        assert_eq!(x_got, want(1, len));
+        assert_eq!(k_got, want(2, len));
+        lab.assert_clean();
+    });
+}
+
+#[test]
+fn e_windows_closed_2s_kernel_opened() {
+    windows_closed(Opener::Kernel);
+}
+
+#[test]
+fn e_windows_closed_2s_xtcp_opened() {
+    windows_closed(Opener::Xtcp);
+}
