@@ -1005,6 +1005,53 @@ fn syn_cookie_accept_keeps_no_state_until_the_ack() {
     assert_eq!(ep.stats().cookies_accepted, 1);
 }
 
+/// Found by the kernel bridge (interop/tests/kernel.rs, the kernel's
+/// PAWSEstab counter): the cookie SYN-ACK's TSval carries the options in its
+/// low 6 bits; rounded up, it ran ahead of the connection's clock, so the
+/// first segments after the handshake had a smaller TSval and the peer's
+/// PAWS check (RFC 7323 §5.3) dropped them for up to 63 ms. The encoded
+/// TSval must not exceed the clock (Linux: `cookie_init_timestamp`).
+#[test]
+fn syn_cookie_tsval_never_runs_ahead_of_the_clock() {
+    for cid in 0..32u64 {
+        let mut ep = Endpoint::new(
+            EndpointConfig {
+                conn: Arc::new(Config {
+                    sack: true,
+                    timestamps: true,
+                    window_scaling: true,
+                    ..plain_config()
+                }),
+                listen: true,
+                always_cookie: true,
+                ..EndpointConfig::default()
+            },
+            [7u8; 32],
+        );
+        let mut syn = seg(IRS, 0, S).mss(1200).ts(1, 0);
+        syn.opts.sack_permitted = true;
+        syn.opts.window_scale = Some(7);
+        ep.handle_datagram(ms(0), remote(), &dgram(&syn, cid))
+            .unwrap();
+        let out = ep_out(&mut ep, ms(0));
+        let sa = SegmentRepr::parse(&out[0]).unwrap();
+        let (cookie_ts, _) = sa.options.timestamps.unwrap();
+        let ack = seg(IRS + 1, sa.seq.0.wrapping_add(1), A).ts(2, cookie_ts);
+        let h = ep
+            .handle_datagram(ms(0), remote(), &dgram(&ack, cid))
+            .unwrap()
+            .unwrap();
+        ep.connection_mut(h).unwrap().write(b"x").unwrap();
+        let out = ep_out(&mut ep, ms(0));
+        let d = SegmentRepr::parse(out.last().unwrap()).unwrap();
+        let (tsval, _) = d.options.timestamps.unwrap();
+        assert!(
+            tsval.wrapping_sub(cookie_ts) as i32 >= 0,
+            "cid {cid}: TSval {tsval} after the cookie's {cookie_ts} goes backwards"
+        );
+    }
+}
+
 #[test]
 fn forged_cookie_ack_is_reset_and_creates_nothing() {
     let mut ep = endpoint(true);
