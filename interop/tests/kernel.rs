@@ -23,6 +23,7 @@ const MIB: usize = 1 << 20;
 
 /// One namespace with a kernel side, the bridge and an XTCP endpoint.
 struct Lab {
+    label: String,
     bridge: Bridge,
     ep: XtcpEndpoint,
     // Dropped last: the namespace outlives the sockets and the bridge.
@@ -68,7 +69,12 @@ impl Lab {
         cfg.loss_to_xtcp = o.loss;
         cfg.seed = o.seed;
         let bridge = Bridge::start(&ns, cfg).expect("bridge");
-        Lab { bridge, ep, ns }
+        Lab {
+            label: label.to_owned(),
+            bridge,
+            ep,
+            ns,
+        }
     }
 
     /// A kernel socket in the namespace, with `rcvbuf`/`sndbuf` if given.
@@ -148,9 +154,30 @@ impl Lab {
     }
 
     /// The checks every test ends with: (h) no segment beyond MSS or window,
-    /// nothing malformed; (i) kernel error counters zero.
+    /// nothing malformed, nothing lost inside the lab (TUN queues here, the
+    /// UDP sockets with the kernel counters below); (i) the kernel's error
+    /// counters zero. Prints the retransmissions: on a lossless path they
+    /// are timer-driven (loss probes, RTOs on a loaded machine) and are
+    /// reported, not asserted.
     fn assert_clean(&self) -> Report {
         let r = self.bridge.report();
+        for f in ["tx_dropped", "rx_dropped"] {
+            let path = format!("/sys/class/net/xt0/statistics/{f}");
+            let out = self.ns.exec(&["cat", &path]).expect("tun statistics");
+            let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert_eq!(v, "0", "TUN {f}: segments lost inside the lab");
+        }
+        let n = self.nstat();
+        let c = |k: &str| n.get(k).copied().unwrap_or(0);
+        eprintln!(
+            "  {}: retransmitted segments: kernel {} (TLP {}, RTO {}), xtcp {} (kernel D-SACKs for duplicates: {})",
+            self.label,
+            r.kernel().retransmits,
+            c("TcpExt:TCPLossProbes"),
+            c("TcpExt:TCPTimeouts"),
+            r.xtcp().retransmits,
+            c("TcpExt:TCPDSACKOldSent") + c("TcpExt:TCPDSACKOfoSent"),
+        );
         for (name, d) in [("kernel", r.kernel()), ("xtcp", r.xtcp())] {
             assert_eq!(
                 d.mss_violations, 0,
@@ -164,7 +191,6 @@ impl Lab {
             );
             assert_eq!(d.malformed, 0, "{name} sent malformed segments");
         }
-        let n = self.nstat();
         for k in [
             "TcpExt:PAWSActive",
             "TcpExt:PAWSEstab",
@@ -178,6 +204,10 @@ impl Lab {
             "TcpExt:TCPACKSkippedChallenge",
             "Tcp:InCsumErrors",
             "Tcp:InErrs",
+            // Nothing lost on the way: the UDP sockets (bridge, endpoint).
+            "Udp:RcvbufErrors",
+            "Udp:SndbufErrors",
+            "Udp:InErrors",
         ] {
             assert_eq!(n.get(k).copied(), Some(0), "kernel counter {k}");
         }
@@ -251,7 +281,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn bulk(who: Opener) {
     rt().block_on(async {
-        let lab = Lab::new("bulk", LabOpts::default());
+        let lab = Lab::new(&format!("bulk-{who:?}"), LabOpts::default());
         let (k, x) = lab.pair(who, None).await;
         let took = exchange(k, x, 10 * MIB, 10 * MIB, Duration::from_secs(120)).await;
         let r = lab.assert_clean();
@@ -281,7 +311,7 @@ fn a_xtcp_connects_10mib_each_way() {
 /// then writes its own bytes and closes; the closer reads them after its FIN.
 fn half_close(who: Opener, closer: Opener) {
     rt().block_on(async {
-        let lab = Lab::new("half", LabOpts::default());
+        let lab = Lab::new(&format!("half-{who:?}-{closer:?}"), LabOpts::default());
         let (k, x) = lab.pair(who, None).await;
         let (a, b) = (payload(3, MIB), payload(4, MIB / 2));
         let run = async {
@@ -306,7 +336,14 @@ fn half_close(who: Opener, closer: Opener) {
             .await
             .expect("half-close timed out");
         let r = lab.assert_clean();
-        assert_eq!((r.kernel().fins, r.xtcp().fins), (1, 1), "one FIN each way");
+        // A lone FIN may be sent twice: Linux delays the ACK of a FIN
+        // (pingpong mode, >= 40 ms) and xtcp's RTO floor is 50 ms (§4).
+        assert!(r.kernel().fins >= 1 && r.xtcp().fins >= 1, "a FIN each way");
+        eprintln!(
+            "  FINs sent: kernel {}, xtcp {}",
+            r.kernel().fins,
+            r.xtcp().fins
+        );
         assert_eq!((r.kernel().rsts, r.xtcp().rsts), (0, 0), "no RST");
     });
 }
@@ -382,7 +419,7 @@ fn options_from_tcp_info(who: Opener, all: bool) {
         o.xtcp.conn.sack = all;
         o.xtcp.conn.timestamps = all;
         o.xtcp.conn.window_scaling = all;
-        let lab = Lab::new("opts", o);
+        let lab = Lab::new(&format!("opts-{who:?}-{all}"), o);
         let (k, x) = lab.pair(who, None).await;
         let info = tcp_info(&k);
         exchange(k, x, MIB, MIB, Duration::from_secs(60)).await;
@@ -451,7 +488,7 @@ fn c_options_off_tcp_info_xtcp_opened() {
 fn lossy(who: Opener, loss: f64, len: usize, seed: u64) {
     rt().block_on(async {
         let lab = Lab::new(
-            "loss",
+            &format!("loss{}-{who:?}", (loss * 100.0) as u32),
             LabOpts {
                 loss,
                 seed,
@@ -476,22 +513,22 @@ fn lossy(who: Opener, loss: f64, len: usize, seed: u64) {
 
 #[test]
 fn d_loss_2pct_kernel_opened() {
-    lossy(Opener::Kernel, 0.02, 4 * MIB, 21);
+    lossy(Opener::Kernel, 0.02, 10 * MIB, 21);
 }
 
 #[test]
 fn d_loss_2pct_xtcp_opened() {
-    lossy(Opener::Xtcp, 0.02, 4 * MIB, 22);
+    lossy(Opener::Xtcp, 0.02, 10 * MIB, 22);
 }
 
 #[test]
 fn d_loss_10pct_kernel_opened() {
-    lossy(Opener::Kernel, 0.10, 2 * MIB, 101);
+    lossy(Opener::Kernel, 0.10, 10 * MIB, 101);
 }
 
 #[test]
 fn d_loss_10pct_xtcp_opened() {
-    lossy(Opener::Xtcp, 0.10, 2 * MIB, 102);
+    lossy(Opener::Xtcp, 0.10, 10 * MIB, 102);
 }
 
 // ---------------------------------------------------------------------------
@@ -509,7 +546,7 @@ async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 fn windows_closed(who: Opener) {
     rt().block_on(async {
-        let lab = Lab::new("zwin", LabOpts::default());
+        let lab = Lab::new(&format!("zwin-{who:?}"), LabOpts::default());
         // Small fixed kernel buffers so its window closes on a few MiB.
         let (k, x) = lab.pair(who, Some(256 << 10)).await;
         let len = 12 * MIB;
@@ -562,4 +599,279 @@ fn e_windows_closed_2s_kernel_opened() {
 #[test]
 fn e_windows_closed_2s_xtcp_opened() {
     windows_closed(Opener::Xtcp);
+}
+
+// ---------------------------------------------------------------------------
+// (f) the kernel offering ECN and TCP Fast Open
+// ---------------------------------------------------------------------------
+
+fn ecn_offered(who: Opener) {
+    rt().block_on(async {
+        let lab = Lab::new(
+            &format!("ecn-{who:?}"),
+            LabOpts {
+                sysctls: vec!["net.ipv4.tcp_ecn=1"],
+                ..LabOpts::default()
+            },
+        );
+        let (k, x) = lab.pair(who, None).await;
+        let info = tcp_info(&k);
+        exchange(k, x, MIB, MIB, Duration::from_secs(60)).await;
+        let r = lab.assert_clean();
+        let (ks, xs) = (r.kernel().syn, r.xtcp().syn);
+        eprintln!(
+            "ecn {who:?}: kernel SYN ece={} cwr={}, xtcp SYN ece={} cwr={}",
+            ks.ece, ks.cwr, xs.ece, xs.cwr
+        );
+        match who {
+            // RFC 3168 §6.1.1: an ECN-setup SYN (ECE+CWR); xtcp declines
+            // with a SYN-ACK without ECE.
+            Opener::Kernel => assert!(ks.ece && ks.cwr, "kernel offers ECN"),
+            // xtcp's SYN does not ask; the kernel's SYN-ACK must not agree.
+            Opener::Xtcp => assert!(!ks.ece, "kernel SYN-ACK without ECE"),
+        }
+        assert!(!xs.ece && !xs.cwr, "xtcp neither offers nor accepts ECN");
+        assert_eq!(info.options & TCPI_OPT_ECN, 0, "ECN not in use");
+    });
+}
+
+#[test]
+fn f_ecn_offered_kernel_opened() {
+    ecn_offered(Opener::Kernel);
+}
+
+#[test]
+fn f_ecn_kernel_listener_xtcp_opened() {
+    ecn_offered(Opener::Xtcp);
+}
+
+const TCP_FASTOPEN: libc::c_int = 23;
+const TCP_FASTOPEN_CONNECT: libc::c_int = 30;
+
+fn set_int(fd: &impl AsRawFd, opt: libc::c_int, v: libc::c_int) {
+    // SAFETY: setsockopt(2) with a pointer to an int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {opt}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The kernel connects with TCP_FASTOPEN_CONNECT. `sysctl` 1: a SYN with a
+/// cookie request (option 34) and no data; 5: data on the SYN without a
+/// cookie. xtcp takes no data on a SYN (spec §10 deviation 4): its SYN-ACK
+/// acknowledges the SYN only and the kernel sends the data again.
+fn tfo_offered(mode: &'static str, expect_data: bool) {
+    rt().block_on(async {
+        let lab = Lab::new(
+            &format!("tfo{}", &mode[mode.len() - 1..]),
+            LabOpts {
+                sysctls: vec![mode],
+                ..LabOpts::default()
+            },
+        );
+        let s = lab.kernel_socket(None);
+        set_int(&s, TCP_FASTOPEN_CONNECT, 1);
+        // With TFO the SYN leaves with the first write, so the connect
+        // returns at once and the accept waits for that write.
+        let k = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.connect("198.18.0.2:6000".parse().unwrap()),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("kernel connect");
+        let (kr, mut kw) = k.into_split();
+        let first = payload(5, 1000);
+        let (w, x) = tokio::join!(kw.write_all(&first), lab.ep.accept());
+        w.unwrap();
+        let x = x.expect("xtcp accept");
+        let k = kr.reunite(kw).unwrap();
+        let info = tcp_info(&k);
+        // The first 1000 bytes, then the rest of the exchange.
+        let (xr, xw) = x.into_split();
+        let (kr, kw) = k.into_split();
+        let rest = payload(6, MIB);
+        let run = async {
+            let mut xr = xr;
+            let mut got = vec![0u8; first.len()];
+            xr.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, first, "the SYN's data arrives once, in order");
+            tokio::join!(
+                send_all(kw, &rest),
+                send_all(xw, &rest),
+                recv_all(kr),
+                recv_all(xr)
+            )
+        };
+        let (_, _, k_got, x_got) = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("tfo exchange timed out");
+        assert_eq!(k_got, want(6, MIB));
+        assert_eq!(x_got, want(6, MIB));
+        let r = lab.assert_clean();
+        let ks = r.kernel().syn;
+        eprintln!(
+            "tfo {mode}: kernel SYN {ks:?}; tcp_info options {:#x}",
+            info.options
+        );
+        if expect_data {
+            assert!(ks.data_len > 0, "kernel put data on its SYN");
+            assert!(
+                r.kernel().retransmits >= 1,
+                "kernel resent the declined SYN data"
+            );
+        } else {
+            assert!(ks.tfo_option, "kernel asked for a cookie");
+        }
+        assert!(!r.xtcp().syn.tfo_option, "xtcp offers no cookie");
+        assert_eq!(
+            info.options & TCPI_OPT_SYN_DATA,
+            0,
+            "SYN data not acknowledged"
+        );
+        assert_eq!(
+            r.kernel().rsts + r.xtcp().rsts,
+            0,
+            "declined cleanly, no RST"
+        );
+    });
+}
+
+#[test]
+fn f_tfo_cookie_request_kernel_opened() {
+    tfo_offered("net.ipv4.tcp_fastopen=1", false);
+}
+
+#[test]
+fn f_tfo_syn_data_kernel_opened() {
+    tfo_offered("net.ipv4.tcp_fastopen=5", true);
+}
+
+/// A kernel listener with Fast Open enabled: xtcp does not ask for it and
+/// the connection is an ordinary one.
+#[test]
+fn f_tfo_kernel_listener_xtcp_opened() {
+    rt().block_on(async {
+        let lab = Lab::new(
+            "tfol",
+            LabOpts {
+                sysctls: vec!["net.ipv4.tcp_fastopen=3"],
+                ..LabOpts::default()
+            },
+        );
+        let l = lab.kernel_listener(16, None);
+        set_int(&l, TCP_FASTOPEN, 16);
+        let (k, x) = tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr()));
+        let (k, x) = (k.unwrap().0, x.unwrap());
+        exchange(k, x, MIB, MIB, Duration::from_secs(60)).await;
+        let r = lab.assert_clean();
+        assert!(!r.kernel().syn.tfo_option && !r.xtcp().syn.tfo_option);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// (g) SYN cookies
+// ---------------------------------------------------------------------------
+
+/// The kernel listener answers with SYN cookies only (`tcp_syncookies=2`,
+/// backlog 1); xtcp connects.
+#[test]
+fn g_kernel_syn_cookies_xtcp_opened() {
+    rt().block_on(async {
+        let lab = Lab::new(
+            "ckk",
+            LabOpts {
+                sysctls: vec!["net.ipv4.tcp_syncookies=2"],
+                ..LabOpts::default()
+            },
+        );
+        let l = lab.kernel_listener(1, None);
+        let (k, x) = tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr()));
+        let (k, x) = (k.unwrap().0, x.unwrap());
+        let info = tcp_info(&k);
+        exchange(k, x, 10 * MIB, 10 * MIB, Duration::from_secs(120)).await;
+        lab.assert_clean();
+        let n = lab.nstat();
+        eprintln!(
+            "kernel cookies: sent {:?} recv {:?} failed {:?}; tcp_info {info:?}",
+            n.get("TcpExt:SyncookiesSent"),
+            n.get("TcpExt:SyncookiesRecv"),
+            n.get("TcpExt:SyncookiesFailed")
+        );
+        assert!(n["TcpExt:SyncookiesSent"] >= 1 && n["TcpExt:SyncookiesRecv"] >= 1);
+        assert_eq!(n["TcpExt:SyncookiesFailed"], 0);
+        // Linux keeps window scale and SACK in the cookie's timestamp.
+        assert_eq!(
+            info.options & 0x07,
+            TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE
+        );
+    });
+}
+
+/// xtcp answers the kernel's SYN with a cookie only (`max_half_open` 0).
+#[test]
+fn g_xtcp_syn_cookies_kernel_opened() {
+    rt().block_on(async {
+        let mut o = LabOpts::default();
+        o.xtcp.max_half_open = 0;
+        let lab = Lab::new("ckx", o);
+        let (k, x) = lab.pair(Opener::Kernel, None).await;
+        let info = tcp_info(&k);
+        exchange(k, x, 10 * MIB, 10 * MIB, Duration::from_secs(120)).await;
+        lab.assert_clean();
+        let st = lab.ep.stats();
+        eprintln!("xtcp cookies: {st:?}; tcp_info {info:?}");
+        assert!(st.cookies_sent >= 1 && st.cookies_accepted >= 1);
+        assert_eq!(st.cookies_rejected, 0);
+        assert_eq!(
+            info.options & 0x07,
+            TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// (j) ACK coverage: the share of ACKs covering more than two full-sized
+// segments (spec §7: at least every second full-sized segment is ACKed)
+// ---------------------------------------------------------------------------
+
+/// 10 MiB one way; returns the receiver's stretch-ACK share and counts.
+async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64) {
+    let (k, x) = lab.pair(who, None).await;
+    let len = 10 * MIB;
+    let (kl, xl) = if kernel_sends { (len, 0) } else { (0, len) };
+    exchange(k, x, kl, xl, Duration::from_secs(120)).await;
+    let r = lab.assert_clean();
+    let acker = if kernel_sends { r.xtcp() } else { r.kernel() };
+    (
+        acker.stretch_ack_share(),
+        acker.acks_over_two_segments,
+        acker.acks_advancing,
+    )
+}
+
+#[test]
+fn j_ack_coverage_xtcp_vs_kernel() {
+    rt().block_on(async {
+        let lab = Lab::new("ackx", LabOpts::default());
+        let (xs, xn, xa) = one_way(&lab, Opener::Kernel, true).await;
+        let lab = Lab::new("ackk", LabOpts::default());
+        let (ks, kn, ka) = one_way(&lab, Opener::Kernel, false).await;
+        eprintln!(
+            "ACKs covering > 2 full-sized segments: xtcp {:.1} % ({xn}/{xa}), kernel {:.1} % ({kn}/{ka})",
+            xs * 100.0,
+            ks * 100.0
+        );
+    });
 }

@@ -123,6 +123,12 @@ pub struct DirStats {
     pub acks_advancing: u64,
     /// … of which covered more than two of the other side's full-sized segments.
     pub acks_over_two_segments: u64,
+    /// Segments (data or FIN) that end at or below the highest sequence
+    /// number this side had sent: retransmissions, zero-window probes
+    /// repeated, and loss probes.
+    pub retransmits: u64,
+    /// Bytes newly acknowledged by the advancing ACKs, in total.
+    pub acked_bytes: u64,
     /// Segments advertising a zero window.
     pub zero_windows: u64,
     /// The window last advertised (scaled), on a forwarded segment.
@@ -175,6 +181,8 @@ struct Side {
     right_edge: Option<u32>,
     max_payload: usize,
     isn: Option<u32>,
+    /// Highest sequence number sent + 1 (data and FIN).
+    snd_max: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -341,10 +349,29 @@ impl State {
             st.fins += 1;
         }
         let flow = &mut self.flows[fi];
+        let seg_end = t
+            .seq
+            .wrapping_add(t.payload as u32)
+            .wrapping_add(u32::from(t.flags & (FIN | SYN) != 0));
+        if t.flags & SYN == 0 && (t.payload > 0 || t.flags & FIN != 0) {
+            match flow.side[me].snd_max {
+                Some(m) if !seq_gt(seg_end, m) => {
+                    st.retransmits += 1;
+                    if st.notes.len() < 8 {
+                        st.notes.push(format!(
+                            "retransmission: seq {} len {} flags {:#04x}",
+                            t.seq, t.payload, t.flags
+                        ));
+                    }
+                }
+                _ => flow.side[me].snd_max = Some(seg_end),
+            }
+        }
         if t.flags & SYN != 0 {
             let info = syn_info(&t);
             flow.side[me].syn = info;
             flow.side[me].isn = Some(t.seq);
+            flow.side[me].snd_max = Some(seg_end);
             st.syn = info;
         } else if t.payload > 0 {
             flow.side[me].max_payload = flow.side[me].max_payload.max(t.payload);
@@ -392,6 +419,7 @@ impl State {
             match flow.side[me].highest_ack {
                 Some(h) if seq_gt(t.ack, h) => {
                     st.acks_advancing += 1;
+                    st.acked_bytes += u64::from(t.ack.wrapping_sub(h));
                     if t.ack.wrapping_sub(h) > 2 * full && flow.side[peer].max_payload > 0 {
                         st.acks_over_two_segments += 1;
                     }
@@ -566,6 +594,23 @@ fn open_tun(name: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// SO_RCVBUFFORCE / SO_SNDBUFFORCE (root: beyond `net.core.rmem_max`);
+/// failures leave the defaults.
+fn force_buffers(s: &UdpSocket, bytes: libc::c_int) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: setsockopt(2) with a pointer to an int and its size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// Wait up to `ms` for `fd` to be readable.
 fn poll_in(fd: &OwnedFd, ms: i32) -> bool {
     let mut p = libc::pollfd {
@@ -593,8 +638,15 @@ impl Bridge {
         let (k, v) = (cfg.kernel_addr.to_string(), cfg.virt_addr.to_string());
         ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])?;
         ns.exec(&["ip", "link", "set", &dev, "mtu", &mtu])?;
+        // The TUN's queue towards the bridge: with the default 500 a burst
+        // the kernel sends while the bridge thread waits for a core is
+        // dropped (tx_dropped), and the loss is the bridge's, not the path's.
+        ns.exec(&["ip", "link", "set", &dev, "txqueuelen", "20000"])?;
         ns.exec(&["ip", "addr", "add", &k, "peer", &v, "dev", &dev])?;
         ns.exec(&["ip", "link", "set", &dev, "up"])?;
+        // The bridge must not be where segments are lost: a burst from the
+        // endpoint (a GSO batch, a window's worth) has to fit in its socket.
+        force_buffers(&udp, 16 << 20);
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
         let udp_addr = udp.local_addr()?;
         let mut id_rng = [0u8; 8];
