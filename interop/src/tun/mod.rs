@@ -293,6 +293,18 @@ fn syn_info(t: &Tcp<'_>) -> SynInfo {
 }
 
 impl State {
+    fn new(cfg: BridgeConfig, id_seed: u64) -> State {
+        State {
+            rng: cfg.seed,
+            cfg,
+            flows: Vec::new(),
+            by_id: HashMap::new(),
+            by_tuple: HashMap::new(),
+            report: Report::default(),
+            id_rng: id_seed,
+        }
+    }
+
     fn new_id(&mut self) -> u64 {
         loop {
             let id = splitmix(&mut self.id_rng);
@@ -652,15 +664,7 @@ impl Bridge {
         let mut id_rng = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id_rng)
             .map_err(|_| io::Error::other("no randomness"))?;
-        let state = Arc::new(Mutex::new(State {
-            rng: cfg.seed,
-            cfg,
-            flows: Vec::new(),
-            by_id: HashMap::new(),
-            by_tuple: HashMap::new(),
-            report: Report::default(),
-            id_rng: u64::from_ne_bytes(id_rng),
-        }));
+        let state = Arc::new(Mutex::new(State::new(cfg, u64::from_ne_bytes(id_rng))));
         let stop = Arc::new(AtomicBool::new(false));
         let tun = Arc::new(tun);
         let udp = Arc::new(udp);
@@ -763,5 +767,151 @@ impl Drop for Bridge {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: &str = "198.18.0.1:40000";
+    const V: &str = "198.18.0.2:6000";
+
+    /// A TCP segment: header (+ options) and `len` payload bytes.
+    fn tcp(seq: u32, ack: u32, flags: u8, win: u16, opts: &[u8], len: usize) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&1u16.to_be_bytes());
+        t[2..4].copy_from_slice(&2u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((20 + opts.len()) / 4 << 4) as u8;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&win.to_be_bytes());
+        t.extend_from_slice(opts);
+        t.resize(t.len() + len, 0xab);
+        t
+    }
+
+    fn state(loss: f64) -> State {
+        let mut cfg = BridgeConfig::new("127.0.0.1:9".parse().unwrap());
+        cfg.loss_to_xtcp = loss;
+        cfg.loss_to_kernel = loss;
+        State::new(cfg, 42)
+    }
+
+    /// Kernel → XTCP: the IPv4 packet the kernel would write; returns the
+    /// datagram sent, if any.
+    fn from_k(s: &mut State, t: &[u8]) -> Option<Vec<u8>> {
+        let mut ip = [0u8; 2048];
+        let n = tcp_to_ipv4(t, K.parse().unwrap(), V.parse().unwrap(), &mut ip).unwrap();
+        let mut out = [0u8; 2048];
+        s.from_kernel(&ip[..n], &mut out)
+            .map(|(m, _)| out[..m].to_vec())
+    }
+
+    /// XTCP → kernel under `id`; returns the IPv4 packet written, if any.
+    fn from_x(s: &mut State, id: u64, t: &[u8]) -> Option<Vec<u8>> {
+        let mut d = [0u8; 2048];
+        let n = tcp_to_xtcp(t, id, &mut d).unwrap();
+        let mut out = [0u8; 2048];
+        s.from_xtcp(&d[..n], "127.0.0.1:7".parse().unwrap(), &mut out)
+            .map(|m| out[..m].to_vec())
+    }
+
+    const SYN_OPTS_MSS_1000: [u8; 4] = [2, 4, 0x03, 0xe8];
+
+    /// Kernel SYN, XTCP SYN-ACK announcing MSS 1000 and window 4000 (no
+    /// scaling: the kernel's SYN offers none); returns the connection id.
+    fn handshake(s: &mut State) -> u64 {
+        let d = from_k(s, &tcp(100, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], 0)).unwrap();
+        let (id, _) = parse_xtcp(&d).unwrap();
+        let ip = from_x(
+            s,
+            id,
+            &tcp(5000, 101, SYN | ACK, 4000, &SYN_OPTS_MSS_1000, 0),
+        )
+        .unwrap();
+        let p = parse_ipv4_tcp(&ip).unwrap();
+        assert_eq!(
+            (p.src_sock(), p.dst_sock()),
+            (V.parse().unwrap(), K.parse().unwrap())
+        );
+        from_k(s, &tcp(101, 5001, ACK, 65535, &[], 0)).unwrap();
+        id
+    }
+
+    #[test]
+    fn kernel_syn_creates_a_connection_and_strays_are_counted() {
+        let mut s = state(0.0);
+        assert!(from_k(&mut s, &tcp(1, 1, ACK, 100, &[], 0)).is_none());
+        assert!(from_x(&mut s, 77, &tcp(1, 1, ACK, 100, &[], 0)).is_none());
+        let id = handshake(&mut s);
+        assert_eq!(s.report.connections, 1);
+        assert_eq!(s.report.kernel().unknown_conn, 1);
+        assert_eq!(s.report.xtcp().unknown_conn, 1);
+        assert_eq!(s.report.xtcp().syn.mss, Some(1000));
+        assert!(from_x(&mut s, id, &tcp(5001, 101, ACK, 4000, &[], 0)).is_some());
+    }
+
+    #[test]
+    fn mss_and_window_violations_are_caught() {
+        let mut s = state(0.0);
+        handshake(&mut s);
+        // 1000 bytes: exactly the MSS; 1001: one too many.
+        from_k(&mut s, &tcp(101, 5001, ACK, 65535, &[], 1000)).unwrap();
+        assert_eq!(s.report.kernel().mss_violations, 0);
+        from_k(&mut s, &tcp(1101, 5001, ACK, 65535, &[], 1001)).unwrap();
+        assert_eq!(s.report.kernel().mss_violations, 1);
+        // Options count against the MSS (RFC 9293 §3.7.1).
+        from_k(&mut s, &tcp(2102, 5001, ACK, 65535, &[1, 1, 1, 1], 1000)).unwrap();
+        assert_eq!(s.report.kernel().mss_violations, 2);
+        // Window: XTCP offered 4000 from 101 (edge 4101). 3102..4101 fits.
+        assert_eq!(s.report.kernel().window_violations, 0);
+        from_k(&mut s, &tcp(3102, 5001, ACK, 65535, &[], 999)).unwrap();
+        assert_eq!(s.report.kernel().window_violations, 0);
+        // A one-byte zero-window probe is allowed; more is not.
+        from_k(&mut s, &tcp(4101, 5001, ACK, 65535, &[], 1)).unwrap();
+        assert_eq!(s.report.kernel().window_violations, 0);
+        from_k(&mut s, &tcp(4101, 5001, ACK, 65535, &[], 2)).unwrap();
+        assert_eq!(s.report.kernel().window_violations, 1);
+        assert_eq!(s.report.kernel().retransmits, 0, "each one reached further");
+        from_k(&mut s, &tcp(101, 5001, ACK, 65535, &[], 1000)).unwrap();
+        assert_eq!(s.report.kernel().retransmits, 1, "101 again");
+    }
+
+    #[test]
+    fn ack_coverage_counts_stretch_acks() {
+        let mut s = state(0.0);
+        let id = handshake(&mut s);
+        for i in 0..4u32 {
+            from_k(&mut s, &tcp(101 + i * 1000, 5001, ACK, 65535, &[], 1000)).unwrap();
+        }
+        // Two segments, then two: neither covers more than two.
+        from_x(&mut s, id, &tcp(5001, 2101, ACK, 4000, &[], 0)).unwrap();
+        from_x(&mut s, id, &tcp(5001, 4101, ACK, 8000, &[], 0)).unwrap();
+        assert_eq!(s.report.xtcp().acks_over_two_segments, 0);
+        for i in 4..7u32 {
+            from_k(&mut s, &tcp(101 + i * 1000, 5001, ACK, 65535, &[], 1000)).unwrap();
+        }
+        // Three at once: a stretch ACK.
+        from_x(&mut s, id, &tcp(5001, 7101, ACK, 8000, &[], 0)).unwrap();
+        let x = s.report.xtcp();
+        assert_eq!((x.acks_over_two_segments, x.acks_advancing), (1, 3));
+        assert!((x.stretch_ack_share() - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn seeded_loss_is_reproducible_and_spares_syns() {
+        let run = || {
+            let mut s = state(0.3);
+            handshake(&mut s);
+            (0..200u32)
+                .map(|i| from_k(&mut s, &tcp(101 + i, 5001, ACK, 65535, &[], 0)).is_some())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b, "same seed, same drops");
+        let lost = a.iter().filter(|x| !**x).count();
+        assert!((30..90).contains(&lost), "{lost} of 200 at 30 %");
     }
 }
