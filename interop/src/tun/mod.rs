@@ -461,7 +461,7 @@ impl State {
     }
 
     /// Kernel → XTCP: the datagram to send and where.
-    fn from_kernel(&mut self, pkt: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    fn on_kernel_packet(&mut self, pkt: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddr)> {
         let p = match parse_ipv4_tcp(pkt) {
             Ok(p) => p,
             Err(TranslateError::NotIpv4 | TranslateError::NotTcp) => {
@@ -510,7 +510,7 @@ impl State {
     }
 
     /// XTCP → kernel: the IPv4 packet to write.
-    fn from_xtcp(&mut self, d: &[u8], from: SocketAddr, out: &mut [u8]) -> Option<usize> {
+    fn on_xtcp_datagram(&mut self, d: &[u8], from: SocketAddr, out: &mut [u8]) -> Option<usize> {
         let (id, tcp) = match parse_xtcp(d) {
             Ok(x) => x,
             Err(_) => {
@@ -690,7 +690,7 @@ impl Bridge {
                         let to = state
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .from_kernel(pkt, &mut out);
+                            .on_kernel_packet(pkt, &mut out);
                         if let Some((len, addr)) = to {
                             let _ = udp.send_to(&out[..len], addr);
                         }
@@ -708,11 +708,10 @@ impl Bridge {
                         Ok(x) => x,
                         Err(_) => continue,
                     };
-                    let w = state.lock().unwrap_or_else(|p| p.into_inner()).from_xtcp(
-                        &buf[..n],
-                        from,
-                        &mut out,
-                    );
+                    let w = state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .on_xtcp_datagram(&buf[..n], from, &mut out);
                     if let Some(len) = w {
                         // The TUN queue may be momentarily full: wait for it
                         // a little rather than drop (loss is the RNG's job).
@@ -784,7 +783,7 @@ mod tests {
         t[2..4].copy_from_slice(&2u16.to_be_bytes());
         t[4..8].copy_from_slice(&seq.to_be_bytes());
         t[8..12].copy_from_slice(&ack.to_be_bytes());
-        t[12] = ((20 + opts.len()) / 4 << 4) as u8;
+        t[12] = (((20 + opts.len()) / 4) << 4) as u8;
         t[13] = flags;
         t[14..16].copy_from_slice(&win.to_be_bytes());
         t.extend_from_slice(opts);
@@ -805,7 +804,7 @@ mod tests {
         let mut ip = [0u8; 2048];
         let n = tcp_to_ipv4(t, K.parse().unwrap(), V.parse().unwrap(), &mut ip).unwrap();
         let mut out = [0u8; 2048];
-        s.from_kernel(&ip[..n], &mut out)
+        s.on_kernel_packet(&ip[..n], &mut out)
             .map(|(m, _)| out[..m].to_vec())
     }
 
@@ -814,7 +813,7 @@ mod tests {
         let mut d = [0u8; 2048];
         let n = tcp_to_xtcp(t, id, &mut d).unwrap();
         let mut out = [0u8; 2048];
-        s.from_xtcp(&d[..n], "127.0.0.1:7".parse().unwrap(), &mut out)
+        s.on_xtcp_datagram(&d[..n], "127.0.0.1:7".parse().unwrap(), &mut out)
             .map(|m| out[..m].to_vec())
     }
 
