@@ -170,13 +170,14 @@ impl Lab {
         let n = self.nstat();
         let c = |k: &str| n.get(k).copied().unwrap_or(0);
         eprintln!(
-            "  {}: retransmitted segments: kernel {} (TLP {}, RTO {}), xtcp {} (kernel D-SACKs for duplicates: {})",
+            "  {}: retransmitted segments: kernel {} (TLP {}, RTO {}), xtcp {} (kernel D-SACKs for duplicates: {}; already acked: {})",
             self.label,
             r.kernel().retransmits,
             c("TcpExt:TCPLossProbes"),
             c("TcpExt:TCPTimeouts"),
             r.xtcp().retransmits,
             c("TcpExt:TCPDSACKOldSent") + c("TcpExt:TCPDSACKOfoSent"),
+            r.xtcp().retransmits_already_acked,
         );
         for (name, d) in [("kernel", r.kernel()), ("xtcp", r.xtcp())] {
             assert_eq!(
@@ -846,18 +847,27 @@ fn g_xtcp_syn_cookies_kernel_opened() {
 // segments (spec §7: at least every second full-sized segment is ACKed)
 // ---------------------------------------------------------------------------
 
-/// 10 MiB one way; returns the receiver's stretch-ACK share and counts.
-async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64) {
+/// 10 MiB one way; returns the receiver's stretch-ACK share, counts and the
+/// mean number of full-sized segments an advancing ACK covers.
+async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64, f64) {
     let (k, x) = lab.pair(who, None).await;
     let len = 10 * MIB;
     let (kl, xl) = if kernel_sends { (len, 0) } else { (0, len) };
     exchange(k, x, kl, xl, Duration::from_secs(120)).await;
     let r = lab.assert_clean();
-    let acker = if kernel_sends { r.xtcp() } else { r.kernel() };
+    let (acker, sender) = if kernel_sends {
+        (r.xtcp(), r.kernel())
+    } else {
+        (r.kernel(), r.xtcp())
+    };
+    let mean = acker.acked_bytes as f64
+        / acker.acks_advancing.max(1) as f64
+        / sender.max_payload.max(1) as f64;
     (
         acker.stretch_ack_share(),
         acker.acks_over_two_segments,
         acker.acks_advancing,
+        mean,
     )
 }
 
@@ -865,11 +875,11 @@ async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64) 
 fn j_ack_coverage_xtcp_vs_kernel() {
     rt().block_on(async {
         let lab = Lab::new("ackx", LabOpts::default());
-        let (xs, xn, xa) = one_way(&lab, Opener::Kernel, true).await;
+        let (xs, xn, xa, xm) = one_way(&lab, Opener::Kernel, true).await;
         let lab = Lab::new("ackk", LabOpts::default());
-        let (ks, kn, ka) = one_way(&lab, Opener::Kernel, false).await;
+        let (ks, kn, ka, km) = one_way(&lab, Opener::Kernel, false).await;
         eprintln!(
-            "ACKs covering > 2 full-sized segments: xtcp {:.1} % ({xn}/{xa}), kernel {:.1} % ({kn}/{ka})",
+            "ACKs covering > 2 full-sized segments: xtcp {:.1} % ({xn}/{xa}, mean {xm:.2} segments per ACK), kernel {:.1} % ({kn}/{ka}, mean {km:.2})",
             xs * 100.0,
             ks * 100.0
         );

@@ -127,6 +127,10 @@ pub struct DirStats {
     /// number this side had sent: retransmissions, zero-window probes
     /// repeated, and loss probes.
     pub retransmits: u64,
+    /// … of which the receiver had already acknowledged (cumulatively, in an
+    /// ACK the bridge delivered before): the sender had the ACK in its
+    /// socket and retransmitted anyway.
+    pub retransmits_already_acked: u64,
     /// Bytes newly acknowledged by the advancing ACKs, in total.
     pub acked_bytes: u64,
     /// Segments advertising a zero window.
@@ -369,6 +373,12 @@ impl State {
             match flow.side[me].snd_max {
                 Some(m) if !seq_gt(seg_end, m) => {
                     st.retransmits += 1;
+                    if flow.side[peer]
+                        .highest_ack
+                        .is_some_and(|a| !seq_gt(seg_end, a))
+                    {
+                        st.retransmits_already_acked += 1;
+                    }
                     if st.notes.len() < 8 {
                         st.notes.push(format!(
                             "retransmission: seq {} len {} flags {:#04x}",
