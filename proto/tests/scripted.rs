@@ -589,6 +589,54 @@ fn user_timeout_aborts_with_timed_out() {
     );
 }
 
+/// A client with timestamps (no SACK, so no loss probe), 4 segments sent at
+/// 100 ms (TSval 100), the RTO at 300 ms retransmitting the first (TSval 300).
+fn spurious_rto_setup() -> T {
+    let cfg = Config {
+        timestamps: true,
+        ..plain_config()
+    };
+    let mut t = T::client(cfg);
+    let syn = t.expect(0, ISS, 0, S);
+    let (syn_ts, _) = syn.opts.timestamps.unwrap();
+    t.send(10, seg(IRS, ISS + 1, S | A).mss(1012).ts(500, syn_ts));
+    t.expect(10, ISS + 1, IRS + 1, A);
+    let segs = send_n_segments(&mut t, 4, 100);
+    assert_eq!(segs.len(), 4);
+    assert_eq!(segs[0].opts.timestamps.unwrap().0, 100);
+    t.expect_none(299);
+    let r = t.expect(300, ISS + 1, IRS + 1, A);
+    assert_eq!(r.opts.timestamps.unwrap().0, 300);
+    assert_eq!(t.c.stats().rto_events, 1);
+    t
+}
+
+/// Found by the kernel bridge: on a loaded machine xtcp's 50 ms RTO fired
+/// while the peer's ACKs sat in its socket, and it resent up to 2,600
+/// segments the kernel already had (all D-SACKed). RFC 3522 (Eifel
+/// detection): the first ACK after the timeout echoes a TSval older than the
+/// retransmission's, so the originals arrived; the rest is not resent.
+#[test]
+fn spurious_rto_detected_by_timestamps_stops_go_back_n() {
+    let mut t = spurious_rto_setup();
+    // The ACK for the originals (TSecr 100 < 300): spurious timeout.
+    t.send(305, seg(IRS + 1, ISS + 2001, A).ts(600, 100));
+    t.expect_none(305);
+    t.send(306, seg(IRS + 1, ISS + 4001, A).ts(601, 100));
+    assert_eq!(t.c.unacked(), 0);
+    assert_eq!(t.c.stats().bytes_retransmitted, 1000, "only the RTO's segment");
+}
+
+/// The control: the ACK echoes the retransmission (TSecr 300), so the
+/// originals were lost and the remaining segments are resent as before.
+#[test]
+fn genuine_rto_still_resends_the_rest() {
+    let mut t = spurious_rto_setup();
+    t.send(305, seg(IRS + 1, ISS + 1001, A).ts(600, 300));
+    t.expect(305, ISS + 1001, IRS + 1, A);
+    t.expect(305, ISS + 2001, IRS + 1, A);
+}
+
 // ===================================================================
 // Fast retransmit / NewReno (RFC 5681 §3.2, RFC 6582)
 // ===================================================================
