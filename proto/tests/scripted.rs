@@ -646,7 +646,11 @@ fn spurious_rto_detected_by_timestamps_stops_go_back_n() {
     t.expect_none(305);
     t.send(306, seg(IRS + 1, ISS + 4001, A).ts(601, 100));
     assert_eq!(t.c.unacked(), 0);
-    assert_eq!(t.c.stats().bytes_retransmitted, 1000, "only the RTO's segment");
+    assert_eq!(
+        t.c.stats().bytes_retransmitted,
+        1000,
+        "only the RTO's segment"
+    );
 }
 
 /// The control: the ACK echoes the retransmission (TSecr 300), so the
