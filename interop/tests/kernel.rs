@@ -116,12 +116,17 @@ impl Lab {
     ) -> (tokio::net::TcpStream, xtcp::net::XtcpStream) {
         match who {
             Opener::Kernel => {
-                let (k, x) = tokio::join!(self.kernel_connect(bufs), self.ep.accept());
+                let (k, x) =
+                    handshake(async { tokio::join!(self.kernel_connect(bufs), self.ep.accept()) })
+                        .await;
                 (k, x.expect("xtcp accept"))
             }
             Opener::Xtcp => {
                 let l = self.kernel_listener(16, bufs);
-                let (k, x) = tokio::join!(l.accept(), self.ep.connect(self.bridge.udp_addr()));
+                let (k, x) = handshake(async {
+                    tokio::join!(l.accept(), self.ep.connect(self.bridge.udp_addr()))
+                })
+                .await;
                 (k.expect("kernel accept").0, x.expect("xtcp connect"))
             }
         }
@@ -214,6 +219,13 @@ impl Lab {
         }
         r
     }
+}
+
+/// A handshake within 20 s (a lost SYN costs 1 s on either side).
+async fn handshake<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("handshake timed out")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -694,7 +706,7 @@ fn tfo_offered(mode: &'static str, expect_data: bool) {
         .expect("kernel connect");
         let (kr, mut kw) = k.into_split();
         let first = payload(5, 1000);
-        let (w, x) = tokio::join!(kw.write_all(&first), lab.ep.accept());
+        let (w, x) = handshake(async { tokio::join!(kw.write_all(&first), lab.ep.accept()) }).await;
         w.unwrap();
         let x = x.expect("xtcp accept");
         let k = kr.reunite(kw).unwrap();
@@ -773,7 +785,9 @@ fn f_tfo_kernel_listener_xtcp_opened() {
         );
         let l = lab.kernel_listener(16, None);
         set_int(&l, TCP_FASTOPEN, 16);
-        let (k, x) = tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr()));
+        let (k, x) =
+            handshake(async { tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr())) })
+                .await;
         let (k, x) = (k.unwrap().0, x.unwrap());
         exchange(k, x, MIB, MIB, Duration::from_secs(60)).await;
         let r = lab.assert_clean();
@@ -798,7 +812,9 @@ fn g_kernel_syn_cookies_xtcp_opened() {
             },
         );
         let l = lab.kernel_listener(1, None);
-        let (k, x) = tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr()));
+        let (k, x) =
+            handshake(async { tokio::join!(l.accept(), lab.ep.connect(lab.bridge.udp_addr())) })
+                .await;
         let (k, x) = (k.unwrap().0, x.unwrap());
         let info = tcp_info(&k);
         exchange(k, x, 10 * MIB, 10 * MIB, Duration::from_secs(120)).await;
