@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod nat;
 pub mod nfq;
+pub mod tun;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -42,6 +43,25 @@ pub fn require_root() {
             "`{tool}` is missing: apt-get install -y iproute2 nftables"
         );
     }
+}
+
+/// Like [`require_root`] for tests that need only namespaces (`ip`), not
+/// `nft` or `tc` (the TUN bridge tests): panics unless root with `ip`.
+pub fn require_netns() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "network-namespace tests need root (CI runs them as root)"
+    );
+    assert!(
+        tool_runs("ip"),
+        "`ip` is missing: apt-get install -y iproute2"
+    );
 }
 
 /// Whether `tool -V` runs and succeeds.

@@ -278,6 +278,8 @@ pub struct Stats {
     pub bytes_received: u64,
     pub fast_retransmits: u64,
     pub rto_events: u64,
+    /// RTOs found spurious by their timestamps (RFC 3522).
+    pub spurious_rtos: u64,
     pub recovery_episodes: u64,
     pub cwnd: u64,
     pub ssthresh: u64,
@@ -480,6 +482,10 @@ pub struct Connection {
     recovery: Option<Recovery>,
     /// After an RTO, NewReno must not re-enter recovery before this (RFC 6582 §3.2 step 1).
     recover_floor: u64,
+    /// RFC 3522 RetransmitTS: our TSval when an RTO that found no known loss
+    /// fired; the first ACK of new data echoing an older TSval shows the
+    /// timeout was spurious.
+    eifel_ts: Option<u32>,
     dupacks: u32,
     rtt: RttEstimator,
     rto_backoff: u32,
@@ -586,6 +592,7 @@ impl Connection {
             lost_bytes: 0,
             recovery: None,
             recover_floor: 0,
+            eifel_ts: None,
             dupacks: 0,
             rto_backoff: 0,
             stall_since: None,
@@ -1540,6 +1547,22 @@ impl Connection {
     }
 
     fn ack_new_data(&mut self, now: Instant, seg: &SegmentRepr<'_>, acked: u64) {
+        //= spec/xtcp.md#retransmission-and-rtt
+        //# The first ACK of new data after such a timeout that echoes an older
+        //# TSval proves the originals arrived (RFC 3522 §3.2): what the timeout
+        //# marked lost and was not yet resent is in flight again.
+        if let (Some(rts), Some((_, tsecr))) = (self.eifel_ts.take(), seg.options.timestamps) {
+            if (tsecr.wrapping_sub(rts) as i32) < 0 {
+                for s in self.rtx.iter_mut() {
+                    if s.lost {
+                        s.lost = false;
+                        self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
+                        self.pipe += s.len();
+                    }
+                }
+                self.stats.spurious_rtos += 1;
+            }
+        }
         let new_una = self.snd_una + acked;
         let mut rtt_sample: Option<Duration> = None;
         let mut newest_delivered: Option<(Instant, u64, u16)> = None;
@@ -2014,6 +2037,16 @@ impl Connection {
                 // not SACKed is presumed lost; cwnd to one segment; back off.
                 let flight = self.snd_nxt - self.snd_una;
                 self.cc.on_retransmission_timeout(now, flight);
+                //= spec/xtcp.md#retransmission-and-rtt
+                //# A timeout that found no known loss records the TSval of its
+                //# retransmission (RFC 3522 §3.2, RetransmitTS).
+                if self.opts.timestamps
+                    && self.eifel_ts.is_none()
+                    && self.lost_bytes == 0
+                    && self.recovery.is_none()
+                {
+                    self.eifel_ts = Some(self.ts_now(now));
+                }
                 for s in self.rtx.iter_mut() {
                     if !s.sacked && !s.lost {
                         s.lost = true;

@@ -685,7 +685,14 @@ impl Endpoint {
             let sack_bit = u32::from(seg.options.sack_permitted && cfg.sack);
             let off = self.ts_offset(&from, seg.conn_id);
             let ts = ((now.as_micros() / 1000) as u32).wrapping_add(off);
-            let enc = (ts & !0x3f) | 0x20 | (sack_bit << 4) | ws_bits;
+            let mut enc = (ts & !0x3f) | 0x20 | (sack_bit << 4) | ws_bits;
+            // Never ahead of the clock: the peer keeps this TSval as
+            // TS.Recent, and a later, smaller TSval of the connection would
+            // fail its PAWS check (RFC 7323 §5.3). Linux steps back one
+            // 64-tick period the same way (`cookie_init_timestamp`).
+            if (enc.wrapping_sub(ts) as i32) > 0 {
+                enc = enc.wrapping_sub(64);
+            }
             o.timestamps = Some((enc, tsval));
             if ws_bits != 15 {
                 o.window_scale = Some(wscale_for(cfg));
