@@ -1111,7 +1111,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
     //# The first byte of the TLS handshake MUST arrive within
     //# `first_byte_timeout_secs` of the accept; else the connection is closed.
     let mut one = [0u8; 1];
-    match tokio::time::timeout(shared.limits.first_byte_timeout, tcp.peek(&mut one)).await {
+    let first_byte = shared
+        .limits
+        .first_byte_timeout
+        .min(shared.limits.handshake_timeout);
+    match tokio::time::timeout(first_byte, tcp.peek(&mut one)).await {
         Ok(Ok(n)) if n > 0 => {}
         Ok(_) => return,
         Err(_) => {
