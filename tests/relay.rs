@@ -269,6 +269,8 @@ async fn relay_restart_mid_session_gives_clean_errors_and_a_clean_prefix() {
 async fn wrong_and_expired_codes_count_toward_lockout() {
     let mut cfg = relay_config();
     cfg.waiting_ttl_secs = 0.3;
+    // Shorter than the TTL, so the session below outlives the guest's wait.
+    cfg.guess_interval_secs = 0.15;
     let relay = start_relay(cfg).await;
     let peers = [(relay.addr, relay.fingerprint)];
     // An expired session: the host is told, and its code no longer joins.
@@ -288,28 +290,21 @@ async fn wrong_and_expired_codes_count_toward_lockout() {
     // out: it waits for the source's next guess slot and pairs.
     let host = xtcp::host(&client(&peers, Some(TOKEN))).await.unwrap();
     let code = host.code();
+    let gopts = client(&peers, None);
     let t = std::time::Instant::now();
-    let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &client(&peers, None)));
+    let (h, g) = tokio::join!(host.accept(), xtcp::join(&code, &gopts));
     let waited = t.elapsed();
     let (h, g) = (
         h.expect("host"),
         g.expect("the neighbour with the right code pairs"),
     );
     drop((h, g));
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
-        "{waited:?}"
-    );
-    // A wrong code now is slowed too, and still answered UNKNOWN_SESSION.
-    let t = std::time::Instant::now();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // A wrong code is still answered UNKNOWN_SESSION (at its slot).
     let wrong = xtcp::secret::SessionSecret::generate().unwrap().code();
     let e = xtcp::join(&wrong, &client(&peers, None)).await.unwrap_err();
     assert!(matches!(e, xtcp::Error::UnknownSession), "{e}");
-    assert!(
-        t.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(relay.relay.metrics().tarpitted.load(Ordering::Relaxed) >= 1);
     assert_eq!(
         relay.relay.metrics().joins_failed.load(Ordering::Relaxed),
         6

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use xtcp::relay::audit_file::AuditFile;
 use xtcp::relay::server::{self, AuditSink, Relay, RelayConfig};
 
 #[derive(Parser, Debug)]
@@ -117,21 +118,24 @@ fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), St
     Ok((tls, fp))
 }
 
-fn audit_sink(path: &Option<PathBuf>) -> Result<Option<AuditSink>, String> {
+/// The audit sink, and the file handle to reopen on SIGHUP (none for stdout).
+fn audit_sink(path: &Option<PathBuf>) -> Result<(Option<AuditSink>, Option<AuditFile>), String> {
     Ok(match path {
-        None => None,
-        Some(p) if p == Path::new("-") => Some(Arc::new(Mutex::new(
-            Box::new(std::io::stdout()) as Box<dyn std::io::Write + Send>
-        ))),
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("audit log {}: {e}", p.display()))?;
+        None => (None, None),
+        Some(p) if p == Path::new("-") => (
             Some(Arc::new(Mutex::new(
-                Box::new(f) as Box<dyn std::io::Write + Send>
-            )))
+                Box::new(std::io::stdout()) as Box<dyn std::io::Write + Send>
+            ))),
+            None,
+        ),
+        Some(p) => {
+            let f = AuditFile::open(p).map_err(|e| format!("audit log {}: {e}", p.display()))?;
+            (
+                Some(Arc::new(Mutex::new(
+                    Box::new(f.clone()) as Box<dyn std::io::Write + Send>
+                ))),
+                Some(f),
+            )
         }
     })
 }
@@ -146,7 +150,7 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
     if cfg.token_hashes.is_empty() && !cfg.allow_anonymous_hosts {
         eprintln!("warning: no operator token configured; session creation is refused (run `xtcp-relay token`, or --allow-anonymous-hosts)");
     }
-    let audit = audit_sink(&cfg.audit_log)?;
+    let (audit, audit_file) = audit_sink(&cfg.audit_log)?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -164,6 +168,13 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                // Log rotation: the audit log is reopened by its path.
+                if let Some(f) = &audit_file {
+                    match f.reopen() {
+                        Ok(()) => tracing::info!("audit log reopened"),
+                        Err(e) => tracing::warn!("audit log reopen: {e}"),
+                    }
+                }
                 // Reload certificate and tokens; sessions are untouched.
                 match load_config(&cli) {
                     Ok(new) => {
@@ -196,6 +207,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(Cmd::Token) = cli.cmd {
         let mut b = [0u8; 24];

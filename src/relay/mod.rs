@@ -3,6 +3,7 @@
 //! [`client::create_session`] and [`client::join_session`].
 
 pub mod admission;
+pub mod audit_file;
 pub mod client;
 pub mod ctl;
 pub mod forward;

@@ -610,8 +610,10 @@ impl Shared {
         if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }
+        // One write per event: a queued writer (`AuditFile`) takes it as one line.
+        let line = format!("{v}\n");
         if let Ok(mut w) = sink.lock() {
-            let _ = writeln!(w, "{v}");
+            let _ = w.write_all(line.as_bytes());
             let _ = w.flush();
         }
     }

@@ -1,0 +1,243 @@
+//! The `xtcp-relay` binary as an operator runs it (spec/relay.md §9.3):
+//! the audit log is created 0600 and reopened on SIGHUP; a flood of failing
+//! JOINs from one source grows audit log + stderr by a bounded amount; no
+//! ANSI colour codes reach a non-terminal stderr; `--check-config` names an
+//! out-of-range key.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xtcp::relay::client::join_session;
+use xtcp::relay::{RelayClientConfig, RelayError, RelayTrust};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_xtcp-relay");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!(
+            "xtcp-relay-ops-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Proc {
+    child: Child,
+    addr: String,
+    fp: [u8; 32],
+    stderr: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the binary with `extra` TOML; its stderr goes to a file (not a terminal).
+fn start(dir: &Path, extra: &str) -> Proc {
+    let cfg = dir.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nself_signed = true\nudp_listen = \"off\"\naudit_log = \"{}\"\n{extra}\n",
+            dir.join("audit.log").display()
+        ),
+    )
+    .unwrap();
+    let stderr = dir.join("stderr");
+    let child = Command::new(RELAY)
+        .arg("--config")
+        .arg(&cfg)
+        .env("XTCP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // Bounded wait for the start lines.
+    let t = Instant::now();
+    let (mut addr, mut fp) = (None, None);
+    while (addr.is_none() || fp.is_none()) && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+        let f = std::fs::File::open(&stderr).unwrap();
+        for l in BufReader::new(f).lines().map_while(Result::ok) {
+            if let Some(a) = l.strip_prefix("xtcp-relay listening on ") {
+                addr = Some(a.trim().to_string());
+            }
+            if let Some(h) = l.strip_prefix("self-signed certificate sha256 fingerprint: ") {
+                let b = xtcp::tls::unhex(h.trim()).unwrap();
+                fp = Some(<[u8; 32]>::try_from(b).unwrap());
+            }
+        }
+    }
+    Proc {
+        child,
+        addr: addr.expect("relay started"),
+        fp: fp.expect("fingerprint printed"),
+        stderr,
+    }
+}
+
+fn guest(p: &Proc) -> RelayClientConfig {
+    RelayClientConfig {
+        relays: vec![p.addr.clone()],
+        trust: RelayTrust::Fingerprint(p.fp),
+        token: None,
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Bounded wait until `f` holds.
+fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn audit_log_is_private_and_reopened_on_sighup() {
+    let dir = Dir::new("hup");
+    // The second failure is aggregated: a short interval writes its count.
+    let p = start(&dir.0, "log_interval_secs = 0.3");
+    let log = dir.0.join("audit.log");
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit log mode {mode:o}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fail = || {
+        let r = rt.block_on(join_session(&guest(&p), [1; 16]));
+        assert!(matches!(r, Err(RelayError::UnknownSession)), "{r:?}");
+    };
+    fail();
+    until("the first event", || size(&log) > 0);
+    // Rotate: move the file away, SIGHUP, and the next event lands in a new file.
+    let rotated = dir.0.join("audit.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    until("the reopened file", || log.exists());
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    fail();
+    until("an event in the new file", || size(&log) > 0);
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert!(
+        new.contains("\"event\":\"join_failed\"") || new.contains("\"event\":\"refusals\""),
+        "{new}"
+    );
+    // stderr is a file here: no colour codes.
+    let err = std::fs::read(&p.stderr).unwrap();
+    assert!(!err.contains(&0x1b), "ANSI escape in stderr");
+}
+
+/// Failing JOINs from one address as fast as 24 parallel clients can go for
+/// 3 s, with `log_interval_secs = 1` (3 intervals): audit log + stderr grow
+/// by at most a few lines per interval. With the default 60 s interval, the
+/// issue's 10 s at 3,000/s spans at most 2 intervals, i.e. less than this
+/// test allows; the growth does not depend on the rate (see spec §9.3).
+#[test]
+fn a_flood_of_failing_joins_grows_the_logs_by_a_bounded_amount() {
+    let dir = Dir::new("flood");
+    let p = start(&dir.0, "log_interval_secs = 1.0");
+    let log = dir.0.join("audit.log");
+    let (a0, e0) = (size(&log), size(&p.stderr));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let mut lanes = tokio::task::JoinSet::new();
+        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        for lane in 0..24u8 {
+            let cfg = guest(&p);
+            let sent = sent.clone();
+            lanes.spawn(async move {
+                let mut i = 0u64;
+                while tokio::time::Instant::now() < end {
+                    let mut rid = [lane; 16];
+                    rid[..8].copy_from_slice(&i.to_be_bytes());
+                    i += 1;
+                    let _ = tokio::time::timeout_at(end, join_session(&cfg, rid)).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while lanes.join_next().await.is_some() {}
+    });
+    // Let the last interval's summary be written (bounded).
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = (size(&log) - a0) + (size(&p.stderr) - e0);
+    let n = sent.load(Ordering::Relaxed);
+    let audit = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "{n} failing JOINs in 3 s: audit + stderr grew {grown} bytes ({} audit lines)",
+        audit.lines().count()
+    );
+    // Without aggregation each refusal is an audit line (~90 bytes) plus a
+    // stderr line (~200 bytes): the flood must be big enough to show it.
+    assert!(n >= 300, "only {n} JOINs sent");
+    assert!(grown <= 20_000, "{grown} bytes for {n} refusals");
+    assert!(
+        audit.contains("\"event\":\"refusals\""),
+        "the counts are logged: {audit}"
+    );
+    let counted: u64 = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "refusals")
+        .map(|v| {
+            ["join_failed", "refused_locked_out", "refused_source_share"]
+                .iter()
+                .map(|k| v[*k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(counted > 0, "suppressed refusals are counted");
+}
+
+#[test]
+fn check_config_names_an_out_of_range_key() {
+    let dir = Dir::new("check");
+    let cfg = dir.0.join("relay.toml");
+    std::fs::write(&cfg, "self_signed = true\nlockout_secs = 1e19\n").unwrap();
+    let out = Command::new(RELAY)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("lockout_secs"), "{err}");
+}
