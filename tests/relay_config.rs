@@ -117,7 +117,7 @@ fn plausible(g: &mut Gen, key: &str) -> String {
     } else if key == "splice" || key == "allow_anonymous_hosts" {
         pick(g, &["true", "false"])
     } else if key == "max_tracked_sources" {
-        pick(g, &["16", "1024", "16777216"])
+        pick(g, &["16", "1024", "4194304"])
     } else if key == "max_unauthenticated" || key == "max_unauthenticated_per_source" {
         pick(g, &["1", "2", "1024", "1048576"])
     } else if key == "guess_queue_per_source" {

@@ -360,9 +360,12 @@ impl GuessTable {
         Arc::new(GuessTable {
             shards: (0..SHARDS)
                 .map(|_| {
+                    // Reserved up front: a growing map or slab would copy
+                    // every entry under the lock (a latency spike); pages
+                    // not yet used are not resident.
                     Mutex::new(Shard {
-                        map: HashMap::new(),
-                        nodes: Vec::new(),
+                        map: HashMap::with_capacity(per),
+                        nodes: Vec::with_capacity(per),
                         head: NIL,
                         tail: NIL,
                         cap: per,
@@ -431,7 +434,7 @@ impl GuessTable {
         }
         //= spec/relay.md#92-guessing
         //# While throttled, a source's guesses are looked up one at a time, at
-        //# most one per `guess_interval_secs`
+        //# most one per `guess_interval_secs` (1 s)
         let interval = ms(r.interval).max(1);
         if u32::from(e.queued) >= r.queue {
             let free_in = e

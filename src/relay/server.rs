@@ -227,8 +227,8 @@ pub const MAX_CONFIG_COUNT: u64 = 1 << 24;
 impl RelayConfig {
     fn limits(&self) -> Result<Limits, ConfigError> {
         //= spec/relay.md#8-timeouts-and-limits
-        //# Every duration and count is bounded; a value out of range fails
-        //# validation with a message naming its key.
+        //# A value out of range fails validation (and `--check-config`, exit 2)
+        //# with a message naming the key
         let l = Limits {
             waiting_ttl: secs(self.waiting_ttl_secs, "waiting_ttl_secs", false)?,
             idle_timeout: secs(self.idle_timeout_secs, "idle_timeout_secs", false)?,
@@ -285,7 +285,7 @@ impl RelayConfig {
             us(self.max_tracked_sources),
             "max_tracked_sources",
             16,
-            1 << 24,
+            1 << 22,
         )?;
         count(self.source_prefix_v4, "source_prefix_v4", 0, 32)?;
         count(self.source_prefix_v6, "source_prefix_v6", 0, 128)?;
@@ -1062,9 +1062,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
         //= spec/relay.md#96-admission-per-source
-        //# A connection from a source that already holds
-        //# `max_unauthenticated_per_source` unauthenticated connections is
-        //# closed at once.
+        //# A connection over its source's unauthenticated share is closed at
+        //# accept, before TLS
         let Some(share) = shared
             .shares
             .try_take(shared.source(peer.ip()), Kind::Unauthenticated)
@@ -1109,9 +1108,9 @@ type Unauth = (tokio::sync::OwnedSemaphorePermit, Share);
 async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: Unauth) {
     let accepted = Instant::now();
     let key = shared.source(peer.ip());
-    //= spec/relay.md#96-admission-per-source
-    //# The first byte of the TLS handshake MUST arrive within
-    //# `first_byte_timeout_secs` of the accept; else the connection is closed.
+    //= spec/relay.md#52-the-exchange
+    //# The first byte MUST arrive within `first_byte_timeout_secs` of the accept (or
+    //# `handshake_timeout_secs` if shorter), else close silently.
     let mut one = [0u8; 1];
     let first_byte = shared
         .limits
@@ -1220,7 +1219,8 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
             Verdict::Go(t) => Some(t),
             Verdict::Wait(at, t) => {
                 //= spec/relay.md#92-guessing
-                //# the request waits for its slot (tarpit), and is looked up then
+                //# the connection waits for it (tarpit; the client sees a slow
+                //# answer), and only then is the JOIN looked up
                 shared.metrics.tarpitted.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
@@ -1270,9 +1270,8 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
         }
         Request::Create(rid, true) => {
             //= spec/relay.md#96-admission-per-source
-            //# A CREATE from a source that holds `max_waiting_per_source` waiting
-            //# sessions, or `max_sessions_per_source` paired connections, is
-            //# answered OVER_CAPACITY.
+            //# A CREATE or JOIN over the waiting or paired share is answered
+            //# `OVER_CAPACITY`.
             let waiting = shared.shares.try_take(key, Kind::Waiting);
             let paired = shared.shares.held(key)[Kind::Paired as usize];
             match waiting {
