@@ -241,3 +241,67 @@ fn check_config_names_an_out_of_range_key() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("lockout_secs"), "{err}");
 }
+
+/// SIGTERM with one waiting and one paired session (spec/relay.md §9.5): the
+/// waiting host gets SHUTTING_DOWN, the paired session is cut after
+/// `drain_secs`, both get their `session_closed` record, and the process
+/// exits 0.
+#[test]
+fn sigterm_tells_the_waiting_host_and_logs_both_sessions() {
+    use xtcp::relay::client::create_session;
+    let dir = Dir::new("term");
+    let mut p = start(&dir.0, "allow_anonymous_hosts = true\ndrain_secs = 0.5");
+    let log = dir.0.join("audit.log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let host_cfg = guest(&p);
+    let (waiting, paired) = rt.block_on(async {
+        let rid = xtcp::secret::SessionSecret::generate()
+            .unwrap()
+            .rendezvous_id();
+        let w = create_session(&host_cfg, rid).await.expect("create");
+        let rid2 = xtcp::secret::SessionSecret::generate()
+            .unwrap()
+            .rendezvous_id();
+        let w2 = create_session(&host_cfg, rid2).await.expect("create");
+        let gc = guest(&p);
+        let (h, g) = tokio::join!(w2.paired(), join_session(&gc, rid2));
+        (w, (h.expect("host paired"), g.expect("guest paired")))
+    });
+    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let r =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), waiting.paired()).await });
+    assert!(
+        matches!(r, Ok(Err(RelayError::ShuttingDown))),
+        "{:?}",
+        r.map(|x| x.map(|_| ()))
+    );
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "relay did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(paired);
+    let audit = std::fs::read_to_string(&log).unwrap();
+    let closed: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "session_closed")
+        .collect();
+    assert!(
+        closed
+            .iter()
+            .any(|v| v["reason"] == "shutting down" && v["paired"] == false),
+        "{audit}"
+    );
+    assert!(
+        closed
+            .iter()
+            .any(|v| v["reason"] == "relay stopped" && v["paired"] == true),
+        "{audit}"
+    );
+}

@@ -196,6 +196,12 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
     }
     eprintln!("draining (up to {} s)", cfg.drain_secs);
     relay.shutdown().await;
+    // The last records (session_closed …) reach the file before the process exits.
+    if let Some(f) = &audit_file {
+        if let Err(e) = f.sync() {
+            eprintln!("audit log: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ const QUEUE: usize = 8192;
 enum Msg {
     Line(Vec<u8>),
     Reopen(SyncSender<io::Result<()>>),
+    Sync(SyncSender<io::Result<()>>),
 }
 
 /// A handle that queues audit lines for the file (`Write`: each `write` is
@@ -72,6 +73,16 @@ impl AuditFile {
             .map_err(|_| io::Error::other("audit writer stopped"))?
     }
 
+    /// Wait until every line queued so far is written and flushed (at exit).
+    pub fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Sync(tx))
+            .map_err(|_| io::Error::other("audit writer stopped"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("audit writer stopped"))?
+    }
+
     /// Lines dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -108,6 +119,9 @@ fn writer(path: PathBuf, file: File, rx: Receiver<Msg>) {
             let _ = w.flush();
             let r = open(&path).map(|f| *w = BufWriter::with_capacity(64 * 1024, f));
             let _ = reply.send(r);
+        }
+        Msg::Sync(reply) => {
+            let _ = reply.send(w.flush());
         }
     };
     while let Ok(m) = rx.recv() {

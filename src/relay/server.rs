@@ -564,6 +564,8 @@ struct Shared {
     guesses: Arc<GuessTable>,
     /// Refusals aggregated per source and interval (`spec/relay.md` §9.3).
     refusals: Refusals,
+    /// Waiting sessions ending now (see [`Finishing`]).
+    finishing: AtomicUsize,
     /// Live UDP address service tokens, at most 2 × `max_sessions`.
     udp_tokens: Mutex<HashMap<[u8; 16], UdpToken>>,
     /// The bound UDP address service port; `None` when the service is off.
@@ -574,6 +576,23 @@ struct Shared {
     audit: Option<AuditSink>,
     /// 0 = running, 1 = draining (no new sessions), 2 = abort everything.
     phase: watch::Sender<u8>,
+}
+
+/// A waiting session's last steps (its final frame, or pairing) in
+/// progress; a drain waits for them (`spec/relay.md` §9.5).
+struct Finishing(Arc<Shared>);
+
+impl Finishing {
+    fn new(shared: &Arc<Shared>) -> Finishing {
+        shared.finishing.fetch_add(1, Ordering::Relaxed);
+        Finishing(shared.clone())
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 const RUNNING: u8 = 0;
@@ -888,6 +907,7 @@ impl Relay {
             shares,
             guesses,
             refusals: Refusals::new(MAX_LOGGED_SOURCES),
+            finishing: AtomicUsize::new(0),
             udp_tokens: Mutex::new(HashMap::new()),
             udp_port: udp_local_addr.map(|a| a.port()),
             rng: ring::rand::SystemRandom::new(),
@@ -1015,11 +1035,22 @@ impl Relay {
         self.task.abort();
         let now = Instant::now();
         let deadline = now.checked_add(self.shared.limits.drain).unwrap_or(now);
-        // Bounded: at most drain / 20 ms iterations.
-        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        // Bounded: at most drain / 20 ms iterations. Waiting hosts are told
+        // SHUTTING_DOWN (and logged) before the rest is cut.
+        let busy = |s: &Shared| {
+            s.metrics.active.load(Ordering::Relaxed) > 0
+                || s.metrics.waiting.load(Ordering::Relaxed) > 0
+                || s.finishing.load(Ordering::Relaxed) > 0
+        };
+        while busy(&self.shared) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.shared.phase.send(ABORT);
+        // The cut sessions write their `session_closed` records (bounded: 1 s).
+        let end = Instant::now() + Duration::from_secs(1);
+        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stop at once, closing every connection (as a crash or restart would).
@@ -1448,6 +1479,9 @@ async fn host(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&rid);
+    // Counted as finishing before it stops counting as waiting, so a drain
+    // that waits for both never misses a host still being told.
+    let finishing = Finishing::new(shared);
     shared.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
     drop(waiting_share);
     let Guest {
@@ -1541,6 +1575,7 @@ async fn host(
     // Forward in a task of its own: the pairing state above (TLS, frames) is
     // freed now, so an idle paired session costs only this small future and
     // its two sockets.
+    drop(finishing);
     // The host's source holds one paired unit too (may exceed its share by
     // the pairings in progress, like `max_sessions`).
     let host_share = shared.shares.take(shared.source(peer.ip()), Kind::Paired);
@@ -1552,7 +1587,6 @@ async fn host(
         // Tokens go before `active` drops, so a caller that saw the session
         // end in the gauge also sees its tokens gone.
         drop(grants);
-        shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
         shared.audit(
             "session_closed",
             Some(&label),
@@ -1565,6 +1599,9 @@ async fn host(
                 "reason": reason,
             }),
         );
+        // Last: whoever sees the session gone in the gauge (a drain) also
+        // finds its record written.
+        shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
