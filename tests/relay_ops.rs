@@ -305,3 +305,33 @@ fn sigterm_tells_the_waiting_host_and_logs_both_sessions() {
         "{audit}"
     );
 }
+
+/// Bind errors name the socket and the key or flag that set it.
+#[test]
+fn bind_errors_name_the_socket_and_its_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(RELAY)
+        .args(["--self-signed", "--udp-listen", "off", "--listen"])
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("--listen") && err.contains("in use"),
+        "{err}"
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uaddr = udp.local_addr().unwrap();
+    let out = Command::new(RELAY)
+        .args(["--self-signed", "--listen", "127.0.0.1:0", "--udp-listen"])
+        .arg(uaddr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&uaddr.to_string()) && err.contains("udp_listen"),
+        "{err}"
+    );
+}

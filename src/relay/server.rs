@@ -799,6 +799,19 @@ pub enum StartError {
     Config(ConfigError),
     /// Could not bind.
     Io(io::Error),
+    /// Could not bind a socket: which one (config key and flag), where, why.
+    Bind {
+        /// The config key and flag that set the address, e.g. "listen (--listen)".
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: io::Error,
+    },
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
+    move |error| StartError::Bind { what, addr, error }
 }
 
 impl fmt::Display for StartError {
@@ -806,6 +819,20 @@ impl fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "configuration: {e}"),
             StartError::Io(e) => write!(f, "i/o: {e}"),
+            StartError::Bind { what, addr, error } => {
+                write!(f, "cannot bind {addr} (set by {what}): {error}")?;
+                if error.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+                    write!(
+                        f,
+                        "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
+                         (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+                    )?;
+                }
+                if error.kind() == io::ErrorKind::AddrInUse {
+                    write!(f, "; another process (another relay?) listens there")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -861,7 +888,7 @@ impl Relay {
         let tokens = parse_token_hashes(&cfg.token_hashes).map_err(StartError::Config)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(StartError::Io)?;
+            .map_err(bind_error("listen (--listen)", cfg.listen))?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
         // A relay reachable at one address of a host with several must answer
         // from that address: a reply from another one does not match the
@@ -874,7 +901,11 @@ impl Relay {
             other => other,
         };
         let udp = match udp_listen {
-            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(StartError::Io)?),
+            Some(addr) => Some(
+                UdpSocket::bind(addr)
+                    .await
+                    .map_err(bind_error("udp_listen (--udp-listen)", addr))?,
+            ),
             None => None,
         };
         let udp_local_addr = match &udp {
@@ -955,7 +986,9 @@ impl Relay {
         if let Some(addr) = shared.cfg.metrics_listen {
             let m = shared.metrics.clone();
             let mut phase = shared.phase.subscribe();
-            let l = TcpListener::bind(addr).await.map_err(StartError::Io)?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("metrics_listen (--metrics-listen)", addr))?;
             tokio::spawn(async move {
                 tokio::select! {
                     _ = serve_metrics(l, m) => {}
