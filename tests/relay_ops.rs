@@ -335,3 +335,59 @@ fn bind_errors_name_the_socket_and_its_key() {
         "{err}"
     );
 }
+
+/// The fingerprint a `--self-signed` relay prints, from one start.
+fn self_signed_fingerprint(extra: &[&str]) -> String {
+    let mut child = Command::new(RELAY)
+        .args([
+            "--self-signed",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-listen",
+            "off",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut fp = None;
+    // Bounded: the relay prints its fingerprint, then its address, at start.
+    for l in BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take(20)
+    {
+        if let Some(h) = l.strip_prefix("self-signed certificate sha256 fingerprint: ") {
+            fp = Some(h.trim().to_string());
+        }
+        if l.starts_with("xtcp-relay listening on ") || l.starts_with("xtcp-relay: ") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    fp.expect("fingerprint printed")
+}
+
+/// `--self-signed` with a `state_dir` keeps its key across restarts, in a
+/// 0700 directory with a 0600 key; without one, each start makes a new key.
+#[test]
+fn self_signed_key_survives_a_restart_in_its_state_dir() {
+    let dir = Dir::new("state");
+    let state = dir.0.join("state");
+    let s = state.to_str().unwrap();
+    let first = self_signed_fingerprint(&["--state-dir", s]);
+    let second = self_signed_fingerprint(&["--state-dir", s]);
+    assert_eq!(first, second, "restart kept the fingerprint");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("self-signed.key")), 0o600);
+    assert_ne!(
+        self_signed_fingerprint(&[]),
+        first,
+        "without a state_dir every start has a new key"
+    );
+}

@@ -35,6 +35,9 @@ struct Cli {
     /// Generate a self-signed certificate and print its SHA-256 fingerprint.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     self_signed: bool,
+    /// Directory for state kept across restarts (the self-signed key); created 0700.
+    #[arg(long, env = "XTCP_RELAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Let hosts create sessions without an operator token.
     #[arg(long)]
     allow_anonymous_hosts: bool,
@@ -74,6 +77,9 @@ fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
         cfg.key = cli.key.clone();
     }
     cfg.self_signed |= cli.self_signed;
+    if cli.state_dir.is_some() {
+        cfg.state_dir = cli.state_dir.clone();
+    }
     cfg.allow_anonymous_hosts |= cli.allow_anonymous_hosts;
     if cli.audit_log.is_some() {
         cfg.audit_log = cli.audit_log.clone();
@@ -91,11 +97,65 @@ fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
     Ok(cfg)
 }
 
+/// Names in the self-signed certificate.
+const SELF_SIGNED_NAMES: [&str; 2] = ["localhost", "xtcp-relay"];
+
+/// The self-signed certificate and key kept in `dir` (created 0700): made
+/// on the first start, read on every later one, so the fingerprint stays.
+fn persisted_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    fn err(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+        move |e| format!("state_dir {}: {e}", p.display())
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err(dir))?;
+    // An existing directory others can read is narrowed.
+    let mode = std::fs::metadata(dir)
+        .map_err(err(dir))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(err(dir))?;
+    }
+    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let ck = rcgen::generate_simple_self_signed(SELF_SIGNED_NAMES.map(str::to_string).to_vec())
+        .map_err(|e| format!("self-signed certificate: {e}"))?;
+    // Written to temporary names, then renamed: a crash never leaves half a key.
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), String> {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err(&tmp))?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err(&tmp))?;
+        f.sync_all().map_err(err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(err(path))
+    };
+    write(&key, &ck.signing_key.serialize_pem(), 0o600)?;
+    write(&cert, &ck.cert.pem(), 0o644)?;
+    Ok((cert, key))
+}
+
 fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (chain, key) = match (&cfg.cert, &cfg.key) {
-        (Some(c), Some(k)) if !cfg.self_signed => {
+    let files = match (&cfg.cert, &cfg.key, &cfg.state_dir) {
+        (Some(c), Some(k), _) if !cfg.self_signed => Some((c.clone(), k.clone())),
+        (_, _, Some(dir)) if cfg.self_signed => Some(persisted_self_signed(dir)?),
+        _ => None,
+    };
+    let (chain, key) = match &files {
+        Some((c, k)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
                 .map_err(|e| format!("{}: {e}", c.display()))?
                 .collect::<Result<_, _>>()
@@ -108,8 +168,7 @@ fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), St
             (chain, key)
         }
         _ => {
-            let ck =
-                xtcp::tls::self_signed(&["localhost", "xtcp-relay"]).map_err(|e| e.to_string())?;
+            let ck = xtcp::tls::self_signed(&SELF_SIGNED_NAMES).map_err(|e| e.to_string())?;
             (ck.chain, ck.key)
         }
     };

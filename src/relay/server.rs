@@ -45,6 +45,10 @@ pub struct RelayConfig {
     pub key: Option<std::path::PathBuf>,
     /// Generate a self-signed certificate at start (prints its fingerprint).
     pub self_signed: bool,
+    /// Directory for state kept across restarts: the self-signed certificate
+    /// and key, so the fingerprint clients pin survives a restart. Created
+    /// with mode 0700.
+    pub state_dir: Option<std::path::PathBuf>,
     /// SHA-256 hashes (hex) of the operator tokens that may create sessions.
     pub token_hashes: Vec<String>,
     /// Let hosts create sessions without a token (only if set explicitly).
@@ -135,6 +139,7 @@ impl Default for RelayConfig {
             cert: None,
             key: None,
             self_signed: false,
+            state_dir: None,
             token_hashes: Vec::new(),
             allow_anonymous_hosts: false,
             waiting_ttl_secs: 600.0,
