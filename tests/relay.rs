@@ -358,11 +358,19 @@ async fn hundred_thousand_random_joins_pair_nothing_and_state_stays_bounded() {
     const N: u64 = 100_000;
     const PAR: u64 = 64;
     let mut set = tokio::task::JoinSet::new();
-    for w in 0..PAR {
+    // The lanes draw attempts from one pool: a lane waiting for a guess slot
+    // (one per second, spec/relay.md §9.2) must not be left with a quota
+    // of its own to serve at that rate once the others are done.
+    let pool = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(N));
+    for _ in 0..PAR {
         let cfg = client(&peers, None).relay;
+        let pool = pool.clone();
         set.spawn(async move {
             let mut counts = [0u64; 3]; // unknown, locked out, other
-            for _ in 0..N / PAR + u64::from(w < N % PAR) {
+            while pool
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
                 let s = xtcp::secret::SessionSecret::generate().unwrap();
                 match xtcp::relay::client::join_session(&cfg, s.rendezvous_id()).await {
                     Err(xtcp::relay::RelayError::UnknownSession) => counts[0] += 1,

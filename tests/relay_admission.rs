@@ -233,8 +233,8 @@ async fn guesser_is_slowed_and_its_neighbour_still_pairs() {
         let (stop, failures) = (stop.clone(), failures.clone());
         lanes.spawn(async move {
             let mut other = 0u32;
-            // Bounded: at most 600 guesses per lane, and `stop` within ~15 s.
-            for _ in 0..600 {
+            // Bounded: at most 1,200 guesses per lane (≥ 1 s each once throttled).
+            for _ in 0..1_200 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -265,8 +265,14 @@ async fn guesser_is_slowed_and_its_neighbour_still_pairs() {
     let joined_in = t.elapsed();
     h.expect("host paired");
     g.expect("the neighbour with the right code pairs");
-    // Keep guessing a few more seconds, then measure.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Keep guessing a few more seconds (XTCP_GUESS_SECS, default 5; the
+    // spec's figure is from 60), then measure.
+    let more = std::env::var("XTCP_GUESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u64)
+        .min(600);
+    tokio::time::sleep(Duration::from_secs(more)).await;
     stop.store(true, Ordering::Relaxed);
     while let Some(r) = lanes.join_next().await {
         assert_eq!(
