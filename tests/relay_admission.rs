@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,11 +33,15 @@ fn relay_client(relay: &TestRelay, token: Option<&str>, timeout: Duration) -> Re
 
 /// An idle TCP connection from `src` that never sends a byte; it counts as
 /// "held" until the relay closes it.
-async fn idle_from(src: Ipv4Addr, relay: SocketAddr, held: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
-    let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+async fn idle_from(src: IpAddr, relay: SocketAddr, held: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let sock = match src {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let Ok(sock) = sock else {
         return;
     };
-    if sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).is_err() {
+    if sock.bind(SocketAddr::new(src, 0)).is_err() {
         return;
     }
     let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), sock.connect(relay)).await
@@ -61,7 +65,7 @@ async fn idle_from(src: Ipv4Addr, relay: SocketAddr, held: Arc<AtomicU64>, stop:
 /// second, from the addresses `srcs` in turn, until `stop`.
 fn attack(
     relay: SocketAddr,
-    srcs: Vec<Ipv4Addr>,
+    srcs: Vec<IpAddr>,
     initial: usize,
     per_sec: u64,
     stop: Arc<AtomicBool>,
@@ -113,7 +117,7 @@ async fn one_pairing(relay: &TestRelay) -> Result<Duration, String> {
     Ok(t.elapsed())
 }
 
-async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<Ipv4Addr>) {
+async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<IpAddr>) {
     server::raise_fd_limit();
     let relay = start_relay(cfg).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -156,7 +160,7 @@ async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<Ipv4Addr>) {
 /// One IPv4 address: 1,100 idle connections, then 200 more per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_source_attack_leaves_other_sources_pairing() {
-    legit_pairings_survive(relay_config(), vec![Ipv4Addr::new(127, 0, 0, 2)]).await;
+    legit_pairings_survive(relay_config(), vec![Ipv4Addr::new(127, 0, 0, 2).into()]).await;
 }
 
 /// 200 addresses of one prefix: the same attack spread over them. With
@@ -166,7 +170,9 @@ async fn single_source_attack_leaves_other_sources_pairing() {
 async fn prefix_attack_from_200_addresses_leaves_other_sources_pairing() {
     let mut cfg = relay_config();
     cfg.source_prefix_v4 = 24;
-    let srcs = (1..=200).map(|i| Ipv4Addr::new(127, 0, 5, i)).collect();
+    let srcs = (1..=200)
+        .map(|i| Ipv4Addr::new(127, 0, 5, i).into())
+        .collect();
     legit_pairings_survive(cfg, srcs).await;
 }
 
@@ -183,7 +189,7 @@ async fn without_per_source_shares_the_attack_succeeds() {
     let stop = Arc::new(AtomicBool::new(false));
     let (attacker, _) = attack(
         relay.addr,
-        vec![Ipv4Addr::new(127, 0, 0, 2)],
+        vec![Ipv4Addr::new(127, 0, 0, 2).into()],
         1_100,
         200,
         stop.clone(),
@@ -308,15 +314,23 @@ async fn guessing_from_200_addresses_of_one_prefix_is_one_source() {
     let mut cfg = relay_config();
     cfg.source_prefix_v4 = 24;
     let relay = start_relay(cfg).await;
+    let srcs = (1..=200)
+        .map(|i| Ipv4Addr::new(127, 0, 6, i).into())
+        .collect();
+    guessing_from(&relay, srcs).await;
+}
+
+/// Sequential guesses for 6 s from `srcs` in turn: after 5 failures at most
+/// one per second, and one tracked source.
+async fn guessing_from(relay: &TestRelay, srcs: Vec<IpAddr>) {
     let tls = xtcp_tls(relay.fingerprint);
     let t0 = Instant::now();
     let mut unknown = Vec::new();
-    // Bounded: 200 sequential guesses, each answered within 10 s, and a 12 s budget.
-    for i in 0..200u8 {
+    // Bounded: 200 sequential guesses, each answered within 10 s, and a 6 s budget.
+    for src in srcs.into_iter().take(200) {
         if t0.elapsed() > Duration::from_secs(6) {
             break;
         }
-        let src = Ipv4Addr::new(127, 0, 6, i.max(1));
         if let Some(code) = raw_join(relay.addr, src, &tls).await {
             if code == proto::relay::wire::ErrorCode::UnknownSession {
                 unknown.push(Instant::now());
@@ -326,13 +340,67 @@ async fn guessing_from_200_addresses_of_one_prefix_is_one_source() {
     let secs = t0.elapsed().as_secs_f64();
     let after = unknown.len().saturating_sub(5);
     eprintln!(
-        "{} unknown from 200 addresses of one /24 in {secs:.1} s",
+        "{} unknown from the addresses of one prefix in {secs:.1} s",
         unknown.len()
     );
     assert!(unknown.len() >= 5);
     assert!(after as f64 <= secs + 1.0, "{after} in {secs:.1} s");
     // One tracked source, not 200.
     assert_eq!(relay.relay.table_sizes().1, 1);
+}
+
+/// The IPv6 /64 case for real, in a network namespace of its own (needs
+/// root, like the other namespace tests): every address of
+/// 2001:db8:1:1::/64 is local there (`ip route add local`, and
+/// `ip_nonlocal_bind` so that sockets can bind them). 200 addresses
+/// of that /64 attack (1,100 idle connections + 200/s) while hosts and
+/// guests from 2001:db8:ffff::1 pair; then 200 addresses of it guess.
+#[test]
+fn ipv6_slash_64_attack_and_guessing_in_a_namespace() {
+    xtcp_lab::require_root();
+    let ns = xtcp_lab::Netns::new("v6adm").unwrap();
+    ns.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "local",
+        "2001:db8:1:1::/64",
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    ns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:ffff::1/128",
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    // Binding a source in the local /64 without assigning each address.
+    ns.exec(&["sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1"])
+        .unwrap();
+    let srcs: Vec<IpAddr> = (1..=200u16)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 1, 1, i, 0, 0, i).into())
+        .collect();
+    ns.run_in(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cfg = relay_config();
+            cfg.listen = "[2001:db8:ffff::1]:0".parse().unwrap();
+            legit_pairings_survive(cfg.clone(), srcs.clone()).await;
+            let relay = start_relay(cfg).await;
+            guessing_from(&relay, srcs).await;
+        });
+    })
+    .unwrap();
 }
 
 fn xtcp_tls(fp: [u8; 32]) -> Arc<rustls::ClientConfig> {
@@ -359,12 +427,16 @@ fn xtcp_tls(fp: [u8; 32]) -> Arc<rustls::ClientConfig> {
 /// A JOIN for a random id from `src`; the error code of the answer.
 async fn raw_join(
     relay: SocketAddr,
-    src: Ipv4Addr,
+    src: IpAddr,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Option<proto::relay::wire::ErrorCode> {
     use proto::relay::wire::Frame;
-    let sock = tokio::net::TcpSocket::new_v4().ok()?;
-    sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).ok()?;
+    let sock = match src {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .ok()?;
+    sock.bind(SocketAddr::new(src, 0)).ok()?;
     let tcp = sock.connect(relay).await.ok()?;
     let conn = rustls::ClientConnection::new(tls.clone(), "localhost".try_into().ok()?).ok()?;
     let mut ctl = xtcp::relay::ctl::CtlChannel::new(tcp, conn);
