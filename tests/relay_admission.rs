@@ -464,3 +464,48 @@ fn rand_id() -> [u8; 16] {
         .unwrap()
         .rendezvous_id()
 }
+
+/// CREATEs with a bad token are guesses too: 5 free, then one per
+/// `guess_interval_secs`; a host with a valid token from the same address is
+/// never slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_creates_are_throttled_and_valid_hosts_are_not() {
+    let mut cfg = relay_config();
+    cfg.guess_interval_secs = 0.5;
+    let relay = start_relay(cfg).await;
+    let bad = relay_client(&relay, Some("wrong token"), Duration::from_secs(5));
+    let good = relay_client(&relay, Some(TOKEN), Duration::from_secs(5));
+    let mut took = Vec::new();
+    // Bounded: 8 attempts.
+    for _ in 0..8 {
+        let t = Instant::now();
+        let r = create_session(&bad, rand_id()).await;
+        assert!(
+            matches!(r, Err(RelayError::Unauthorized)),
+            "{:?}",
+            r.map(|_| ())
+        );
+        took.push(t.elapsed());
+    }
+    // The first five at once; each later one waited for its slot.
+    assert!(
+        took[..5].iter().all(|d| *d < Duration::from_millis(400)),
+        "{took:?}"
+    );
+    assert!(
+        took[5..].iter().all(|d| *d >= Duration::from_millis(300)),
+        "{took:?}"
+    );
+    let t = Instant::now();
+    let w = create_session(&good, rand_id()).await.expect("valid host");
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(w);
+    assert_eq!(
+        relay.relay.metrics().unauthorized.load(Ordering::Relaxed),
+        8
+    );
+}
