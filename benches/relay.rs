@@ -97,6 +97,10 @@ fn spawn_forwarder(kind: &'static str) -> Forwarder {
                         token_hashes: vec![server::token_hash(TOKEN)],
                         splice: kind == "relay-splice",
                         max_unauthenticated: 100_000,
+                        // Every client is 127.0.0.1: one source.
+                        max_unauthenticated_per_source: 100_000,
+                        max_waiting_per_source: 100_000,
+                        max_sessions_per_source: 100_000,
                         udp_listen: Some("127.0.0.1:0".parse().unwrap()),
                         ..RelayConfig::default()
                     };
@@ -245,7 +249,7 @@ fn relay_process(dir: &std::path::Path) -> (std::process::Child, String, [u8; 32
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\nself_signed = true\ntoken_hashes = [\"{}\"]\nmax_unauthenticated = 100000\nudp_listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nself_signed = true\ntoken_hashes = [\"{}\"]\nmax_unauthenticated = 100000\nmax_unauthenticated_per_source = 100000\nmax_waiting_per_source = 100000\nmax_sessions_per_source = 100000\nudp_listen = \"127.0.0.1:0\"\n",
             server::token_hash(TOKEN)
         ),
     )

@@ -254,7 +254,8 @@ fn clear_one_line_errors_and_nonzero_exits() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("token"), "{err}");
-    // Four unknown sessions (the failed token was the first failure), then locked out.
+    // Four unknown sessions (the failed token was the first failure), then
+    // the source is slowed to one guess per second (spec/relay.md §9.2).
     for i in 0..4 {
         let (ok, err, out) = join_error(&relay, code, &good_fp);
         assert!(
@@ -262,10 +263,16 @@ fn clear_one_line_errors_and_nonzero_exits() {
             "attempt {i}: {err}"
         );
     }
+    let t = std::time::Instant::now();
     let (ok, err, _) = join_error(&relay, code, &good_fp);
     assert!(
-        !ok && err.contains("locked out") && err.trim().lines().count() == 1,
+        !ok && err.contains("unknown or expired session") && err.trim().lines().count() == 1,
         "{err}"
+    );
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(900),
+        "the sixth guess waits for its slot: {:?}",
+        t.elapsed()
     );
     // Unreachable relay.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use xtcp::relay::audit_file::AuditFile;
 use xtcp::relay::server::{self, AuditSink, Relay, RelayConfig};
 
 #[derive(Parser, Debug)]
@@ -34,6 +35,9 @@ struct Cli {
     /// Generate a self-signed certificate and print its SHA-256 fingerprint.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     self_signed: bool,
+    /// Directory for state kept across restarts (the self-signed key); created 0700.
+    #[arg(long, env = "XTCP_RELAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Let hosts create sessions without an operator token.
     #[arg(long)]
     allow_anonymous_hosts: bool,
@@ -73,6 +77,9 @@ fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
         cfg.key = cli.key.clone();
     }
     cfg.self_signed |= cli.self_signed;
+    if cli.state_dir.is_some() {
+        cfg.state_dir = cli.state_dir.clone();
+    }
     cfg.allow_anonymous_hosts |= cli.allow_anonymous_hosts;
     if cli.audit_log.is_some() {
         cfg.audit_log = cli.audit_log.clone();
@@ -90,11 +97,65 @@ fn load_config(cli: &Cli) -> Result<RelayConfig, String> {
     Ok(cfg)
 }
 
+/// Names in the self-signed certificate.
+const SELF_SIGNED_NAMES: [&str; 2] = ["localhost", "xtcp-relay"];
+
+/// The self-signed certificate and key kept in `dir` (created 0700): made
+/// on the first start, read on every later one, so the fingerprint stays.
+fn persisted_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    fn err(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+        move |e| format!("state_dir {}: {e}", p.display())
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err(dir))?;
+    // An existing directory others can read is narrowed.
+    let mode = std::fs::metadata(dir)
+        .map_err(err(dir))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(err(dir))?;
+    }
+    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let ck = rcgen::generate_simple_self_signed(SELF_SIGNED_NAMES.map(str::to_string).to_vec())
+        .map_err(|e| format!("self-signed certificate: {e}"))?;
+    // Written to temporary names, then renamed: a crash never leaves half a key.
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), String> {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err(&tmp))?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err(&tmp))?;
+        f.sync_all().map_err(err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(err(path))
+    };
+    write(&key, &ck.signing_key.serialize_pem(), 0o600)?;
+    write(&cert, &ck.cert.pem(), 0o644)?;
+    Ok((cert, key))
+}
+
 fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (chain, key) = match (&cfg.cert, &cfg.key) {
-        (Some(c), Some(k)) if !cfg.self_signed => {
+    let files = match (&cfg.cert, &cfg.key, &cfg.state_dir) {
+        (Some(c), Some(k), _) if !cfg.self_signed => Some((c.clone(), k.clone())),
+        (_, _, Some(dir)) if cfg.self_signed => Some(persisted_self_signed(dir)?),
+        _ => None,
+    };
+    let (chain, key) = match &files {
+        Some((c, k)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
                 .map_err(|e| format!("{}: {e}", c.display()))?
                 .collect::<Result<_, _>>()
@@ -107,8 +168,7 @@ fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), St
             (chain, key)
         }
         _ => {
-            let ck =
-                xtcp::tls::self_signed(&["localhost", "xtcp-relay"]).map_err(|e| e.to_string())?;
+            let ck = xtcp::tls::self_signed(&SELF_SIGNED_NAMES).map_err(|e| e.to_string())?;
             (ck.chain, ck.key)
         }
     };
@@ -117,21 +177,24 @@ fn load_tls(cfg: &RelayConfig) -> Result<(Arc<rustls::ServerConfig>, String), St
     Ok((tls, fp))
 }
 
-fn audit_sink(path: &Option<PathBuf>) -> Result<Option<AuditSink>, String> {
+/// The audit sink, and the file handle to reopen on SIGHUP (none for stdout).
+fn audit_sink(path: &Option<PathBuf>) -> Result<(Option<AuditSink>, Option<AuditFile>), String> {
     Ok(match path {
-        None => None,
-        Some(p) if p == Path::new("-") => Some(Arc::new(Mutex::new(
-            Box::new(std::io::stdout()) as Box<dyn std::io::Write + Send>
-        ))),
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("audit log {}: {e}", p.display()))?;
+        None => (None, None),
+        Some(p) if p == Path::new("-") => (
             Some(Arc::new(Mutex::new(
-                Box::new(f) as Box<dyn std::io::Write + Send>
-            )))
+                Box::new(std::io::stdout()) as Box<dyn std::io::Write + Send>
+            ))),
+            None,
+        ),
+        Some(p) => {
+            let f = AuditFile::open(p).map_err(|e| format!("audit log {}: {e}", p.display()))?;
+            (
+                Some(Arc::new(Mutex::new(
+                    Box::new(f.clone()) as Box<dyn std::io::Write + Send>
+                ))),
+                Some(f),
+            )
         }
     })
 }
@@ -146,7 +209,7 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
     if cfg.token_hashes.is_empty() && !cfg.allow_anonymous_hosts {
         eprintln!("warning: no operator token configured; session creation is refused (run `xtcp-relay token`, or --allow-anonymous-hosts)");
     }
-    let audit = audit_sink(&cfg.audit_log)?;
+    let (audit, audit_file) = audit_sink(&cfg.audit_log)?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -164,6 +227,13 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                // Log rotation: the audit log is reopened by its path.
+                if let Some(f) = &audit_file {
+                    match f.reopen() {
+                        Ok(()) => tracing::info!("audit log reopened"),
+                        Err(e) => tracing::warn!("audit log reopen: {e}"),
+                    }
+                }
                 // Reload certificate and tokens; sessions are untouched.
                 match load_config(&cli) {
                     Ok(new) => {
@@ -185,6 +255,12 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
     }
     eprintln!("draining (up to {} s)", cfg.drain_secs);
     relay.shutdown().await;
+    // The last records (session_closed …) reach the file before the process exits.
+    if let Some(f) = &audit_file {
+        if let Err(e) = f.sync() {
+            eprintln!("audit log: {e}");
+        }
+    }
     Ok(())
 }
 
@@ -196,6 +272,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(Cmd::Token) = cli.cmd {
         let mut b = [0u8; 24];

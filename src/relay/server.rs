@@ -14,8 +14,10 @@
 //! address service (`spec/relay.md` §12): it answers "your public UDP address
 //! is …" to requests that carry a token granted in a live session's `PAIRED`.
 
+use super::admission::{GuessRules, GuessTable, Kind, Share, SourceKey, SourceShares, Verdict};
 use super::ctl::{CtlChannel, CtlError};
 use super::forward::{self, Activity, Counters, Mode, RateLimiter};
+use super::refusals::{Refusal, Refusals, KINDS};
 use proto::relay::udp_service;
 use proto::relay::wire::{ErrorCode, Frame, UdpGrant, VERSION};
 use serde::Deserialize;
@@ -43,6 +45,10 @@ pub struct RelayConfig {
     pub key: Option<std::path::PathBuf>,
     /// Generate a self-signed certificate at start (prints its fingerprint).
     pub self_signed: bool,
+    /// Directory for state kept across restarts: the self-signed certificate
+    /// and key, so the fingerprint clients pin survives a restart. Created
+    /// with mode 0700.
+    pub state_dir: Option<std::path::PathBuf>,
     /// SHA-256 hashes (hex) of the operator tokens that may create sessions.
     pub token_hashes: Vec<String>,
     /// Let hosts create sessions without a token (only if set explicitly).
@@ -79,6 +85,27 @@ pub struct RelayConfig {
     /// an address string or `"off"`.
     #[serde(deserialize_with = "de_udp_listen")]
     pub udp_listen: Option<SocketAddr>,
+    /// IPv4 addresses are one source per this many leading bits (`spec/relay.md` §9.6).
+    pub source_prefix_v4: u8,
+    /// IPv6 addresses are one source per this many leading bits (a /64 by default).
+    pub source_prefix_v6: u8,
+    /// Unauthenticated connections (before the first frame, or waiting for a
+    /// guess slot) one source may hold.
+    pub max_unauthenticated_per_source: usize,
+    /// Waiting sessions one source may hold.
+    pub max_waiting_per_source: usize,
+    /// Paired-session connections (host or guest side) one source may hold.
+    pub max_sessions_per_source: usize,
+    /// The first byte of the TLS handshake must arrive within this after accept.
+    pub first_byte_timeout_secs: f64,
+    /// After `lockout_failures`, one guess per this many seconds per source.
+    pub guess_interval_secs: f64,
+    /// After `lockout_failures`, guesses one source may have waiting for their slot.
+    pub guess_queue_per_source: usize,
+    /// Sources tracked for failed guesses at most (least recently failed evicted).
+    pub max_tracked_sources: usize,
+    /// Repeated refusals from one source are logged as one line per this interval.
+    pub log_interval_secs: f64,
 }
 
 /// Parse a `udp_listen` value: a socket address, or `off` for none.
@@ -112,6 +139,7 @@ impl Default for RelayConfig {
             cert: None,
             key: None,
             self_signed: false,
+            state_dir: None,
             token_hashes: Vec::new(),
             allow_anonymous_hosts: false,
             waiting_ttl_secs: 600.0,
@@ -129,6 +157,16 @@ impl Default for RelayConfig {
             audit_log: None,
             metrics_listen: None,
             udp_listen: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_UDP_PORT))),
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            max_unauthenticated_per_source: 32,
+            max_waiting_per_source: 1024,
+            max_sessions_per_source: 10_000,
+            first_byte_timeout_secs: 3.0,
+            guess_interval_secs: 1.0,
+            guess_queue_per_source: 4,
+            max_tracked_sources: 1 << 18,
+            log_interval_secs: 60.0,
         }
     }
 }
@@ -145,9 +183,33 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn secs(v: f64, name: &str) -> Result<Duration, ConfigError> {
+/// Longest configurable duration: one year. Far below what `Instant`
+/// arithmetic can hold, so no configured value can overflow a clock.
+pub const MAX_CONFIG_SECS: f64 = 365.0 * 86_400.0;
+
+/// A duration key: finite, within `min..=MAX_CONFIG_SECS` (`min` = 0 allows zero).
+fn secs(v: f64, name: &str, allow_zero: bool) -> Result<Duration, ConfigError> {
+    let ok = v.is_finite() && v <= MAX_CONFIG_SECS && (v > 0.0 || (allow_zero && v == 0.0));
+    if !ok {
+        let lo = if allow_zero { "0 <=" } else { "0 <" };
+        return Err(ConfigError(format!(
+            "{name}: {v} is out of range ({lo} seconds <= {MAX_CONFIG_SECS})"
+        )));
+    }
     Duration::try_from_secs_f64(v)
         .map_err(|_| ConfigError(format!("{name}: {v} is not a valid duration in seconds")))
+}
+
+/// A count key within `lo..=hi`.
+fn count<T: Copy + Into<u64>>(v: T, name: &str, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    let x: u64 = v.into();
+    if (lo..=hi).contains(&x) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{name}: {x} is out of range ({lo}..={hi})"
+        )))
+    }
 }
 
 /// Validated runtime limits.
@@ -156,41 +218,83 @@ struct Limits {
     waiting_ttl: Duration,
     idle_timeout: Duration,
     handshake_timeout: Duration,
+    first_byte_timeout: Duration,
     lockout: Duration,
+    guess_interval: Duration,
     drain: Duration,
+    log_interval: Duration,
 }
+
+/// Upper bound of the session and connection counts: far above what one
+/// process can hold, low enough that no sum or product of them overflows.
+pub const MAX_CONFIG_COUNT: u64 = 1 << 24;
 
 impl RelayConfig {
     fn limits(&self) -> Result<Limits, ConfigError> {
+        //= spec/relay.md#8-timeouts-and-limits
+        //# A value out of range fails validation (and `--check-config`, exit 2)
+        //# with a message naming the key
         let l = Limits {
-            waiting_ttl: secs(self.waiting_ttl_secs, "waiting_ttl_secs")?,
-            idle_timeout: secs(self.idle_timeout_secs, "idle_timeout_secs")?,
-            handshake_timeout: secs(self.handshake_timeout_secs, "handshake_timeout_secs")?,
-            lockout: secs(self.lockout_secs, "lockout_secs")?,
-            drain: secs(self.drain_secs, "drain_secs")?,
+            waiting_ttl: secs(self.waiting_ttl_secs, "waiting_ttl_secs", false)?,
+            idle_timeout: secs(self.idle_timeout_secs, "idle_timeout_secs", false)?,
+            handshake_timeout: secs(self.handshake_timeout_secs, "handshake_timeout_secs", false)?,
+            first_byte_timeout: secs(
+                self.first_byte_timeout_secs,
+                "first_byte_timeout_secs",
+                false,
+            )?,
+            lockout: secs(self.lockout_secs, "lockout_secs", false)?,
+            guess_interval: secs(self.guess_interval_secs, "guess_interval_secs", false)?,
+            drain: secs(self.drain_secs, "drain_secs", true)?,
+            log_interval: secs(self.log_interval_secs, "log_interval_secs", false)?,
         };
-        if l.handshake_timeout.is_zero() || l.waiting_ttl.is_zero() || l.idle_timeout.is_zero() {
-            return Err(ConfigError("timeouts must be positive".into()));
+        if let Some(r) = self.rate_limit_bytes_per_sec {
+            count(r, "rate_limit_bytes_per_sec", 1, 1 << 40)?;
         }
-        if l.lockout.is_zero() {
-            return Err(ConfigError("lockout_secs must be positive".into()));
-        }
-        if self.rate_limit_bytes_per_sec == Some(0) {
-            return Err(ConfigError(
-                "rate_limit_bytes_per_sec must be at least 1 (omit it for no limit)".into(),
-            ));
-        }
-        if self.lockout_failures == 0 {
-            return Err(ConfigError("lockout_failures must be at least 1".into()));
-        }
-        if self.max_unauthenticated == 0 || self.max_waiting == 0 || self.max_sessions == 0 {
-            return Err(ConfigError("limits must be at least 1".into()));
-        }
-        if !(4096..=1 << 20).contains(&self.forward_buffer) {
-            return Err(ConfigError(
-                "forward_buffer must be within 4096..=1048576".into(),
-            ));
-        }
+        count(self.lockout_failures, "lockout_failures", 1, 1_000_000)?;
+        let m = MAX_CONFIG_COUNT;
+        let us = |v: usize| v as u64;
+        count(
+            us(self.max_unauthenticated),
+            "max_unauthenticated",
+            1,
+            1 << 20,
+        )?;
+        count(us(self.max_waiting), "max_waiting", 1, m)?;
+        count(us(self.max_sessions), "max_sessions", 1, m)?;
+        count(
+            us(self.max_unauthenticated_per_source),
+            "max_unauthenticated_per_source",
+            1,
+            1 << 20,
+        )?;
+        count(
+            us(self.max_waiting_per_source),
+            "max_waiting_per_source",
+            1,
+            m,
+        )?;
+        count(
+            us(self.max_sessions_per_source),
+            "max_sessions_per_source",
+            1,
+            m,
+        )?;
+        count(
+            us(self.guess_queue_per_source),
+            "guess_queue_per_source",
+            1,
+            1024,
+        )?;
+        count(
+            us(self.max_tracked_sources),
+            "max_tracked_sources",
+            16,
+            1 << 22,
+        )?;
+        count(self.source_prefix_v4, "source_prefix_v4", 0, 32)?;
+        count(self.source_prefix_v6, "source_prefix_v6", 0, 128)?;
+        count(us(self.forward_buffer), "forward_buffer", 4096, 1 << 20)?;
         if let Some(u) = self.udp_listen {
             let unicast = match u.ip() {
                 IpAddr::V4(ip) => !ip.is_multicast() && !ip.is_broadcast(),
@@ -265,6 +369,13 @@ pub struct Metrics {
     pub udp_rate_limited: AtomicU64,
     /// Live UDP tokens now.
     pub udp_grants: AtomicUsize,
+    /// Connections closed at accept, or CREATE/JOIN refused, because the
+    /// source holds its share (`spec/relay.md` §9.6).
+    pub refused_source_share: AtomicU64,
+    /// Connections closed because no byte arrived before `first_byte_timeout_secs`.
+    pub first_byte_timeouts: AtomicU64,
+    /// Guesses that waited for their source's slot (tarpit).
+    pub tarpitted: AtomicU64,
 }
 
 impl Metrics {
@@ -365,6 +476,21 @@ impl Metrics {
                 "live UDP address service tokens",
                 self.udp_grants.load(Ordering::Relaxed),
             ),
+            c(
+                "refused_source_share_total",
+                "connections or requests refused because their source holds its share",
+                r(&self.refused_source_share),
+            ),
+            c(
+                "first_byte_timeouts_total",
+                "connections closed before their first byte arrived",
+                r(&self.first_byte_timeouts),
+            ),
+            c(
+                "guesses_tarpitted_total",
+                "guesses that waited for their source's slot",
+                r(&self.tarpitted),
+            ),
         ]
         .concat()
     }
@@ -384,17 +510,20 @@ fn session_label(rid: &[u8; 16]) -> String {
     crate::tls::hex(&ctx.finish().as_ref()[..8])
 }
 
-struct Lockout {
-    failures: u32,
-    window_start: Instant,
-    locked_until: Option<Instant>,
-}
-
-/// Bound on tracked source addresses (entries are pruned when expired).
-const MAX_LOCKOUT_ENTRIES: usize = 1 << 20;
+/// Sources whose refusals are counted one by one per log interval; beyond,
+/// they share one line (`spec/relay.md` §9.3).
+const MAX_LOGGED_SOURCES: usize = 16_384;
 
 struct Waiting {
-    tx: oneshot::Sender<(CtlChannel, SocketAddr)>,
+    tx: oneshot::Sender<Guest>,
+}
+
+/// A guest whose JOIN found its session, handed to the host's task.
+struct Guest {
+    ctl: CtlChannel,
+    addr: SocketAddr,
+    /// The guest source's unit of its paired share.
+    share: Share,
 }
 
 /// A live UDP address service token: its rate-limit window
@@ -436,7 +565,14 @@ struct Shared {
     tls: RwLock<Arc<rustls::ServerConfig>>,
     tokens: RwLock<Vec<[u8; 32]>>,
     waiting: Mutex<HashMap<[u8; 16], Waiting>>,
-    lockouts: Mutex<HashMap<IpAddr, Lockout>>,
+    /// What each source holds now (`spec/relay.md` §9.6).
+    shares: Arc<SourceShares>,
+    /// Failed guesses per source (`spec/relay.md` §9.2).
+    guesses: Arc<GuessTable>,
+    /// Refusals aggregated per source and interval (`spec/relay.md` §9.3).
+    refusals: Refusals,
+    /// Waiting sessions ending now (see [`Finishing`]).
+    finishing: AtomicUsize,
     /// Live UDP address service tokens, at most 2 × `max_sessions`.
     udp_tokens: Mutex<HashMap<[u8; 16], UdpToken>>,
     /// The bound UDP address service port; `None` when the service is off.
@@ -447,6 +583,23 @@ struct Shared {
     audit: Option<AuditSink>,
     /// 0 = running, 1 = draining (no new sessions), 2 = abort everything.
     phase: watch::Sender<u8>,
+}
+
+/// A waiting session's last steps (its final frame, or pairing) in
+/// progress; a drain waits for them (`spec/relay.md` §9.5).
+struct Finishing(Arc<Shared>);
+
+impl Finishing {
+    fn new(shared: &Arc<Shared>) -> Finishing {
+        shared.finishing.fetch_add(1, Ordering::Relaxed);
+        Finishing(shared.clone())
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 const RUNNING: u8 = 0;
@@ -483,25 +636,48 @@ impl Shared {
         if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }
+        // One write per event: a queued writer (`AuditFile`) takes it as one line.
+        let line = format!("{v}\n");
         if let Ok(mut w) = sink.lock() {
-            let _ = writeln!(w, "{v}");
+            let _ = w.write_all(line.as_bytes());
             let _ = w.flush();
         }
     }
 
-    /// `Some(retry_after)` if `ip` is locked out now.
-    fn locked(&self, ip: IpAddr) -> Option<Duration> {
-        let mut map = self.lockouts.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let entry = map.get_mut(&ip)?;
-        match entry.locked_until {
-            Some(t) if t > now => Some(t - now),
-            Some(_) => {
-                map.remove(&ip);
-                None
-            }
-            None => None,
+    /// Log a refusal: in full if it is the first of its kind from its
+    /// source in this interval, else only counted (`spec/relay.md` §9.3).
+    fn refusal(&self, peer: SocketAddr, kind: Refusal, extra: serde_json::Value) {
+        if self.refusals.record(self.source(peer.ip()), kind) {
+            self.audit(kind.event(), None, Some(peer), extra);
         }
+    }
+
+    /// End a log interval: one `refusals` line per source with suppressed refusals.
+    fn flush_refusals(&self) {
+        const NAMES: [&str; KINDS] = [
+            "refused_source_share",
+            "join_failed",
+            "create_refused",
+            "refused_locked_out",
+            "refused_over_source_share",
+        ];
+        for (source, counts) in self.refusals.take() {
+            let mut v = serde_json::json!({
+                "source": source.map_or_else(|| "*".to_string(), |k| k.addr().to_string()),
+                "interval_secs": self.limits.log_interval.as_secs_f64(),
+            });
+            for (name, n) in NAMES.iter().zip(counts) {
+                if n > 0 {
+                    v[*name] = serde_json::Value::from(n);
+                }
+            }
+            self.audit("refusals", None, None, v);
+        }
+    }
+
+    /// The admission key of an address.
+    fn source(&self, ip: IpAddr) -> SourceKey {
+        SourceKey::new(ip, self.cfg.source_prefix_v4, self.cfg.source_prefix_v6)
     }
 
     /// Draw and register the UDP address service tokens of a session being
@@ -568,45 +744,6 @@ impl Shared {
         t.answers += 1;
         Admit::Answer
     }
-
-    /// Count a failure; returns true if this failure locked the source out.
-    fn fail(&self, ip: IpAddr) -> bool {
-        let mut map = self.lockouts.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let window = self.limits.lockout;
-        if map.len() >= MAX_LOCKOUT_ENTRIES {
-            map.retain(|_, e| {
-                e.locked_until.is_some_and(|t| t > now)
-                    || now.duration_since(e.window_start) < window
-            });
-            if map.len() >= MAX_LOCKOUT_ENTRIES {
-                // Still full of live entries: forget the oldest-window one.
-                if let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, e)| e.window_start)
-                    .map(|(k, _)| *k)
-                {
-                    map.remove(&oldest);
-                }
-            }
-        }
-        let e = map.entry(ip).or_insert(Lockout {
-            failures: 0,
-            window_start: now,
-            locked_until: None,
-        });
-        if now.duration_since(e.window_start) >= window {
-            e.failures = 0;
-            e.window_start = now;
-        }
-        e.failures += 1;
-        if e.failures >= self.cfg.lockout_failures {
-            e.locked_until = Some(now + window);
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// What the UDP address service does with a well-formed request.
@@ -671,6 +808,19 @@ pub enum StartError {
     Config(ConfigError),
     /// Could not bind.
     Io(io::Error),
+    /// Could not bind a socket: which one (config key and flag), where, why.
+    Bind {
+        /// The config key and flag that set the address, e.g. "listen (--listen)".
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: io::Error,
+    },
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
+    move |error| StartError::Bind { what, addr, error }
 }
 
 impl fmt::Display for StartError {
@@ -678,11 +828,29 @@ impl fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "configuration: {e}"),
             StartError::Io(e) => write!(f, "i/o: {e}"),
+            StartError::Bind { what, addr, error } => {
+                write!(f, "cannot bind {addr} (set by {what}): {error}")?;
+                if error.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+                    write!(
+                        f,
+                        "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
+                         (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+                    )?;
+                }
+                if error.kind() == io::ErrorKind::AddrInUse {
+                    write!(f, "; another process (another relay?) listens there")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl std::error::Error for StartError {}
+
+fn clamp_u32(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
 
 /// Build the relay's TLS server config (TLS 1.3, ALPN `xtcp-relay/1`, no tickets).
 pub fn server_tls(
@@ -733,7 +901,7 @@ impl Relay {
         let tokens = parse_token_hashes(&cfg.token_hashes).map_err(StartError::Config)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(StartError::Io)?;
+            .map_err(bind_error("listen (--listen)", cfg.listen))?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
         // A relay reachable at one address of a host with several must answer
         // from that address: a reply from another one does not match the
@@ -746,13 +914,32 @@ impl Relay {
             other => other,
         };
         let udp = match udp_listen {
-            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(StartError::Io)?),
+            Some(addr) => Some(
+                UdpSocket::bind(addr)
+                    .await
+                    .map_err(bind_error("udp_listen (--udp-listen)", addr))?,
+            ),
             None => None,
         };
         let udp_local_addr = match &udp {
             Some(u) => Some(u.local_addr().map_err(StartError::Io)?),
             None => None,
         };
+        let shares = SourceShares::new([
+            clamp_u32(cfg.max_unauthenticated_per_source),
+            clamp_u32(cfg.max_waiting_per_source),
+            clamp_u32(cfg.max_sessions_per_source),
+        ]);
+        let guesses = GuessTable::new(
+            GuessRules {
+                threshold: cfg.lockout_failures,
+                window: limits.lockout,
+                interval: limits.guess_interval,
+                queue: clamp_u32(cfg.guess_queue_per_source),
+                capacity: cfg.max_tracked_sources,
+            },
+            Instant::now(),
+        );
         let (phase, _) = watch::channel(RUNNING);
         let shared = Arc::new(Shared {
             unauth: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
@@ -761,7 +948,10 @@ impl Relay {
             tls: RwLock::new(tls),
             tokens: RwLock::new(tokens),
             waiting: Mutex::new(HashMap::new()),
-            lockouts: Mutex::new(HashMap::new()),
+            shares,
+            guesses,
+            refusals: Refusals::new(MAX_LOGGED_SOURCES),
+            finishing: AtomicUsize::new(0),
             udp_tokens: Mutex::new(HashMap::new()),
             udp_port: udp_local_addr.map(|a| a.port()),
             rng: ring::rand::SystemRandom::new(),
@@ -770,6 +960,30 @@ impl Relay {
             phase,
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        {
+            // Aggregated refusal lines, once per interval, until the relay stops.
+            let mut phase = shared.phase.subscribe();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let every = shared.limits.log_interval;
+                let mut tick = tokio::time::interval_at(
+                    Instant::now()
+                        .checked_add(every)
+                        .unwrap_or_else(Instant::now),
+                    every,
+                );
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => shared.flush_refusals(),
+                        _ = phase.wait_for(|p| *p == ABORT) => {
+                            shared.flush_refusals();
+                            return;
+                        }
+                    }
+                }
+            });
+        }
         if let Some(sock) = udp {
             // Runs through a drain (paired sessions may still punch) and stops
             // with the relay.
@@ -785,7 +999,9 @@ impl Relay {
         if let Some(addr) = shared.cfg.metrics_listen {
             let m = shared.metrics.clone();
             let mut phase = shared.phase.subscribe();
-            let l = TcpListener::bind(addr).await.map_err(StartError::Io)?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("metrics_listen (--metrics-listen)", addr))?;
             tokio::spawn(async move {
                 tokio::select! {
                     _ = serve_metrics(l, m) => {}
@@ -837,12 +1053,7 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len();
-        let sources = self
-            .shared
-            .lockouts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let sources = self.shared.guesses.len();
         let unauth = self.shared.cfg.max_unauthenticated - self.shared.unauth.available_permits();
         (waiting, sources, unauth)
     }
@@ -868,12 +1079,24 @@ impl Relay {
     pub async fn shutdown(self) {
         let _ = self.shared.phase.send(DRAINING);
         self.task.abort();
-        let deadline = Instant::now() + self.shared.limits.drain;
-        // Bounded: at most drain / 20 ms iterations.
-        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        let deadline = now.checked_add(self.shared.limits.drain).unwrap_or(now);
+        // Bounded: at most drain / 20 ms iterations. Waiting hosts are told
+        // SHUTTING_DOWN (and logged) before the rest is cut.
+        let busy = |s: &Shared| {
+            s.metrics.active.load(Ordering::Relaxed) > 0
+                || s.metrics.waiting.load(Ordering::Relaxed) > 0
+                || s.finishing.load(Ordering::Relaxed) > 0
+        };
+        while busy(&self.shared) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.shared.phase.send(ABORT);
+        // The cut sessions write their `session_closed` records (bounded: 1 s).
+        let end = Instant::now() + Duration::from_secs(1);
+        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stop at once, closing every connection (as a crash or restart would).
@@ -915,6 +1138,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        //= spec/relay.md#96-admission-per-source
+        //# A connection over its source's unauthenticated share is closed at
+        //# accept, before TLS
+        let Some(share) = shared
+            .shares
+            .try_take(shared.source(peer.ip()), Kind::Unauthenticated)
+        else {
+            shared
+                .metrics
+                .refused_source_share
+                .fetch_add(1, Ordering::Relaxed);
+            shared.refusal(peer, Refusal::SourceShare, serde_json::json!({}));
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = shared.unauth.clone().try_acquire_owned() else {
             shared
                 .metrics
@@ -928,7 +1166,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let mut phase = shared.phase.subscribe();
             tokio::select! {
-                _ = handle(tcp, peer, &shared, permit) => {}
+                _ = handle(tcp, peer, &shared, (permit, share)) => {}
                 _ = phase.wait_for(|p| *p == ABORT) => {}
             }
         });
@@ -940,23 +1178,46 @@ enum Request {
     Join([u8; 16]),
 }
 
-async fn handle(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+/// What an unauthenticated connection holds: its global slot and its
+/// source's unit of `max_unauthenticated_per_source`.
+type Unauth = (tokio::sync::OwnedSemaphorePermit, Share);
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: Unauth) {
+    let accepted = Instant::now();
+    let key = shared.source(peer.ip());
+    //= spec/relay.md#RL-TIME-2
+    //# The first byte MUST arrive within `first_byte_timeout_secs` of the accept (or
+    //# `handshake_timeout_secs` if shorter), else close silently.
+    let mut one = [0u8; 1];
+    let first_byte = shared
+        .limits
+        .first_byte_timeout
+        .min(shared.limits.handshake_timeout);
+    match tokio::time::timeout(first_byte, tcp.peek(&mut one)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            shared
+                .metrics
+                .first_byte_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
     let tls = shared.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
     let conn = match rustls::ServerConnection::new(tls) {
         Ok(c) => c,
         Err(_) => return,
     };
     let mut ctl = CtlChannel::new(tcp, conn);
-    // Handshake timeout: TLS handshake plus the first frame.
+    // Handshake timeout: from the accept to the first frame.
     //= spec/relay.md#RL-TIME-1
     //# TLS handshake and the first complete frame MUST arrive within
     //# `handshake_timeout_secs`
-    let first = tokio::time::timeout(shared.limits.handshake_timeout, async {
+    let deadline = accepted
+        .checked_add(shared.limits.handshake_timeout)
+        .unwrap_or(accepted);
+    let first = tokio::time::timeout_at(deadline, async {
         ctl.handshake().await?;
         ctl.recv().await
     })
@@ -1022,7 +1283,8 @@ async fn handle(
         }
     };
     drop(bytes);
-    if *shared.phase.borrow() != RUNNING {
+    let draining = || *shared.phase.borrow() != RUNNING;
+    if draining() {
         ctl.fail(&Frame::error(
             ErrorCode::ShuttingDown,
             0,
@@ -1031,36 +1293,57 @@ async fn handle(
         .await;
         return;
     }
-    // Lockout applies to guessing: joins and token-less or wrong-token creates.
-    // A host with a valid operator token is never locked out.
-    let guessing = !matches!(req, Request::Create(_, true));
-    if let Some(retry) = shared.locked(peer.ip()).filter(|_| guessing) {
-        shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
-        shared.audit(
-            "refused_locked_out",
-            None,
-            Some(peer),
-            serde_json::json!({}),
-        );
-        let secs = retry.as_secs_f64().ceil() as u32;
-        ctl.fail(&Frame::error(
-            ErrorCode::LockedOut,
-            secs,
-            "too many failed attempts",
-        ))
-        .await;
-        return;
-    }
+    // Guessing is slowed per source: joins and token-less or wrong-token
+    // creates. A host with a valid operator token is never slowed.
+    let _ticket = if matches!(req, Request::Create(_, true)) {
+        None
+    } else {
+        match shared.guesses.admit(key, Instant::now()) {
+            Verdict::Go(t) => Some(t),
+            Verdict::Wait(at, t) => {
+                //= spec/relay.md#92-guessing
+                //# the connection waits for it (tarpit; the client sees a slow
+                //# answer), and only then is the JOIN looked up
+                shared.metrics.tarpitted.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    // The client gave up: its slot stays spent.
+                    _ = ctl.peer_activity() => return,
+                }
+                if draining() {
+                    ctl.fail(&Frame::error(
+                        ErrorCode::ShuttingDown,
+                        0,
+                        "relay shutting down",
+                    ))
+                    .await;
+                    return;
+                }
+                Some(t)
+            }
+            Verdict::Refuse(retry) => {
+                shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
+                shared.refusal(peer, Refusal::LockedOut, serde_json::json!({}));
+                let secs = u32::try_from(retry.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+                ctl.fail(&Frame::error(
+                    ErrorCode::LockedOut,
+                    secs,
+                    "too many failed attempts; retry later",
+                ))
+                .await;
+                return;
+            }
+        }
+    };
     match req {
         Request::Create(_, false) => {
             shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-            shared.audit(
-                "create_refused",
-                None,
-                Some(peer),
-                serde_json::json!({"reason": "unauthorized"}),
+            let locked = shared.guesses.fail(key, Instant::now());
+            shared.refusal(
+                peer,
+                Refusal::Unauthorized,
+                serde_json::json!({"reason": "unauthorized", "locked_out": locked}),
             );
-            shared.fail(peer.ip());
             ctl.fail(&Frame::error(
                 ErrorCode::Unauthorized,
                 0,
@@ -1068,7 +1351,31 @@ async fn handle(
             ))
             .await;
         }
-        Request::Create(rid, true) => host(ctl, peer, rid, shared, permit).await,
+        Request::Create(rid, true) => {
+            //= spec/relay.md#96-admission-per-source
+            //# A CREATE or JOIN over the waiting or paired share is answered
+            //# `OVER_CAPACITY`.
+            let waiting = shared.shares.try_take(key, Kind::Waiting);
+            let paired = shared.shares.held(key)[Kind::Paired as usize];
+            match waiting {
+                Some(w) if (paired as usize) < shared.cfg.max_sessions_per_source => {
+                    host(ctl, peer, rid, shared, unauth, w).await
+                }
+                _ => {
+                    shared
+                        .metrics
+                        .refused_source_share
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.refusal(peer, Refusal::OverSourceShare, serde_json::json!({}));
+                    ctl.fail(&Frame::error(
+                        ErrorCode::OverCapacity,
+                        0,
+                        "too many sessions from this address",
+                    ))
+                    .await;
+                }
+            }
+        }
         Request::Join(rid) => {
             if shared.metrics.active.load(Ordering::Relaxed) >= shared.cfg.max_sessions {
                 // Checked before the lookup so a full relay never disturbs the
@@ -1081,6 +1388,20 @@ async fn handle(
                 .await;
                 return;
             }
+            let Some(share) = shared.shares.try_take(key, Kind::Paired) else {
+                shared
+                    .metrics
+                    .refused_source_share
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.refusal(peer, Refusal::OverSourceShare, serde_json::json!({}));
+                ctl.fail(&Frame::error(
+                    ErrorCode::OverCapacity,
+                    0,
+                    "too many sessions from this address",
+                ))
+                .await;
+                return;
+            };
             let waiting = shared
                 .waiting
                 .lock()
@@ -1088,24 +1409,29 @@ async fn handle(
                 .remove(&rid);
             match waiting {
                 Some(w) => {
-                    drop(permit);
-                    if let Err((ctl, _)) = w.tx.send((ctl, peer)) {
+                    drop(unauth);
+                    let guest = Guest {
+                        ctl,
+                        addr: peer,
+                        share,
+                    };
+                    if let Err(g) = w.tx.send(guest) {
                         // The host left between lookup and hand-over.
                         let f = Frame::error(
                             ErrorCode::UnknownSession,
                             0,
                             "unknown or expired session",
                         );
-                        ctl.fail(&f).await;
+                        g.ctl.fail(&f).await;
                     }
                 }
                 None => {
+                    drop(share);
                     shared.metrics.joins_failed.fetch_add(1, Ordering::Relaxed);
-                    let locked = shared.fail(peer.ip());
-                    shared.audit(
-                        "join_failed",
-                        None,
-                        Some(peer),
+                    let locked = shared.guesses.fail(key, Instant::now());
+                    shared.refusal(
+                        peer,
+                        Refusal::UnknownSession,
                         serde_json::json!({"reason": "unknown_session", "locked_out": locked}),
                     );
                     ctl.fail(&Frame::error(
@@ -1145,7 +1471,8 @@ async fn host(
     peer: SocketAddr,
     rid: [u8; 16],
     shared: &Arc<Shared>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    unauth: Unauth,
+    waiting_share: Share,
 ) {
     let label = session_label(&rid);
     let (tx, rx) = oneshot::channel();
@@ -1172,7 +1499,7 @@ async fn host(
         ctl.fail(&f).await;
         return;
     }
-    drop(permit);
+    drop(unauth);
     shared.metrics.waiting.fetch_add(1, Ordering::Relaxed);
     shared
         .metrics
@@ -1206,8 +1533,16 @@ async fn host(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&rid);
+    // Counted as finishing before it stops counting as waiting, so a drain
+    // that waits for both never misses a host still being told.
+    let finishing = Finishing::new(shared);
     shared.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-    let (guest, guest_addr) = match outcome {
+    drop(waiting_share);
+    let Guest {
+        ctl: guest,
+        addr: guest_addr,
+        share: guest_share,
+    } = match outcome {
         Ok(g) => g,
         Err(reason) => {
             shared.audit(
@@ -1299,14 +1634,18 @@ async fn host(
     // Forward in a task of its own: the pairing state above (TLS, frames) is
     // freed now, so an idle paired session costs only this small future and
     // its two sockets.
+    drop(finishing);
+    // The host's source holds one paired unit too (may exceed its share by
+    // the pairings in progress, like `max_sessions`).
+    let host_share = shared.shares.take(shared.source(peer.ip()), Kind::Paired);
     let shared = shared.clone();
     tokio::spawn(async move {
+        let _shares = (host_share, guest_share);
         let started = Instant::now();
         let (h2g, g2h, reason) = forward_session(&a, &b, &shared).await;
         // Tokens go before `active` drops, so a caller that saw the session
         // end in the gauge also sees its tokens gone.
         drop(grants);
-        shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
         shared.audit(
             "session_closed",
             Some(&label),
@@ -1319,6 +1658,9 @@ async fn host(
                 "reason": reason,
             }),
         );
+        // Last: whoever sees the session gone in the gauge (a drain) also
+        // finds its record written.
+        shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
