@@ -82,6 +82,8 @@ struct Scenario {
     finish_not_before: Duration,
     /// Each side moves onto a direct path at least this often.
     min_direct: usize,
+    /// When attempt 0's connection is up (default: one relay trip, §4.2).
+    first_direct_at: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -216,7 +218,8 @@ impl World {
         // Attempt 0: both dial one relay trip after pairing, on the
         // preambles' candidates (§4.2), before the managers exist.
         if sc.tcp && sc.policy != PathPolicy::RelayOnly {
-            w.open_direct(Path::DirectTcp, Instant::ZERO + sc.relay_one_way);
+            let at = sc.first_direct_at.unwrap_or(sc.relay_one_way);
+            w.open_direct(Path::DirectTcp, Instant::ZERO + at);
         }
         w
     }
@@ -655,6 +658,7 @@ fn base(name: &'static str) -> Scenario {
         policy: PathPolicy::Auto,
         finish_not_before: Duration::ZERO,
         min_direct: 0,
+        first_direct_at: None,
     }
 }
 
@@ -700,7 +704,7 @@ fn direct_reset_twice_falls_back_each_time_byte_exact() {
     sc.finish_not_before = Duration::from_secs(6);
     sc.min_direct = 3;
     sc.bytes = 8 << 20;
-    sc.steps = vec![(ms(200), Step::ResetDirect), (ms(1700), Step::ResetDirect)];
+    sc.steps = vec![(ms(200), Step::ResetDirect), (ms(2200), Step::ResetDirect)];
     run(
         "direct_reset_twice_falls_back_each_time_byte_exact",
         sc,
@@ -712,7 +716,7 @@ fn direct_reset_twice_falls_back_each_time_byte_exact() {
 fn direct_refused_after_fallback_stays_on_relay_byte_exact() {
     let mut sc = base("refused");
     sc.finish_not_before = Duration::from_secs(9);
-    sc.min_direct = 2;
+    sc.min_direct = 1;
     sc.bytes = 8 << 20;
     sc.steps = vec![
         (ms(150), Step::AllowDirect(false)),
@@ -741,7 +745,12 @@ fn udp_window_at_10_s_when_tcp_never_connects() {
 #[test]
 fn slow_relay_late_resume_does_not_take_the_sending_back() {
     // The relay's RESUME arrives long after the direct path took over.
+    // Attempt 0 was dialled at pairing; the relay path's handshake (and
+    // with it the managers and their relay RESUMEs) completes later, so the
+    // direct path is proven before the relay RESUMEs arrive.
     let mut sc = base("late resume");
+    sc.first_direct_at = Some(Duration::ZERO);
+    sc.finish_not_before = Duration::from_secs(2);
     sc.min_direct = 1;
     sc.relay_one_way = ms(400);
     sc.direct_one_way = ms(2);
