@@ -41,6 +41,9 @@ struct Pair {
     /// Extra delay on everything sent now (a stalled relay).
     stall_until: Instant,
     closed: [bool; 2],
+    /// Bytes that reached a side before it had the path proven (its
+    /// socket holds them until its handshake finishes).
+    pending: [Vec<Vec<u8>>; 2],
 }
 
 #[derive(Debug)]
@@ -84,6 +87,8 @@ struct Scenario {
     min_direct: usize,
     /// When attempt 0's connection is up (default: one relay trip, §4.2).
     first_direct_at: Option<Duration>,
+    /// Extra time the guest's proof of attempt 0 takes (a slow handshake).
+    guest_proof_delay: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -199,6 +204,7 @@ impl World {
             cut: false,
             stall_until: Instant::ZERO,
             closed: [false; 2],
+            pending: [Vec::new(), Vec::new()],
         };
         let mut w = World {
             now: Instant::ZERO,
@@ -405,9 +411,15 @@ impl World {
             cut: false,
             stall_until: Instant::ZERO,
             closed: [false; 2],
+            pending: [Vec::new(), Vec::new()],
         });
         let p = self.pairs.len() - 1;
-        self.at(t + one * 2, Ev::Opened(G, p));
+        let slow = if p == 1 {
+            self.sc.guest_proof_delay
+        } else {
+            Duration::ZERO
+        };
+        self.at(t + one * 2 + slow, Ev::Opened(G, p));
         self.at(t + one * 3, Ev::Opened(H, p));
     }
 
@@ -446,7 +458,9 @@ impl World {
         let now = self.now;
         match e {
             Ev::Bytes(side, p, b) => {
-                if let Some(h) = self.pairs[p].handle[side] {
+                if self.pairs[p].handle[side].is_none() && !self.pairs[p].closed[side] {
+                    self.pairs[p].pending[side].push(b);
+                } else if let Some(h) = self.pairs[p].handle[side] {
                     self.sides[side].m.handle_path_data(now, h, &b);
                 }
                 self.drive(side)?;
@@ -467,6 +481,13 @@ impl World {
                 match self.sides[side].m.handle_path_opened(now, kind, early) {
                     Some(h) => {
                         self.pairs[p].handle[side] = Some(h);
+                        for b in std::mem::take(&mut self.pairs[p].pending[side]) {
+                            self.sides[side].m.handle_path_data(now, h, &b);
+                        }
+                        // The peer closed it meanwhile: this side reads its end now.
+                        if self.pairs[p].closed[1 - side] {
+                            self.at(now, Ev::Closed(side, p));
+                        }
                         if let Some(r) = early {
                             // The early RESUME, right behind the guest's tag.
                             let mut b = Vec::new();
@@ -659,6 +680,7 @@ fn base(name: &'static str) -> Scenario {
         finish_not_before: Duration::ZERO,
         min_direct: 0,
         first_direct_at: None,
+        guest_proof_delay: Duration::ZERO,
     }
 }
 
@@ -843,5 +865,25 @@ fn chaos_matrix_random_cuts_resets_and_stalls() {
             }
             res
         },
+    );
+}
+
+//= spec/direct.md#DI-ID-2
+//= spec/direct.md#DI-ID-3
+#[test]
+fn direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_direct() {
+    // The guest's proof of attempt 0 completes after the host gave that
+    // connection up (keepalive timeout) and fell back: the host's RESUME on
+    // it names an id below the guest's relay epoch now (the sever-twice race
+    // of the NAT lab, made deterministic).
+    let mut sc = base("stale direct");
+    sc.guest_proof_delay = ms(1500);
+    sc.finish_not_before = Duration::from_secs(8);
+    sc.min_direct = 1;
+    sc.bytes = 4 << 20;
+    run(
+        "direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_direct",
+        sc,
+        SEEDS,
     );
 }
