@@ -1519,13 +1519,13 @@ async fn host(
         .await;
     let mut phase = shared.phase.subscribe();
     let outcome = if sent.is_err() {
-        Err("host gone")
+        Err(WaitEnd::HostGone)
     } else {
         tokio::select! {
-            r = rx => r.map_err(|_| "host gone"),
-            _ = tokio::time::sleep(ttl) => Err("expired"),
-            _ = ctl.peer_activity() => Err("host gone"),
-            _ = phase.wait_for(|p| *p != RUNNING) => Err("shutting down"),
+            r = rx => r.map_err(|_| WaitEnd::HostGone),
+            _ = tokio::time::sleep(ttl) => Err(WaitEnd::Expired),
+            _ = ctl.peer_activity() => Err(WaitEnd::HostGone),
+            _ = phase.wait_for(|p| *p != RUNNING) => Err(WaitEnd::ShuttingDown),
         }
     };
     shared
@@ -1549,10 +1549,10 @@ async fn host(
                 "session_closed",
                 Some(&label),
                 Some(peer),
-                serde_json::json!({"reason": reason, "paired": false}),
+                serde_json::json!({"reason": reason.as_str(), "paired": false}),
             );
             match reason {
-                "expired" => {
+                WaitEnd::Expired => {
                     shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
                     ctl.fail(&Frame::error(
                         ErrorCode::Expired,
@@ -1561,7 +1561,7 @@ async fn host(
                     ))
                     .await;
                 }
-                "shutting down" => {
+                WaitEnd::ShuttingDown => {
                     ctl.fail(&Frame::error(
                         ErrorCode::ShuttingDown,
                         0,
@@ -1569,7 +1569,7 @@ async fn host(
                     ))
                     .await
                 }
-                _ => {}
+                WaitEnd::HostGone => {}
             }
             return;
         }
@@ -1723,6 +1723,28 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
         Err(_) => 0,
+    }
+}
+
+/// Why a host stopped waiting for its guest (audit reason, and what the host is told).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitEnd {
+    /// The host's connection ended or failed.
+    HostGone,
+    /// No guest joined before the TTL (spec/relay.md §9.3).
+    Expired,
+    /// The relay is draining (spec/relay.md §9.5).
+    ShuttingDown,
+}
+
+impl WaitEnd {
+    /// The audit log's `reason` value.
+    fn as_str(self) -> &'static str {
+        match self {
+            WaitEnd::HostGone => "host gone",
+            WaitEnd::Expired => "expired",
+            WaitEnd::ShuttingDown => "shutting down",
+        }
     }
 }
 
