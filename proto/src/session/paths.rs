@@ -1094,81 +1094,83 @@ impl PathManager {
                 self.drop_slot(h);
                 return Ok(());
             }
-            match control {
-                //= spec/direct.md#DI-EARLY-2
-                //# The guest's early `RESUME` is the first frame the host reads on the
-                //# connection it chose; it is taken as `RESUME(id, received)`
-                Control::Resume(PROVISIONAL_PATH, received)
-                    if self.cfg.role == Role::Host && kind != Path::Relay && in_id.is_some() =>
-                {
-                    if let Some(id) = in_id {
-                        let r = self.st.handle_frame(
-                            id,
-                            Frame::Resume {
-                                path_id: id,
-                                received,
-                            },
-                        );
-                        Self::deliver(
-                            r,
-                            &mut self.rx,
-                            &mut self.rx_eof,
-                            &mut self.ack_at,
-                            now + ack_delay,
-                        )?;
-                    }
-                }
-                Control::Resume(path_id, received) => {
-                    if in_id != Some(path_id) {
-                        self.on_peer_resume(now, h, kind, in_id, path_id)?;
-                    }
-                    if let Some(id) = self.slots.get(&h).and_then(|s| s.in_id) {
-                        let r = self
-                            .st
-                            .handle_frame(id, Frame::Resume { path_id, received });
-                        Self::deliver(
-                            r,
-                            &mut self.rx,
-                            &mut self.rx_eof,
-                            &mut self.ack_at,
-                            now + ack_delay,
-                        )?;
-                    }
-                }
-                Control::Candidates(c) => self.on_candidates(now, c),
-                Control::Punch(attempt, Transport::Tcp, _) => self.on_punch(attempt),
-                Control::Punch(attempt, Transport::Udp, delay) => {
-                    self.on_udp_punch(now, attempt, delay)
-                }
-                //= spec/direct.md#DI-KA-1
-                //# A receiver of `KEEPALIVE` SHOULD answer on the same path with `KEEPALIVE_ACK`
-                Control::Keepalive(nonce) => {
-                    // Bounded: a peer that floods keepalives while not
-                    // reading gets no more answers once the output backs up.
-                    if self
-                        .slots
-                        .get(&h)
-                        .is_some_and(|s| s.out.len() < 2 * OUT_BATCH)
-                    {
-                        self.queue(h, &Frame::KeepaliveAck { nonce });
-                    }
-                }
-                Control::Close(code, reason) => {
-                    //= spec/direct.md#DI-CLOSE-2
-                    //# A `CLOSE(0)` from the peer marks the end of the session: its paths
-                    //# closing afterwards are not failures
-                    self.closing = true;
-                    //= spec/direct.md#DI-CLOSE-1
-                    //# A receiver MUST NOT base a decision on the reason.
-                    if code == 0 {
-                        self.peer_closed = true;
-                    } else if !self.st.is_complete() {
-                        self.fail(SessionFailure::PeerClosed { code, reason });
-                    }
-                }
-                Control::Nothing => {}
-            }
+            self.on_control(now, h, kind, in_id, control)?;
             self.after_frame();
+        }
+    }
+
+    /// A control frame (or `RESUME`) that arrived on path `h`.
+    fn on_control(
+        &mut self,
+        now: Instant,
+        h: PathHandle,
+        kind: Path,
+        in_id: Option<u32>,
+        control: Control,
+    ) -> Result<(), PeerFault> {
+        match control {
+            //= spec/direct.md#DI-EARLY-2
+            //# The guest's early `RESUME` is the first frame the host reads on the
+            //# connection it chose; it is taken as `RESUME(id, received)`
+            Control::Resume(PROVISIONAL_PATH, received)
+                if self.cfg.role == Role::Host && kind != Path::Relay && in_id.is_some() =>
+            {
+                if let Some(id) = in_id {
+                    self.resume(id, id, received)?;
+                }
+            }
+            Control::Resume(path_id, received) => {
+                if in_id != Some(path_id) {
+                    self.on_peer_resume(now, h, kind, in_id, path_id)?;
+                }
+                if let Some(id) = self.slots.get(&h).and_then(|s| s.in_id) {
+                    self.resume(id, path_id, received)?;
+                }
+            }
+            Control::Candidates(c) => self.on_candidates(now, c),
+            Control::Punch(attempt, Transport::Tcp, _) => self.on_punch(attempt),
+            Control::Punch(attempt, Transport::Udp, delay) => {
+                self.on_udp_punch(now, attempt, delay)
+            }
+            //= spec/direct.md#DI-KA-1
+            //# A receiver of `KEEPALIVE` SHOULD answer on the same path with `KEEPALIVE_ACK`
+            Control::Keepalive(nonce) => {
+                // Bounded: a peer that floods keepalives while not
+                // reading gets no more answers once the output backs up.
+                if self
+                    .slots
+                    .get(&h)
+                    .is_some_and(|s| s.out.len() < 2 * OUT_BATCH)
+                {
+                    self.queue(h, &Frame::KeepaliveAck { nonce });
+                }
+            }
+            Control::Close(code, reason) => {
+                //= spec/direct.md#DI-CLOSE-2
+                //# A `CLOSE(0)` from the peer marks the end of the session: its paths
+                //# closing afterwards are not failures
+                self.closing = true;
+                //= spec/direct.md#DI-CLOSE-1
+                //# A receiver MUST NOT base a decision on the reason.
+                if code == 0 {
+                    self.peer_closed = true;
+                } else if !self.st.is_complete() {
+                    self.fail(SessionFailure::PeerClosed { code, reason });
+                }
+            }
+            Control::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Feed a `RESUME(path_id, received)` that arrived for session path `id`.
+    fn resume(&mut self, id: u32, path_id: u32, received: u64) -> Result<(), PeerFault> {
+        match self
+            .st
+            .handle_frame(id, Frame::Resume { path_id, received })
+        {
+            Ok(_) | Err(SessionError::UnknownPath(_)) => Ok(()),
+            Err(e) => Err(PeerFault::Stream(e)),
         }
     }
 
