@@ -28,6 +28,7 @@ use crate::direct::{self, DirectCtx};
 use crate::e2e::Role;
 use crate::net::{EndpointOptions, XtcpEndpoint};
 use proto::session::probe::ProbeKey;
+use proto::session::punch::{Punch, PunchAction, GUESS_PHASE, MAX_CONNECTS, PROBE_SLOW};
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::collections::HashSet;
 use std::io;
@@ -43,16 +44,6 @@ pub use proto::session::probe::{PROBE, PROBE_LEN};
 const SERVICE_TRIES: u32 = 5;
 /// Wait for one answer of the UDP service.
 const SERVICE_WAIT: Duration = Duration::from_millis(250);
-/// Probes go out this often during the first second of an attempt, then
-/// every [`PROBE_SLOW`]: fast enough that a NAT opens within a few RTTs,
-/// slow enough to cost nothing.
-const PROBE_FAST: Duration = Duration::from_millis(20);
-const PROBE_SLOW: Duration = Duration::from_millis(250);
-const FAST_PHASE: Duration = Duration::from_secs(1);
-/// Addresses probed at most (candidates plus peer-reflexive ones).
-const MAX_TARGETS: usize = 24;
-/// Connections the guest opens (the host accepts) at most in one attempt.
-const MAX_CONNECTS: usize = 8;
 
 /// The relay's UDP address service as granted in `PAIRED` (no `Debug`: the
 /// token is a secret).
@@ -194,11 +185,6 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
         start_at,
     } = plan;
     let Prepared { ep, mut side, .. } = prep;
-    // Probing starts now (it only opens NAT state); the guest connects no
-    // earlier than `start_at`, to the peers whose probes arrived by then,
-    // and the host proves what it accepted no earlier either.
-    let connect_from = start_at.unwrap_or_else(Instant::now);
-    let mut pending: Vec<SocketAddr> = Vec::new();
     // Punching starts after the relay path's handshake: the exporter is known.
     let Some(exporter) = ctx.exporter_now() else {
         return;
@@ -207,6 +193,17 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     // datagrams from steering connection attempts.
     let key = ProbeKey::new(&exporter);
     let probe = key.probe(attempt);
+    // The schedule is the sans-IO `Punch`; this loop only sends, receives
+    // and runs the connections it asks for.
+    let base = Instant::now();
+    let at = |t: Instant| {
+        let us = t.saturating_duration_since(base).as_micros();
+        proto::Instant::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+    };
+    let to_tokio = |t: proto::Instant| base + Duration::from_micros(t.as_micros());
+    let start = at(start_at.unwrap_or(base));
+    let mut p = Punch::new(ctx.role, at(base), peers, start, duration, prediction > 0);
+    let connect_from = to_tokio(p.start_at());
     let mut guesses = Vec::new();
     let (hit_tx, mut hits) = mpsc::channel::<(tokio::net::UdpSocket, SocketAddr)>(4);
     if prediction > 0 {
@@ -223,84 +220,45 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
             );
         }
     }
-    let mut targets: Vec<SocketAddr> = peers;
-    targets.truncate(MAX_TARGETS);
-    let mut connected: HashSet<SocketAddr> = HashSet::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    let end = connect_from.max(start) + duration;
-    let fast_until = connect_from.max(start) + FAST_PHASE;
-    let mut next_probe = start;
-    let mut next_guess = start;
-    let connect = |tasks: &mut tokio::task::JoinSet<()>, from: SocketAddr| {
-        let ep = ep.clone();
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            match tokio::time::timeout(ctx.connect_timeout, ep.connect(from)).await {
-                Ok(Ok(s)) => {
-                    let w = s.close_waiter();
-                    ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
-                }
-                Ok(Err(e)) => tracing::debug!(%from, "direct udp: connect: {e}"),
-                Err(_) => tracing::debug!(%from, "direct udp: connect timed out"),
-            }
-        });
-    };
     loop {
-        let now = Instant::now();
-        if now >= end {
+        let now = at(Instant::now());
+        p.handle_timeout(now);
+        while let Some(a) = p.poll_action() {
+            match a {
+                PunchAction::Probe(t) => {
+                    let _ = ep.send_raw(t, &probe).await;
+                }
+                PunchAction::ProbeGuesses => {
+                    for g in &guesses {
+                        let _ = ep.send_raw(*g, &probe).await;
+                    }
+                }
+                PunchAction::Connect(to) => {
+                    let (ep, ctx) = (ep.clone(), ctx.clone());
+                    tasks.spawn(async move {
+                        match tokio::time::timeout(ctx.connect_timeout, ep.connect(to)).await {
+                            Ok(Ok(s)) => {
+                                let w = s.close_waiter();
+                                ctx.prove_io(s, to, Path::DirectUdp, Some(w)).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%to, "direct udp: connect: {e}"),
+                            Err(_) => tracing::debug!(%to, "direct udp: connect timed out"),
+                        }
+                    });
+                }
+            }
+        }
+        if p.is_over(now) {
             break;
         }
-        if now >= connect_from {
-            for from in pending.drain(..) {
-                connect(&mut tasks, from);
-            }
-        }
-        if now >= next_probe {
-            for t in &targets {
-                let _ = ep.send_raw(*t, &probe).await;
-            }
-            // Guessed ports: a few rounds early in the attempt, while the
-            // peer's spray sockets' mappings are fresh.
-            if now.duration_since(start) < GUESS_PHASE && now >= next_guess {
-                for g in &guesses {
-                    let _ = ep.send_raw(*g, &probe).await;
-                }
-                next_guess = now + PROBE_SLOW;
-            }
-            let step = if now < fast_until {
-                PROBE_FAST
-            } else {
-                PROBE_SLOW
-            };
-            next_probe = now + step;
-        }
-        let wake = if pending.is_empty() {
-            next_probe.min(end)
-        } else {
-            next_probe.min(end).min(connect_from)
-        };
+        let wake = p.poll_timeout().map_or(connect_from, to_tokio);
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             got = side.recv() => {
                 let Some((from, d)) = got else { break };
-                if !key.verify(&d, attempt) {
-                    continue;
-                }
-                if !targets.contains(&from) && targets.len() < MAX_TARGETS {
-                    // Peer-reflexive: probe it back at once.
-                    targets.push(from);
-                    let _ = ep.send_raw(from, &probe).await;
-                }
-                if connects(ctx.role)
-                    && connected.len() < MAX_CONNECTS
-                    && connected.insert(from)
-                {
-                    if Instant::now() >= connect_from {
-                        connect(&mut tasks, from);
-                    } else {
-                        pending.push(from);
-                    }
+                if key.verify(&d, attempt) {
+                    p.handle_probe(at(Instant::now()), from);
                 }
             }
             acc = ep.accept(), if !connects(ctx.role) && tasks.len() < MAX_CONNECTS => {
@@ -332,9 +290,6 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     // Connections still proving finish (bounded by the handshake timeout).
     while tasks.join_next().await.is_some() {}
 }
-
-/// How long guessed ports are probed (rounds every [`PROBE_SLOW`]).
-const GUESS_PHASE: Duration = Duration::from_secs(2);
 
 /// `n` distinct random ports on `ip` (1024–65535, where Linux's random
 /// source-port allocation draws from).

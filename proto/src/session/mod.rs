@@ -53,6 +53,7 @@ pub const MAX_PATHS: usize = 8;
 pub const PROVISIONAL_PATH: u32 = u32::MAX;
 
 pub mod paths;
+pub mod punch;
 
 pub use paths::{
     Action, Path, PathConfig, PathHandle, PathManager, PathPolicy, PeerFault, Role, SessionFailure,
