@@ -405,23 +405,26 @@ impl Driver {
             let Some(p) = self.paths.get_mut(&h) else {
                 continue;
             };
-            if !p.out.is_empty() {
-                continue; // waits for room in the writer queue
-            }
-            match p.tx.try_reserve() {
-                Ok(permit) => {
-                    if let Some(out) = g.m.poll_transmit(h) {
-                        permit.send(out);
+            // As much as the writer queue takes: handing output over lets the
+            // manager frame more of the stream at once.
+            while p.out.is_empty() {
+                match p.tx.try_reserve() {
+                    Ok(permit) => match g.m.poll_transmit(h) {
+                        Some(out) => permit.send(out),
+                        None => break,
+                    },
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        // Waits for room in the writer queue (`reserve`).
+                        if let Some(out) = g.m.poll_transmit(h) {
+                            p.out = out;
+                        }
+                        break;
                     }
-                }
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    if let Some(out) = g.m.poll_transmit(h) {
-                        p.out = out;
+                    // The writer failed: its reader reports the path's end.
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        let _ = g.m.poll_transmit(h);
+                        break;
                     }
-                }
-                // The writer failed: its reader reports the path's end.
-                Err(mpsc::error::TrySendError::Closed(())) => {
-                    let _ = g.m.poll_transmit(h);
                 }
             }
         }
