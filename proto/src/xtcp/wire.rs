@@ -219,7 +219,7 @@ pub struct SegmentRepr<'a> {
     pub src_port: u16,
     /// TCP destination port (RFC 9293 §3.1); carried like `src_port`.
     pub dst_port: u16,
-    /// Sequence number of the first payload byte, or of the SYN/FIN (RFC 9293 §3.1, §3.4).
+    /// Sequence number of the segment's first octet: the first payload byte, or the SYN (RFC 9293 §3.1, §3.4).
     pub seq: SeqNumber,
     /// Acknowledgment number: next sequence number expected; meaningful when ACK is set (RFC 9293 §3.1).
     pub ack: SeqNumber,
