@@ -37,17 +37,29 @@ pub use proto::session::Path;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
+    /// The session code did not parse (the reason attached).
     InvalidCode(String),
+    /// No waiting session with this code on the relay (unknown, expired or already taken).
     UnknownSession,
+    /// The host's session expired on the relay before a guest joined.
     Expired,
+    /// The relay refuses joins from this source after too many failures; retry after this long.
     LockedOut(Duration),
+    /// No relay could be reached (the last error attached).
     RelayUnreachable(String),
+    /// The relay's certificate did not match the configured trust (details attached).
     RelayCertificateMismatch(String),
+    /// The relay refused: the operator token is missing or wrong.
     Unauthorized,
+    /// The peer's end-to-end tag did not verify: it does not know the code, or the relay interfered.
     PeerAuthFailed,
+    /// The end-to-end handshake or tag exchange did not finish in time.
     TimedOut,
+    /// Any other relay failure.
     Relay(RelayError),
+    /// Any other end-to-end (TLS) failure.
     E2e(E2eError),
+    /// An I/O error on the local side (randomness, sockets, the early phase).
     Io(io::Error),
 }
 
@@ -99,7 +111,9 @@ impl From<E2eError> for Error {
 /// Options shared by `host` and `join`.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The relays to try, how to trust them, the operator token and the connect timeout.
     pub relay: RelayClientConfig,
+    /// End-to-end TLS options: handshake timeout and extra binding.
     pub e2e: E2eOptions,
     /// Direct paths and the session layer (`spec/direct.md`).
     pub direct: DirectOptions,

@@ -7,6 +7,7 @@
 //! The protocol logic lives in the sans-IO crate [`proto`] (`xtcp-proto`);
 //! this crate moves its bytes and time with tokio.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub use proto;
 

@@ -171,6 +171,7 @@ pub struct PreambleReader<S> {
 }
 
 impl<S> PreambleReader<S> {
+    /// Wraps `inner`; the peer's preamble body (or why it was bad) is sent on `deliver` once complete.
     pub fn new(inner: S, deliver: oneshot::Sender<PeerPreamble>) -> Self {
         PreambleReader {
             inner,

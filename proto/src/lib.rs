@@ -19,6 +19,7 @@
 //!   app read/write ◄──────► Connection::read / write / shutdown / abort
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 pub mod codec;

@@ -153,16 +153,27 @@ impl Config {
 /// RFC 9293 §3.3.2 connection states. `Display` prints the RFC's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
+    /// CLOSED: no connection state at all (RFC 9293 §3.3.2).
     Closed,
+    /// LISTEN: waiting for a SYN (RFC 9293 §3.3.2).
     Listen,
+    /// SYN-SENT: our SYN sent, waiting for the peer's (RFC 9293 §3.3.2).
     SynSent,
+    /// SYN-RECEIVED: SYN received and SYN-ACK sent, waiting for its ACK (RFC 9293 §3.3.2).
     SynReceived,
+    /// ESTABLISHED: the handshake is complete, data flows both ways (RFC 9293 §3.3.2).
     Established,
+    /// FIN-WAIT-1: we sent FIN, it is not yet acknowledged (RFC 9293 §3.3.2).
     FinWait1,
+    /// FIN-WAIT-2: our FIN is acknowledged, waiting for the peer's FIN (RFC 9293 §3.3.2).
     FinWait2,
+    /// CLOSE-WAIT: the peer's FIN received, waiting for the local close (RFC 9293 §3.3.2).
     CloseWait,
+    /// CLOSING: both sides sent FIN at once, waiting for the ACK of ours (RFC 9293 §3.3.2).
     Closing,
+    /// LAST-ACK: the peer closed first and we sent FIN, waiting for its ACK (RFC 9293 §3.3.2).
     LastAck,
+    /// TIME-WAIT: both FINs acknowledged, waiting 2 MSL for stray segments (RFC 9293 §3.3.2).
     TimeWait,
 }
 
@@ -264,28 +275,45 @@ pub enum WriteError {
 /// A datagram produced by [`Connection::poll_transmit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// Peer address to send the datagram to.
     pub destination: SocketAddr,
+    /// Length in bytes of the datagram written at the start of the caller's buffer.
     pub size: usize,
 }
 
 /// Counters and gauges for tests, traces and `--progress`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
+    /// Datagrams sent (data, control and pure ACK segments, retransmissions included).
     pub segments_sent: u64,
+    /// Segments received for this connection (those with another connection id are not counted).
     pub segments_received: u64,
+    /// New payload bytes sent (first transmissions only).
     pub bytes_sent: u64,
+    /// Payload bytes retransmitted.
     pub bytes_retransmitted: u64,
+    /// Payload bytes delivered in order to the receive buffer.
     pub bytes_received: u64,
+    /// Fast retransmits (RFC 5681 §3.2), one per loss-recovery episode.
     pub fast_retransmits: u64,
+    /// Retransmission timeouts that fired (RFC 6298 §5).
     pub rto_events: u64,
     /// RTOs found spurious by their timestamps (RFC 3522).
     pub spurious_rtos: u64,
+    /// Loss-recovery episodes entered (RFC 6582 / RFC 6675).
     pub recovery_episodes: u64,
+    /// Congestion window, bytes (sampled when [`Connection::stats`] is called).
     pub cwnd: u64,
+    /// Slow-start threshold, bytes (`u64::MAX` before the first loss; sampled like `cwnd`).
     pub ssthresh: u64,
+    /// Smoothed RTT (RFC 6298 §2); `None` before the first sample.
     pub srtt: Option<Duration>,
+    /// Current retransmission timeout before backoff (RFC 6298 §2).
     pub rto: Duration,
+    /// Challenge ACKs sent (RFC 5961 §3-§5, rate-limited per §7).
     pub challenge_acks: u64,
+    /// Segments dropped: wrong connection id, PAWS (RFC 7323 §5), not acceptable
+    /// (RFC 9293 §3.10.7.4), or no out-of-order slot in the receive buffer.
     pub dropped_segments: u64,
     /// Path challenges sent to candidate peer addresses (spec/xtcp.md §8).
     pub path_challenges: u64,
@@ -437,11 +465,17 @@ impl PathCandidate {
 /// path challenge tokens of spec/xtcp.md §8.2).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionParams {
+    /// Connection id carried in every datagram's XTCP header (spec/xtcp.md §2).
     pub conn_id: u64,
+    /// Initial send sequence number, ISS (RFC 9293 §3.4.1, RFC 6528).
     pub iss: SeqNumber,
+    /// Added to our millisecond clock to form TSval (RFC 7323 §5.4).
     pub ts_offset: u32,
+    /// TCP source port written into our segments.
     pub local_port: u16,
+    /// TCP destination port written into our segments.
     pub remote_port: u16,
+    /// The peer's address at creation (it may move later, spec/xtcp.md §8).
     pub remote: SocketAddr,
     /// Key for the path challenge tokens (spec/xtcp.md §8.2); must be
     /// unpredictable (the endpoint derives it from its secret).
@@ -680,18 +714,23 @@ impl Connection {
     // Accessors
     // ------------------------------------------------------------------
 
+    /// Current RFC 9293 §3.3.2 state.
     pub fn state(&self) -> State {
         self.state
     }
+    /// Connection id (spec/xtcp.md §2).
     pub fn conn_id(&self) -> u64 {
         self.params.conn_id
     }
+    /// The peer's current address (changes when a path is validated, spec/xtcp.md §8).
     pub fn remote(&self) -> SocketAddr {
         self.remote
     }
+    /// Why the connection failed, if it did.
     pub fn error(&self) -> Option<ConnectionError> {
         self.error
     }
+    /// True once the state is CLOSED (a final RST may still be queued; see [`is_drained`](Self::is_drained)).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
@@ -699,12 +738,15 @@ impl Connection {
     pub fn is_drained(&self) -> bool {
         self.state == State::Closed && self.pending_rst.is_none()
     }
+    /// Congestion window, bytes.
     pub fn congestion_window(&self) -> u64 {
         self.cc.window()
     }
+    /// True during loss recovery (RFC 6582 §3.2 / RFC 6675 §5).
     pub fn in_recovery(&self) -> bool {
         self.recovery.is_some()
     }
+    /// Bytes believed in flight, RFC 6675 §4 "pipe".
     pub fn bytes_in_flight(&self) -> u64 {
         self.pipe
     }
@@ -737,6 +779,7 @@ impl Connection {
     pub fn is_read_finished(&self) -> bool {
         self.fin_received && self.recv_buf.readable() == 0
     }
+    /// A snapshot of the counters, with the current cwnd, ssthresh, SRTT and RTO.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
         s.cwnd = self.cc.window();
@@ -745,9 +788,11 @@ impl Connection {
         s.rto = self.rtt.rto();
         s
     }
+    /// The RTT estimator (RFC 6298).
     pub fn rtt(&self) -> &RttEstimator {
         &self.rtt
     }
+    /// The configuration this connection was created with.
     pub fn config(&self) -> &Arc<Config> {
         &self.cfg
     }

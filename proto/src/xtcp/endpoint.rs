@@ -68,8 +68,11 @@ impl Default for EndpointConfig {
 /// Options recovered from a SYN cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CookieOptions {
+    /// MSS the peer's SYN announced, rounded down to one of 8 encodable values (RFC 4987 §3.6).
     pub mss: u16,
+    /// The peer's window scale shift (RFC 7323 §2), kept in our TSval's low bits; `None` if not offered or no timestamps.
     pub wscale: Option<u8>,
+    /// The peer offered SACK (RFC 2018 §2), kept in our TSval; `false` without timestamps.
     pub sack: bool,
 }
 
@@ -83,14 +86,23 @@ const COOKIE_SLOT_SECS: u64 = 64;
 /// Endpoint counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointStats {
+    /// Datagrams handed to [`Endpoint::handle_datagram`].
     pub datagrams_in: u64,
+    /// Datagrams that failed to parse (a [`WireError`]) and were dropped.
     pub malformed: u64,
+    /// Datagrams for no live connection (unknown or CLOSED connection id).
     pub unknown_conn: u64,
+    /// Stateless RSTs queued for segments no connection accepts (RFC 9293 §3.10.7.1).
     pub resets_sent: u64,
+    /// SYN-ACKs sent with a SYN cookie instead of half-open state (RFC 4987 §3.6).
     pub cookies_sent: u64,
+    /// ACKs that carried a valid cookie and created a connection.
     pub cookies_accepted: u64,
+    /// ACKs for no connection whose cookie was stale or forged (dropped, not reset).
     pub cookies_rejected: u64,
+    /// Connections queued for [`Endpoint::accept`].
     pub accepted: u64,
+    /// SYNs refused or dropped because `max_connections` or `accept_backlog` was reached.
     pub refused_full: u64,
 }
 
@@ -173,9 +185,11 @@ impl Endpoint {
         }
     }
 
+    /// The configuration this endpoint was created with.
     pub fn config(&self) -> &EndpointConfig {
         &self.cfg
     }
+    /// A copy of the endpoint counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats
     }
@@ -183,6 +197,7 @@ impl Endpoint {
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
+    /// True if no connection is live.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -303,6 +318,7 @@ impl Endpoint {
         ConnectionHandle(self.insert(conn))
     }
 
+    /// The connection behind `h`, or `None` once it was removed.
     pub fn connection(&self, h: ConnectionHandle) -> Option<&Connection> {
         self.slots.get(h.0).and_then(|s| s.as_ref())
     }

@@ -73,6 +73,7 @@ pub struct RecvBuffer {
 }
 
 impl RecvBuffer {
+    /// An empty buffer that holds at most `capacity` bytes (in order plus out of order), starting at offset 0.
     pub fn new(capacity: usize) -> Self {
         RecvBuffer {
             capacity,
@@ -83,6 +84,7 @@ impl RecvBuffer {
             clock: 0,
         }
     }
+    /// Most bytes held at once (unread in order plus out of order); the receive window's size.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -95,6 +97,9 @@ impl RecvBuffer {
         self.inorder.capacity() + self.ooo.iter().map(|r| r.data.capacity()).sum::<usize>()
     }
 
+    /// Stores the part of `data` (starting at stream offset `offset`) that lies in
+    /// [`contiguous_end`](Self::contiguous_end)..[`read_offset`](Self::read_offset) + capacity;
+    /// duplicates are ignored; dropped (`accepted: false`) if it would need more than [`MAX_RANGES`] out-of-order ranges.
     pub fn insert(&mut self, offset: u64, data: &[u8]) -> Inserted {
         let ce = self.contiguous_end();
         let limit = self.read_off + self.capacity as u64;
@@ -203,21 +208,27 @@ impl RecvBuffer {
         res
     }
 
+    /// Offset of the first missing byte (RCV.NXT as an offset, RFC 9293 §3.3.1).
     pub fn contiguous_end(&self) -> u64 {
         self.read_off + self.inorder.len() as u64
     }
+    /// Offset of the next byte the application will read.
     pub fn read_offset(&self) -> u64 {
         self.read_off
     }
+    /// Free space to advertise, bytes: read offset + capacity − contiguous end (RFC 9293 §3.8.6.2).
     pub fn window(&self) -> usize {
         (self.read_off + self.capacity as u64).saturating_sub(self.contiguous_end()) as usize
     }
+    /// In-order bytes available to the application.
     pub fn readable(&self) -> usize {
         self.inorder.len()
     }
+    /// True if some out-of-order range is held (a hole is open).
     pub fn has_out_of_order(&self) -> bool {
         !self.ooo.is_empty()
     }
+    /// Copies and consumes up to `out.len()` in-order bytes; returns the count.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let mut done = 0;
         while done < out.len() {
@@ -234,9 +245,12 @@ impl RecvBuffer {
         }
         done
     }
+    /// The first contiguous run of in-order bytes (zero-copy read; follow with [`consume`](Self::consume));
+    /// may be shorter than [`readable`](Self::readable) at the ring's wrap.
     pub fn chunk(&self) -> &[u8] {
         self.inorder.as_slices().0
     }
+    /// Marks `n` in-order bytes as read (clamped to [`readable`](Self::readable)).
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.inorder.len());
         self.inorder.drain(..n);
@@ -245,6 +259,8 @@ impl RecvBuffer {
             self.inorder = VecDeque::new();
         }
     }
+    /// Writes the out-of-order ranges as `(start, end)` offset pairs into `out`, most recently updated first
+    /// (RFC 2018 §4); returns how many were written.
     pub fn sack_blocks(&self, out: &mut [(u64, u64)]) -> usize {
         // RFC 2018 §4: the most recently updated range first, then by recency.
         let mut idx: Vec<usize> = (0..self.ooo.len()).collect();

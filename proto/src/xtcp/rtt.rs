@@ -36,6 +36,7 @@ fn us(d: Duration) -> u64 {
 }
 
 impl RttEstimator {
+    /// An estimator with no samples yet: the RTO is `initial_rto` (RFC 6298 §2.1), always clamped to [`min_rto`, `max_rto`].
     pub fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
         let min_rto = us(min_rto);
         let max_rto = us(max_rto).max(min_rto);
@@ -81,15 +82,19 @@ impl RttEstimator {
         Duration::from_micros(raw.clamp(self.min_rto, self.max_rto))
     }
 
+    /// Smoothed RTT, SRTT (RFC 6298 §2); `None` before the first sample.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt.map(Duration::from_micros)
     }
+    /// RTT variation, RTTVAR (RFC 6298 §2); zero before the first sample.
     pub fn rttvar(&self) -> Duration {
         Duration::from_micros(self.rttvar)
     }
+    /// The most recent RTT sample; `None` before the first.
     pub fn latest(&self) -> Option<Duration> {
         self.latest.map(Duration::from_micros)
     }
+    /// Minimum RTT over all samples; `None` before the first.
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt.map(Duration::from_micros)
     }

@@ -35,6 +35,7 @@ pub struct SendBuffer {
 }
 
 impl SendBuffer {
+    /// An empty buffer that holds at most `capacity` bytes, starting at offset 0.
     pub fn new(capacity: usize) -> Self {
         SendBuffer {
             capacity,
@@ -42,26 +43,33 @@ impl SendBuffer {
             data: VecDeque::new(),
         }
     }
+    /// Most bytes the buffer holds (unacknowledged plus unsent).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Appends up to [`free`](Self::free) bytes of `data`; returns how many were taken.
     pub fn write(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.free());
         self.data.extend(data.get(..n).unwrap_or(&[]));
         n
     }
+    /// Bytes that can still be written: capacity minus bytes held.
     pub fn free(&self) -> usize {
         self.capacity.saturating_sub(self.data.len())
     }
+    /// Bytes held: sent-but-unacknowledged plus not-yet-sent.
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// True if no bytes are held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Stream offset of the first held byte (SND.UNA as an offset, RFC 9293 §3.3.1).
     pub fn start(&self) -> u64 {
         self.start
     }
+    /// Stream offset just after the last written byte.
     pub fn end(&self) -> u64 {
         self.start + self.data.len() as u64
     }
@@ -69,6 +77,8 @@ impl SendBuffer {
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity()
     }
+    /// A contiguous run of at most `max_len` held bytes from `offset`; may stop short at the ring's wrap
+    /// (callers loop), empty if `offset` is outside [`start`](Self::start)..[`end`](Self::end).
     pub fn slice(&self, offset: u64, max_len: usize) -> &[u8] {
         if offset < self.start || offset >= self.end() {
             return &[];
@@ -82,6 +92,7 @@ impl SendBuffer {
         };
         run.get(..max_len.min(run.len())).unwrap_or(&[])
     }
+    /// Copies held bytes from `offset` into `out` across the ring's wrap; returns the count copied.
     pub fn copy_out(&self, offset: u64, out: &mut [u8]) -> usize {
         let mut done = 0;
         while done < out.len() {
@@ -96,6 +107,7 @@ impl SendBuffer {
         }
         done
     }
+    /// Drops bytes before stream offset `offset` (clamped to [`end`](Self::end); no-op if already dropped).
     pub fn ack_to(&mut self, offset: u64) {
         if offset <= self.start {
             return;

@@ -61,36 +61,52 @@ pub const MAX_SACK_BLOCKS: usize = 4;
 pub struct TcpFlags(pub u8);
 
 impl TcpFlags {
+    /// FIN, 0x01: no more data from the sender (RFC 9293 §3.1).
     pub const FIN: TcpFlags = TcpFlags(0x01);
+    /// SYN, 0x02: synchronize sequence numbers (RFC 9293 §3.1).
     pub const SYN: TcpFlags = TcpFlags(0x02);
+    /// RST, 0x04: reset the connection (RFC 9293 §3.1).
     pub const RST: TcpFlags = TcpFlags(0x04);
+    /// PSH, 0x08: push function (RFC 9293 §3.1).
     pub const PSH: TcpFlags = TcpFlags(0x08);
+    /// ACK, 0x10: the acknowledgment number is significant (RFC 9293 §3.1).
     pub const ACK: TcpFlags = TcpFlags(0x10);
+    /// URG, 0x20: urgent pointer significant (RFC 9293 §3.1); never sent by XTCP (spec/xtcp.md §10).
     pub const URG: TcpFlags = TcpFlags(0x20);
+    /// ECE, 0x40: ECN-Echo (RFC 3168 §6.1); carried, not negotiated by XTCP.
     pub const ECE: TcpFlags = TcpFlags(0x40);
+    /// CWR, 0x80: Congestion Window Reduced (RFC 3168 §6.1); carried, not negotiated by XTCP.
     pub const CWR: TcpFlags = TcpFlags(0x80);
 
+    /// No control bits set.
     pub const fn empty() -> Self {
         TcpFlags(0)
     }
+    /// True if every bit of `other` is set in `self`.
     pub const fn contains(self, other: TcpFlags) -> bool {
         self.0 & other.0 == other.0
     }
+    /// The bits of `self` and `other` together (also `|`).
     pub const fn union(self, other: TcpFlags) -> TcpFlags {
         TcpFlags(self.0 | other.0)
     }
+    /// SYN is set.
     pub fn syn(self) -> bool {
         self.contains(Self::SYN)
     }
+    /// ACK is set.
     pub fn ack(self) -> bool {
         self.contains(Self::ACK)
     }
+    /// FIN is set.
     pub fn fin(self) -> bool {
         self.contains(Self::FIN)
     }
+    /// RST is set.
     pub fn rst(self) -> bool {
         self.contains(Self::RST)
     }
+    /// PSH is set.
     pub fn psh(self) -> bool {
         self.contains(Self::PSH)
     }
@@ -132,7 +148,9 @@ impl fmt::Debug for TcpFlags {
 /// One SACK block: the sequence range `[left, right)` (RFC 2018 §3).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct SackBlock {
+    /// Left edge: first sequence number of the block (RFC 2018 §3).
     pub left: SeqNumber,
+    /// Right edge: sequence number just after the block's last byte (RFC 2018 §3).
     pub right: SeqNumber,
 }
 
@@ -148,6 +166,7 @@ pub struct TcpOptions {
     pub sack_permitted: bool,
     /// SACK blocks (kind 5, RFC 2018 §3); the first `sack_len` entries are valid.
     pub sack: [SackBlock; MAX_SACK_BLOCKS],
+    /// Number of valid entries in `sack` (0..=[`MAX_SACK_BLOCKS`]).
     pub sack_len: u8,
     /// Timestamps (kind 8, RFC 7323 §3): (TSval, TSecr).
     pub timestamps: Option<(u32, u32)>,
@@ -196,14 +215,21 @@ pub struct SegmentRepr<'a> {
     pub xflags: XtcpFlags,
     /// 64-bit connection id, chosen by the connecting side.
     pub conn_id: u64,
+    /// TCP source port (RFC 9293 §3.1); carried for the TUN bridge and captures, XTCP routes by `conn_id`.
     pub src_port: u16,
+    /// TCP destination port (RFC 9293 §3.1); carried like `src_port`.
     pub dst_port: u16,
+    /// Sequence number of the segment's first octet: the first payload byte, or the SYN (RFC 9293 §3.1, §3.4).
     pub seq: SeqNumber,
+    /// Acknowledgment number: next sequence number expected; meaningful when ACK is set (RFC 9293 §3.1).
     pub ack: SeqNumber,
+    /// TCP control bits (RFC 9293 §3.1).
     pub flags: TcpFlags,
     /// The raw (unscaled) 16-bit window field.
     pub window: u16,
+    /// The TCP options carried.
     pub options: TcpOptions,
+    /// Segment data after the headers (may be empty).
     pub payload: &'a [u8],
 }
 
@@ -474,18 +500,22 @@ impl<T: AsRef<[u8]>> Segment<T> {
         u64::from_be_bytes(read_be(self.data(), field::CONN_ID))
     }
 
+    /// TCP source port (bytes 12..14).
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes(read_be(self.data(), field::SRC_PORT))
     }
 
+    /// TCP destination port (bytes 14..16).
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes(read_be(self.data(), field::DST_PORT))
     }
 
+    /// Sequence number (bytes 16..20, RFC 9293 §3.1).
     pub fn seq_number(&self) -> SeqNumber {
         SeqNumber(u32::from_be_bytes(read_be(self.data(), field::SEQ_NUM)))
     }
 
+    /// Acknowledgment number (bytes 20..24, RFC 9293 §3.1).
     pub fn ack_number(&self) -> SeqNumber {
         SeqNumber(u32::from_be_bytes(read_be(self.data(), field::ACK_NUM)))
     }
@@ -505,6 +535,7 @@ impl<T: AsRef<[u8]>> Segment<T> {
         read_byte(self.data(), field::DATA_OFF) & 0x0f
     }
 
+    /// TCP control bits (byte 25, RFC 9293 §3.1).
     pub fn flags(&self) -> TcpFlags {
         TcpFlags(read_byte(self.data(), field::FLAGS))
     }
@@ -514,6 +545,7 @@ impl<T: AsRef<[u8]>> Segment<T> {
         u16::from_be_bytes(read_be(self.data(), field::WINDOW))
     }
 
+    /// The checksum field as received (bytes 28..30, spec/xtcp.md §2.5).
     pub fn checksum(&self) -> u16 {
         u16::from_be_bytes(read_be(self.data(), field::CHECKSUM))
     }

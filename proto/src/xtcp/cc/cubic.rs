@@ -37,6 +37,7 @@ pub struct Cubic {
 }
 
 impl Cubic {
+    /// A controller for segments of `mss` bytes, starting in slow start at the initial window (RFC 6928 §2) with ssthresh = ∞.
     pub fn new(mss: usize, _now: Instant) -> Self {
         let mss = (mss as u64).max(1);
         Cubic {
@@ -64,6 +65,7 @@ impl Cubic {
     pub fn k(&self) -> f64 {
         self.k
     }
+    /// W_max, the window before the last reduction, in segments (RFC 9438 §4.2); 0 before the first loss.
     pub fn w_max(&self) -> f64 {
         self.w_max
     }

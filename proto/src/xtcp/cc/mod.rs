@@ -65,13 +65,16 @@ pub trait CongestionController: fmt::Debug + Send {
 
 /// Builds a controller for a new connection (the configuration holds one).
 pub trait ControllerFactory: fmt::Debug + Send + Sync {
+    /// A fresh controller for a connection whose SMSS is `mss` bytes.
     fn build(&self, mss: usize, now: Instant) -> Box<dyn CongestionController>;
 }
 
 /// The built-in algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Algorithm {
+    /// NewReno (RFC 5681, RFC 6582).
     NewReno,
+    /// CUBIC (RFC 9438), the default.
     #[default]
     Cubic,
 }

@@ -16,6 +16,7 @@ pub struct NewReno {
 }
 
 impl NewReno {
+    /// A controller for segments of `mss` bytes, starting in slow start at the initial window (RFC 6928 §2) with ssthresh = ∞.
     pub fn new(mss: usize, _now: Instant) -> Self {
         let mss = (mss as u64).max(1);
         NewReno {

@@ -32,6 +32,7 @@ const BURST_SEGMENTS: f64 = 10.0;
 /// 2 ms `BURST_INTERVAL`.
 const BURST_INTERVAL_SECS: f64 = 0.002;
 
+/// Token-bucket pacer (see the module documentation); tokens are bytes.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     mss: f64,
@@ -41,6 +42,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    /// A pacer for segments of `mss` bytes, starting with a full 10-segment burst allowance.
     pub fn new(mss: usize) -> Self {
         let mss = mss.max(1) as f64;
         Pacer {
@@ -65,6 +67,8 @@ impl Pacer {
         }
     }
 
+    /// `None` if a segment of `bytes` may leave at `now`, else the earliest instant it may;
+    /// no pacing while `srtt` is `None` (rate = `cwnd`/`srtt` × 2.0 in slow start, × 1.2 otherwise).
     pub fn delay(
         &mut self,
         now: Instant,
@@ -95,6 +99,7 @@ impl Pacer {
         Some(now + Duration::from_micros(wait_us))
     }
 
+    /// Spends `bytes` tokens for a segment transmitted at `now`.
     pub fn on_sent(&mut self, now: Instant, bytes: usize) {
         self.refill(now);
         self.tokens = (self.tokens - bytes as f64).max(-self.burst());
