@@ -124,12 +124,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// Wake the application where it can make progress (only there: a
+    /// write blocked on a full replay buffer that is woken for nothing
+    /// polls again and wakes the driver again, a spin).
     fn wake(&mut self) {
-        if let Some(w) = self.read_waker.take() {
-            w.wake();
+        let over = *self.m.status() != Status::Open;
+        if over || self.m.readable() > 0 || self.m.read_eof() {
+            if let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
         }
-        if let Some(w) = self.write_waker.take() {
-            w.wake();
+        let st = self.m.state();
+        let writable = !st.finishing() && self.m.free_space() > 0;
+        if over || writable || self.m.finish_acked() {
+            if let Some(w) = self.write_waker.take() {
+                w.wake();
+            }
         }
     }
 }

@@ -438,6 +438,11 @@ impl SessionState {
         self.replay.len()
     }
 
+    /// [`SessionState::finish`] was called: no more application bytes.
+    pub fn finishing(&self) -> bool {
+        self.fin.is_some()
+    }
+
     /// End the application's stream after the bytes written so far (idempotent).
     pub fn finish(&mut self) {
         if self.fin.is_none() {
