@@ -2,11 +2,11 @@
 //! process; both directions at once, verified with SHA-256, and what the
 //! relay saw (its byte counts, nothing else).
 
-use crate::relay::{server, Relay, RelayClientConfig, RelayConfig, RelayTrust};
-use crate::{e2e::E2eOptions, Options};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xtcp::relay::{server, Relay, RelayClientConfig, RelayConfig, RelayTrust};
+use xtcp::{e2e::E2eOptions, Options};
 
 /// A demo failure.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn sha256(b: &[u8]) -> String {
-    crate::tls::hex(&ring::digest::digest(&ring::digest::SHA256, b).as_ref()[..8])
+    xtcp::tls::hex(&ring::digest::digest(&ring::digest::SHA256, b).as_ref()[..8])
 }
 
 /// Send `data` and read everything the peer sends, at once; returns what was read.
@@ -67,16 +67,16 @@ where
 /// over UDP hole punching (direct TCP off, no UDP window) instead of TCP.
 pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
     let direct = if udp {
-        crate::session::DirectOptions {
+        xtcp::session::DirectOptions {
             tcp: false,
             udp_after: Duration::ZERO,
             ..Default::default()
         }
     } else {
-        crate::session::DirectOptions::default()
+        xtcp::session::DirectOptions::default()
     };
-    let cert = crate::tls::self_signed(&["localhost"]).map_err(err)?;
-    let fp = crate::tls::fingerprint(&cert.chain[0]);
+    let cert = xtcp::tls::self_signed(&["localhost"]).map_err(err)?;
+    let fp = xtcp::tls::fingerprint(&cert.chain[0]);
     let token = "demo-token";
     let cfg = RelayConfig {
         listen: "127.0.0.1:0".parse().map_err(err)?,
@@ -97,7 +97,7 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
         &fp[..16]
     );
     let mut fpb = [0u8; 32];
-    fpb.copy_from_slice(&crate::tls::unhex(&fp).ok_or_else(|| err("fingerprint"))?);
+    fpb.copy_from_slice(&xtcp::tls::unhex(&fp).ok_or_else(|| err("fingerprint"))?);
     let relay_cfg = RelayClientConfig {
         relays: vec![addr.to_string()],
         trust: RelayTrust::Fingerprint(fpb),
@@ -110,7 +110,7 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
         direct: direct.clone(),
     };
     let t0 = Instant::now();
-    let host = crate::host(&opts).await.map_err(err)?;
+    let host = xtcp::host(&opts).await.map_err(err)?;
     let code = host.code();
     println!("host     created a session; code: {code}");
     let guest_opts = Options {
@@ -122,7 +122,7 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
         direct,
     };
     let (h, g) = tokio::try_join!(async { host.accept().await.map_err(err) }, async {
-        crate::join(&code, &guest_opts).await.map_err(err)
+        xtcp::join(&code, &guest_opts).await.map_err(err)
     })?;
     let t_up = t0.elapsed();
     // Path changes as they happen, timed from the pairing.

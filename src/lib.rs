@@ -12,7 +12,6 @@
 pub use proto;
 
 pub mod api;
-pub mod demo;
 pub mod direct;
 pub mod direct_udp;
 pub mod e2e;
@@ -22,8 +21,6 @@ pub mod preamble;
 pub mod relay;
 pub mod secret;
 pub mod session;
-pub mod simdemo;
 pub mod tls;
 
 pub use api::{host, join, Error, HostSession, Options, Path, Session};
-pub use sim;

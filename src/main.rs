@@ -1,5 +1,8 @@
 //! The `xtcp` command-line tool: `code`, `host`, `join`, `demo`.
 
+mod demo;
+mod simdemo;
+
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -398,7 +401,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Connect { addr, direct: d } => direct(false, addr, d).await,
         Cmd::Demo(d) => {
             if d.sim {
-                xtcp::simdemo::run(
+                simdemo::run(
                     d.mib.unwrap_or(8),
                     d.loss / 100.0,
                     d.rtt_ms,
@@ -407,7 +410,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())
             } else {
-                xtcp::demo::run(d.mib.unwrap_or(16), d.udp)
+                demo::run(d.mib.unwrap_or(16), d.udp)
                     .await
                     .map_err(|e| e.to_string())
             }
