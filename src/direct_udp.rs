@@ -23,12 +23,12 @@
 //! Everything is bounded: probes per address and in total, peer-reflexive
 //! addresses, connection attempts, and the attempt's duration.
 
-use crate::api::Path;
 use crate::direct::{self, DirectCtx};
 use crate::e2e::Role;
 use crate::net::{EndpointOptions, XtcpEndpoint};
 use proto::session::probe::ProbeKey;
 use proto::session::punch::{Punch, PunchAction, GUESS_PHASE, MAX_CONNECTS, PROBE_SLOW};
+use proto::session::Path;
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::collections::HashSet;
 use std::io;

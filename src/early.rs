@@ -5,12 +5,13 @@
 //! handshake's exporter. The session driver (`crate::session`) takes over
 //! what was started here.
 
+use crate::direct::DirectOptions;
 use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
 use crate::e2e::Role;
 use crate::preamble::{self, PreambleError, PreambleReader};
 use crate::secret::SessionSecret;
-use crate::session::{DirectOptions, PathPolicy};
 use proto::session::Candidate;
+use proto::session::PathPolicy;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -36,61 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-/// Tunables of the direct path and the session layer.
-#[derive(Clone, Debug)]
-pub struct DirectOptions {
-    /// Which paths the session may use.
-    pub policy: PathPolicy,
-    /// Bound on one direct TCP connect.
-    pub connect_timeout: Duration,
-    /// Bound on the e2e handshake of one direct connection.
-    pub handshake_timeout: Duration,
-    /// Keepalive on a path that sent nothing for this long.
-    pub keepalive_interval: Duration,
-    /// A path that received nothing for this long is dead.
-    pub keepalive_timeout: Duration,
-    /// After losing the direct path, try again this much later.
-    pub retry_after: Duration,
-    /// Most application bytes sent but not yet acknowledged end to end.
-    pub replay_capacity: usize,
-    /// Try direct TCP (listener, simultaneous open).
-    pub tcp: bool,
-    /// Try direct UDP (XTCP through hole punching).
-    pub udp: bool,
-    /// Start UDP hole punching when no direct path exists this long after a
-    /// round of direct attempts began (pairing, or a retry). Zero races TCP
-    /// and UDP from the start.
-    pub udp_after: Duration,
-    /// Keepalive on the relay path when it sent nothing for this long (also
-    /// keeps the relay's idle timer from firing). A relay path that received
-    /// nothing for three of these is dead: the session fails if the relay
-    /// was its path, else the relay is no longer a fallback.
-    pub relay_keepalive_interval: Duration,
-    /// Port prediction for endpoint-dependent ("symmetric") NATs: this many
-    /// extra sockets probe the peer's public address and this many guessed
-    /// ports of it are probed (0: off, the default). Bounded birthday
-    /// search, `spec/direct.md` §4.3.4.
-    pub port_prediction: usize,
-}
-
-impl Default for DirectOptions {
-    fn default() -> Self {
-        DirectOptions {
-            policy: PathPolicy::Auto,
-            connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(1),
-            keepalive_timeout: Duration::from_secs(5),
-            retry_after: Duration::from_secs(10),
-            replay_capacity: proto::session::DEFAULT_REPLAY_CAPACITY,
-            tcp: true,
-            udp: true,
-            udp_after: Duration::from_secs(10),
-            port_prediction: 0,
-            relay_keepalive_interval: Duration::from_secs(15),
-        }
-    }
-}
+pub use crate::direct::DirectOptions;
 
 /// Chunks queued from a path's reader to the driver.
 const READ_QUEUE: usize = 8;
