@@ -89,6 +89,9 @@ struct Scenario {
     first_direct_at: Option<Duration>,
     /// Extra time the guest's proof of attempt 0 takes (a slow handshake).
     guest_proof_delay: Duration,
+    /// Each side's runtime left bytes in a socket at some point because the
+    /// manager paused reading (§3.2's read-ahead pause was exercised).
+    expect_held: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,6 +108,9 @@ enum Step {
     StopReading(usize),
     /// A side's application reads again.
     Read(usize),
+    /// A side's application reads at most this many bytes per millisecond
+    /// (`None`: as fast as bytes come).
+    ReadRate(usize, Option<u64>),
 }
 
 struct Side {
@@ -124,6 +130,16 @@ struct Side {
     prepared_round: Option<u32>,
     /// The pair of the direct path in use.
     direct_pair: Option<usize>,
+    /// Bytes that arrived while the manager did not want to read their
+    /// path (they wait in the socket, in order).
+    /// `None`: the path's end, after its bytes.
+    held: std::collections::VecDeque<(PathHandle, Option<Vec<u8>>)>,
+    /// Most bytes ever held at once.
+    held_max: usize,
+    /// Bytes per millisecond the application reads at most, and since when
+    /// its credit accrues.
+    read_rate: Option<u64>,
+    read_credit_at: Instant,
 }
 
 struct World {
@@ -194,6 +210,10 @@ impl World {
             udp_start: None,
             prepared_round: None,
             direct_pair: None,
+            held: std::collections::VecDeque::new(),
+            held_max: 0,
+            read_rate: None,
+            read_credit_at: Instant::ZERO,
         };
         let relay = Pair {
             kind: Path::Relay,
@@ -257,6 +277,26 @@ impl World {
     fn drive(&mut self, side: usize) -> Result<(), String> {
         loop {
             let mut progressed = false;
+            // Held bytes, once the manager reads again.
+            let now = self.now;
+            let s = &mut self.sides[side];
+            while let Some((h, _)) = s.held.front() {
+                let h = *h;
+                if !s.m.paths().any(|x| x == h) {
+                    s.held.pop_front(); // the path is gone, and its bytes
+                    continue;
+                }
+                let end = matches!(s.held.front(), Some((_, None)));
+                if !end && !s.m.wants_read(h, now) {
+                    break;
+                }
+                match s.held.pop_front() {
+                    Some((h, Some(b))) => s.m.handle_path_data(now, h, &b),
+                    Some((h, None)) => s.m.handle_path_closed(now, h),
+                    None => {}
+                }
+                progressed = true;
+            }
             while let Some(a) = self.sides[side].m.poll_action() {
                 progressed = true;
                 self.act(side, a)?;
@@ -288,8 +328,19 @@ impl World {
                 progressed = true;
             }
             if s.reading {
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut want = 64 * 1024;
+                if let Some(rate) = s.read_rate {
+                    let ms = self
+                        .now
+                        .saturating_duration_since(s.read_credit_at)
+                        .as_millis() as u64;
+                    want = want.min(usize::try_from(rate * ms).unwrap_or(want));
+                }
+                let mut buf = vec![0u8; want];
                 let n = s.m.read(&mut buf);
+                if n > 0 {
+                    s.read_credit_at = self.now;
+                }
                 if n > 0 {
                     s.got.extend_from_slice(&buf[..n]);
                     progressed = true;
@@ -451,6 +502,10 @@ impl World {
             }
             Step::StopReading(s) => self.sides[s].reading = false,
             Step::Read(s) => self.sides[s].reading = true,
+            Step::ReadRate(s, r) => {
+                self.sides[s].read_rate = r;
+                self.sides[s].read_credit_at = self.now;
+            }
         }
     }
 
@@ -461,14 +516,27 @@ impl World {
                 if self.pairs[p].handle[side].is_none() && !self.pairs[p].closed[side] {
                     self.pairs[p].pending[side].push(b);
                 } else if let Some(h) = self.pairs[p].handle[side] {
-                    self.sides[side].m.handle_path_data(now, h, &b);
+                    let s = &mut self.sides[side];
+                    if !s.held.is_empty() || !s.m.wants_read(h, now) {
+                        // §3.2: the runtime leaves them in the socket.
+                        s.held.push_back((h, Some(b)));
+                        let n: usize = s.held.iter().flat_map(|(_, b)| b).map(Vec::len).sum();
+                        s.held_max = s.held_max.max(n);
+                    } else {
+                        s.m.handle_path_data(now, h, &b);
+                    }
                 }
                 self.drive(side)?;
             }
             Ev::Closed(side, p) => {
                 if let Some(h) = self.pairs[p].handle[side].take() {
                     self.pairs[p].closed[side] = true;
-                    self.sides[side].m.handle_path_closed(now, h);
+                    let s = &mut self.sides[side];
+                    if s.held.iter().any(|(x, _)| *x == h) {
+                        s.held.push_back((h, None)); // after its bytes
+                    } else {
+                        s.m.handle_path_closed(now, h);
+                    }
                 }
                 self.drive(side)?;
             }
@@ -537,12 +605,28 @@ impl World {
         self.drive(G)?;
         let deadline = Instant::ZERO + self.sc.deadline;
         for _ in 0..50_000_000u64 {
-            let done = self.sides.iter().all(|s| *s.m.status() != Status::Open);
+            // Over once both sessions ended and each application read what
+            // its session delivered.
+            let done = self
+                .sides
+                .iter()
+                .all(|s| *s.m.status() != Status::Open && s.m.readable() == 0);
             if done {
                 break;
             }
             let next_ev = self.events.keys().next().map(|k| k.0);
-            let next_t = self.sides.iter().filter_map(|s| s.m.poll_timeout()).min();
+            // A rate-limited application reads again a millisecond later.
+            let app = self
+                .sides
+                .iter()
+                .filter(|s| s.reading && s.read_rate.is_some() && s.m.readable() > 0)
+                .map(|s| s.read_credit_at.max(self.now) + ms(1));
+            let next_t = self
+                .sides
+                .iter()
+                .filter_map(|s| s.m.poll_timeout())
+                .chain(app)
+                .min();
             let next = match (next_ev, next_t) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
@@ -579,6 +663,9 @@ impl World {
     fn check(&self) -> Result<(), String> {
         for s in [H, G] {
             let side = &self.sides[s];
+            if self.sc.expect_held && side.held_max == 0 {
+                return Err(format!("side {s} never paused reading its paths"));
+            }
             if *side.m.status() == Status::Open {
                 return Err(format!("side {s} still open at {}: {:?}", self.now, side.m));
             }
@@ -681,6 +768,7 @@ fn base(name: &'static str) -> Scenario {
         min_direct: 0,
         first_direct_at: None,
         guest_proof_delay: Duration::ZERO,
+        expect_held: false,
     }
 }
 
@@ -815,6 +903,45 @@ fn not_reading(name: &'static str, tcp: bool, udp: bool) -> Scenario {
 fn both_apps_stop_reading_for_minutes_on_the_relay() {
     let sc = not_reading("not reading, relay", false, false);
     run("both_apps_stop_reading_for_minutes_on_the_relay", sc, 5);
+}
+
+/// Applications that read, but slower than the paths deliver: the
+/// read-ahead pause engages (§3.2), and is bounded: an application that
+/// trickles (100 bytes every few hundred ms) for a minute does not hold its
+/// paths' keepalives behind the data it leaves in the sockets.
+fn slow_reading(name: &'static str, tcp: bool, udp: bool) -> Scenario {
+    let mut sc = base(name);
+    sc.tcp = tcp;
+    sc.udp = udp;
+    sc.bytes = 4 << 20;
+    sc.steps = vec![
+        (ms(0), Step::ReadRate(G, Some(2_000))),
+        (ms(0), Step::ReadRate(H, Some(2_000))),
+        (ms(300), Step::ReadRate(G, Some(1))),
+        (ms(310), Step::ReadRate(H, Some(1))),
+        (Duration::from_secs(60), Step::ReadRate(G, None)),
+        (Duration::from_secs(61), Step::ReadRate(H, None)),
+    ];
+    sc.deadline = Duration::from_secs(300);
+    sc.expect_held = true;
+    sc
+}
+
+//= spec/direct.md#DI-WIN-3
+#[test]
+fn slow_readers_pause_reading_briefly_on_each_path() {
+    run(
+        "slow readers, relay",
+        slow_reading("slow readers, relay", false, false),
+        5,
+    );
+    let mut sc = slow_reading("slow readers, tcp", true, false);
+    sc.min_direct = 1;
+    run("slow readers, tcp", sc, 5);
+    let mut sc = slow_reading("slow readers, udp", false, true);
+    sc.min_direct = 1;
+    sc.udp_after = ms(100);
+    run("slow readers, udp", sc, 5);
 }
 
 #[test]

@@ -509,7 +509,8 @@ impl Driver {
             }
             let (deadline, rx_room) = {
                 let g = self.link.lock();
-                let room = g.m.paths().next().is_none_or(|h| g.m.wants_read(h));
+                let now = g.clock.now();
+                let room = g.m.paths().next().is_none_or(|h| g.m.wants_read(h, now));
                 (g.m.poll_timeout().map(|t| self.clock.to_tokio(t)), room)
             };
             let blocked = self.blocked_writer();

@@ -116,11 +116,14 @@ impl AsyncRead for SessionStream {
         if g.m.readable() > 0 {
             let st = g.m.state();
             let limited = st.received() > st.ack_limit();
+            let ahead = g.m.reading_ahead();
             let n = g.m.read(buf.initialize_unfilled());
             buf.advance(n);
+            let resumed = ahead && !g.m.reading_ahead();
             drop(g);
-            if limited {
-                // The read opened the window: the driver sends the ACK.
+            if limited || resumed {
+                // The read opened the window (the driver sends the ACK), or
+                // the driver may read its paths again.
                 self.link.notify.notify_one();
             }
             return Poll::Ready(Ok(()));

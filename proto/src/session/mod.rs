@@ -57,7 +57,7 @@ pub mod punch;
 
 pub use paths::{
     Action, Path, PathConfig, PathHandle, PathManager, PathPolicy, PeerFault, Role, SessionFailure,
-    Status, UdpAttempt,
+    Status, UdpAttempt, READ_AHEAD, READ_PAUSE,
 };
 
 // ---------------------------------------------------------------------------

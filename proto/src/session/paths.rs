@@ -330,6 +330,16 @@ pub const MAX_ONE_WAY: Duration = Duration::from_secs(2);
 /// stops reading a path (a peer whose replay buffer exceeds this ignores
 /// the window, §3.2): the last line of memory defence.
 pub const RX_SLACK: usize = 16 << 20;
+/// Unread bytes (or the receive window, if smaller) above which a receiver
+/// whose application is reading pauses
+/// reading its paths (§3.2): the transport's own backpressure then paces
+/// the sender, and the reading application gets the CPU (a driver that read
+/// on to the window's edge starved it, and the gaps between its reads grew).
+pub const READ_AHEAD: usize = 1 << 20;
+/// How long an application may leave [`READ_AHEAD`] bytes unread before the
+/// receiver reads its paths again regardless (§3.2, DI-WIN-2): control
+/// frames wait at most this long behind data the application does not take.
+pub const READ_PAUSE: Duration = Duration::from_millis(50);
 /// Most candidates this side dials per transport.
 pub const MAX_DIAL: usize = 32;
 
@@ -405,6 +415,9 @@ pub struct PathManager {
     guest_dialed: Option<u32>,
     /// Guest: a UDP PUNCH (attempt, agreed start) waiting for its endpoint.
     udp_punch_pending: Option<(u32, Instant)>,
+    /// Since when [`READ_AHEAD`] bytes wait for the application (the
+    /// read-ahead pause, §3.2); cleared when it reads them below that.
+    ahead_since: Option<Instant>,
     ack_at: Option<Instant>,
     now: Instant,
 }
@@ -462,6 +475,7 @@ impl PathManager {
             guest_dialed: Some(0),
             udp_punch_pending: None,
             ack_at: None,
+            ahead_since: None,
             now,
             cfg,
         };
@@ -506,6 +520,9 @@ impl PathManager {
         buf[n..n + m].copy_from_slice(&b[..m]);
         self.rx.drain(..n + m);
         self.consumed += (n + m) as u64;
+        if self.rx.len() < self.read_ahead() {
+            self.ahead_since = None;
+        }
         if n + m > 0 {
             let limited = self.st.received() > self.ack_limit_before();
             self.update_ack_limit();
@@ -594,14 +611,34 @@ impl PathManager {
         self.slots.keys().copied()
     }
 
-    /// Whether `h` should be read now: always, unless the application left
-    /// more than the window plus [`RX_SLACK`] unread (a peer ignoring the
-    /// window, §3.2).
-    pub fn wants_read(&self, h: PathHandle) -> bool {
+    /// Whether `h` should be read now: unless the application left more
+    /// than the window plus [`RX_SLACK`] unread (a peer ignoring the window,
+    /// §3.2), or the read-ahead pause holds: [`READ_AHEAD`] bytes wait for
+    /// the application, since less than [`READ_PAUSE`].
+    pub fn wants_read(&self, h: PathHandle, now: Instant) -> bool {
+        if !self.slots.contains_key(&h)
+            || self.rx.len() >= self.cfg.receive_window.saturating_add(RX_SLACK)
+        {
+            return false;
+        }
         //= spec/direct.md#DI-WIN-2
         //# a receiver MUST keep reading its paths while its application does not read
-        self.slots.contains_key(&h)
-            && self.rx.len() < self.cfg.receive_window.saturating_add(RX_SLACK)
+        //= spec/direct.md#DI-WIN-3
+        //# MUST read them again once its application
+        //# has read them below `READ_AHEAD` or `READ_PAUSE` (50 ms) has passed
+        self.ahead_since.is_none_or(|t| now >= t + READ_PAUSE)
+    }
+
+    /// [`READ_AHEAD`] bytes wait for the application: the runtime may be
+    /// pausing its reads, and should re-check [`PathManager::wants_read`]
+    /// once a read ends this.
+    pub fn reading_ahead(&self) -> bool {
+        self.ahead_since.is_some()
+    }
+
+    /// The read-ahead threshold: [`READ_AHEAD`], or the window if smaller.
+    fn read_ahead(&self) -> usize {
+        READ_AHEAD.min(self.cfg.receive_window.max(1))
     }
 
     // ----- events from the runtime ---------------------------------------
@@ -666,6 +703,11 @@ impl PathManager {
             //= spec/direct.md#DI-PARSE-2
             //# SHOULD send `CLOSE` on another path if one is left.
             self.close_all(1, "protocol error");
+        }
+        //= spec/direct.md#DI-WIN-3
+        //# a receiver MAY pause reading its paths
+        if self.ahead_since.is_none() && self.rx.len() >= self.read_ahead() {
+            self.ahead_since = Some(now);
         }
         self.fill(now);
     }
@@ -834,6 +876,11 @@ impl PathManager {
         }
         if let Some(c) = self.closed_at {
             at(c + self.cfg.linger);
+        }
+        if let Some(end) = self.ahead_since.map(|t| t + READ_PAUSE) {
+            if end > self.now {
+                at(end);
+            }
         }
         t
     }
