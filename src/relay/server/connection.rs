@@ -1,0 +1,410 @@
+//! One connection from accept to its request: the per-source and global
+//! unauthenticated limits, the first byte, the TLS handshake and first frame
+//! within their deadlines, the guess slot of a source that failed too often,
+//! then the `CREATE` (token, shares) or `JOIN` (lookup, hand-over) path.
+
+use super::session::{host, Guest};
+use super::{Shared, ABORT, RUNNING};
+use crate::relay::admission::{Kind, Share, SourceKey, Verdict};
+use crate::relay::ctl::{CtlChannel, CtlError};
+use crate::relay::refusals::Refusal;
+use proto::relay::wire::{ErrorCode, Frame, VERSION};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Accept connections: close those over their source's or the global
+/// unauthenticated limit, and serve each other one in a task of its own.
+pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        //= spec/relay.md#96-admission-per-source
+        //# A connection over its source's unauthenticated share is closed at
+        //# accept, before TLS
+        let Some(share) = shared
+            .shares
+            .try_take(shared.source(peer.ip()), Kind::Unauthenticated)
+        else {
+            shared
+                .metrics
+                .refused_source_share
+                .fetch_add(1, Ordering::Relaxed);
+            shared.refusal(peer, Refusal::SourceShare, serde_json::json!({}));
+            drop(tcp);
+            continue;
+        };
+        let Ok(permit) = shared.unauth.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .refused_unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut phase = shared.phase.subscribe();
+            tokio::select! {
+                _ = handle(tcp, peer, &shared, (permit, share)) => {}
+                _ = phase.wait_for(|p| *p == ABORT) => {}
+            }
+        });
+    }
+}
+
+/// What a connection's first frame asks for.
+enum Request {
+    /// Register a waiting session; whether its operator token is good.
+    Create([u8; 16], bool),
+    /// Join the waiting session with this `rendezvous_id`.
+    Join([u8; 16]),
+}
+
+/// What an unauthenticated connection holds: its global slot and its
+/// source's unit of `max_unauthenticated_per_source`.
+pub(super) type Unauth = (tokio::sync::OwnedSemaphorePermit, Share);
+
+/// How a step refuses a connection: answer with this frame and close, or
+/// (`None`) close silently.
+type Refuse = Option<Frame<'static>>;
+
+/// Serve one accepted connection up to its session (or its refusal).
+async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: Unauth) {
+    let accepted = Instant::now();
+    let key = shared.source(peer.ip());
+    if !first_byte(&tcp, shared).await {
+        return;
+    }
+    let tls = shared.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Ok(conn) = rustls::ServerConnection::new(tls) else {
+        return;
+    };
+    let mut ctl = CtlChannel::new(tcp, conn);
+    let first = first_frame(&mut ctl, shared, accepted).await;
+    let req = match first.and_then(|bytes| request(shared, &bytes)) {
+        Ok(req) => req,
+        Err(refuse) => return close(ctl, refuse).await,
+    };
+    if draining(shared) {
+        return ctl.fail(&shutting_down()).await;
+    }
+    // Guessing is slowed per source: joins and token-less or wrong-token
+    // creates. A host with a valid operator token is never slowed.
+    let _ticket = if matches!(req, Request::Create(_, true)) {
+        None
+    } else {
+        match shared.guesses.admit(key, Instant::now()) {
+            Verdict::Go(t) => Some(t),
+            // The ticket is held while the refusal is sent.
+            Verdict::Wait(at, t) => match tarpit(&ctl, shared, at).await {
+                Ok(()) => Some(t),
+                Err(None) => return,
+                Err(Some(f)) => return ctl.fail(&f).await,
+            },
+            Verdict::Refuse(retry) => return ctl.fail(&locked_out(shared, peer, retry)).await,
+        }
+    };
+    match req {
+        Request::Create(_, false) => ctl.fail(&unauthorized(shared, peer, key)).await,
+        Request::Create(rid, true) => create(ctl, peer, rid, shared, unauth, key).await,
+        Request::Join(rid) => join(ctl, peer, rid, shared, unauth, key).await,
+    }
+}
+
+/// Close a refused connection: with its frame, or silently.
+async fn close(ctl: CtlChannel, refuse: Refuse) {
+    if let Some(f) = refuse {
+        ctl.fail(&f).await;
+    }
+}
+
+/// Whether the relay refuses new sessions (draining or stopping).
+fn draining(shared: &Shared) -> bool {
+    *shared.phase.borrow() != RUNNING
+}
+
+/// The answer to a request that arrives while the relay drains.
+fn shutting_down() -> Frame<'static> {
+    Frame::error(ErrorCode::ShuttingDown, 0, "relay shutting down")
+}
+
+/// Wait for the connection's first byte; `false`: close silently.
+async fn first_byte(tcp: &TcpStream, shared: &Shared) -> bool {
+    //= spec/relay.md#RL-TIME-2
+    //# The first byte MUST arrive within `first_byte_timeout_secs` of the accept (or
+    //# `handshake_timeout_secs` if shorter), else close silently.
+    let mut one = [0u8; 1];
+    let first_byte = shared
+        .limits
+        .first_byte_timeout
+        .min(shared.limits.handshake_timeout);
+    match tokio::time::timeout(first_byte, tcp.peek(&mut one)).await {
+        Ok(Ok(n)) if n > 0 => true,
+        Ok(_) => false,
+        Err(_) => {
+            shared
+                .metrics
+                .first_byte_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// The TLS handshake (ALPN `xtcp-relay/1`) and the first frame, both within
+/// the handshake deadline counted from the accept.
+async fn first_frame(
+    ctl: &mut CtlChannel,
+    shared: &Shared,
+    accepted: Instant,
+) -> Result<Vec<u8>, Refuse> {
+    // Handshake timeout: from the accept to the first frame.
+    //= spec/relay.md#RL-TIME-1
+    //# TLS handshake and the first complete frame MUST arrive within
+    //# `handshake_timeout_secs`
+    let deadline = accepted
+        .checked_add(shared.limits.handshake_timeout)
+        .unwrap_or(accepted);
+    let first = tokio::time::timeout_at(deadline, async {
+        ctl.handshake().await?;
+        ctl.recv().await
+    })
+    .await;
+    match first {
+        Ok(Ok(_)) if ctl.alpn() != Some(proto::relay::wire::ALPN) => Err(Some(Frame::error(
+            ErrorCode::UnsupportedVersion,
+            0,
+            "ALPN xtcp-relay/1 required",
+        ))),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(CtlError::Frame(_))) => Err(Some(Frame::error(
+            ErrorCode::Malformed,
+            0,
+            "malformed frame",
+        ))),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(Frame::error(
+            ErrorCode::Timeout,
+            0,
+            "handshake timeout",
+        ))),
+    }
+}
+
+/// The request in a first frame: a `CREATE` (its token checked) or a `JOIN`
+/// of this relay's version.
+fn request(shared: &Shared, bytes: &[u8]) -> Result<Request, Refuse> {
+    match Frame::parse(bytes) {
+        Ok((Frame::Create { version, .. } | Frame::Join { version, .. }, _))
+            //= spec/relay.md#RL-VER-1
+            //# A relay that receives another version MUST answer
+            //# `ERROR UNSUPPORTED_VERSION` (§6) and close
+            if version != VERSION =>
+        {
+            Err(Some(Frame::error(
+                ErrorCode::UnsupportedVersion,
+                0,
+                "this relay speaks version 1",
+            )))
+        }
+        Ok((
+            Frame::Create {
+                rendezvous_id,
+                token,
+                ..
+            },
+            _,
+        )) => {
+            let ok = token_ok(shared, token);
+            Ok(Request::Create(rendezvous_id, ok))
+        }
+        Ok((Frame::Join { rendezvous_id, .. }, _)) => Ok(Request::Join(rendezvous_id)),
+        _ => Err(Some(Frame::error(
+            ErrorCode::Malformed,
+            0,
+            "expected CREATE or JOIN",
+        ))),
+    }
+}
+
+/// A throttled guess waits for its source's slot. `Err`: the client gave up
+/// (close silently) or the relay began to drain meanwhile.
+async fn tarpit(ctl: &CtlChannel, shared: &Shared, at: Instant) -> Result<(), Refuse> {
+    //= spec/relay.md#92-guessing
+    //# the connection waits for it (tarpit; the client sees a slow
+    //# answer), and only then is the JOIN looked up
+    shared.metrics.tarpitted.fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = tokio::time::sleep_until(at) => {}
+        // The client gave up: its slot stays spent.
+        _ = ctl.peer_activity() => return Err(None),
+    }
+    if draining(shared) {
+        return Err(Some(shutting_down()));
+    }
+    Ok(())
+}
+
+/// Count and log a guess refused because its source's queue is full; the
+/// answer tells when to retry.
+fn locked_out(shared: &Shared, peer: SocketAddr, retry: Duration) -> Frame<'static> {
+    shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
+    shared.refusal(peer, Refusal::LockedOut, serde_json::json!({}));
+    let secs = u32::try_from(retry.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+    Frame::error(
+        ErrorCode::LockedOut,
+        secs,
+        "too many failed attempts; retry later",
+    )
+}
+
+/// Count, log and answer a CREATE without a good operator token: a failed
+/// guess of its source.
+fn unauthorized(shared: &Shared, peer: SocketAddr, key: SourceKey) -> Frame<'static> {
+    shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+    let locked = shared.guesses.fail(key, Instant::now());
+    shared.refusal(
+        peer,
+        Refusal::Unauthorized,
+        serde_json::json!({"reason": "unauthorized", "locked_out": locked}),
+    );
+    Frame::error(
+        ErrorCode::Unauthorized,
+        0,
+        "operator token missing or wrong",
+    )
+}
+
+/// Count, log and answer a request over its source's waiting or paired share.
+fn over_source_share(shared: &Shared, peer: SocketAddr) -> Frame<'static> {
+    shared
+        .metrics
+        .refused_source_share
+        .fetch_add(1, Ordering::Relaxed);
+    shared.refusal(peer, Refusal::OverSourceShare, serde_json::json!({}));
+    Frame::error(
+        ErrorCode::OverCapacity,
+        0,
+        "too many sessions from this address",
+    )
+}
+
+/// An authorized CREATE: within its source's shares, the host waits for its
+/// guest.
+async fn create(
+    ctl: CtlChannel,
+    peer: SocketAddr,
+    rid: [u8; 16],
+    shared: &Arc<Shared>,
+    unauth: Unauth,
+    key: SourceKey,
+) {
+    //= spec/relay.md#96-admission-per-source
+    //# A CREATE or JOIN over the waiting or paired share is answered
+    //# `OVER_CAPACITY`.
+    let waiting = shared.shares.try_take(key, Kind::Waiting);
+    let paired = shared.shares.held(key)[Kind::Paired as usize];
+    match waiting {
+        Some(w) if (paired as usize) < shared.cfg.max_sessions_per_source => {
+            host(ctl, peer, rid, shared, unauth, w).await
+        }
+        _ => ctl.fail(&over_source_share(shared, peer)).await,
+    }
+}
+
+/// A JOIN: within the session limit and its source's paired share, hand the
+/// guest to its waiting host; an unknown session is a failed guess.
+async fn join(
+    ctl: CtlChannel,
+    peer: SocketAddr,
+    rid: [u8; 16],
+    shared: &Shared,
+    unauth: Unauth,
+    key: SourceKey,
+) {
+    if shared.metrics.active.load(Ordering::Relaxed) >= shared.cfg.max_sessions {
+        // Checked before the lookup so a full relay never disturbs the
+        // waiting table.
+        ctl.fail(&Frame::error(
+            ErrorCode::OverCapacity,
+            0,
+            "too many sessions",
+        ))
+        .await;
+        return;
+    }
+    let Some(share) = shared.shares.try_take(key, Kind::Paired) else {
+        return ctl.fail(&over_source_share(shared, peer)).await;
+    };
+    let waiting = shared
+        .waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&rid);
+    match waiting {
+        Some(w) => {
+            drop(unauth);
+            let guest = Guest {
+                ctl,
+                addr: peer,
+                share,
+            };
+            if let Err(g) = w.tx.send(guest) {
+                // The host left between lookup and hand-over.
+                let f = Frame::error(ErrorCode::UnknownSession, 0, "unknown or expired session");
+                g.ctl.fail(&f).await;
+            }
+        }
+        None => {
+            drop(share);
+            shared.metrics.joins_failed.fetch_add(1, Ordering::Relaxed);
+            let locked = shared.guesses.fail(key, Instant::now());
+            shared.refusal(
+                peer,
+                Refusal::UnknownSession,
+                serde_json::json!({"reason": "unknown_session", "locked_out": locked}),
+            );
+            ctl.fail(&Frame::error(
+                ErrorCode::UnknownSession,
+                0,
+                "unknown or expired session",
+            ))
+            .await;
+        }
+    }
+}
+
+/// Whether a CREATE's token is one of the operator tokens (or may be
+/// missing), compared in constant time over all stored hashes.
+fn token_ok(shared: &Shared, token: &[u8]) -> bool {
+    let tokens = shared.tokens.read().unwrap_or_else(|p| p.into_inner());
+    if tokens.is_empty() && token.is_empty() {
+        return shared.cfg.allow_anonymous_hosts;
+    }
+    //= spec/relay.md#RL-TOK-1
+    //# It MUST NOT store or log tokens.
+    let h = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut ok = false;
+    for t in tokens.iter() {
+        // Compare every stored hash in full (no early exit).
+        let diff = t
+            .iter()
+            .zip(h.as_ref())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        ok |= diff == 0;
+    }
+    ok || (shared.cfg.allow_anonymous_hosts && token.is_empty())
+}
