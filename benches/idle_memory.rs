@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use xtcp::e2e::{handshake, E2eOptions, E2eStream, Role};
-use xtcp::net::{EndpointOptions, XtcpEndpoint, XtcpStream};
 use xtcp::secret::SessionSecret;
+use xtcp::transport::{EndpointOptions, XtcpEndpoint, XtcpStream};
 
 /// Connections opened before the baseline is read.
 const WARM: usize = 200;

@@ -825,7 +825,7 @@ fn main() -> ExitCode {
 mod child {
     use super::*;
     use tokio::net::{TcpListener, TcpSocket, TcpStream};
-    use xtcp::net::{EndpointOptions, XtcpEndpoint};
+    use xtcp::transport::{EndpointOptions, XtcpEndpoint};
 
     pub struct ChildOpts {
         role: String,

@@ -63,10 +63,10 @@ where
     Ok(got)
 }
 
-/// Run the demo with `mib` MiB each way; `udp`: the direct path is XTCP
-/// over UDP hole punching (direct TCP off, no UDP window) instead of TCP.
-pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
-    let direct = if udp {
+/// The direct paths of the demo: `udp`, XTCP over UDP hole punching (direct
+/// TCP off, no UDP window) instead of TCP.
+fn direct_options(udp: bool) -> xtcp::session::DirectOptions {
+    if udp {
         xtcp::session::DirectOptions {
             tcp: false,
             udp_after: Duration::ZERO,
@@ -74,7 +74,12 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
         }
     } else {
         xtcp::session::DirectOptions::default()
-    };
+    }
+}
+
+/// Start the embedded relay on loopback (self-signed TLS, one token) and
+/// the client settings that trust it by fingerprint.
+async fn start_relay() -> Result<(Relay, RelayClientConfig), DemoError> {
     let cert = xtcp::tls::self_signed(&["localhost"]).map_err(err)?;
     let fp = xtcp::tls::fingerprint(&cert.chain[0]);
     let token = "demo-token";
@@ -104,6 +109,97 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
         token: Some(token.into()),
         connect_timeout: Duration::from_secs(10),
     };
+    Ok((relay, relay_cfg))
+}
+
+/// Path changes, each with its time after the pairing.
+type PathLog = std::sync::Arc<std::sync::Mutex<Vec<(Duration, xtcp::Path)>>>;
+
+/// Record the session's path changes as they happen, timed from `t_paired`.
+fn spawn_path_log(
+    mut ev: tokio::sync::watch::Receiver<xtcp::Path>,
+    t_paired: Instant,
+) -> (tokio::task::JoinHandle<()>, PathLog) {
+    let log = PathLog::default();
+    let path_log = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            // Bounded: a session changes path a handful of times.
+            for _ in 0..64 {
+                if ev.changed().await.is_err() {
+                    break;
+                }
+                let p = *ev.borrow_and_update();
+                if let Ok(mut l) = log.lock() {
+                    l.push((t_paired.elapsed(), p));
+                }
+            }
+        })
+    };
+    (path_log, log)
+}
+
+/// Print the path changes, the checksums of both directions and the rate;
+/// returns whether each side got what the other sent.
+fn report_transfer(log: &PathLog, mib: usize, dt: f64, sent: [&[u8]; 2], got: [&[u8]; 2]) -> bool {
+    let [a, b] = sent;
+    let [got_g, got_h] = got;
+    let n = mib * 1024 * 1024;
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut line = String::from("path     relay");
+    for (at, p) in &log {
+        line.push_str(&format!(
+            " → {p} ({:.1} ms after pairing)",
+            at.as_secs_f64() * 1e3
+        ));
+    }
+    println!("{line}");
+    let ok_hg = got_h == a;
+    let ok_gh = got_g == b;
+    println!(
+        "host→guest {} MiB  sha256 {} {}   guest→host {} MiB  sha256 {} {}",
+        mib,
+        sha256(got_h),
+        if ok_hg { "ok" } else { "MISMATCH" },
+        mib,
+        sha256(got_g),
+        if ok_gh { "ok" } else { "MISMATCH" }
+    );
+    println!(
+        "moved    {:.1} MiB in {:.3} s: {:.0} Mbit/s each way, {:.0} Mbit/s total",
+        2.0 * n as f64 / 1048576.0,
+        dt,
+        n as f64 * 8.0 / dt / 1e6,
+        2.0 * n as f64 * 8.0 / dt / 1e6
+    );
+    ok_hg && ok_gh
+}
+
+/// Print what the relay saw of the session (`n` payload bytes each way),
+/// once it has recorded it.
+async fn report_relay(relay: &Relay, n: usize) {
+    // The relay records a session's bytes when it closes; wait for that (bounded).
+    let m = relay.metrics();
+    for _ in 0..200 {
+        if m.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "relay saw: 1 session paired; {} B host→guest, {} B guest→host of TLS records it cannot decrypt (payload {} B each way; what it did not carry went direct)",
+        r(&m.bytes_host_to_guest),
+        r(&m.bytes_guest_to_host),
+        n
+    );
+}
+
+/// Run the demo with `mib` MiB each way; `udp`: the direct path is XTCP
+/// over UDP hole punching (direct TCP off, no UDP window) instead of TCP.
+pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
+    let direct = direct_options(udp);
+    let (relay, relay_cfg) = start_relay().await?;
     let opts = Options {
         relay: relay_cfg.clone(),
         e2e: E2eOptions::default(),
@@ -127,23 +223,7 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
     let t_up = t0.elapsed();
     // Path changes as they happen, timed from the pairing.
     let t_paired = Instant::now();
-    let mut ev = h.path_events();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let path_log = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            // Bounded: a session changes path a handful of times.
-            for _ in 0..64 {
-                if ev.changed().await.is_err() {
-                    break;
-                }
-                let p = *ev.borrow_and_update();
-                if let Ok(mut l) = log.lock() {
-                    l.push((t_paired.elapsed(), p));
-                }
-            }
-        })
-    };
+    let (path_log, log) = spawn_path_log(h.path_events(), t_paired);
     println!(
         "session  up in {:.1} ms; path: {}; e2e {} (peer authenticated by the code)",
         t_up.as_secs_f64() * 1e3,
@@ -156,50 +236,10 @@ pub async fn run(mib: usize, udp: bool) -> Result<(), DemoError> {
     let (got_g, got_h) = tokio::try_join!(exchange(h, &a), exchange(g, &b)).map_err(err)?;
     let dt = t1.elapsed().as_secs_f64();
     path_log.abort();
-    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
-    let mut line = String::from("path     relay");
-    for (at, p) in &log {
-        line.push_str(&format!(
-            " → {p} ({:.1} ms after pairing)",
-            at.as_secs_f64() * 1e3
-        ));
-    }
-    println!("{line}");
-    let ok_hg = got_h == a;
-    let ok_gh = got_g == b;
-    println!(
-        "host→guest {} MiB  sha256 {} {}   guest→host {} MiB  sha256 {} {}",
-        mib,
-        sha256(&got_h),
-        if ok_hg { "ok" } else { "MISMATCH" },
-        mib,
-        sha256(&got_g),
-        if ok_gh { "ok" } else { "MISMATCH" }
-    );
-    println!(
-        "moved    {:.1} MiB in {:.3} s: {:.0} Mbit/s each way, {:.0} Mbit/s total",
-        2.0 * n as f64 / 1048576.0,
-        dt,
-        n as f64 * 8.0 / dt / 1e6,
-        2.0 * n as f64 * 8.0 / dt / 1e6
-    );
-    // The relay records a session's bytes when it closes; wait for that (bounded).
-    let m = relay.metrics();
-    for _ in 0..200 {
-        if m.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let r = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "relay saw: 1 session paired; {} B host→guest, {} B guest→host of TLS records it cannot decrypt (payload {} B each way; what it did not carry went direct)",
-        r(&m.bytes_host_to_guest),
-        r(&m.bytes_guest_to_host),
-        n
-    );
+    let ok = report_transfer(&log, mib, dt, [&a, &b], [&got_g, &got_h]);
+    report_relay(&relay, n).await;
     relay.shutdown().await;
-    if ok_hg && ok_gh {
+    if ok {
         Ok(())
     } else {
         Err(DemoError("data mismatch".into()))

@@ -93,7 +93,7 @@ pub(crate) struct DirectConn {
     pub kind: Path,
     /// For XTCP: waits until the peer acknowledged everything (see the
     /// session driver's end).
-    pub xtcp: Option<crate::net::CloseWaiter>,
+    pub xtcp: Option<crate::transport::CloseWaiter>,
     /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
     /// sent right behind its tag (`spec/direct.md` §4.6).
     pub early_resume: Option<u64>,
@@ -147,7 +147,7 @@ impl DirectCtx {
         io: S,
         remote: SocketAddr,
         kind: Path,
-        xtcp: Option<crate::net::CloseWaiter>,
+        xtcp: Option<crate::transport::CloseWaiter>,
     ) {
         let binding = Self::binding(self.relay_exporter.clone());
         let timeout = self.handshake_timeout;

@@ -25,7 +25,7 @@
 
 use crate::direct::{self, DirectCtx};
 use crate::e2e::Role;
-use crate::net::{EndpointOptions, XtcpEndpoint};
+use crate::transport::{EndpointOptions, XtcpEndpoint};
 use proto::session::probe::ProbeKey;
 use proto::session::punch::{Punch, PunchAction, GUESS_PHASE, MAX_CONNECTS, PROBE_SLOW};
 use proto::session::Path;

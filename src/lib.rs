@@ -16,11 +16,11 @@ pub mod direct;
 pub mod direct_udp;
 pub mod e2e;
 mod early;
-pub mod net;
 pub mod preamble;
 pub mod relay;
 pub mod secret;
 pub mod session;
 pub mod tls;
+pub mod transport;
 
 pub use api::{host, join, Error, HostSession, Options, Path, Session};

@@ -264,7 +264,7 @@ where
 
 /// `listen` / `connect`: XTCP, then (unless --no-tls) e2e TLS authenticated by the code.
 async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Result<(), String> {
-    use xtcp::net::{EndpointOptions, XtcpEndpoint};
+    use xtcp::transport::{EndpointOptions, XtcpEndpoint};
     let secret = match (&a.code, a.no_tls) {
         (_, true) => None,
         (Some(c), false) => Some(
@@ -295,7 +295,7 @@ async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Resu
     } else {
         match tokio::time::timeout(timeout, ep.connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(xtcp::net::XtcpError::TimedOut)) | Err(_) => {
+            Ok(Err(xtcp::transport::XtcpError::TimedOut)) | Err(_) => {
                 return Err(format!(
                     "peer unreachable: no answer from {addr} (connect timed out)"
                 ))
@@ -349,7 +349,7 @@ async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Resu
 }
 
 /// Progress on stderr once a second: bytes, rate, RTT, cwnd.
-fn spawn_progress(s: &xtcp::net::XtcpStream) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(s: &xtcp::transport::XtcpStream) -> tokio::task::JoinHandle<()> {
     let probe = s.probe();
     tokio::spawn(async move {
         let mut last = (0u64, 0u64);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtcp::net::{EndpointOptions, XtcpEndpoint, XtcpError};
+use xtcp::transport::{EndpointOptions, XtcpEndpoint, XtcpError};
 
 fn listener() -> XtcpEndpoint {
     XtcpEndpoint::bind(
@@ -221,7 +221,7 @@ async fn connect_to_a_non_listening_endpoint_is_refused() {
 /// Bounded at 300 s; takes ~6-16 s in release on two shared cores. It used
 /// to fail (~1 % of connects timed out after seven SYNs) because the driver
 /// sent everything it had before reading again and its socket's receive
-/// queue overflowed; `src/net.rs` now reads first, in `recvmmsg` batches.
+/// queue overflowed; `src/transport/` now reads first, in `recvmmsg` batches.
 /// `XTCP_TEST_CONNS=N` and `XTCP_TEST_HALF_OPEN=N` vary it; it prints both
 /// endpoints' counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use xtcp::net::{EndpointOptions, XtcpEndpoint};
+use xtcp::transport::{EndpointOptions, XtcpEndpoint};
 use xtcp_lab::tun::{Bridge, BridgeConfig, Report};
 use xtcp_lab::{payload, require_netns, sha256_hex, Netns};
 
@@ -113,7 +113,7 @@ impl Lab {
         &self,
         who: Opener,
         bufs: Option<u32>,
-    ) -> (tokio::net::TcpStream, xtcp::net::XtcpStream) {
+    ) -> (tokio::net::TcpStream, xtcp::transport::XtcpStream) {
         match who {
             Opener::Kernel => {
                 let (k, x) =
@@ -255,7 +255,7 @@ fn want(seed: u64, len: usize) -> (usize, String) {
 /// both ends half-close after writing; byte-exact or panic, within `limit`.
 async fn exchange(
     k: tokio::net::TcpStream,
-    x: xtcp::net::XtcpStream,
+    x: xtcp::transport::XtcpStream,
     k_len: usize,
     x_len: usize,
     limit: Duration,

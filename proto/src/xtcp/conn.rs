@@ -397,6 +397,19 @@ impl SentSeg {
     }
 }
 
+/// What the segments an ACK of new data removed from the retransmission
+/// queue tell (RFC 6298 §3, RFC 8985 §6.2, RFC 7661).
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    /// The RTT of the last never-retransmitted, not SACKed one (Karn's rule).
+    rtt_sample: Option<Duration>,
+    /// Send time, end and transmissions of the most recently sent one not
+    /// SACKed, for RACK.
+    newest: Option<(Instant, u64, u16)>,
+    /// Whether any was sent while the sender was application-limited.
+    app_limited: bool,
+}
+
 /// RFC 6582 / RFC 6675 recovery episode.
 #[derive(Clone, Copy, Debug)]
 struct Recovery {
@@ -1161,6 +1174,8 @@ impl Connection {
         }
     }
 
+    /// Segment arrives in a synchronized state (or SYN-RECEIVED): the checks of
+    /// RFC 9293 §3.10.7.4 in its order, each a step below.
     fn on_segment_synchronized(&mut self, now: Instant, from: SocketAddr, seg: &SegmentRepr<'_>) {
         let rcv_nxt = self.rcv_nxt_seq();
         let rcv_nxt_off = self.rcv_nxt_off();
@@ -1175,79 +1190,19 @@ impl Connection {
             return;
         }
 
-        // RFC 7323 §5.3 PAWS: R1) drop a segment whose TSval is older than TS.Recent,
-        // unless TS.Recent is over 24 days old (R2 of §5.5).
-        if self.opts.timestamps && !seg.flags.rst() {
-            if let Some((tsval, _)) = seg.options.timestamps {
-                let stale = now - self.ts_recent_at > Duration::from_secs(24 * 86_400);
-                if (tsval.wrapping_sub(self.ts_recent) as i32) < 0 && !stale {
-                    self.stats.dropped_segments += 1;
-                    self.ack.now = true;
-                    return;
-                }
-            }
+        if self.paws_rejects(now, seg) {
+            return;
         }
 
         // RFC 9293 §3.10.7.4 first check: segment acceptability.
-        let wnd = rcv_wnd.min(u64::from(u32::MAX >> 1)) as u32;
-        let acceptable = match (seg_len, wnd) {
-            (0, 0) => seg.seq == rcv_nxt,
-            (0, _) => seg.seq.in_window(rcv_nxt, rcv_nxt + wnd),
-            (_, 0) => false,
-            (len, _) => {
-                let last = seg.seq + (len as u32).wrapping_sub(1);
-                seg.seq.in_window(rcv_nxt, rcv_nxt + wnd) || last.in_window(rcv_nxt, rcv_nxt + wnd)
-            }
-        };
-        // A zero-window probe / keepalive (seq = RCV.NXT-1 or data beyond a zero
-        // window) is "not acceptable" but must still be ACKed and its ACK field used.
-        if !acceptable {
-            if seg.flags.rst() {
-                return;
-            }
-            if self.state == State::TimeWait && seg.flags.fin() {
-                // RFC 9293 §3.10.7.4: a retransmitted FIN restarts the 2 MSL timeout.
-                self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
-            }
-            // A retransmission from a peer whose NAT mapping changed while
-            // all its new data was already here (and our ACKs to the old
-            // address were lost) is "not acceptable" forever: take its
-            // address as a candidate too, or the connection would never
-            // learn where the peer went. Plausible means: it carries the
-            // connection id and an ACK in the RFC 5961 §5.2 acceptable range.
-            // spec/xtcp.md §8.3: only after PAWS and these checks.
-            if seg.flags.ack() && self.ack_plausible(seg) {
-                self.on_peer_segment(now, from, seg);
-            }
-            self.ack.now = true;
-            self.stats.dropped_segments += 1;
-            // Still process a valid ACK field (RFC 9293 §3.8.6.1 zero-window
-            // probes must not stop the window from reopening on our side).
-            if seg.flags.ack() && self.state != State::SynReceived && seg_len > 0 {
-                self.process_ack(now, seg);
-            }
+        if !Self::seq_acceptable(seg, seg_len, rcv_nxt, rcv_wnd) {
+            self.on_unacceptable_segment(now, from, seg, seg_len);
             return;
         }
 
         // Second check: RST (RFC 5961 §3.2).
         if seg.flags.rst() {
-            if seg.seq == rcv_nxt {
-                let err = if self.state == State::SynReceived && self.syn_pending != SynPending::Syn
-                {
-                    ConnectionError::Refused
-                } else {
-                    ConnectionError::Reset
-                };
-                match self.state {
-                    // RFC 1337 §3 (TIME-WAIT assassination): ignore RST in TIME-WAIT.
-                    State::TimeWait => {}
-                    // RFC 9293 §3.10.7.4: in CLOSING and LAST-ACK simply close.
-                    State::Closing | State::LastAck => self.close(now, None),
-                    _ => self.close(now, Some(err)),
-                }
-            } else {
-                self.challenge_ack(now);
-            }
+            self.check_rst(now, seg, rcv_nxt);
             return;
         }
 
@@ -1262,6 +1217,124 @@ impl Connection {
             return;
         }
 
+        self.on_segment_accepted(now, from, seg, seg_len);
+
+        if self.state == State::SynReceived && !self.syn_received_ack(now, seg) {
+            return;
+        }
+
+        if !self.process_ack(now, seg) {
+            return;
+        }
+
+        self.segment_text(now, seg, rcv_nxt, rcv_nxt_off);
+    }
+
+    /// RFC 7323 §5.3 PAWS (before the first check): whether the segment is
+    /// dropped for an old timestamp (and ACKed).
+    fn paws_rejects(&mut self, now: Instant, seg: &SegmentRepr<'_>) -> bool {
+        // RFC 7323 §5.3 PAWS: R1) drop a segment whose TSval is older than TS.Recent,
+        // unless TS.Recent is over 24 days old (R2 of §5.5).
+        if self.opts.timestamps && !seg.flags.rst() {
+            if let Some((tsval, _)) = seg.options.timestamps {
+                let stale = now - self.ts_recent_at > Duration::from_secs(24 * 86_400);
+                if (tsval.wrapping_sub(self.ts_recent) as i32) < 0 && !stale {
+                    self.stats.dropped_segments += 1;
+                    self.ack.now = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// RFC 9293 §3.10.7.4 first check: is the segment acceptable, i.e. does it
+    /// start or end within the receive window (the four cases of its table)?
+    fn seq_acceptable(
+        seg: &SegmentRepr<'_>,
+        seg_len: usize,
+        rcv_nxt: SeqNumber,
+        rcv_wnd: u64,
+    ) -> bool {
+        let wnd = rcv_wnd.min(u64::from(u32::MAX >> 1)) as u32;
+        match (seg_len, wnd) {
+            (0, 0) => seg.seq == rcv_nxt,
+            (0, _) => seg.seq.in_window(rcv_nxt, rcv_nxt + wnd),
+            (_, 0) => false,
+            (len, _) => {
+                let last = seg.seq + (len as u32).wrapping_sub(1);
+                seg.seq.in_window(rcv_nxt, rcv_nxt + wnd) || last.in_window(rcv_nxt, rcv_nxt + wnd)
+            }
+        }
+    }
+
+    /// RFC 9293 §3.10.7.4 first check, a segment that is not acceptable: ACK
+    /// it (unless RST) and drop it, but still use its ACK field.
+    fn on_unacceptable_segment(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+        seg_len: usize,
+    ) {
+        // A zero-window probe / keepalive (seq = RCV.NXT-1 or data beyond a zero
+        // window) is "not acceptable" but must still be ACKed and its ACK field used.
+        if seg.flags.rst() {
+            return;
+        }
+        if self.state == State::TimeWait && seg.flags.fin() {
+            // RFC 9293 §3.10.7.4: a retransmitted FIN restarts the 2 MSL timeout.
+            self.timers.set(Timer::TimeWait, now + self.cfg.msl * 2);
+        }
+        // A retransmission from a peer whose NAT mapping changed while
+        // all its new data was already here (and our ACKs to the old
+        // address were lost) is "not acceptable" forever: take its
+        // address as a candidate too, or the connection would never
+        // learn where the peer went. Plausible means: it carries the
+        // connection id and an ACK in the RFC 5961 §5.2 acceptable range.
+        // spec/xtcp.md §8.3: only after PAWS and these checks.
+        if seg.flags.ack() && self.ack_plausible(seg) {
+            self.on_peer_segment(now, from, seg);
+        }
+        self.ack.now = true;
+        self.stats.dropped_segments += 1;
+        // Still process a valid ACK field (RFC 9293 §3.8.6.1 zero-window
+        // probes must not stop the window from reopening on our side).
+        if seg.flags.ack() && self.state != State::SynReceived && seg_len > 0 {
+            self.process_ack(now, seg);
+        }
+    }
+
+    /// RFC 9293 §3.10.7.4 second check, an acceptable segment with RST: reset
+    /// only on an exact RCV.NXT match, else a challenge ACK (RFC 5961 §3.2).
+    fn check_rst(&mut self, now: Instant, seg: &SegmentRepr<'_>, rcv_nxt: SeqNumber) {
+        if seg.seq == rcv_nxt {
+            let err = if self.state == State::SynReceived && self.syn_pending != SynPending::Syn {
+                ConnectionError::Refused
+            } else {
+                ConnectionError::Reset
+            };
+            match self.state {
+                // RFC 1337 §3 (TIME-WAIT assassination): ignore RST in TIME-WAIT.
+                State::TimeWait => {}
+                // RFC 9293 §3.10.7.4: in CLOSING and LAST-ACK simply close.
+                State::Closing | State::LastAck => self.close(now, None),
+                _ => self.close(now, Some(err)),
+            }
+        } else {
+            self.challenge_ack(now);
+        }
+    }
+
+    /// A segment with ACK that passed the first, second and fourth checks:
+    /// its address and path option, liveness, and TS.Recent.
+    fn on_segment_accepted(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        seg: &SegmentRepr<'_>,
+        seg_len: usize,
+    ) {
         // The segment passed PAWS, the window and the RST/SYN checks; with
         // an ACK in the RFC 5961 §5.2 range (checked again, with its
         // consequences, below) its address and path option count
@@ -1285,31 +1358,41 @@ impl Connection {
                 self.ts_recent_at = now;
             }
         }
+    }
 
-        if self.state == State::SynReceived {
-            // RFC 9293 §3.10.7.4 fifth check, SYN-RECEIVED.
-            if seg.ack != self.iss + 1u32 {
-                self.reset_reply(seg);
-                return;
-            }
-            self.syn_acked(now, seg);
-            self.state = State::Established;
-            self.snd_wnd = u64::from(seg.window) << self.opts.snd_wscale;
-            self.snd_wnd_edge = self.snd_wnd;
-            self.max_snd_wnd = self.snd_wnd;
-            self.snd_wl1 = seg.seq;
-            self.snd_wl2 = seg.ack;
-            self.events.push_back(Event::Connected);
-            if self.fin_off.is_some() {
-                self.state = State::FinWait1;
-            }
-            self.arm_keepalive(now);
+    /// RFC 9293 §3.10.7.4 fifth check in SYN-RECEIVED: an ACK of our SYN
+    /// establishes the connection, any other is answered with RST. Returns
+    /// false if the segment must be dropped.
+    fn syn_received_ack(&mut self, now: Instant, seg: &SegmentRepr<'_>) -> bool {
+        // RFC 9293 §3.10.7.4 fifth check, SYN-RECEIVED.
+        if seg.ack != self.iss + 1u32 {
+            self.reset_reply(seg);
+            return false;
         }
-
-        if !self.process_ack(now, seg) {
-            return;
+        self.syn_acked(now, seg);
+        self.state = State::Established;
+        self.snd_wnd = u64::from(seg.window) << self.opts.snd_wscale;
+        self.snd_wnd_edge = self.snd_wnd;
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = seg.ack;
+        self.events.push_back(Event::Connected);
+        if self.fin_off.is_some() {
+            self.state = State::FinWait1;
         }
+        self.arm_keepalive(now);
+        true
+    }
 
+    /// RFC 9293 §3.10.7.4 seventh check (segment text) and eighth (FIN), with
+    /// RCV.NXT as it was when the segment arrived.
+    fn segment_text(
+        &mut self,
+        now: Instant,
+        seg: &SegmentRepr<'_>,
+        rcv_nxt: SeqNumber,
+        rcv_nxt_off: u64,
+    ) {
         // Seventh check: segment text (RFC 9293 §3.10.7.4).
         match self.state {
             State::Established | State::FinWait1 | State::FinWait2 => {
@@ -1591,7 +1674,28 @@ impl Connection {
         true
     }
 
+    /// An ACK of new data (RFC 9293 §3.10.7.4 fifth check, SND.UNA < SEG.ACK
+    /// =< SND.NXT), in steps: the Eifel undo of a spurious timeout, trimming
+    /// the retransmission queue (and the RACK update), the RTT sample, the new
+    /// SND.UNA, congestion control or recovery, the retransmission timer, and
+    /// whether our FIN is now acknowledged.
     fn ack_new_data(&mut self, now: Instant, seg: &SegmentRepr<'_>, acked: u64) {
+        self.undo_spurious_rto(seg);
+        let new_una = self.snd_una + acked;
+        let delivered = self.trim_rtx_queue(now, new_una);
+        if let Some((t, end, xmits)) = delivered.newest {
+            self.rack_update(now, t, end, xmits);
+        }
+        self.take_rtt_sample(now, seg, delivered.rtt_sample);
+        self.advance_snd_una(now, new_una);
+        self.on_new_ack_cc(now, acked, delivered.app_limited);
+        self.restart_rto_timer(now);
+        self.check_fin_acked(now);
+    }
+
+    /// RFC 3522 §3.2 (Eifel detection) for the first ACK of new data after a
+    /// retransmission timeout.
+    fn undo_spurious_rto(&mut self, seg: &SegmentRepr<'_>) {
         //= spec/xtcp.md#retransmission-and-rtt
         //# The first ACK of new data after such a timeout that echoes an older
         //# TSval proves the originals arrived (RFC 3522 §3.2): what the timeout
@@ -1608,25 +1712,32 @@ impl Connection {
                 self.stats.spurious_rtos += 1;
             }
         }
-        let new_una = self.snd_una + acked;
-        let mut rtt_sample: Option<Duration> = None;
-        let mut newest_delivered: Option<(Instant, u64, u16)> = None;
-        let mut app_limited = false;
+    }
+
+    /// Remove what `new_una` acknowledges from the retransmission queue (and
+    /// from the RFC 6675 scoreboard counts), trimming a partly acknowledged
+    /// front segment; returns what the removed segments tell.
+    fn trim_rtx_queue(&mut self, now: Instant, new_una: u64) -> Delivered {
+        let mut delivered = Delivered {
+            rtt_sample: None,
+            newest: None,
+            app_limited: false,
+        };
         while let Some(front) = self.rtx.front_mut() {
             if front.end <= new_una {
                 let s = *front;
                 self.rtx.pop_front();
                 self.forget_segment(&s);
                 if !s.sacked {
-                    if newest_delivered.is_none_or(|(t, _, _)| s.sent_at >= t) {
-                        newest_delivered = Some((s.sent_at, s.end, s.xmits));
+                    if delivered.newest.is_none_or(|(t, _, _)| s.sent_at >= t) {
+                        delivered.newest = Some((s.sent_at, s.end, s.xmits));
                     }
                     if s.xmits == 1 {
                         // Karn's rule (RFC 6298 §3): time only never-retransmitted segments.
-                        rtt_sample = Some(now - s.sent_at);
+                        delivered.rtt_sample = Some(now - s.sent_at);
                     }
                 }
-                app_limited |= s.app_limited;
+                delivered.app_limited |= s.app_limited;
             } else if front.start < new_una {
                 // A peer acknowledging part of a segment: trim it.
                 let cut = new_una - front.start;
@@ -1644,9 +1755,17 @@ impl Connection {
                 break;
             }
         }
-        if let Some((t, end, xmits)) = newest_delivered {
-            self.rack_update(now, t, end, xmits);
-        }
+        delivered
+    }
+
+    /// Feed the RTT estimator (RFC 6298 §2) with the sample of an ACK of new
+    /// data: `rtt_sample` from the queue, else the echoed timestamp.
+    fn take_rtt_sample(
+        &mut self,
+        now: Instant,
+        seg: &SegmentRepr<'_>,
+        mut rtt_sample: Option<Duration>,
+    ) {
         // RFC 6298 §3 (Karn): the exact send time of a never-retransmitted segment
         // gives the sample. Only when the ACK covers retransmitted data alone does
         // the echoed timestamp stand in (RFC 7323 §4.2, as Linux's
@@ -1664,7 +1783,11 @@ impl Connection {
         if let Some(r) = rtt_sample {
             self.rtt.on_sample(r);
         }
+    }
 
+    /// SND.UNA ← SEG.ACK (RFC 9293 §3.10.7.4 fifth check): free the send
+    /// buffer, reset the duplicate ACK count and the backoff.
+    fn advance_snd_una(&mut self, now: Instant, new_una: u64) {
         let data_end = self.send_buf.end();
         self.send_buf.ack_to(new_una.min(data_end));
         self.snd_una = new_una;
@@ -1678,7 +1801,11 @@ impl Connection {
         if self.send_buf.free() > 0 && self.fin_off.is_none() {
             self.events.push_back(Event::Writable);
         }
+    }
 
+    /// Congestion control on an ACK of new data: end or continue loss
+    /// recovery (RFC 6582, RFC 6675), or grow the window (RFC 5681).
+    fn on_new_ack_cc(&mut self, now: Instant, acked: u64, app_limited: bool) {
         match self.recovery {
             Some(r) if self.snd_una >= r.recover => {
                 // RFC 6582 §3.2 step 3 / RFC 6675 §5: full acknowledgement ends recovery.
@@ -1696,7 +1823,11 @@ impl Connection {
                 self.cc.on_ack(now, acked, &self.rtt, app_limited);
             }
         }
+    }
 
+    /// The retransmission timer after an ACK of new data (RFC 6298 §5.2/5.3),
+    /// and the loss probe's.
+    fn restart_rto_timer(&mut self, now: Instant) {
         // RFC 6298 §5.2/5.3: restart the timer, or stop it if nothing is outstanding.
         self.tlp_outstanding = false;
         if self.snd_nxt > self.snd_una {
@@ -1707,7 +1838,11 @@ impl Connection {
             self.timers.stop(Timer::Rack);
             self.timers.stop(Timer::Tlp);
         }
+    }
 
+    /// Our FIN acknowledged? (RFC 9293 §3.10.7.4 fifth check in FIN-WAIT-1,
+    /// CLOSING and LAST-ACK.)
+    fn check_fin_acked(&mut self, now: Instant) {
         // Our FIN acknowledged?
         if let Some(fin) = self.fin_off {
             if self.snd_una > fin {
