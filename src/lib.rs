@@ -6,6 +6,15 @@
 //!
 //! The protocol logic lives in the sans-IO crate [`proto`] (`xtcp-proto`);
 //! this crate moves its bytes and time with tokio.
+//!
+//! ## Features
+//!
+//! - `relay-server` (default): `relay::server`, the relay itself.
+//! - `cli` (default): the `xtcp` and `xtcp-relay` binaries (implies `relay-server`).
+//! - `sim` (default): `xtcp demo --sim`, XTCP through the `xtcp-sim` simulator.
+//!
+//! With `default-features = false` this is the library alone: sessions,
+//! end-to-end TLS, the direct paths, the XTCP driver and the relay client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

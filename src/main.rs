@@ -1,6 +1,7 @@
 //! The `xtcp` command-line tool: `code`, `host`, `join`, `demo`.
 
 mod demo;
+#[cfg(feature = "sim")]
 mod simdemo;
 
 use clap::{Args, Parser, Subcommand};
@@ -401,14 +402,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Connect { addr, direct: d } => direct(false, addr, d).await,
         Cmd::Demo(d) => {
             if d.sim {
-                simdemo::run(
-                    d.mib.unwrap_or(8),
-                    d.loss / 100.0,
-                    d.rtt_ms,
-                    d.mbit.max(1),
-                    d.seed,
-                )
-                .map_err(|e| e.to_string())
+                sim_demo(&d)
             } else {
                 demo::run(d.mib.unwrap_or(16), d.udp)
                     .await
@@ -416,6 +410,23 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
     }
+}
+
+#[cfg(feature = "sim")]
+fn sim_demo(d: &DemoArgs) -> Result<(), String> {
+    simdemo::run(
+        d.mib.unwrap_or(8),
+        d.loss / 100.0,
+        d.rtt_ms,
+        d.mbit.max(1),
+        d.seed,
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "sim"))]
+fn sim_demo(_: &DemoArgs) -> Result<(), String> {
+    Err("demo --sim: this xtcp was built without the `sim` feature".into())
 }
 
 fn main() -> ExitCode {
