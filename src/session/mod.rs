@@ -67,6 +67,8 @@ struct Shared {
     clock: Clock,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// The driver ended and handed its last frames to the network.
+    flushed: bool,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
             clock,
             read_waker: None,
             write_waker: None,
+            flushed: false,
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -345,6 +348,16 @@ impl Driver {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        {
+            let mut g = self.link.lock();
+            g.flushed = true;
+            for w in [g.read_waker.take(), g.write_waker.take()]
+                .into_iter()
+                .flatten()
+            {
+                w.wake();
+            }
+        }
         self.link.finished.send_replace(true);
     }
 

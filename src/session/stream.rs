@@ -129,6 +129,16 @@ impl AsyncRead for SessionStream {
             return Poll::Ready(Ok(()));
         }
         if g.m.read_eof() {
+            // This side finished too: the session is over once our `FIN` is
+            // acknowledged. End of stream waits until its last frames (the
+            // ACK of the peer's FIN, CLOSE) left, so that a program that
+            // returns from `main` right after it never fails its peer.
+            if g.m.state().finishing() && !g.flushed && failure(g.m.status()).is_none() {
+                g.read_waker = Some(cx.waker().clone());
+                drop(g);
+                self.link.notify.notify_one();
+                return Poll::Pending;
+            }
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = failure(g.m.status()) {
@@ -169,11 +179,15 @@ impl AsyncWrite for SessionStream {
         Poll::Ready(Ok(()))
     }
     /// Half-close: the peer reads end of stream after every byte written.
-    /// Completes once the peer acknowledged all of it (like a lingering close).
+    /// Completes once the peer acknowledged all of it (like a lingering
+    /// close), and, when the peer's stream had ended too, once the session's
+    /// last frames left this process.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.link.lock();
         g.m.finish();
-        if g.m.finish_acked() {
+        // With the peer's stream over too, the session ends here: wait until
+        // its last frames left (see `poll_read`).
+        if g.m.finish_acked() && (g.flushed || !g.m.state().peer_finished()) {
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = failure(g.m.status()) {
