@@ -152,7 +152,8 @@ struct Side {
 
 fn spawn(role: &str, relay: &TestRelay, kind: &str, seed: u64, len: usize, code: &str) -> Side {
     let dir = std::env::temp_dir();
-    let tag = format!("xtcp-natural-{}-{role}-{seed}", std::process::id());
+    // Unique per test (they run in parallel in this process) and run.
+    let tag = format!("xtcp-natural-{}-{kind}-{role}-{seed}", std::process::id());
     let (out, err) = (
         dir.join(format!("{tag}.out")),
         dir.join(format!("{tag}.err")),
