@@ -75,11 +75,13 @@ impl Shared {
     /// Wake the application where it can make progress (only there: a
     /// write blocked on a full replay buffer that is woken for nothing
     /// polls again and wakes the driver again, a spin).
-    fn wake(&mut self) {
+    fn wake(&mut self) -> bool {
+        let mut woke = false;
         let over = *self.m.status() != Status::Open;
         if over || self.m.readable() > 0 || self.m.read_eof() {
             if let Some(w) = self.read_waker.take() {
                 w.wake();
+                woke = true;
             }
         }
         let st = self.m.state();
@@ -87,8 +89,10 @@ impl Shared {
         if over || writable || self.m.finish_acked() {
             if let Some(w) = self.write_waker.take() {
                 w.wake();
+                woke = true;
             }
         }
+        woke
     }
 }
 
@@ -210,6 +214,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
         prepared: None,
         punching: None,
         draining: Vec::new(),
+        woke_app: false,
     };
     driver.add_io(relay_h, s.relay, None);
     tokio::spawn(driver.run(events_rx, early.found, udp_rx));
@@ -250,6 +255,8 @@ struct Driver {
     punching: Option<tokio::task::JoinHandle<()>>,
     /// Writers of closed paths with their last bytes, flushed before the end.
     draining: Vec<Draining>,
+    /// `apply` woke the application.
+    woke_app: bool,
 }
 
 impl Drop for Driver {
@@ -398,7 +405,7 @@ impl Driver {
             }
         }
         self.received_pub.store(g.m.received(), Ordering::Release);
-        g.wake();
+        self.woke_app = g.wake();
         *g.m.status() == Status::Open
     }
 
@@ -519,6 +526,10 @@ impl Driver {
         loop {
             if !self.apply() {
                 return;
+            }
+            if std::mem::take(&mut self.woke_app) {
+                // The application runs before the driver takes more input.
+                tokio::task::yield_now().await;
             }
             let (deadline, rx_room) = {
                 let g = self.link.lock();

@@ -335,7 +335,7 @@ pub const RX_SLACK: usize = 16 << 20;
 /// reading its paths (§3.2): the transport's own backpressure then paces
 /// the sender, and the reading application gets the CPU (a driver that read
 /// on to the window's edge starved it, and the gaps between its reads grew).
-pub const READ_AHEAD: usize = 1 << 20;
+pub const READ_AHEAD: usize = 256 << 10;
 /// How long an application may leave [`READ_AHEAD`] bytes unread before the
 /// receiver reads its paths again regardless (§3.2, DI-WIN-2): control
 /// frames wait at most this long behind data the application does not take.
