@@ -33,7 +33,8 @@ struct Line {
     tty: bool,
 }
 
-fn bytes(n: u64) -> String {
+/// `512 B`, `3.0 MiB`.
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -69,9 +70,11 @@ pub fn render(sent: u64, received: u64, total: Option<u64>, base: u64, secs: f64
                 ("received", received)
             };
             let done = base + moved;
-            let pct = if t == 0 { 100 } else { done * 100 / t };
+            let pct = done.saturating_mul(100).checked_div(t).unwrap_or(100);
             let left = t.saturating_sub(done);
-            let eta = if rate > 0.0 {
+            let eta = if left == 0 {
+                "none".into()
+            } else if rate > 0.0 {
                 duration(left as f64 / rate)
             } else {
                 "?".into()

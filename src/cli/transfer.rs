@@ -6,7 +6,7 @@
 use super::progress::{Counters, Progress};
 use super::wire::{self, Decline, Reply};
 use ring::digest::{Context, SHA256};
-use std::io::{IsTerminal, Read, Seek, Write};
+use std::io::{BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,12 +84,18 @@ pub async fn send(opts: &xtcp::Options, path: &Path) -> Result<(), String> {
         .filter(|n| wire::valid_name(n))
         .ok_or_else(|| format!("{}: cannot send a file with this name", path.display()))?
         .to_string();
-    let host = xtcp::host(opts).await.map_err(|e| e.to_string())?;
+    let host = xtcp::host(opts)
+        .await
+        .map_err(|e| crate::explain(e, true))?;
     let ticket = host.ticket();
     eprintln!("ticket: {ticket}");
     eprintln!("on the other machine run: xtcp receive {ticket}");
-    let mut s = host.accept().await.map_err(|e| e.to_string())?;
-    eprintln!("connected; offering {name} ({size} bytes)");
+    let mut s = host.accept().await.map_err(|e| crate::explain(e, true))?;
+    crate::report_paths(&s);
+    eprintln!(
+        "connected; offering {name} ({})",
+        super::progress::bytes(size)
+    );
     wire::write_offer(&mut s, size, &name).await.map_err(lost)?;
     let (have, their) = match wire::read_reply(&mut s).await.map_err(lost)? {
         Reply::Decline(code) => return Err(Decline::text(code).to_string()),
@@ -173,20 +179,26 @@ pub struct ReceiveOpts {
     pub force: bool,
 }
 
-/// Ask on the terminal; without one, only `--yes` accepts.
+/// Ask on the terminal (`/dev/tty`, so a ticket piped to stdin still lets
+/// a person answer); without one, only `--yes` accepts.
 fn consent(name: &str, size: u64, yes: bool) -> Result<bool, String> {
     if yes {
         return Ok(true);
     }
-    if !std::io::stdin().is_terminal() {
+    let what = format!("{name} ({})", super::progress::bytes(size));
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
+    let Ok(mut tty) = tty else {
         return Err(format!(
-            "the peer offers {name} ({size} bytes): pass --yes to accept without a prompt"
+            "the peer offers {what}: no terminal to ask on, pass --yes to accept"
         ));
-    }
-    eprint!("receive {name} ({size} bytes)? [y/N] ");
-    let _ = std::io::stderr().flush();
+    };
+    let _ = write!(tty, "receive {what}? [y/N] ");
+    let _ = tty.flush();
     let mut line = String::new();
-    std::io::stdin()
+    std::io::BufReader::new(tty)
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
@@ -200,6 +212,7 @@ async fn decline(mut s: xtcp::Session, why: Decline, msg: String) -> Result<(), 
 
 /// `xtcp receive`: join, check the offer, resume or start, verify, rename.
 pub async fn receive(mut s: xtcp::Session, o: &ReceiveOpts) -> Result<(), String> {
+    crate::report_paths(&s);
     let (size, name) = wire::read_offer(&mut s).await.map_err(lost)?;
     if !wire::valid_name(&name) {
         let msg = format!("refusing the offered file name {name:?}");
