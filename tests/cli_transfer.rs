@@ -251,9 +251,15 @@ fn send_and_receive_a_file_verified_and_never_overwrite_without_force() {
     assert!(sseen.iter().any(|l| l.contains("exists")), "{sseen:?}");
     assert_eq!(std::fs::read(out.join("data.bin")).unwrap(), b"keep me");
 
-    // With --force it is replaced.
+    // With --force it is replaced (the ticket as the argument this time).
     let (s, srx, ticket) = spawn_send(&relay, &src);
-    let r = receive(&out, &ticket, &["--force"], &[]);
+    let r = Command::new(XTCP)
+        .args(["receive", &ticket, "--yes", "--force", "--dir"])
+        .arg(&out)
+        .env_remove("XTCP_RELAY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(finish(s, srx, &mut Vec::new()));
     assert!(r.status.success(), "{}", text(&r));
     assert!(std::fs::read(out.join("data.bin")).unwrap() == data);
