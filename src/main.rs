@@ -445,6 +445,13 @@ fn options(relay: &RelayArgs, need_relay: bool) -> Result<xtcp::Options, String>
 /// Join by a ticket or a bare code.
 async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
     let ticket = xtcp::ticket::is_ticket(code);
+    // A typo is reported before anything else (a relay flag would not help).
+    if ticket {
+        xtcp::ticket::Ticket::parse(code).map_err(|e| format!("invalid ticket: {e}"))?;
+    } else {
+        xtcp::secret::SessionSecret::parse(code)
+            .map_err(|e| format!("invalid session code: {e}"))?;
+    }
     let opts = options(relay, !ticket)
         .map_err(|e| format!("{e}: a bare code needs the relay (a ticket carries it)"))?;
     let r = if ticket {

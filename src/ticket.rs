@@ -93,7 +93,9 @@ impl fmt::Display for TicketError {
             TicketError::Prefix => write!(f, "a ticket starts with {PREFIX:?}"),
             TicketError::TooLong(n) => write!(f, "too long ({n} characters, at most {MAX_LEN})"),
             TicketError::Symbol(c, i) => write!(f, "invalid character {c:?} at position {i}"),
-            TicketError::Encoding => f.write_str("malformed (bad length or padding bits)"),
+            TicketError::Encoding => {
+                f.write_str("malformed or cut short (copy the whole ticket)")
+            }
             TicketError::Truncated => f.write_str("cut short (copy the whole ticket)"),
             TicketError::Checksum => f.write_str("check bytes do not match (mistyped or cut?)"),
             TicketError::Version(v) => write!(
