@@ -125,6 +125,8 @@ pub struct HostSession {
     waiting: WaitingSession,
     e2e: E2eOptions,
     direct: DirectOptions,
+    /// The relay's certificate pin, if the host pinned one (for tickets).
+    pin: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for HostSession {
@@ -144,6 +146,10 @@ pub async fn host(opts: &Options) -> Result<HostSession, Error> {
         waiting,
         e2e: opts.e2e.clone(),
         direct: opts.direct.clone(),
+        pin: match opts.relay.trust {
+            crate::relay::RelayTrust::Fingerprint(fp) => Some(fp),
+            _ => None,
+        },
     })
 }
 
@@ -331,4 +337,58 @@ impl AsyncWrite for Session {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+impl HostSession {
+    /// A ticket for the guest: the code, the relay this session lives on and
+    /// its certificate pin if the host pinned one (`spec/session.md` §5).
+    /// Give it out of band, like the code; [`join_ticket`] takes it.
+    pub fn ticket(&self) -> String {
+        let t = crate::ticket::Ticket {
+            secret: self.secret.clone(),
+            relays: vec![crate::ticket::TicketRelay {
+                addr: self.waiting.relay().to_string(),
+                pin: self.pin,
+            }],
+        };
+        // A relay name from the host's own config that breaks the ticket
+        // bounds (over 255 bytes, not printable ASCII) is not representable.
+        t.encode().unwrap_or_else(|_| self.code())
+    }
+}
+
+/// Join by a ticket ([`HostSession::ticket`]): the ticket's relays are tried
+/// in order, each pinned by its certificate fingerprint when the ticket
+/// carries one (else trusted as `opts.relay.trust` says); the rest of `opts`
+/// (timeouts, paths) applies as in [`join`]. A bare code is passed to [`join`].
+pub async fn join_ticket(ticket: &str, opts: &Options) -> Result<Session, Error> {
+    if !crate::ticket::is_ticket(ticket) {
+        return join(ticket, opts).await;
+    }
+    let t = crate::ticket::Ticket::parse(ticket)
+        .map_err(|e| Error::InvalidCode(format!("ticket: {e}")))?;
+    let rid = t.secret.rendezvous_id();
+    let mut last = None;
+    for r in &t.relays {
+        let mut cfg = opts.relay.clone();
+        cfg.relays = vec![r.addr.clone()];
+        if let Some(pin) = r.pin {
+            cfg.trust = crate::relay::RelayTrust::Fingerprint(pin);
+        }
+        match client::join_session(&cfg, rid).await {
+            Ok(paired) => {
+                return Session::begin(
+                    paired,
+                    Role::Guest,
+                    Arc::new(t.secret.clone()),
+                    &opts.e2e,
+                    opts.direct.clone(),
+                )
+                .await
+            }
+            Err(e @ RelayError::Unreachable(_)) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or(Error::UnknownSession, Error::from))
 }

@@ -29,6 +29,7 @@ pub mod preamble;
 pub mod relay;
 pub mod secret;
 pub mod session;
+pub mod ticket;
 pub mod tls;
 pub mod transport;
 

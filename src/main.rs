@@ -1,5 +1,7 @@
-//! The `xtcp` command-line tool: `code`, `host`, `join`, `demo`.
+//! The `xtcp` command-line tool: `code`, `host`, `join`, `send`, `receive`,
+//! `listen`, `connect`, `demo`.
 
+mod cli;
 mod demo;
 #[cfg(feature = "sim")]
 mod simdemo;
@@ -24,16 +26,47 @@ struct Cli {
 enum Cmd {
     /// Print a fresh session code (128 bits from the OS CSPRNG).
     Code,
-    /// Create a session on a relay, print its code, wait for the guest, then
-    /// copy stdin to the peer and the peer to stdout.
+    /// Create a session on a relay, print its ticket (and code), wait for the
+    /// guest, then copy stdin to the peer and the peer to stdout.
     Host {
         #[command(flatten)]
         relay: RelayArgs,
+        /// Show bytes and rate on stderr.
+        #[arg(long)]
+        progress: bool,
     },
-    /// Join a session by its code, then copy stdin to the peer and the peer to stdout.
+    /// Join a session by its ticket or code, then copy stdin to the peer and
+    /// the peer to stdout.
     Join {
-        /// The session code the host printed.
-        code: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Show bytes and rate on stderr.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Send one file: host a session, print the ticket for `xtcp receive`.
+    Send {
+        /// The file to send.
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        relay: RelayArgs,
+    },
+    /// Receive one file by its ticket (or code), verified by SHA-256; an
+    /// interrupted transfer resumes when both commands run again.
+    Receive {
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Directory to write the file into.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Accept the offered file without asking.
+        #[arg(long, short)]
+        yes: bool,
+        /// Overwrite an existing file of the same name.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         relay: RelayArgs,
     },
@@ -56,19 +89,32 @@ enum Cmd {
     Demo(DemoArgs),
 }
 
+/// Where the ticket or code comes from (`cli::secrets`): safest first.
+#[derive(Args, Debug)]
+struct SecretArgs {
+    /// The ticket or code the host printed; `-` reads it from the first line
+    /// of standard input. Without it: --code-file, then XTCP_CODE. (An
+    /// argument is visible to other local users in `ps`.)
+    #[arg(value_name = "TICKET|CODE|-")]
+    code: Option<String>,
+    /// Read the ticket or code from this file (first line).
+    #[arg(long, value_name = "PATH")]
+    code_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Args, Debug)]
 struct RelayArgs {
-    /// Relay address host:port; repeat for a relay list (rendezvous hashing picks one).
-    #[arg(
-        long = "relay",
-        required = true,
-        env = "XTCP_RELAY",
-        value_delimiter = ','
-    )]
+    /// Relay address host:port; repeat for a relay list (rendezvous hashing
+    /// picks one). Needed to host, and to join by a bare code (a ticket names
+    /// its relay).
+    #[arg(long = "relay", env = "XTCP_RELAY", value_delimiter = ',')]
     relays: Vec<String>,
-    /// Operator token (host only).
+    /// Operator token (to host); prefer XTCP_TOKEN or --token-file.
     #[arg(long, env = "XTCP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the operator token from this file (first line).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     /// Trust exactly the relay certificate with this SHA-256 fingerprint (hex).
     #[arg(long, conflicts_with = "relay_ca")]
     relay_fingerprint: Option<String>,
@@ -141,12 +187,16 @@ fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String>
 
 /// Copy stdin/stdout over the session, then wait (bounded) until its last
 /// frames left, so the peer gets our final acknowledgement before we exit.
-async fn run_session(session: xtcp::Session) -> Result<(), String> {
+async fn run_session(session: xtcp::Session, progress: bool) -> Result<(), String> {
     report_paths(&session);
     let ctl = session.control();
-    pipe_stdio(session)
-        .await
-        .map_err(|e| format!("connection: {e}"))?;
+    let counters = cli::progress::Counters::default();
+    let line = progress.then(|| cli::progress::Progress::start(counters.clone(), None, 0));
+    let r = pipe_stdio_counted(session, &counters).await;
+    if let Some(l) = line {
+        l.finish();
+    }
+    r.map_err(|e| format!("connection: {e}"))?;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ctl.finished()).await;
     Ok(())
 }
@@ -236,7 +286,7 @@ fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
     Ok(RelayClientConfig {
         relays: a.relays.clone(),
         trust,
-        token: a.token.clone(),
+        token: cli::secrets::token(a.token.as_deref(), a.token_file.as_deref())?,
         connect_timeout: Duration::try_from_secs_f64(a.connect_timeout)
             .map_err(|_| "--connect-timeout: invalid")?,
     })
@@ -248,16 +298,25 @@ async fn pipe_stdio<S>(session: S) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
+    pipe_stdio_counted(session, &Default::default()).await
+}
+
+/// [`pipe_stdio`], adding the bytes moved to `c` (for `--progress`).
+async fn pipe_stdio_counted<S>(session: S, c: &cli::progress::Counters) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use cli::progress::copy_counted;
     use tokio::io::{AsyncWriteExt, BufWriter};
     let (mut rd, mut wr) = tokio::io::split(session);
     let up = async {
         let mut stdin = tokio::io::stdin();
-        tokio::io::copy(&mut stdin, &mut wr).await?;
+        copy_counted(&mut stdin, &mut wr, &c.sent).await?;
         wr.shutdown().await
     };
     let down = async {
         let mut stdout = BufWriter::new(tokio::io::stdout());
-        tokio::io::copy(&mut rd, &mut stdout).await?;
+        copy_counted(&mut rd, &mut stdout, &c.received).await?;
         stdout.flush().await
     };
     tokio::try_join!(up, down).map(|_| ())
@@ -371,6 +430,58 @@ fn spawn_progress(s: &xtcp::transport::XtcpStream) -> tokio::task::JoinHandle<()
     })
 }
 
+/// Options for `host` / `join`; `host` and a bare code need `--relay`.
+fn options(relay: &RelayArgs, need_relay: bool) -> Result<xtcp::Options, String> {
+    if need_relay && relay.relays.is_empty() {
+        return Err("--relay HOST:PORT is required (or set XTCP_RELAY)".into());
+    }
+    Ok(xtcp::Options {
+        relay: relay_config(relay)?,
+        e2e: Default::default(),
+        direct: direct_options(relay)?,
+    })
+}
+
+/// Join by a ticket or a bare code.
+async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
+    let ticket = xtcp::ticket::is_ticket(code);
+    // A typo is reported before anything else (a relay flag would not help).
+    if ticket {
+        xtcp::ticket::Ticket::parse(code).map_err(|e| format!("invalid ticket: {e}"))?;
+    } else {
+        xtcp::secret::SessionSecret::parse(code)
+            .map_err(|e| format!("invalid session code: {e}"))?;
+    }
+    let opts = options(relay, !ticket)
+        .map_err(|e| format!("{e}: a bare code needs the relay (a ticket carries it)"))?;
+    let r = if ticket {
+        xtcp::api::join_ticket(code, &opts).await
+    } else {
+        xtcp::join(code, &opts).await
+    };
+    r.map_err(|e| explain(e, false))
+}
+
+/// One line that says what went wrong and what to do about it.
+fn explain(e: xtcp::Error, hosting: bool) -> String {
+    match e {
+        xtcp::Error::RelayCertificateMismatch(_) => format!(
+            "{e}: if the relay's operator confirms the presented fingerprint, pass it as \
+             --relay-fingerprint (or ask the host for a new ticket)"
+        ),
+        xtcp::Error::Unauthorized => {
+            format!("{e}: pass the operator's token with XTCP_TOKEN, --token-file or --token")
+        }
+        xtcp::Error::LockedOut(_) if hosting => format!(
+            "{e} (this address failed too often: a wrong token counts too; check XTCP_TOKEN / --token-file)"
+        ),
+        xtcp::Error::UnknownSession => format!(
+            "{e}: check the ticket or code (the host must still be waiting; each is good for one guest)"
+        ),
+        e => e.to_string(),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Code => {
@@ -378,25 +489,40 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{}", s.code());
             Ok(())
         }
-        Cmd::Host { relay } => {
-            let opts = xtcp::Options {
-                relay: relay_config(&relay)?,
-                e2e: Default::default(),
-                direct: direct_options(&relay)?,
-            };
-            let host = xtcp::host(&opts).await.map_err(|e| e.to_string())?;
+        Cmd::Host { relay, progress } => {
+            let opts = options(&relay, true)?;
+            let host = xtcp::host(&opts).await.map_err(|e| explain(e, true))?;
+            let ticket = host.ticket();
             eprintln!("code: {}", host.code());
-            let session = host.accept().await.map_err(|e| e.to_string())?;
-            run_session(session).await
+            eprintln!("ticket: {ticket}");
+            eprintln!("on the other machine run: xtcp join {ticket}");
+            let session = host.accept().await.map_err(|e| explain(e, true))?;
+            run_session(session, progress).await
         }
-        Cmd::Join { code, relay } => {
-            let opts = xtcp::Options {
-                relay: relay_config(&relay)?,
-                e2e: Default::default(),
-                direct: direct_options(&relay)?,
-            };
-            let session = xtcp::join(&code, &opts).await.map_err(|e| e.to_string())?;
-            run_session(session).await
+        Cmd::Join {
+            secret,
+            relay,
+            progress,
+        } => {
+            let code = cli::secrets::code(secret.code.as_deref(), secret.code_file.as_deref())?;
+            let session = join(&code, &relay).await?;
+            run_session(session, progress).await
+        }
+        Cmd::Send { path, relay } => {
+            let opts = options(&relay, true)?;
+            cli::transfer::send(&opts, &path).await
+        }
+        Cmd::Receive {
+            secret,
+            dir,
+            yes,
+            force,
+            relay,
+        } => {
+            let code = cli::secrets::code(secret.code.as_deref(), secret.code_file.as_deref())?;
+            let session = join(&code, &relay).await?;
+            let o = cli::transfer::ReceiveOpts { dir, yes, force };
+            cli::transfer::receive(session, &o).await
         }
         Cmd::Listen { addr, direct: d } => direct(true, addr, d).await,
         Cmd::Connect { addr, direct: d } => direct(false, addr, d).await,

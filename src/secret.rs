@@ -112,6 +112,11 @@ impl SessionSecret {
         SessionSecret(bytes)
     }
 
+    /// The raw 128 bits (to carry the secret in a ticket, `crate::ticket`).
+    pub(crate) fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
     fn expand<const N: usize>(&self, info: &[u8]) -> [u8; N] {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(&self.0);
         let mut out = [0u8; N];

@@ -239,6 +239,13 @@ fn clear_one_line_errors_and_nonzero_exits() {
         !ok && err.contains("relay certificate mismatch") && err.trim().lines().count() == 1,
         "{err}"
     );
+    // It names both fingerprints and the flag to use.
+    assert!(
+        err.contains(&format!("presented SHA-256 {good_fp}"))
+            && err.contains(&format!("expected {}", "ab".repeat(32)))
+            && err.contains("--relay-fingerprint"),
+        "{err}"
+    );
     // A host without the token (before the lockout, which also covers token guessing).
     let out = Command::new(XTCP)
         .args([
@@ -253,7 +260,11 @@ fn clear_one_line_errors_and_nonzero_exits() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("token"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("token") && !err.contains("locked"),
+        "{err}"
+    );
+    assert!(err.contains("XTCP_TOKEN"), "says how to pass it: {err}");
     // Four unknown sessions (the failed token was the first failure), then
     // the source is slowed to one guess per second (spec/relay.md §9.2).
     for i in 0..4 {

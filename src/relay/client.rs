@@ -128,6 +128,25 @@ pub fn rendezvous_order(relays: &[String], rid: &[u8; 16]) -> Vec<String> {
     scored.into_iter().map(|(_, n)| n).collect()
 }
 
+/// A pinned relay presented another certificate.
+#[derive(Debug)]
+struct PinMismatch {
+    presented: String,
+    expected: String,
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "presented SHA-256 {}, expected {}",
+            self.presented, self.expected
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
 fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayError> {
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,8 +164,15 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
                         if got.as_ref() == fp {
                             Ok(())
                         } else {
+                            // Both fingerprints go into the error: the user
+                            // needs them to decide (and the flag to fix it).
                             Err(rustls::Error::InvalidCertificate(
-                                rustls::CertificateError::ApplicationVerificationFailure,
+                                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                                    PinMismatch {
+                                        presented: crate::tls::hex(got.as_ref()),
+                                        expected: crate::tls::hex(&fp),
+                                    },
+                                ))),
                             ))
                         }
                     },
@@ -212,6 +238,9 @@ async fn connect(
             .map_err(|e| RelayError::Config(e.to_string()))?;
         let mut ctl = CtlChannel::new(tcp, conn);
         ctl.handshake().await.map_err(|e| match e {
+            CtlError::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                o,
+            ))) => RelayError::CertificateMismatch(format!("{relay}: {o}")),
             CtlError::Tls(rustls::Error::InvalidCertificate(c)) => {
                 RelayError::CertificateMismatch(format!("{relay}: {c:?}"))
             }

@@ -1,0 +1,7 @@
+//! The `xtcp` command line's helpers: secrets read off the command line,
+//! the progress line, and `send` / `receive` (a file over one session).
+
+pub mod progress;
+pub mod secrets;
+pub mod transfer;
+pub mod wire;
