@@ -15,14 +15,15 @@
 
 mod stream;
 
-pub use stream::{SessionControl, SessionStream};
+pub use stream::SessionControl;
+pub(crate) use stream::SessionStream;
 
 use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
 use crate::direct_udp::{self, Prepared, RelayUdp};
 use crate::e2e::Role;
 use crate::early::Early;
 use crate::preamble::PreambleError;
-use crate::transport::CloseWaiter;
+use crate::transport::{CloseWaiter, Probe};
 use proto::session::{Action, PathConfig, PathHandle, PathManager, Status, UdpAttempt};
 pub use proto::session::{Path, PathPolicy};
 use std::collections::HashMap;
@@ -69,6 +70,9 @@ struct Shared {
     write_waker: Option<Waker>,
     /// The driver ended and handed its last frames to the network.
     flushed: bool,
+    /// Open direct paths: the peer's address, and for XTCP a probe of the
+    /// connection (its RTT), for the application's accessors.
+    direct: HashMap<PathHandle, (SocketAddr, Option<Probe>)>,
 }
 
 impl Shared {
@@ -190,6 +194,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
             read_waker: None,
             write_waker: None,
             flushed: false,
+            direct: HashMap::new(),
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -423,6 +428,7 @@ impl Driver {
                 last,
                 graceful,
             } => {
+                g.direct.remove(&path);
                 let Some(mut p) = self.paths.remove(&path) else {
                     return;
                 };
@@ -559,6 +565,8 @@ impl Driver {
                     let now = g.clock.now();
                     tracing::debug!(remote = %conn.remote, kind = %conn.kind, "direct path: proven");
                     if let Some(h) = g.m.handle_path_opened(now, conn.kind, conn.early_resume) {
+                        let probe = conn.xtcp.as_ref().map(CloseWaiter::probe);
+                        g.direct.insert(h, (conn.remote, probe));
                         drop(g);
                         self.add_io(h, conn.io, conn.xtcp);
                     }
