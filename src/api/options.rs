@@ -192,10 +192,14 @@ impl OptionsBuilder {
         }
         let o = self.opts;
         if o.relay.relays.is_empty() {
-            return Err(Error::InvalidOptions("no relay: call .relay(\"host:port\")".into()));
+            return Err(Error::InvalidOptions(
+                "no relay: call .relay(\"host:port\")".into(),
+            ));
         }
         if let Some(r) = o.relay.relays.iter().find(|r| !r.contains(':')) {
-            return Err(Error::InvalidOptions(format!("relay {r:?}: expected host:port")));
+            return Err(Error::InvalidOptions(format!(
+                "relay {r:?}: expected host:port"
+            )));
         }
         if o.relay.connect_timeout.is_zero() || o.e2e.handshake_timeout.is_zero() {
             return Err(Error::InvalidOptions("timeouts must be positive".into()));
@@ -221,12 +225,19 @@ mod tests {
         assert_eq!(o.relay.token.as_deref(), Some("t"));
         let colons = vec!["AB"; 32].join(":");
         assert!(Options::builder().relay("a:1").pin(colons).build().is_ok());
-        assert!(Options::builder().relay("a:1").pin([7u8; 32]).build().is_ok());
+        assert!(Options::builder()
+            .relay("a:1")
+            .pin([7u8; 32])
+            .build()
+            .is_ok());
         for bad in [
             Options::builder().build(),
             Options::builder().relay("a:1").pin("abcd").build(),
             Options::builder().relay("nohost").build(),
-            Options::builder().relay("a:1").trust_ca_pem_file("/nonexistent").build(),
+            Options::builder()
+                .relay("a:1")
+                .trust_ca_pem_file("/nonexistent")
+                .build(),
             Options::builder()
                 .relay("a:1")
                 .connect_timeout(Duration::ZERO)
