@@ -70,9 +70,12 @@ struct Shared {
     write_waker: Option<Waker>,
     /// The driver ended and handed its last frames to the network.
     flushed: bool,
-    /// Open direct paths: the peer's address, and for XTCP a probe of the
-    /// connection (its RTT), for the application's accessors.
-    direct: HashMap<PathHandle, (SocketAddr, Option<Probe>)>,
+    /// Direct paths (open, and the last one after the session ended): kind,
+    /// the peer's address, and for XTCP a probe of the connection (its RTT),
+    /// for the application's accessors.
+    direct: HashMap<PathHandle, (Path, SocketAddr, Option<Probe>)>,
+    /// Application bytes read.
+    bytes_read: u64,
 }
 
 impl Shared {
@@ -195,6 +198,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
             write_waker: None,
             flushed: false,
             direct: HashMap::new(),
+            bytes_read: 0,
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -428,7 +432,6 @@ impl Driver {
                 last,
                 graceful,
             } => {
-                g.direct.remove(&path);
                 let Some(mut p) = self.paths.remove(&path) else {
                     return;
                 };
@@ -566,7 +569,9 @@ impl Driver {
                     tracing::debug!(remote = %conn.remote, kind = %conn.kind, "direct path: proven");
                     if let Some(h) = g.m.handle_path_opened(now, conn.kind, conn.early_resume) {
                         let probe = conn.xtcp.as_ref().map(CloseWaiter::probe);
-                        g.direct.insert(h, (conn.remote, probe));
+                        let sh = &mut *g;
+                        sh.direct.retain(|h, _| sh.m.path_kind(*h).is_some());
+                        sh.direct.insert(h, (conn.kind, conn.remote, probe));
                         drop(g);
                         self.add_io(h, conn.io, conn.xtcp);
                     }

@@ -46,11 +46,11 @@ impl SessionStream {
         if cur == Path::Relay {
             return None;
         }
-        // The newest open path of the current kind.
-        let (_, (addr, probe)) = g
+        // The newest path of the current kind.
+        let (_, (_, addr, probe)) = g
             .direct
             .iter()
-            .filter(|(h, _)| g.m.path_kind(**h) == Some(cur))
+            .filter(|(_, (kind, _, _))| *kind == cur)
             .max_by_key(|(h, _)| h.index())?;
         let rtt = probe.as_ref().and_then(|p| p.sample()).map(|s| s.srtt);
         Some((*addr, rtt.filter(|d| !d.is_zero())))
@@ -61,8 +61,7 @@ impl SessionStream {
     }
     /// Application bytes read so far.
     pub fn bytes_read(&self) -> u64 {
-        let g = self.link.lock();
-        g.m.received().saturating_sub(g.m.readable() as u64)
+        self.link.lock().bytes_read
     }
     /// A handle that watches and steers the session from elsewhere.
     pub fn control(&self) -> SessionControl {
@@ -148,6 +147,7 @@ impl AsyncRead for SessionStream {
             let ahead = g.m.reading_ahead();
             let n = g.m.read(buf.initialize_unfilled());
             buf.advance(n);
+            g.bytes_read += n as u64;
             let resumed = ahead && !g.m.reading_ahead();
             drop(g);
             if limited || resumed {
