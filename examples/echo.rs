@@ -12,6 +12,8 @@
 //! (`join` prints `host says: hello from the guest`.) Or with the CLI as the
 //! guest: `xtcp join <code> --relay 127.0.0.1:4433 --relay-fingerprint <hex>`.
 
+use tokio::io::AsyncWriteExt;
+
 /// The relay from `XTCP_RELAY` (default 127.0.0.1:4433), pinned by
 /// `XTCP_RELAY_FINGERPRINT` (else the system's roots), `XTCP_TOKEN` if set.
 fn options() -> Result<xtcp::Options, xtcp::Error> {
@@ -37,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Echo until the guest's stream ends, then end ours.
     let (mut rd, mut wr) = tokio::io::split(session);
     let n = tokio::io::copy(&mut rd, &mut wr).await?;
-    tokio::io::AsyncWriteExt::shutdown(&mut wr).await?;
+    wr.shutdown().await?;
     println!("echoed {n} bytes via {}", control.path());
 
     // The halves own the session: drop them, then wait until its last
