@@ -65,15 +65,15 @@ where
 
 /// The direct paths of the demo: `udp`, XTCP over UDP hole punching (direct
 /// TCP off, no UDP window) instead of TCP.
-fn direct_options(udp: bool) -> xtcp::session::DirectOptions {
+fn direct_options(udp: bool) -> xtcp::DirectOptions {
     if udp {
-        xtcp::session::DirectOptions {
+        xtcp::DirectOptions {
             tcp: false,
             udp_after: Duration::ZERO,
             ..Default::default()
         }
     } else {
-        xtcp::session::DirectOptions::default()
+        xtcp::DirectOptions::default()
     }
 }
 

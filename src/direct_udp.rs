@@ -37,9 +37,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// The punch probe's first byte and length (`spec/direct.md` §4.3; the
-/// codec is `proto::session::probe`).
-pub use proto::session::probe::{PROBE, PROBE_LEN};
+// The punch probe's length (`spec/direct.md` §4.3; the codec is
+// `proto::session::probe`).
+use proto::session::probe::PROBE_LEN;
 /// Requests sent to the relay's UDP service before giving up on it.
 const SERVICE_TRIES: u32 = 5;
 /// Wait for one answer of the UDP service.

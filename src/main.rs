@@ -154,8 +154,8 @@ struct RelayArgs {
     port_prediction: u16,
 }
 
-fn direct_options(a: &RelayArgs) -> Result<xtcp::session::DirectOptions, String> {
-    use xtcp::session::{DirectOptions, PathPolicy};
+fn direct_options(a: &RelayArgs) -> Result<xtcp::DirectOptions, String> {
+    use xtcp::{DirectOptions, PathPolicy};
     if a.port_prediction > 0 {
         // One descriptor per prediction socket.
         xtcp::relay::server::raise_fd_limit();
@@ -455,7 +455,7 @@ async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
     let opts = options(relay, !ticket)
         .map_err(|e| format!("{e}: a bare code needs the relay (a ticket carries it)"))?;
     let r = if ticket {
-        xtcp::api::join_ticket(code, &opts).await
+        xtcp::join_ticket(code, &opts).await
     } else {
         xtcp::join(code, &opts).await
     };

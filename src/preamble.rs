@@ -178,10 +178,6 @@ impl<S> PreambleReader<S> {
             pending: Some((Vec::new(), deliver)),
         }
     }
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
     fn fail(&mut self, e: PreambleError) -> io::Error {
         if let Some((_, tx)) = self.pending.take() {
             let _ = tx.send(Err(e.clone()));

@@ -13,8 +13,8 @@ mod common;
 use common::{start_relay, Gen, TestRelay, TOKEN};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtcp::session::{DirectOptions, PathPolicy};
 use xtcp::Path;
+use xtcp::{DirectOptions, PathPolicy};
 
 fn block_secs() -> u64 {
     std::env::var("XTCP_BLOCK_SECS")

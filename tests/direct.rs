@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use xtcp::session::{DirectOptions, PathPolicy};
 use xtcp::Path;
+use xtcp::{DirectOptions, PathPolicy};
 
 fn opts(relay: &TestRelay, token: Option<&str>, direct: DirectOptions) -> xtcp::Options {
     let mut o = client(&[(relay.addr, relay.fingerprint)], token);

@@ -10,7 +10,7 @@ use common::*;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
-use xtcp::session::DirectOptions;
+use xtcp::DirectOptions;
 use xtcp::Path;
 use xtcp_lab::{veth, Netns};
 

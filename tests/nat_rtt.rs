@@ -126,7 +126,7 @@ fn pairing_to_direct_path_in_round_trips_with_20ms_one_way() {
     };
     // The issue's figure: "UDP direct path ≤ 10 s + 3 RTT with the default
     // window" (the CLI's `--udp-after` default is the library's).
-    let window = xtcp::session::DirectOptions::default().udp_after;
+    let window = xtcp::DirectOptions::default().udp_after;
     let udp_default = HostPlan {
         args: &[],
         grace: window + Duration::from_secs(5),

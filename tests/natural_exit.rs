@@ -12,8 +12,8 @@ use common::{start_relay, Gen, TestRelay, TOKEN};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtcp::session::{DirectOptions, PathPolicy};
 use xtcp::Path;
+use xtcp::{DirectOptions, PathPolicy};
 use xtcp_lab::{require_root, veth, Netns};
 
 fn runs() -> usize {

@@ -35,14 +35,25 @@ pub struct RelayClientConfig {
     pub connect_timeout: Duration,
 }
 
+impl Default for RelayClientConfig {
+    /// No relay yet, the system's roots, no token, 10 s to connect.
+    fn default() -> Self {
+        RelayClientConfig {
+            relays: Vec::new(),
+            trust: RelayTrust::SystemRoots,
+            token: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 impl RelayClientConfig {
     /// A config for one relay pinned by fingerprint.
     pub fn pinned(relay: impl Into<String>, fingerprint: [u8; 32]) -> Self {
         RelayClientConfig {
             relays: vec![relay.into()],
             trust: RelayTrust::Fingerprint(fingerprint),
-            token: None,
-            connect_timeout: Duration::from_secs(10),
+            ..RelayClientConfig::default()
         }
     }
 }

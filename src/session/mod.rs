@@ -15,14 +15,15 @@
 
 mod stream;
 
-pub use stream::{SessionControl, SessionStream};
+pub use stream::SessionControl;
+pub(crate) use stream::SessionStream;
 
 use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
 use crate::direct_udp::{self, Prepared, RelayUdp};
 use crate::e2e::Role;
 use crate::early::Early;
 use crate::preamble::PreambleError;
-use crate::transport::CloseWaiter;
+use crate::transport::{CloseWaiter, Probe};
 use proto::session::{Action, PathConfig, PathHandle, PathManager, Status, UdpAttempt};
 pub use proto::session::{Path, PathPolicy};
 use std::collections::HashMap;
@@ -69,6 +70,12 @@ struct Shared {
     write_waker: Option<Waker>,
     /// The driver ended and handed its last frames to the network.
     flushed: bool,
+    /// Direct paths (open, and the last one after the session ended): kind,
+    /// the peer's address, and for XTCP a probe of the connection (its RTT),
+    /// for the application's accessors.
+    direct: HashMap<PathHandle, (Path, SocketAddr, Option<Probe>)>,
+    /// Application bytes read.
+    bytes_read: u64,
 }
 
 impl Shared {
@@ -190,6 +197,8 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
             read_waker: None,
             write_waker: None,
             flushed: false,
+            direct: HashMap::new(),
+            bytes_read: 0,
         }),
         notify: Notify::new(),
         path: path_tx,
@@ -559,6 +568,10 @@ impl Driver {
                     let now = g.clock.now();
                     tracing::debug!(remote = %conn.remote, kind = %conn.kind, "direct path: proven");
                     if let Some(h) = g.m.handle_path_opened(now, conn.kind, conn.early_resume) {
+                        let probe = conn.xtcp.as_ref().map(CloseWaiter::probe);
+                        let sh = &mut *g;
+                        sh.direct.retain(|h, _| sh.m.path_kind(*h).is_some());
+                        sh.direct.insert(h, (conn.kind, conn.remote, probe));
                         drop(g);
                         self.add_io(h, conn.io, conn.xtcp);
                     }

@@ -4,9 +4,11 @@
 use super::{Link, Path};
 use proto::session::Status;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
@@ -36,6 +38,31 @@ impl SessionStream {
     pub fn path_events(&self) -> watch::Receiver<Path> {
         self.path.clone()
     }
+    /// The peer's address on the current path if it is direct, and for
+    /// direct UDP (XTCP) that path's smoothed RTT.
+    pub fn direct_peer(&self) -> Option<(SocketAddr, Option<Duration>)> {
+        let g = self.link.lock();
+        let cur = g.m.current_path();
+        if cur == Path::Relay {
+            return None;
+        }
+        // The newest path of the current kind.
+        let (_, (_, addr, probe)) = g
+            .direct
+            .iter()
+            .filter(|(_, (kind, _, _))| *kind == cur)
+            .max_by_key(|(h, _)| h.index())?;
+        let rtt = probe.as_ref().and_then(|p| p.sample()).map(|s| s.srtt);
+        Some((*addr, rtt.filter(|d| !d.is_zero())))
+    }
+    /// Application bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.link.lock().m.written()
+    }
+    /// Application bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.link.lock().bytes_read
+    }
     /// A handle that watches and steers the session from elsewhere.
     pub fn control(&self) -> SessionControl {
         SessionControl {
@@ -45,7 +72,8 @@ impl SessionStream {
     }
 }
 
-/// Watches a session's path from another task (see [`SessionStream::control`]).
+/// Watches a session from another task: its path, and when it is finished
+/// (see [`Session::control`](crate::Session::control)).
 #[derive(Clone)]
 pub struct SessionControl {
     link: Arc<Link>,
@@ -119,6 +147,7 @@ impl AsyncRead for SessionStream {
             let ahead = g.m.reading_ahead();
             let n = g.m.read(buf.initialize_unfilled());
             buf.advance(n);
+            g.bytes_read += n as u64;
             let resumed = ahead && !g.m.reading_ahead();
             drop(g);
             if limited || resumed {

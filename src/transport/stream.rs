@@ -238,6 +238,12 @@ impl fmt::Debug for CloseWaiter {
 }
 
 impl CloseWaiter {
+    /// A probe of the same connection that does not keep it alive.
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            handle: Arc::downgrade(&self.handle),
+        }
+    }
     /// Wait until the connection is closed with all our data acknowledged.
     pub async fn wait(&self) -> Result<(), XtcpError> {
         wait_closed(&self.handle).await

@@ -65,11 +65,11 @@ pub fn client(relays: &[(SocketAddr, [u8; 32])], token: Option<&str>) -> xtcp::O
             token: token.map(str::to_string),
             connect_timeout: Duration::from_secs(5),
         },
-        e2e: xtcp::e2e::E2eOptions::default(),
+        e2e: xtcp::E2eOptions::default(),
         // Relay tests exercise the relay path itself: no direct path (all
         // peers share loopback, so one would always be found).
-        direct: xtcp::session::DirectOptions {
-            policy: xtcp::session::PathPolicy::RelayOnly,
+        direct: xtcp::DirectOptions {
+            policy: xtcp::PathPolicy::RelayOnly,
             ..Default::default()
         },
     }

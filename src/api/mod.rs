@@ -18,10 +18,15 @@
 //! TLS itself, splices sessions or flips bits causes a clean failure, never
 //! accepted data (see `spec/session.md`, `spec/relay.md`).
 
+mod options;
+
+pub use options::{Fingerprint, Options, OptionsBuilder};
+
+use crate::direct::DirectOptions;
 use crate::e2e::{self, E2eError, E2eOptions, Role};
-use crate::relay::client::{self, RelayClientConfig, RelayError, WaitingSession};
+use crate::relay::client::{self, RelayError, WaitingSession};
 use crate::secret::SessionSecret;
-use crate::session::{DirectOptions, SessionStream};
+use crate::session::{SessionControl, SessionStream};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use proto::session::Path;
+use proto::session::Path;
 
 /// Everything that can go wrong, with one short line each.
 #[derive(Debug)]
@@ -61,6 +66,8 @@ pub enum Error {
     E2e(E2eError),
     /// An I/O error on the local side (randomness, sockets, the early phase).
     Io(io::Error),
+    /// [`OptionsBuilder::build`] found a mistake (what attached).
+    InvalidOptions(String),
 }
 
 impl fmt::Display for Error {
@@ -78,6 +85,7 @@ impl fmt::Display for Error {
             Error::Relay(e) => write!(f, "relay: {e}"),
             Error::E2e(e) => write!(f, "end-to-end: {e}"),
             Error::Io(e) => write!(f, "i/o: {e}"),
+            Error::InvalidOptions(e) => write!(f, "invalid options: {e}"),
         }
     }
 }
@@ -106,17 +114,6 @@ impl From<E2eError> for Error {
             other => Error::E2e(other),
         }
     }
-}
-
-/// Options shared by `host` and `join`.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// The relays to try, how to trust them, the operator token and the connect timeout.
-    pub relay: RelayClientConfig,
-    /// End-to-end TLS options: handshake timeout and extra binding.
-    pub e2e: E2eOptions,
-    /// Direct paths and the session layer (`spec/direct.md`).
-    pub direct: DirectOptions,
 }
 
 /// A host's session, registered on a relay and waiting for its guest.
@@ -202,11 +199,37 @@ fn relay_udp(p: &client::Paired) -> Option<crate::direct_udp::RelayUdp> {
 /// One authenticated, end-to-end encrypted byte stream between host and guest.
 /// Only [`HostSession::accept`] and [`join`] construct it, after the peer
 /// proved knowledge of the session code.
+///
+/// Use it as any tokio stream (`AsyncReadExt`, `AsyncWriteExt`,
+/// [`tokio::io::split`], [`tokio::io::copy`]). Errors are `io::Error`s
+/// whose inner error is a [`SessionFailure`](crate::SessionFailure)
+/// (`e.get_ref().and_then(|e| e.downcast_ref::<xtcp::SessionFailure>())`).
+///
+/// # Ending a session
+///
+/// - [`shutdown`](tokio::io::AsyncWriteExt::shutdown) ends our side: the
+///   peer reads end of stream after every byte written; it completes once
+///   the peer acknowledged all of them (and, if the peer's side had ended
+///   too, once the session's last frames left).
+/// - Reading returns end of stream (`Ok(0)`) after the peer's last byte;
+///   when our side had ended too, only once the session's last frames left.
+/// - [`close`](Session::close) does both ends at once: the one call before
+///   returning from `main`.
+///
+/// So `shutdown()` plus reading to end of stream, or `close().await`, is
+/// enough for the peer never to see an error.
+///
+/// Dropping a `Session` ends it too: the driver keeps delivering what was
+/// written (for at most 30 s) while the tokio runtime runs, then closes.
+/// A process that exits (or a runtime that shuts down) before that loses
+/// the undelivered bytes, and the peer sees the session fail.
 pub struct Session {
     inner: SessionStream,
     cipher: String,
     relay: String,
     observed: SocketAddr,
+    /// The guest's relay round trip from its end-to-end handshake.
+    relay_rtt: Option<Duration>,
 }
 
 impl fmt::Debug for Session {
@@ -283,6 +306,7 @@ impl Session {
             cipher,
             relay,
             observed,
+            relay_rtt,
         })
     }
     /// The path the bytes currently take.
@@ -290,12 +314,37 @@ impl Session {
         self.inner.path()
     }
     /// Path changes as they happen: `changed().await`, then `borrow()`.
+    /// Every session starts on [`Path::Relay`].
     pub fn path_events(&self) -> tokio::sync::watch::Receiver<Path> {
         self.inner.path_events()
     }
-    /// A handle to watch (and, in tests, disturb) the session's path from
-    /// another task while this one does I/O.
-    pub fn control(&self) -> crate::session::SessionControl {
+    /// The peer's address on a direct path (`None` on the relay path).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.inner.direct_peer().map(|(addr, _)| addr)
+    }
+    /// A round-trip time estimate: on a direct UDP path, XTCP's smoothed
+    /// RTT of that path; otherwise the relay path's round trip (guest to
+    /// relay to host and back) as the guest's end-to-end handshake measured
+    /// it at setup. `None` when neither is known (on the host, which does
+    /// not measure the relay path, unless the path is direct UDP).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.inner
+            .direct_peer()
+            .and_then(|(_, rtt)| rtt)
+            .or(self.relay_rtt)
+    }
+    /// Application bytes written so far (taken by the session; not all
+    /// necessarily delivered yet).
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.bytes_written()
+    }
+    /// Application bytes read so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.inner.bytes_read()
+    }
+    /// A handle to watch the session's path from another task while this
+    /// one does I/O, and to wait until it is [finished](SessionControl::finished).
+    pub fn control(&self) -> SessionControl {
         self.inner.control()
     }
     /// The negotiated TLS 1.3 cipher suite (of the relay path; direct paths
@@ -310,6 +359,19 @@ impl Session {
     /// This peer's address as the relay observed it.
     pub fn observed_addr(&self) -> SocketAddr {
         self.observed
+    }
+    /// End the session: end our side and wait until the peer has every
+    /// byte written ([`shutdown`](tokio::io::AsyncWriteExt::shutdown)),
+    /// then close the session (bytes still arriving from the peer are
+    /// discarded; a peer still writing gets an error) and wait until its
+    /// last frames left this process. After `Ok`, the process may exit.
+    pub async fn close(mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let control = self.control();
+        self.shutdown().await?;
+        drop(self);
+        control.finished().await;
+        Ok(())
     }
 }
 
