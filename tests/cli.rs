@@ -1,6 +1,6 @@
 //! The `xtcp` and `xtcp-relay` binaries, driven as a person would (loopback only).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -8,39 +8,8 @@ use std::time::{Duration, Instant};
 const XTCP: &str = env!("CARGO_BIN_EXE_xtcp");
 const RELAY: &str = env!("CARGO_BIN_EXE_xtcp-relay");
 
-/// Forward a child's stderr lines to a channel (and keep them all).
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Wait (bounded) for a line starting with `prefix`; returns the rest.
-fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                seen.push(l.clone());
-                if let Some(rest) = l
-                    .find(prefix)
-                    .map(|i| l[i + prefix.len()..].trim().to_string())
-                {
-                    return rest;
-                }
-            }
-            Err(_) => panic!("no line containing {prefix:?}; saw {seen:?}"),
-        }
-    }
-}
+mod common_cli;
+use common_cli::{stderr_lines, wait_line};
 
 struct RelayProc {
     child: Child,

@@ -1,7 +1,7 @@
 //! `xtcp send` / `xtcp receive`, tickets and secrets off the command line,
 //! driven as a person would (loopback only, a real `xtcp-relay`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -10,35 +10,8 @@ use std::time::{Duration, Instant};
 const XTCP: &str = env!("CARGO_BIN_EXE_xtcp");
 const RELAY: &str = env!("CARGO_BIN_EXE_xtcp-relay");
 
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Wait (bounded) for a line containing `prefix`; returns the rest.
-fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                seen.push(l.clone());
-                if let Some(i) = l.find(prefix) {
-                    return l[i + prefix.len()..].trim().to_string();
-                }
-            }
-            Err(_) => panic!("no line containing {prefix:?}; saw {seen:?}"),
-        }
-    }
-}
+mod common_cli;
+use common_cli::{stderr_lines, wait_line};
 
 /// The rest of a child's stderr, after it exits (bounded).
 fn finish(mut child: Child, rx: mpsc::Receiver<String>, seen: &mut Vec<String>) -> bool {

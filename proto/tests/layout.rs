@@ -12,19 +12,8 @@ use std::path::{Path, PathBuf};
 const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 120;
 
-fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rs_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
+mod common;
+use common::rs_files;
 
 /// The text with comments and the contents of string/char literals blanked
 /// (newlines kept), so braces can be matched and lines still counted.

@@ -3,21 +3,10 @@
 //! comments has no cycle. A layer never imports one above it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rs_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
+mod common;
+use common::rs_files;
 
 /// Top-level module → the top-level modules it names as `crate::x`.
 fn graph(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
