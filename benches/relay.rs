@@ -318,6 +318,56 @@ async fn idle_memory(n: usize) -> (f64, u64) {
     (per, after)
 }
 
+/// Relay RSS per waiting session: `n` hosts CREATE and wait, no guest ever
+/// joins. The baseline is read after 16 warm-up hosts.
+async fn waiting_memory(n: usize) -> (f64, u64) {
+    let dir = std::env::temp_dir().join(format!("xtcp-bench-w-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, addr, fp) = relay_process(&dir);
+    let f = Arc::new(Forwarder {
+        addr: addr.parse().unwrap(),
+        fingerprint: Some(fp),
+        cpu_tx: mpsc::unbounded_channel().0,
+    });
+    let host = |f: Arc<Forwarder>| async move {
+        let rid = xtcp::secret::SessionSecret::generate()
+            .unwrap()
+            .rendezvous_id();
+        create_session(&client_cfg(&f, Some(TOKEN)), rid)
+            .await
+            .unwrap()
+    };
+    let mut keep = Vec::with_capacity(n + 16);
+    for _ in 0..16 {
+        keep.push(host(f.clone()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_of(child.id());
+    let par = 64;
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..par {
+        let f = f.clone();
+        set.spawn(async move {
+            let mut v = Vec::new();
+            for _ in (w..n).step_by(par) {
+                v.push(host(f.clone()).await);
+            }
+            v
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        keep.extend(r.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_of(child.id());
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(keep);
+    let _ = std::fs::remove_dir_all(&dir);
+    (per, after)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -326,6 +376,11 @@ fn main() {
         .iter()
         .position(|a| a == "--idle")
         .and_then(|i| args.get(i + 1)?.parse().ok());
+    // `--waiting N`: only the waiting-session memory, with N hosts.
+    let waiting_only: Option<usize> = args
+        .iter()
+        .position(|a| a == "--waiting")
+        .and_then(|i| args.get(i + 1)?.parse().ok());
     server::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -333,6 +388,11 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if let Some(n) = waiting_only {
+            let (per, total) = waiting_memory(n).await;
+            println!("relay memory per waiting session at {n} sessions: {:.2} KiB (relay RSS {:.1} MiB)", per / 1024.0, total as f64 / 1048576.0);
+            return;
+        }
         if let Some(n) = idle_only {
             let (per, total) = idle_memory(n).await;
             println!("relay memory per idle paired session at {n} sessions: {:.1} KiB (relay RSS {:.1} MiB)", per / 1024.0, total as f64 / 1048576.0);

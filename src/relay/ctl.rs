@@ -6,6 +6,7 @@
 //! forwarding: nothing past the `close_notify` record was ever read into a
 //! TLS buffer, on either side, so the peers' own TLS bytes flow untouched.
 
+use crate::relay::records::{Records, ALERT, APPLICATION_DATA};
 use proto::relay::wire::{Frame, FrameError, HEADER_LEN, MAX_BODY};
 use std::fmt;
 use std::io;
@@ -16,6 +17,9 @@ use tokio::net::TcpStream;
 const MAX_RECORD: usize = (1 << 14) + 256;
 /// Plaintext buffered before a frame completes (bounded: frames are small).
 const MAX_PLAINTEXT: usize = 4 * (HEADER_LEN + MAX_BODY);
+
+/// The close_notify alert: level warning, description 0 (RFC 8446 §6.1).
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
 /// Errors on the control channel.
 #[derive(Debug)]
@@ -61,10 +65,17 @@ impl From<rustls::Error> for CtlError {
 /// A control channel (client or server side).
 pub struct CtlChannel {
     tcp: TcpStream,
-    tls: rustls::Connection,
+    tls: Tls,
     plain: Vec<u8>,
     peer_closed: bool,
     out: Vec<u8>,
+}
+
+/// Who protects the records: rustls (handshake and beyond), or, once a
+/// relay compacted a waiting host's channel, [`Records`] alone.
+enum Tls {
+    Rustls(Box<rustls::Connection>),
+    Records(Box<Records>),
 }
 
 impl fmt::Debug for CtlChannel {
@@ -81,7 +92,7 @@ impl CtlChannel {
     pub fn new(tcp: TcpStream, tls: impl Into<rustls::Connection>) -> CtlChannel {
         CtlChannel {
             tcp,
-            tls: tls.into(),
+            tls: Tls::Rustls(Box::new(tls.into())),
             plain: Vec::new(),
             peer_closed: false,
             out: Vec::new(),
@@ -95,14 +106,73 @@ impl CtlChannel {
 
     /// The negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&[u8]> {
-        self.tls.alpn_protocol()
+        match &self.tls {
+            Tls::Rustls(c) => c.alpn_protocol(),
+            // Only a channel past its first frames is compacted.
+            Tls::Records(_) => None,
+        }
     }
 
     async fn flush_tls(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
+        let Tls::Rustls(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        while tls.wants_write() {
             self.out.clear();
-            self.tls.write_tls(&mut self.out)?;
+            tls.write_tls(&mut self.out)?;
             self.tcp.write_all(&self.out).await?;
+        }
+        Ok(())
+    }
+
+    /// Keep only what the rest of a waiting host's channel needs: rustls
+    /// gives up its traffic secrets to [`Records`] and is freed with its
+    /// buffers (`spec/relay.md` §9.6). Only after the handshake, with nothing
+    /// unread or unsent; a relay's `ServerConfig` must allow the extraction.
+    pub fn compact(self) -> Result<CtlChannel, CtlError> {
+        let CtlChannel {
+            tcp,
+            tls,
+            plain,
+            peer_closed,
+            out: _,
+        } = self;
+        let tls = match tls {
+            Tls::Rustls(c) => {
+                if !plain.is_empty() || peer_closed {
+                    return Err(CtlError::Unexpected);
+                }
+                Tls::Records(Box::new(Records::new(&c.dangerous_extract_secrets()?)?))
+            }
+            records => records,
+        };
+        Ok(CtlChannel {
+            tcp,
+            tls,
+            plain: Vec::new(),
+            peer_closed,
+            out: Vec::new(),
+        })
+    }
+
+    /// Protect and send `data` of inner type `content_type` (compacted
+    /// channel), or hand it to rustls and flush.
+    async fn write_record(&mut self, content_type: u8, data: &[u8]) -> Result<(), CtlError> {
+        match &mut self.tls {
+            Tls::Rustls(tls) => {
+                if content_type == ALERT {
+                    tls.send_close_notify();
+                } else {
+                    io::Write::write_all(&mut tls.writer(), data)?;
+                }
+                self.flush_tls().await?;
+            }
+            Tls::Records(r) => {
+                self.out.clear();
+                r.seal(content_type, data, &mut self.out)?;
+                self.tcp.write_all(&self.out).await?;
+                self.out = Vec::new();
+            }
         }
         Ok(())
     }
@@ -122,13 +192,35 @@ impl CtlChannel {
         //# an implementation MUST NOT let bytes past the peer's close_notify
         //# record disappear into its TLS library's input buffer.
         self.tcp.read_exact(&mut rec[5..]).await?;
+        let tls = match &mut self.tls {
+            Tls::Rustls(tls) => tls,
+            Tls::Records(r) => {
+                let (kind, content) = r.open(&mut rec)?;
+                return match (kind, content) {
+                    (APPLICATION_DATA, data) => {
+                        if self.plain.len() + data.len() > MAX_PLAINTEXT {
+                            return Err(CtlError::Frame(FrameError::TooLong));
+                        }
+                        self.plain.extend_from_slice(data);
+                        Ok(())
+                    }
+                    // close_notify (RFC 8446 §6.1); any other alert ends the
+                    // channel with an error.
+                    (ALERT, [_, 0]) => {
+                        self.peer_closed = true;
+                        Ok(())
+                    }
+                    _ => Err(CtlError::Unexpected),
+                };
+            }
+        };
         let mut slice = &rec[..];
         while !slice.is_empty() {
-            if self.tls.read_tls(&mut slice)? == 0 {
+            if tls.read_tls(&mut slice)? == 0 {
                 break;
             }
         }
-        let state = match self.tls.process_new_packets() {
+        let state = match tls.process_new_packets() {
             Ok(s) => s,
             Err(e) => {
                 // Tell the peer why (alert), best effort.
@@ -143,7 +235,7 @@ impl CtlChannel {
             }
             let start = self.plain.len();
             self.plain.resize(start + n, 0);
-            io::Read::read_exact(&mut self.tls.reader(), &mut self.plain[start..])?;
+            io::Read::read_exact(&mut tls.reader(), &mut self.plain[start..])?;
         }
         if state.peer_has_closed() {
             self.peer_closed = true;
@@ -153,9 +245,10 @@ impl CtlChannel {
 
     /// Complete the TLS handshake.
     pub async fn handshake(&mut self) -> Result<(), CtlError> {
-        while self.tls.is_handshaking() {
+        let handshaking = |tls: &Tls| matches!(tls, Tls::Rustls(c) if c.is_handshaking());
+        while handshaking(&self.tls) {
             self.flush_tls().await?;
-            if self.tls.is_handshaking() && self.tls.wants_read() {
+            if matches!(&self.tls, Tls::Rustls(c) if c.is_handshaking() && c.wants_read()) {
                 self.read_record().await?;
             }
         }
@@ -168,9 +261,7 @@ impl CtlChannel {
         let bytes = frame
             .to_vec()
             .map_err(|_| CtlError::Frame(FrameError::TooLong))?;
-        io::Write::write_all(&mut self.tls.writer(), &bytes)?;
-        self.flush_tls().await?;
-        Ok(())
+        self.write_record(APPLICATION_DATA, &bytes).await
     }
 
     /// Receive one frame's bytes (parse them with [`Frame::parse`]).
@@ -204,8 +295,7 @@ impl CtlChannel {
     /// records up to the peer's `close_notify`, and hand back the raw TCP
     /// stream positioned right after it.
     pub async fn finish(mut self) -> Result<TcpStream, CtlError> {
-        self.tls.send_close_notify();
-        self.flush_tls().await?;
+        self.write_record(ALERT, &CLOSE_NOTIFY).await?;
         while !self.peer_closed {
             self.read_record().await?;
         }
@@ -218,8 +308,7 @@ impl CtlChannel {
     /// Send an error frame and close (best effort, errors ignored).
     pub async fn fail(mut self, frame: &Frame<'_>) {
         let _ = self.send(frame).await;
-        self.tls.send_close_notify();
-        let _ = self.flush_tls().await;
+        let _ = self.write_record(ALERT, &CLOSE_NOTIFY).await;
         let _ = self.tcp.shutdown().await;
     }
 }

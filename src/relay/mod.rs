@@ -11,6 +11,7 @@
 pub mod client;
 #[doc(hidden)]
 pub mod ctl;
+mod records;
 
 // The server and what only it uses (feature `relay-server`).
 #[cfg(feature = "relay-server")]

@@ -93,13 +93,15 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
         return;
     };
     let mut ctl = CtlChannel::new(tcp, conn);
-    let first = first_frame(&mut ctl, shared, accepted).await;
+    // Boxed, like every step but the wait: a task is as large as its
+    // largest state, and a waiting host should not pay for the handshake.
+    let first = Box::pin(first_frame(&mut ctl, shared, accepted)).await;
     let req = match first.and_then(|bytes| request(shared, &bytes)) {
         Ok(req) => req,
-        Err(refuse) => return close(ctl, refuse).await,
+        Err(refuse) => return Box::pin(close(ctl, refuse)).await,
     };
     if draining(shared) {
-        return ctl.fail(&shutting_down()).await;
+        return Box::pin(ctl.fail(&shutting_down())).await;
     }
     // Guessing is slowed per source: joins and token-less or wrong-token
     // creates. A host with a valid operator token is never slowed.
@@ -112,15 +114,17 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
             Verdict::Wait(at, t) => match tarpit(&ctl, shared, at).await {
                 Ok(()) => Some(t),
                 Err(None) => return,
-                Err(Some(f)) => return ctl.fail(&f).await,
+                Err(Some(f)) => return Box::pin(ctl.fail(&f)).await,
             },
-            Verdict::Refuse(retry) => return ctl.fail(&locked_out(shared, peer, retry)).await,
+            Verdict::Refuse(retry) => {
+                return Box::pin(ctl.fail(&locked_out(shared, peer, retry))).await
+            }
         }
     };
     match req {
-        Request::Create(_, false) => ctl.fail(&unauthorized(shared, peer, key)).await,
+        Request::Create(_, false) => Box::pin(ctl.fail(&unauthorized(shared, peer, key))).await,
         Request::Create(rid, true) => create(ctl, peer, rid, shared, unauth, key).await,
-        Request::Join(rid) => join(ctl, peer, rid, shared, unauth, key).await,
+        Request::Join(rid) => Box::pin(join(ctl, peer, rid, shared, unauth, key)).await,
     }
 }
 
@@ -321,7 +325,7 @@ async fn create(
         Some(w) if (paired as usize) < shared.cfg.max_sessions_per_source => {
             host(ctl, peer, rid, shared, unauth, w).await
         }
-        _ => ctl.fail(&over_source_share(shared, peer)).await,
+        _ => Box::pin(ctl.fail(&over_source_share(shared, peer))).await,
     }
 }
 

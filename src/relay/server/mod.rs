@@ -264,6 +264,8 @@ pub fn server_tls(
     //= spec/relay.md#RL-TLS-3
     //# The relay MUST NOT send NewSessionTicket messages (`send_tls13_tickets = 0`)
     cfg.send_tls13_tickets = 0;
+    // A waiting host's channel keeps only its secrets (`CtlChannel::compact`).
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 

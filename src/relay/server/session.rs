@@ -31,36 +31,79 @@ pub(super) struct Guest {
     pub(super) share: Share,
 }
 
-/// A host whose CREATE was admitted: register the session, wait for its
-/// guest, pair both, then forward in a task of its own.
+/// A host whose CREATE was admitted: register the session and tell the
+/// host; the wait for its guest goes on in a task of its own.
 pub(super) async fn host(
     mut ctl: CtlChannel,
     peer: SocketAddr,
     rid: [u8; 16],
     shared: &Arc<Shared>,
     unauth: Unauth,
-    waiting_share: Share,
+    share: Share,
 ) {
     let label = session_label(&rid);
     let (tx, rx) = oneshot::channel();
     if let Err(f) = register(shared, rid, tx) {
-        ctl.fail(&f).await;
+        Box::pin(ctl.fail(&f)).await;
         return;
     }
     drop(unauth);
-    let outcome = match created(&mut ctl, shared, &label, peer).await {
-        Ok(()) => wait_for_guest(&ctl, rx, shared).await,
-        Err(_) => Err(WaitEnd::HostGone),
+    //= spec/relay.md#RL-WAIT-MEM-1
+    //# Once `CREATED` is sent, a waiting host MUST NOT hold its TLS library's
+    //# buffers
+    let ctl = match Box::pin(created(&mut ctl, shared, &label, peer)).await {
+        Ok(()) => ctl.compact().ok(),
+        Err(_) => None,
     };
-    let finishing = stop_waiting(shared, &rid, waiting_share);
+    // The accepting task ends here with everything the handshake needed; the
+    // waiting task holds only what the wait and the pairing need.
+    let waiter = Waiter {
+        label,
+        peer,
+        rid,
+        rx,
+        share,
+    };
+    super::spawn_until_abort(shared, hosted(ctl, waiter, shared.clone()));
+}
+
+/// What a waiting host's task holds besides its channel.
+struct Waiter {
+    label: String,
+    peer: SocketAddr,
+    rid: [u8; 16],
+    rx: oneshot::Receiver<Guest>,
+    /// The host source's unit of its waiting share.
+    share: Share,
+}
+
+/// Wait for the guest (`None`: the host is already gone), pair both, then
+/// forward in a task of its own.
+async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
+    let Waiter {
+        label,
+        peer,
+        rid,
+        rx,
+        share,
+    } = w;
+    let outcome = match &ctl {
+        Some(ctl) => wait_for_guest(ctl, rx, &shared).await,
+        None => Err(WaitEnd::HostGone),
+    };
+    let finishing = stop_waiting(&shared, &rid, share);
+    let (ctl, guest) = match (ctl, outcome) {
+        (Some(ctl), Ok(g)) => (ctl, g),
+        (ctl, outcome) => {
+            let reason = outcome.err().unwrap_or(WaitEnd::HostGone);
+            return Box::pin(close_unpaired(ctl, &shared, &label, peer, reason)).await;
+        }
+    };
     let Guest {
         ctl: guest,
         addr: guest_addr,
         share: guest_share,
-    } = match outcome {
-        Ok(g) => g,
-        Err(reason) => return close_unpaired(ctl, shared, &label, peer, reason).await,
-    };
+    } = guest;
     shared.audit(
         "session_joined",
         Some(&label),
@@ -77,7 +120,7 @@ pub(super) async fn host(
         Some((g, [h, u])) => (Some(g), [Some(h), Some(u)]),
         None => (None, [None, None]),
     };
-    let pairing = pair((ctl, peer, host_udp), (guest, guest_addr, guest_udp));
+    let pairing = Box::pin(pair((ctl, peer, host_udp), (guest, guest_addr, guest_udp)));
     //= spec/relay.md#RL-PAIR-1
     //# All of this MUST complete within `handshake_timeout_secs`
     let Ok(Ok((a, b))) = tokio::time::timeout(shared.limits.handshake_timeout, pairing).await
@@ -197,7 +240,7 @@ fn stop_waiting(shared: &Arc<Shared>, rid: &[u8; 16], waiting_share: Share) -> F
 
 /// Log a session that ended without a guest and tell the host why.
 async fn close_unpaired(
-    ctl: CtlChannel,
+    ctl: Option<CtlChannel>,
     shared: &Shared,
     label: &str,
     peer: SocketAddr,
@@ -209,25 +252,16 @@ async fn close_unpaired(
         Some(peer),
         serde_json::json!({"reason": reason.as_str(), "paired": false}),
     );
-    match reason {
+    let frame = match reason {
         WaitEnd::Expired => {
             shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
-            ctl.fail(&Frame::error(
-                ErrorCode::Expired,
-                0,
-                "no guest joined before the TTL",
-            ))
-            .await;
+            Frame::error(ErrorCode::Expired, 0, "no guest joined before the TTL")
         }
-        WaitEnd::ShuttingDown => {
-            ctl.fail(&Frame::error(
-                ErrorCode::ShuttingDown,
-                0,
-                "relay shutting down",
-            ))
-            .await
-        }
-        WaitEnd::HostGone => {}
+        WaitEnd::ShuttingDown => Frame::error(ErrorCode::ShuttingDown, 0, "relay shutting down"),
+        WaitEnd::HostGone => return,
+    };
+    if let Some(ctl) = ctl {
+        ctl.fail(&frame).await;
     }
 }
 
