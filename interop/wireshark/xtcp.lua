@@ -13,6 +13,13 @@
 --   0xA2         punch probe                         (spec/direct.md §4.3)
 --   0xA3..0xAF   reserved for non-XTCP datagrams, unassigned
 --
+-- GSO/GRO. A capture on a host that sends with UDP GSO (or receives with
+-- UDP GRO) holds "super-datagrams": several XTCP segments of one stride back
+-- to back in one UDP payload, which the kernel cuts (or joined) at the
+-- stride. They are recognised (every chunk starts with the same XTCP header
+-- prefix and its checksum verifies) and each segment is decoded on its own
+-- (xtcp.gso.segments, xtcp.gso.stride).
+--
 -- Found by a heuristic on every UDP datagram (exact structure; for XTCP also
 -- the checksum, see the preferences) and on the UDP ports of the preference
 -- "xtcp.udp_ports".
@@ -69,6 +76,8 @@ local xf = {
     path = ProtoField.uint16("xtcp.path", "Path validation", base.HEX, path_kinds),
     path_token = ProtoField.uint64("xtcp.path.token", "Path token", base.HEX),
     payload_len = ProtoField.uint32("xtcp.len", "TCP payload length", base.DEC),
+    gso_segments = ProtoField.uint32("xtcp.gso.segments", "Segments", base.DEC),
+    gso_stride = ProtoField.uint32("xtcp.gso.stride", "Stride", base.DEC),
 }
 xtcp.fields = xf
 
@@ -191,6 +200,39 @@ local function xtcp_shape_ok(tvb)
     return doff >= 5 and XTCP_HEADER_LEN + 4 * doff <= len
 end
 
+-- The stride of a GSO/GRO super-datagram, or nil for a single segment:
+-- the smallest s such that the tvb cuts into chunks of s bytes (the last
+-- one may be shorter, but at least 32) that are each a well-formed XTCP
+-- segment with a verified checksum and the first one's version, flags,
+-- reserved bytes and connection id.
+local function gso_stride(tvb)
+    local len = tvb:len()
+    local min = XTCP_HEADER_LEN + TCP_HEADER_LEN
+    if len < 2 * min then
+        return nil
+    end
+    local s = tvb:raw(0, len)
+    local prefix = s:sub(1, XTCP_HEADER_LEN)
+    local pos = s:find(prefix, min + 1, true)
+    while pos do
+        local stride = pos - 1
+        local ok = (len % stride == 0) or (len % stride >= min)
+        local off = 0
+        while ok and off < len do
+            local n = math.min(stride, len - off)
+            local chunk = tvb(off, n):tvb()
+            ok = s:sub(off + 1, off + XTCP_HEADER_LEN) == prefix and xtcp_shape_ok(chunk)
+                and ones_sum(chunk) == 0xffff
+            off = off + stride
+        end
+        if ok then
+            return stride
+        end
+        pos = s:find(prefix, pos + 1, true)
+    end
+    return nil
+end
+
 local function response_shape_ok(tvb)
     local len = tvb:len()
     if len < 10 then
@@ -248,7 +290,7 @@ local function add_path_option(tvb, pinfo, tree)
     end
 end
 
-local function dissect_xtcp(tvb, pinfo, tree)
+local function dissect_segment(tvb, pinfo, tree)
     local len = tvb:len()
     local t = tree:add(xtcp, tvb(0, math.min(len, XTCP_HEADER_LEN)))
     if len < 1 then
@@ -304,6 +346,32 @@ local function dissect_xtcp(tvb, pinfo, tree)
     -- TCP wrote "TCP"; a protocol above it (TLS) keeps its name.
     if tostring(pinfo.cols.protocol) == "TCP" then
         pinfo.cols.protocol = "XTCP"
+    end
+    return len
+end
+
+-- One XTCP segment, or a GSO/GRO super-datagram of several (`stride`, if
+-- known already).
+local function dissect_xtcp(tvb, pinfo, tree, stride)
+    local len = tvb:len()
+    stride = stride or gso_stride(tvb)
+    if not stride then
+        return dissect_segment(tvb, pinfo, tree)
+    end
+    local count = math.ceil(len / stride)
+    local g = tree:add(xtcp, tvb(), "XTCP GSO/GRO super-datagram")
+    g:add(xf.gso_segments, count):set_generated()
+    g:add(xf.gso_stride, stride):set_generated()
+    g:append_text(string.format(": %d segments, stride %d", count, stride))
+    local off = 0
+    while off < len do
+        if off > 0 then
+            -- Keep the earlier segments' summaries: TCP clears the column.
+            pinfo.cols.info:append(" | ")
+            pinfo.cols.info:fence()
+        end
+        dissect_segment(tvb(off, math.min(stride, len - off)):tvb(), pinfo, tree)
+        off = off + stride
     end
     return len
 end
@@ -421,10 +489,11 @@ local function heuristic(tvb, pinfo, tree)
         if not xtcp_shape_ok(tvb) then
             return false
         end
-        if xtcp.prefs.heur_checksum and not checksum_ok(tvb) then
+        local stride = gso_stride(tvb)
+        if xtcp.prefs.heur_checksum and not stride and not checksum_ok(tvb) then
             return false
         end
-        dissect_xtcp(tvb, pinfo, tree)
+        dissect_xtcp(tvb, pinfo, tree, stride)
         return true
     elseif b == T_REQUEST then
         if not request_shape_ok(tvb) then

@@ -233,23 +233,23 @@ impl Node for Script {
     }
 }
 
-/// A pure ACK carrying a path validation option (spec/xtcp.md §8.2).
-fn path_segment(path: PathOption) -> Vec<u8> {
+/// A segment of connection 0x0123456789abcdef from port 40000 to 443.
+fn segment(seq: u32, path: Option<PathOption>, payload: &[u8]) -> Vec<u8> {
     let seg = SegmentRepr {
         xflags: Default::default(),
         conn_id: 0x0123_4567_89ab_cdef,
         src_port: 40000,
         dst_port: 443,
-        seq: SeqNumber(1000),
+        seq: SeqNumber(seq),
         ack: SeqNumber(2000),
         flags: TcpFlags::ACK,
         window: 512,
         options: TcpOptions {
             timestamps: Some((5, 6)),
-            path: Some(path),
+            path,
             ..TcpOptions::default()
         },
-        payload: &[],
+        payload,
     };
     let mut b = vec![0; seg.buffer_len()];
     let n = seg.emit(&mut b).unwrap();
@@ -257,9 +257,9 @@ fn path_segment(path: PathOption) -> Vec<u8> {
     b
 }
 
-/// The address service's request and responses, a punch probe and XTCP
-/// path validation, built with the proto codecs: each is recognised by the
-/// heuristic and decoded field by field; look-alikes (a request one byte
+/// The address service's request and responses, a punch probe, XTCP path
+/// validation and a GSO super-datagram, built with the proto codecs: each is
+/// recognised by the heuristic and decoded field by field; look-alikes (a request one byte
 /// short, an XTCP segment with a broken checksum) are left alone, and the
 /// port preference decodes them anyway.
 #[test]
@@ -276,8 +276,21 @@ fn tshark_decodes_address_service_and_punch_probes() {
         udp_service::encode_response(0x0102_0304_0506_0708, "198.18.0.7:40000".parse().unwrap());
     let (r6, n6) = udp_service::encode_response(1, "[2001:db8::1]:443".parse().unwrap());
     let probe = ProbeKey::new(&[0x11; 32]).probe(1);
-    let challenge = path_segment(PathOption::Challenge(0x1122_3344_5566_7788));
-    let response = path_segment(PathOption::Response(0x1122_3344_5566_7788));
+    // Pure ACKs carrying path validation (spec/xtcp.md §8.2).
+    let challenge = segment(
+        1000,
+        Some(PathOption::Challenge(0x1122_3344_5566_7788)),
+        &[],
+    );
+    let response = segment(1000, Some(PathOption::Response(0x1122_3344_5566_7788)), &[]);
+    // What a capture on a host using UDP GSO (or GRO) shows: three
+    // segments, cut at a stride of 32 + 12 + 101 bytes, in one datagram.
+    let gso = [
+        segment(5000, None, &[7; 101]),
+        segment(5101, None, &[8; 101]),
+        segment(5202, None, &[9; 40]),
+    ]
+    .concat();
     let mut broken = challenge.clone();
     broken[20] ^= 1;
     let sends = vec![
@@ -287,6 +300,7 @@ fn tshark_decodes_address_service_and_punch_probes() {
         (other, probe.to_vec()),
         (other, challenge),
         (other, response),
+        (other, gso),
         (relay, request[..47].to_vec()),
         (other, broken),
     ];
@@ -315,6 +329,11 @@ fn tshark_decodes_address_service_and_punch_probes() {
         "xtcp.path",
         "xtcp.path.token",
         "tcp.ack_raw",
+        "tcp.seq_raw",
+        "tcp.len",
+        "xtcp.checksum.status",
+        "xtcp.gso.segments",
+        "xtcp.gso.stride",
     ];
     let rows = tshark_fields(&pcap, &fields, &[]);
     assert_eq!(rows.len(), n);
@@ -374,12 +393,22 @@ fn tshark_decodes_address_service_and_punch_probes() {
             ],
         );
     }
-    // Look-alikes: not for the heuristic.
     check(
         6,
+        &[
+            ("xtcp.gso.segments", "3"),
+            ("xtcp.gso.stride", "145"),
+            ("tcp.seq_raw", "5000,5101,5202"),
+            ("tcp.len", "101,101,40"),
+            ("xtcp.checksum.status", "1,1,1"),
+        ],
+    );
+    // Look-alikes: not for the heuristic.
+    check(
+        7,
         &[("_ws.col.Protocol", "UDP"), ("xtcp_relay_udp.type", "")],
     );
-    check(7, &[("_ws.col.Protocol", "UDP"), ("xtcp.conn_id", "")]);
+    check(8, &[("_ws.col.Protocol", "UDP"), ("xtcp.conn_id", "")]);
 
     // By port, the same datagrams are decoded, and flagged.
     let rows = tshark_fields(
@@ -391,7 +420,7 @@ fn tshark_decodes_address_service_and_punch_probes() {
         ],
         &["xtcp.udp_ports:15000,41000"],
     );
-    assert_eq!(rows[6], ["0xa0", "", ""]);
-    assert_eq!(rows[7], ["", "0x0123456789abcdef", "0"]);
+    assert_eq!(rows[7], ["0xa0", "", ""]);
+    assert_eq!(rows[8], ["", "0x0123456789abcdef", "0"]);
     let _ = std::fs::remove_file(&pcap);
 }
