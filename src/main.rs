@@ -259,6 +259,10 @@ struct DemoArgs {
     /// (--sim) RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// (--sim) write every datagram of the simulated run to this pcap file
+    /// (open it with `interop/wireshark/xtcp.lua`).
+    #[arg(long, value_name = "FILE", requires = "sim")]
+    pcap: Option<std::path::PathBuf>,
 }
 
 fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
@@ -546,6 +550,7 @@ fn sim_demo(d: &DemoArgs) -> Result<(), String> {
         d.rtt_ms,
         d.mbit.max(1),
         d.seed,
+        d.pcap.as_deref(),
     )
     .map_err(|e| e.to_string())
 }

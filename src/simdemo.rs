@@ -6,6 +6,7 @@ use proto::{ConnectionHandle, Endpoint, EndpointConfig, Instant, State};
 use ring::digest;
 use sim::{LinkConfig, LossModel, Node, Sim};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 /// One simulated host: an endpoint plus a sender of `to_send` bytes that
@@ -24,12 +25,20 @@ struct Host {
 }
 
 impl Host {
-    fn new(cfg: Config, connect_to: Option<SocketAddr>, to_send: Vec<u8>, key: u8) -> Host {
+    fn new(
+        cfg: Config,
+        local_port: u16,
+        connect_to: Option<SocketAddr>,
+        to_send: Vec<u8>,
+        key: u8,
+    ) -> Host {
         Host {
             ep: Endpoint::new(
                 EndpointConfig {
                     conn: std::sync::Arc::new(cfg),
                     listen: connect_to.is_none(),
+                    // The TCP header's ports match the UDP ones, as the runtime's do.
+                    local_port,
                     ..EndpointConfig::default()
                 },
                 [key; 32],
@@ -118,10 +127,19 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Run the simulated demo; returns an error line on failure.
-pub fn run(mib: usize, loss: f64, rtt_ms: u64, mbit: u64, seed: u64) -> Result<(), String> {
+/// Run the simulated demo; returns an error line on failure. With `pcap`,
+/// every datagram is written there as sent (`Sim::capture_to`).
+pub fn run(
+    mib: usize,
+    loss: f64,
+    rtt_ms: u64,
+    mbit: u64,
+    seed: u64,
+    pcap: Option<&Path>,
+) -> Result<(), String> {
     let a_addr: SocketAddr = "198.18.0.1:40000".parse().map_err(|_| "address")?;
-    let b_addr: SocketAddr = "198.18.0.2:443".parse().map_err(|_| "address")?;
+    // Not 443: the payload is not TLS, and Wireshark would guess TLS there.
+    let b_addr: SocketAddr = "198.18.0.2:40443".parse().map_err(|_| "address")?;
     let bytes = mib << 20;
     let (da, db) = (data(bytes, 1), data(bytes, 2));
     let (ha, hb) = (
@@ -133,8 +151,15 @@ pub fn run(mib: usize, loss: f64, rtt_ms: u64, mbit: u64, seed: u64) -> Result<(
         ..Config::default()
     };
     let mut s: Sim<Host> = Sim::new(seed);
-    let a = s.add_node(a_addr, Host::new(cfg.clone(), Some(b_addr), da, 1));
-    let b = s.add_node(b_addr, Host::new(cfg, None, db, 2));
+    let a = s.add_node(
+        a_addr,
+        Host::new(cfg.clone(), a_addr.port(), Some(b_addr), da, 1),
+    );
+    let b = s.add_node(b_addr, Host::new(cfg, b_addr.port(), None, db, 2));
+    if let Some(p) = pcap {
+        s.capture_to(p)
+            .map_err(|e| format!("--pcap {}: {e}", p.display()))?;
+    }
     let link = LinkConfig {
         delay: Duration::from_micros(rtt_ms * 500),
         bandwidth_bps: mbit * 1_000_000,
@@ -154,6 +179,10 @@ pub fn run(mib: usize, loss: f64, rtt_ms: u64, mbit: u64, seed: u64) -> Result<(
     let out = s.run_until(Instant::from_millis(3_600_000), |s| {
         s.node(a).done_at.is_some() && s.node(b).done_at.is_some()
     });
+    if let Some(p) = pcap {
+        s.finish_capture()
+            .map_err(|e| format!("--pcap {}: {e}", p.display()))?;
+    }
     if !out.is_done() {
         return Err(format!("transfer did not finish: {:?}", out.stop));
     }
@@ -190,5 +219,12 @@ pub fn run(mib: usize, loss: f64, rtt_ms: u64, mbit: u64, seed: u64) -> Result<(
         "  link: {} datagrams offered, {} delivered, {} lost, {} dropped by the queue",
         t.sent, t.delivered, t.dropped_loss, t.dropped_queue
     );
+    if let Some(p) = pcap {
+        println!(
+            "capture: {} (tshark -r {} -X lua_script:interop/wireshark/xtcp.lua)",
+            p.display(),
+            p.display()
+        );
+    }
     Ok(())
 }

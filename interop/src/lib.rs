@@ -10,6 +10,10 @@
 //! [`nfq`] delays packets through an NFQUEUE (iptables) where the kernel has
 //! no `tc netem`; [`nat::Lab::delay`] uses it.
 //!
+//! With `XTCP_LAB_PCAP=<dir>` ([`PCAP_VAR`]) a [`nat::Lab`] records each
+//! peer's `eth0` to a pcap file there ([`Netns::capture`]), for Wireshark
+//! with `interop/wireshark/xtcp.lua`.
+//!
 //! Root is required. [`require_root`] fails loudly (never skips) so that CI,
 //! which runs as root, cannot silently pass without running these tests.
 
@@ -189,6 +193,76 @@ impl Netns {
         }
         self.exec(&args)?;
         Ok(())
+    }
+}
+
+/// Environment variable: a directory. When it is set, [`nat::Lab::new`]
+/// records each peer namespace's `eth0` to `<dir>/<namespace>-eth0.pcap`
+/// ([`Netns::capture`]) for the lab's lifetime; open the files with
+/// `interop/wireshark/xtcp.lua`.
+pub const PCAP_VAR: &str = "XTCP_LAB_PCAP";
+
+/// A packet capture running inside a namespace, stopped (SIGTERM, then
+/// waited for) on drop.
+#[derive(Debug)]
+pub struct Capture {
+    child: Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Where the packets go.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the capture tool, so this is its pid.
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: a plain syscall on the pid of a child we spawned and
+            // have not yet waited for (so the pid cannot have been reused).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Netns {
+    /// Capture every packet on `dev` into the pcap file `path` until the
+    /// returned [`Capture`] is dropped: `tcpdump -U`, or `dumpcap -P` (which
+    /// comes with tshark) where tcpdump is missing. Returns once the tool
+    /// has created the file (it listens by then), at most after 3 s.
+    pub fn capture(&self, dev: &str, path: &std::path::Path) -> io::Result<Capture> {
+        let file = path
+            .to_str()
+            .ok_or_else(|| io::Error::other("capture path is not UTF-8"))?;
+        let _ = std::fs::remove_file(path);
+        let args: Vec<&str> = if tool_runs("tcpdump") {
+            vec!["tcpdump", "-q", "-U", "-n", "-i", dev, "-w", file]
+        } else {
+            vec!["dumpcap", "-q", "-P", "-i", dev, "-w", file]
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let cap = Capture {
+            child,
+            path: path.to_owned(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !path.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::other(format!("{}: no capture started", args[0])));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(cap)
     }
 }
 

@@ -215,6 +215,9 @@ struct Rebinds {
 /// Two NATed sites and an internet router; all namespaces (and with them
 /// every veth, address and rule) are deleted on drop.
 pub struct Lab {
+    /// Captures of [`crate::PCAP_VAR`]; first, so they stop before the
+    /// namespaces go.
+    captures: Vec<crate::Capture>,
     inet: Netns,
     routers: [Netns; 2],
     peers: [Netns; 2],
@@ -340,7 +343,8 @@ impl Lab {
         let inet = Netns::new("inet")?;
         let routers = [Netns::new("nat_a")?, Netns::new("nat_b")?];
         let peers = [Netns::new("peer_a")?, Netns::new("peer_b")?];
-        let lab = Lab {
+        let mut lab = Lab {
+            captures: Vec::new(),
             inet,
             routers,
             peers,
@@ -404,6 +408,20 @@ impl Lab {
                 ])?;
             }
             nft_apply(r, &router_ruleset(site, lab.config(site)))?;
+        }
+        if let Some(dir) = std::env::var_os(crate::PCAP_VAR) {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir)?;
+            for site in [Site::A, Site::B] {
+                let ns = lab.peer(site);
+                let cap = ns.capture("eth0", &dir.join(format!("{}-eth0.pcap", ns.name())))?;
+                eprintln!(
+                    "lab: capturing {} eth0 to {}",
+                    ns.name(),
+                    cap.path().display()
+                );
+                lab.captures.push(cap);
+            }
         }
         Ok(lab)
     }
