@@ -115,9 +115,17 @@ struct RelayArgs {
     /// Read the operator token from this file (first line).
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
-    /// Trust exactly the relay certificate with this SHA-256 fingerprint (hex).
-    #[arg(long, conflicts_with = "relay_ca")]
-    relay_fingerprint: Option<String>,
+    /// Trust the relay certificate with this SHA-256 fingerprint (64 hex
+    /// digits, as `xtcp-relay --self-signed` prints it); repeat (or separate
+    /// with commas) for a self-signed fleet: a relay passes if its
+    /// certificate matches any of them.
+    #[arg(
+        long = "relay-fingerprint",
+        value_name = "HEX",
+        value_delimiter = ',',
+        conflicts_with = "relay_ca"
+    )]
+    relay_fingerprints: Vec<String>,
     /// Trust relay certificates issued by the CA(s) in this PEM file.
     #[arg(long)]
     relay_ca: Option<std::path::PathBuf>,
@@ -262,11 +270,19 @@ struct DemoArgs {
 }
 
 fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
-    let trust = if let Some(fp) = &a.relay_fingerprint {
-        let b = xtcp::tls::unhex(fp)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or("--relay-fingerprint must be 64 hex digits (SHA-256)")?;
-        RelayTrust::Fingerprint(b)
+    let trust = if !a.relay_fingerprints.is_empty() {
+        let mut pins = Vec::with_capacity(a.relay_fingerprints.len());
+        for fp in &a.relay_fingerprints {
+            let b = xtcp::tls::unhex(fp.trim())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    format!("--relay-fingerprint {fp:?}: must be 64 hex digits (SHA-256)")
+                })?;
+            if !pins.contains(&b) {
+                pins.push(b);
+            }
+        }
+        RelayTrust::Fingerprints(pins)
     } else if let Some(path) = &a.relay_ca {
         use rustls::pki_types::pem::PemObject;
         let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
@@ -466,7 +482,7 @@ async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
 fn explain(e: xtcp::Error, hosting: bool) -> String {
     match e {
         xtcp::Error::RelayCertificateMismatch(_) => format!(
-            "{e}: if the relay's operator confirms the presented fingerprint, pass it as \
+            "{e}: if the relay's operator confirms the presented fingerprint, add it with \
              --relay-fingerprint (or ask the host for a new ticket)"
         ),
         xtcp::Error::Unauthorized => {

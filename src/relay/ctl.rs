@@ -98,6 +98,11 @@ impl CtlChannel {
         self.tls.alpn_protocol()
     }
 
+    /// The peer's end-entity certificate, once the handshake is done.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.tls.peer_certificates().and_then(|c| c.first())
+    }
+
     async fn flush_tls(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
             self.out.clear();
