@@ -467,3 +467,17 @@ fn ticket_trust(pin: [u8; 32], own: &RelayTrust) -> RelayTrust {
     }
     RelayTrust::Fingerprints(pins)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_trust_is_the_tickets_pin_and_the_guests_own_pins() {
+        let t = ticket_trust([1; 32], &RelayTrust::SystemRoots);
+        assert!(matches!(&t, RelayTrust::Fingerprints(p) if p == &[[1; 32]]));
+        let own = RelayTrust::Fingerprints(vec![[2; 32], [1; 32], [3; 32]]);
+        let t = ticket_trust([1; 32], &own);
+        assert!(matches!(&t, RelayTrust::Fingerprints(p) if p == &[[1; 32], [2; 32], [3; 32]]));
+    }
+}

@@ -604,6 +604,47 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
 mod tests {
     use super::*;
 
+    //= spec/relay.md#RL-TLS-6
+    #[test]
+    fn pin_mismatch_names_the_presented_and_the_expected_pins() {
+        let one = PinMismatch {
+            presented: [0xaa; 32],
+            expected: vec![[0x01; 32]],
+        }
+        .to_string();
+        assert_eq!(
+            one,
+            format!(
+                "presented SHA-256 {}, expected {}",
+                "aa".repeat(32),
+                "01".repeat(32)
+            )
+        );
+        let many = PinMismatch {
+            presented: [0xaa; 32],
+            expected: (1..=6).map(|i| [i; 32]).collect(),
+        }
+        .to_string();
+        let shown: Vec<String> = (1..=4u8).map(|i| crate::tls::hex(&[i; 32])).collect();
+        assert_eq!(
+            many,
+            format!(
+                "presented SHA-256 {}, expected one of {} (and 2 more)",
+                "aa".repeat(32),
+                shown.join(", ")
+            )
+        );
+    }
+
+    #[test]
+    fn an_empty_pin_set_is_refused() {
+        assert!(matches!(
+            client_tls(&RelayTrust::Fingerprints(Vec::new())),
+            Err(RelayError::Config(_))
+        ));
+        assert!(client_tls(&RelayTrust::Fingerprints(vec![[1; 32], [2; 32]])).is_ok());
+    }
+
     /// The informative fleet vector of spec/relay.md §10, read from the spec.
     #[test]
     fn rendezvous_order_matches_the_spec_vector() {
