@@ -104,9 +104,9 @@ struct SecretArgs {
 
 #[derive(Args, Debug)]
 struct RelayArgs {
-    /// Relay address host:port; repeat for a relay list (rendezvous hashing
-    /// picks one). Needed to host, and to join by a bare code (a ticket names
-    /// its relay).
+    /// Relay address host:port; repeat (or separate with commas) for a relay
+    /// list (rendezvous hashing picks one per session). Needed to host, and
+    /// to join by a bare code (a ticket names its relay and pin).
     #[arg(long = "relay", env = "XTCP_RELAY", value_delimiter = ',')]
     relays: Vec<String>,
     /// Operator token (to host); prefer XTCP_TOKEN or --token-file.
@@ -468,8 +468,13 @@ async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
         xtcp::secret::SessionSecret::parse(code)
             .map_err(|e| format!("invalid session code: {e}"))?;
     }
-    let opts = options(relay, !ticket)
-        .map_err(|e| format!("{e}: a bare code needs the relay (a ticket carries it)"))?;
+    let opts = options(relay, !ticket).map_err(|e| {
+        if !ticket && relay.relays.is_empty() {
+            format!("{e}: a bare code needs the relay (a ticket carries it)")
+        } else {
+            e
+        }
+    })?;
     let r = if ticket {
         xtcp::join_ticket(code, &opts).await
     } else {

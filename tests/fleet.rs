@@ -466,3 +466,24 @@ fn sighup_reloads_the_certificate_files() {
     p.wait_stderr("reloaded certificate", mark);
     check(&[fp1], &fp2, 40);
 }
+
+/// A malformed pin among several is named, and nothing is dialled.
+#[test]
+fn a_malformed_pin_in_the_list_is_named() {
+    let code = Command::new(XTCP).arg("code").output().unwrap().stdout;
+    let code = String::from_utf8(code).unwrap();
+    let out = Command::new(XTCP)
+        .args(["join", code.trim(), "--relay", "127.0.0.1:9"])
+        .args(["--relay-fingerprint", &format!("{},zz", "ab".repeat(32))])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.trim().lines().count() == 1
+            && err.contains("--relay-fingerprint \"zz\": must be 64 hex digits")
+            && !err.contains("bare code"),
+        "{err}"
+    );
+}
