@@ -233,7 +233,7 @@ mod tests {
             .unwrap();
         assert!(matches!(&o.relay.trust, RelayTrust::Fingerprints(fp) if fp == &[[0xab; 32]]));
         // Pins add up (a fleet), once each; a CA set earlier is replaced.
-        let o = Options::builder()
+        let fleet = Options::builder()
             .relay("a:1")
             .trust_system_roots()
             .pin([1u8; 32])
@@ -242,7 +242,7 @@ mod tests {
             .build()
             .unwrap();
         assert!(
-            matches!(&o.relay.trust, RelayTrust::Fingerprints(fp) if fp == &[[1; 32], [2; 32]])
+            matches!(&fleet.relay.trust, RelayTrust::Fingerprints(fp) if fp == &[[1; 32], [2; 32]])
         );
         assert_eq!(o.relay.token.as_deref(), Some("t"));
         let colons = vec!["AB"; 32].join(":");
