@@ -125,7 +125,7 @@ fn spawn_forwarder(kind: &'static str) -> Forwarder {
 fn client_cfg(f: &Forwarder, token: Option<&str>) -> RelayClientConfig {
     RelayClientConfig {
         relays: vec![f.addr.to_string()],
-        trust: RelayTrust::Fingerprint(f.fingerprint.unwrap_or_default()),
+        trust: RelayTrust::pinned(f.fingerprint.unwrap_or_default()),
         token: token.map(str::to_string),
         connect_timeout: Duration::from_secs(30),
     }

@@ -105,7 +105,7 @@ async fn start_relay() -> Result<(Relay, RelayClientConfig), DemoError> {
     fpb.copy_from_slice(&xtcp::tls::unhex(&fp).ok_or_else(|| err("fingerprint"))?);
     let relay_cfg = RelayClientConfig {
         relays: vec![addr.to_string()],
-        trust: RelayTrust::Fingerprint(fpb),
+        trust: RelayTrust::pinned(fpb),
         token: Some(token.into()),
         connect_timeout: Duration::from_secs(10),
     };

@@ -104,9 +104,9 @@ struct SecretArgs {
 
 #[derive(Args, Debug)]
 struct RelayArgs {
-    /// Relay address host:port; repeat for a relay list (rendezvous hashing
-    /// picks one). Needed to host, and to join by a bare code (a ticket names
-    /// its relay).
+    /// Relay address host:port; repeat (or separate with commas) for a relay
+    /// list (rendezvous hashing picks one per session). Needed to host, and
+    /// to join by a bare code (a ticket names its relay and pin).
     #[arg(long = "relay", env = "XTCP_RELAY", value_delimiter = ',')]
     relays: Vec<String>,
     /// Operator token (to host); prefer XTCP_TOKEN or --token-file.
@@ -115,9 +115,17 @@ struct RelayArgs {
     /// Read the operator token from this file (first line).
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
-    /// Trust exactly the relay certificate with this SHA-256 fingerprint (hex).
-    #[arg(long, conflicts_with = "relay_ca")]
-    relay_fingerprint: Option<String>,
+    /// Trust the relay certificate with this SHA-256 fingerprint (64 hex
+    /// digits, as `xtcp-relay --self-signed` prints it); repeat (or separate
+    /// with commas) for a self-signed fleet: a relay passes if its
+    /// certificate matches any of them.
+    #[arg(
+        long = "relay-fingerprint",
+        value_name = "HEX",
+        value_delimiter = ',',
+        conflicts_with = "relay_ca"
+    )]
+    relay_fingerprints: Vec<String>,
     /// Trust relay certificates issued by the CA(s) in this PEM file.
     #[arg(long)]
     relay_ca: Option<std::path::PathBuf>,
@@ -266,11 +274,19 @@ struct DemoArgs {
 }
 
 fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
-    let trust = if let Some(fp) = &a.relay_fingerprint {
-        let b = xtcp::tls::unhex(fp)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or("--relay-fingerprint must be 64 hex digits (SHA-256)")?;
-        RelayTrust::Fingerprint(b)
+    let trust = if !a.relay_fingerprints.is_empty() {
+        let mut pins = Vec::with_capacity(a.relay_fingerprints.len());
+        for fp in &a.relay_fingerprints {
+            let b = xtcp::tls::unhex(fp.trim())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    format!("--relay-fingerprint {fp:?}: must be 64 hex digits (SHA-256)")
+                })?;
+            if !pins.contains(&b) {
+                pins.push(b);
+            }
+        }
+        RelayTrust::Fingerprints(pins)
     } else if let Some(path) = &a.relay_ca {
         use rustls::pki_types::pem::PemObject;
         let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
@@ -456,8 +472,13 @@ async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
         xtcp::secret::SessionSecret::parse(code)
             .map_err(|e| format!("invalid session code: {e}"))?;
     }
-    let opts = options(relay, !ticket)
-        .map_err(|e| format!("{e}: a bare code needs the relay (a ticket carries it)"))?;
+    let opts = options(relay, !ticket).map_err(|e| {
+        if !ticket && relay.relays.is_empty() {
+            format!("{e}: a bare code needs the relay (a ticket carries it)")
+        } else {
+            e
+        }
+    })?;
     let r = if ticket {
         xtcp::join_ticket(code, &opts).await
     } else {
@@ -470,7 +491,7 @@ async fn join(code: &str, relay: &RelayArgs) -> Result<xtcp::Session, String> {
 fn explain(e: xtcp::Error, hosting: bool) -> String {
     match e {
         xtcp::Error::RelayCertificateMismatch(_) => format!(
-            "{e}: if the relay's operator confirms the presented fingerprint, pass it as \
+            "{e}: if the relay's operator confirms the presented fingerprint, add it with \
              --relay-fingerprint (or ask the host for a new ticket)"
         ),
         xtcp::Error::Unauthorized => {

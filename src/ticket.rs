@@ -328,6 +328,32 @@ mod tests {
         assert!(!is_ticket(&code));
     }
 
+    /// The test vector of spec/session.md §5, read from the spec: tickets
+    /// written by earlier builds keep parsing to the same fields.
+    #[test]
+    fn ticket_matches_the_spec_vector() {
+        let spec = include_str!("../spec/session.md");
+        let text = spec
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ticket = "))
+            .expect("ticket line in spec/session.md §5");
+        let t = Ticket {
+            secret: SessionSecret::from_bytes(std::array::from_fn(|i| i as u8)),
+            relays: vec![
+                TicketRelay {
+                    addr: "relay-a.example:443".into(),
+                    pin: Some([0x11; 32]),
+                },
+                TicketRelay {
+                    addr: "relay-b.example:443".into(),
+                    pin: None,
+                },
+            ],
+        };
+        assert_eq!(t.encode().unwrap(), text);
+        assert_eq!(Ticket::parse(text).unwrap(), t);
+    }
+
     //= spec/session.md#SE-TICKET-2
     #[test]
     fn every_single_character_corruption_is_detected() {

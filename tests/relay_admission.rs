@@ -25,7 +25,7 @@ use xtcp::relay::{RelayClientConfig, RelayError, RelayTrust};
 fn relay_client(relay: &TestRelay, token: Option<&str>, timeout: Duration) -> RelayClientConfig {
     RelayClientConfig {
         relays: vec![relay.addr.to_string()],
-        trust: RelayTrust::Fingerprint(relay.fingerprint),
+        trust: RelayTrust::pinned(relay.fingerprint),
         token: token.map(str::to_string),
         connect_timeout: timeout,
     }

@@ -161,7 +161,7 @@ impl Arbitrary for Case {
 fn client_cfg(addr: std::net::SocketAddr, fp: [u8; 32], token: Option<&str>) -> RelayClientConfig {
     RelayClientConfig {
         relays: vec![addr.to_string()],
-        trust: RelayTrust::Fingerprint(fp),
+        trust: RelayTrust::pinned(fp),
         token: token.map(str::to_string),
         connect_timeout: Duration::from_secs(2),
     }

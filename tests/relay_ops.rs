@@ -98,7 +98,7 @@ fn start(dir: &Path, extra: &str) -> Proc {
 fn guest(p: &Proc) -> RelayClientConfig {
     RelayClientConfig {
         relays: vec![p.addr.clone()],
-        trust: RelayTrust::Fingerprint(p.fp),
+        trust: RelayTrust::pinned(p.fp),
         token: None,
         connect_timeout: Duration::from_secs(5),
     }

@@ -24,7 +24,7 @@ pub use options::{Fingerprint, Options, OptionsBuilder};
 
 use crate::direct::DirectOptions;
 use crate::e2e::{self, E2eError, E2eOptions, Role};
-use crate::relay::client::{self, RelayError, WaitingSession};
+use crate::relay::client::{self, RelayError, RelayTrust, WaitingSession};
 use crate::secret::SessionSecret;
 use crate::session::{SessionControl, SessionStream};
 use std::fmt;
@@ -122,8 +122,8 @@ pub struct HostSession {
     waiting: WaitingSession,
     e2e: E2eOptions,
     direct: DirectOptions,
-    /// The relay's certificate pin, if the host pinned one (for tickets).
-    pin: Option<[u8; 32]>,
+    /// Whether the host pins relay certificates (then its tickets carry a pin).
+    pinned: bool,
 }
 
 impl fmt::Debug for HostSession {
@@ -143,10 +143,7 @@ pub async fn host(opts: &Options) -> Result<HostSession, Error> {
         waiting,
         e2e: opts.e2e.clone(),
         direct: opts.direct.clone(),
-        pin: match opts.relay.trust {
-            crate::relay::RelayTrust::Fingerprint(fp) => Some(fp),
-            _ => None,
-        },
+        pinned: matches!(opts.relay.trust, RelayTrust::Fingerprints(_)),
     })
 }
 
@@ -402,15 +399,19 @@ impl AsyncWrite for Session {
 }
 
 impl HostSession {
-    /// A ticket for the guest: the code, the relay this session lives on and
-    /// its certificate pin if the host pinned one (`spec/session.md` §5).
+    /// A ticket for the guest: the code, the relay this session lives on and,
+    /// if the host pins relay certificates, the fingerprint of the one that
+    /// relay presented (one of the host's pins; `spec/session.md` §5).
     /// Give it out of band, like the code; [`join_ticket`] takes it.
     pub fn ticket(&self) -> String {
         let t = crate::ticket::Ticket {
             secret: self.secret.clone(),
             relays: vec![crate::ticket::TicketRelay {
                 addr: self.waiting.relay().to_string(),
-                pin: self.pin,
+                //= spec/session.md#SE-TICKET-5
+                //# the fingerprint of the certificate that relay presented when the session was
+                //# registered
+                pin: self.waiting.fingerprint().filter(|_| self.pinned),
             }],
         };
         // A relay name from the host's own config that breaks the ticket
@@ -421,8 +422,9 @@ impl HostSession {
 
 /// Join by a ticket ([`HostSession::ticket`]): the ticket's relays are tried
 /// in order, each pinned by its certificate fingerprint when the ticket
-/// carries one (else trusted as `opts.relay.trust` says); the rest of `opts`
-/// (timeouts, paths) applies as in [`join`]. A bare code is passed to [`join`].
+/// carries one (and by the pins in `opts.relay.trust`, if any, too), else
+/// trusted as `opts.relay.trust` says; the rest of `opts` (timeouts, paths)
+/// applies as in [`join`]. A bare code is passed to [`join`].
 pub async fn join_ticket(ticket: &str, opts: &Options) -> Result<Session, Error> {
     if !crate::ticket::is_ticket(ticket) {
         return join(ticket, opts).await;
@@ -435,7 +437,7 @@ pub async fn join_ticket(ticket: &str, opts: &Options) -> Result<Session, Error>
         let mut cfg = opts.relay.clone();
         cfg.relays = vec![r.addr.clone()];
         if let Some(pin) = r.pin {
-            cfg.trust = crate::relay::RelayTrust::Fingerprint(pin);
+            cfg.trust = ticket_trust(pin, &opts.relay.trust);
         }
         match client::join_session(&cfg, rid).await {
             Ok(paired) => {
@@ -453,4 +455,29 @@ pub async fn join_ticket(ticket: &str, opts: &Options) -> Result<Session, Error>
         }
     }
     Err(last.map_or(Error::UnknownSession, Error::from))
+}
+
+/// The trust for a ticket entry with a pin: that pin, and the guest's own
+/// pins if it has any (so a relay that changed its certificate while the
+/// session waited still passes when the guest knows the new one).
+fn ticket_trust(pin: [u8; 32], own: &RelayTrust) -> RelayTrust {
+    let mut pins = vec![pin];
+    if let RelayTrust::Fingerprints(own) = own {
+        pins.extend(own.iter().filter(|p| **p != pin));
+    }
+    RelayTrust::Fingerprints(pins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_trust_is_the_tickets_pin_and_the_guests_own_pins() {
+        let t = ticket_trust([1; 32], &RelayTrust::SystemRoots);
+        assert!(matches!(&t, RelayTrust::Fingerprints(p) if p == &[[1; 32]]));
+        let own = RelayTrust::Fingerprints(vec![[2; 32], [1; 32], [3; 32]]);
+        let t = ticket_trust([1; 32], &own);
+        assert!(matches!(&t, RelayTrust::Fingerprints(p) if p == &[[1; 32], [2; 32], [3; 32]]));
+    }
 }

@@ -111,11 +111,21 @@ impl OptionsBuilder {
         self.opts.relay.relays.push(addr.into());
         self
     }
-    /// Trust exactly the relay certificate with this SHA-256 fingerprint
-    /// (what `xtcp-relay --self-signed` prints): 64 hex digits or 32 bytes.
+    /// Trust the relay certificate with this SHA-256 fingerprint (what
+    /// `xtcp-relay --self-signed` prints): 64 hex digits or 32 bytes. Call
+    /// it again to add pins (a self-signed fleet: one per relay); a
+    /// certificate that matches any pin is accepted. Replaces a CA or the
+    /// system roots set earlier.
     pub fn pin(mut self, fingerprint: impl Fingerprint) -> Self {
         match fingerprint.to_fingerprint() {
-            Ok(fp) => self.opts.relay.trust = RelayTrust::Fingerprint(fp),
+            Ok(fp) => match &mut self.opts.relay.trust {
+                RelayTrust::Fingerprints(pins) => {
+                    if !pins.contains(&fp) {
+                        pins.push(fp);
+                    }
+                }
+                t => *t = RelayTrust::pinned(fp),
+            },
             Err(e) => self.fail(e),
         }
         self
@@ -221,7 +231,19 @@ mod tests {
             .token("t")
             .build()
             .unwrap();
-        assert!(matches!(o.relay.trust, RelayTrust::Fingerprint(fp) if fp == [0xab; 32]));
+        assert!(matches!(&o.relay.trust, RelayTrust::Fingerprints(fp) if fp == &[[0xab; 32]]));
+        // Pins add up (a fleet), once each; a CA set earlier is replaced.
+        let fleet = Options::builder()
+            .relay("a:1")
+            .trust_system_roots()
+            .pin([1u8; 32])
+            .pin([2u8; 32])
+            .pin([1u8; 32])
+            .build()
+            .unwrap();
+        assert!(
+            matches!(&fleet.relay.trust, RelayTrust::Fingerprints(fp) if fp == &[[1; 32], [2; 32]])
+        );
         assert_eq!(o.relay.token.as_deref(), Some("t"));
         let colons = vec!["AB"; 32].join(":");
         assert!(Options::builder().relay("a:1").pin(colons).build().is_ok());

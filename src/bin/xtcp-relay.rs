@@ -236,19 +236,8 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
                 }
                 // Reload certificate and tokens; sessions are untouched.
                 match load_config(&cli) {
-                    Ok(new) => {
-                        if let Err(e) = relay.reload_tokens(&new.token_hashes) {
-                            tracing::warn!("reload tokens: {e}");
-                        }
-                        if !new.self_signed {
-                            match load_tls(&new) {
-                                Ok((tls, fp)) => { relay.reload_tls(tls); tracing::info!(%fp, "certificate reloaded"); }
-                                Err(e) => tracing::warn!("reload certificate: {e}"),
-                            }
-                        }
-                        eprintln!("reloaded certificate and tokens");
-                    }
-                    Err(e) => tracing::warn!("reload: {e}"),
+                    Ok(new) => reload(&relay, &new),
+                    Err(e) => tracing::warn!("reload: {e}; nothing changed"),
                 }
             }
         }
@@ -262,6 +251,27 @@ async fn serve(cli: Cli, cfg: RelayConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP: apply the new tokens and (unless self-signed) the certificate
+/// files to new connections; whatever fails to load keeps its old value.
+fn reload(relay: &Relay, new: &RelayConfig) {
+    match relay.reload_tokens(&new.token_hashes) {
+        Ok(()) => eprintln!("reloaded tokens ({})", new.token_hashes.len()),
+        Err(e) => tracing::warn!("reload tokens: {e}; keeping the old tokens"),
+    }
+    if new.self_signed {
+        return;
+    }
+    //= spec/relay.md#RL-RELOAD-1
+    //# MUST keep serving the certificate it had
+    match load_tls(new) {
+        Ok((tls, fp)) => {
+            relay.reload_tls(tls);
+            eprintln!("reloaded certificate, sha256 fingerprint: {fp}");
+        }
+        Err(e) => tracing::warn!("reload certificate: {e}; keeping the old certificate"),
+    }
 }
 
 fn main() -> ExitCode {

@@ -18,8 +18,18 @@ pub enum RelayTrust {
     SystemRoots,
     /// These CA certificates (e.g. from `--relay-ca FILE`).
     Ca(Vec<CertificateDer<'static>>),
-    /// Exactly this certificate (SHA-256 of its DER, as `xtcp-relay --self-signed` prints).
-    Fingerprint([u8; 32]),
+    /// Any certificate whose SHA-256 (of its DER, as `xtcp-relay --self-signed`
+    /// prints it) is one of these pins: one per relay of a self-signed fleet,
+    /// or the old and the new one across a certificate change. Pins are
+    /// public values; an empty list trusts nothing and is refused.
+    Fingerprints(Vec<[u8; 32]>),
+}
+
+impl RelayTrust {
+    /// Trust exactly the certificate with this SHA-256 fingerprint.
+    pub fn pinned(fingerprint: [u8; 32]) -> Self {
+        RelayTrust::Fingerprints(vec![fingerprint])
+    }
 }
 
 /// Client settings for reaching relays.
@@ -52,7 +62,7 @@ impl RelayClientConfig {
     pub fn pinned(relay: impl Into<String>, fingerprint: [u8; 32]) -> Self {
         RelayClientConfig {
             relays: vec![relay.into()],
-            trust: RelayTrust::Fingerprint(fingerprint),
+            trust: RelayTrust::pinned(fingerprint),
             ..RelayClientConfig::default()
         }
     }
@@ -139,20 +149,36 @@ pub fn rendezvous_order(relays: &[String], rid: &[u8; 16]) -> Vec<String> {
     scored.into_iter().map(|(_, n)| n).collect()
 }
 
-/// A pinned relay presented another certificate.
+/// A pinned relay presented a certificate that matches none of the pins.
 #[derive(Debug)]
 struct PinMismatch {
-    presented: String,
-    expected: String,
+    presented: [u8; 32],
+    expected: Vec<[u8; 32]>,
 }
+
+/// At most this many expected pins are spelled out in a mismatch error.
+const PINS_SHOWN: usize = 4;
 
 impl fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "presented SHA-256 {}, expected {}",
-            self.presented, self.expected
-        )
+            "presented SHA-256 {}, expected ",
+            crate::tls::hex(&self.presented)
+        )?;
+        if self.expected.len() > 1 {
+            f.write_str("one of ")?;
+        }
+        for (i, pin) in self.expected.iter().take(PINS_SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(&crate::tls::hex(pin))?;
+        }
+        if self.expected.len() > PINS_SHOWN {
+            write!(f, " (and {} more)", self.expected.len() - PINS_SHOWN)?;
+        }
+        Ok(())
     }
 }
 
@@ -165,23 +191,28 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
     //= spec/relay.md#RL-TLS-1
     //# A client MUST verify it in one of three ways (`RelayTrust`)
     let mut cfg = match trust {
-        RelayTrust::Fingerprint(fp) => {
-            let fp = *fp;
+        RelayTrust::Fingerprints(pins) => {
+            if pins.is_empty() {
+                return Err(RelayError::Config("no relay fingerprint to pin".into()));
+            }
+            let pins = pins.clone();
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(crate::tls::SignatureOnlyVerifier::new(
                     move |cert| {
-                        let got = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-                        if got.as_ref() == fp {
+                        let got = sha256(cert.as_ref());
+                        //= spec/relay.md#RL-TLS-5
+                        //# accepts the certificate if its fingerprint equals any of the pins
+                        if pins.contains(&got) {
                             Ok(())
                         } else {
-                            // Both fingerprints go into the error: the user
-                            // needs them to decide (and the flag to fix it).
+                            //= spec/relay.md#RL-TLS-6
+                            //# MUST name the fingerprint the relay presented and the pins it expected
                             Err(rustls::Error::InvalidCertificate(
                                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(
                                     PinMismatch {
-                                        presented: crate::tls::hex(got.as_ref()),
-                                        expected: crate::tls::hex(&fp),
+                                        presented: got,
+                                        expected: pins.clone(),
                                     },
                                 ))),
                             ))
@@ -216,6 +247,12 @@ fn client_tls(trust: &RelayTrust) -> Result<Arc<rustls::ClientConfig>, RelayErro
     //# Clients MUST NOT attempt resumption or 0-RTT.
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+fn sha256(der: &[u8]) -> [u8; 32] {
+    let mut d = [0; 32];
+    d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+    d
 }
 
 fn server_name(relay: &str) -> Result<ServerName<'static>, RelayError> {
@@ -384,48 +421,61 @@ pub struct Paired {
 /// A session registered on a relay, waiting for its guest.
 #[derive(Debug)]
 pub struct WaitingSession {
+    reg: Registered,
+    cfg: RelayClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    rid: [u8; 16],
+}
+
+/// Where a session got registered.
+#[derive(Debug)]
+struct Registered {
     ctl: CtlChannel,
     relay: String,
     /// Relays after this one in rendezvous order (failover while waiting).
     rest: Vec<String>,
-    cfg: RelayClientConfig,
-    tls: Arc<rustls::ClientConfig>,
-    rid: [u8; 16],
     ttl: Duration,
+    /// SHA-256 of the certificate the relay presented.
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl WaitingSession {
     /// The relay the session is registered on.
     pub fn relay(&self) -> &str {
-        &self.relay
+        &self.reg.relay
     }
     /// How long the relay keeps it waiting.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.reg.ttl
+    }
+    /// The SHA-256 of the certificate the relay presented when the session
+    /// was registered (it passed the configured trust: with
+    /// [`RelayTrust::Fingerprints`], it is one of the pins).
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        self.reg.fingerprint
     }
     /// Wait for the guest. If the relay goes away while waiting, the session
     /// is registered again on the next relay in rendezvous order (the guest
     /// computes the same order, so it follows).
-    pub async fn paired(mut self) -> Result<Paired, RelayError> {
+    pub async fn paired(self) -> Result<Paired, RelayError> {
+        let WaitingSession {
+            mut reg,
+            cfg,
+            tls,
+            rid,
+        } = self;
         loop {
-            match await_paired(self.ctl).await {
-                Err(e) if try_next(&e) && !self.rest.is_empty() => {
-                    tracing::info!("relay {} lost while waiting ({e}); moving on", self.relay);
-                    let (ctl, relay, rest, ttl) = register(
-                        &self.cfg,
-                        &self.tls,
-                        self.rid,
-                        std::mem::take(&mut self.rest),
-                    )
-                    .await?;
-                    self.ctl = ctl;
-                    self.relay = relay;
-                    self.rest = rest;
-                    self.ttl = ttl;
+            let Registered {
+                ctl, relay, rest, ..
+            } = reg;
+            match await_paired(ctl).await {
+                Err(e) if try_next(&e) && !rest.is_empty() => {
+                    tracing::info!("relay {relay} lost while waiting ({e}); moving on");
+                    reg = register(&cfg, &tls, rid, rest).await?;
                 }
                 r => {
                     return r.map(|mut p| {
-                        p.relay = self.relay.clone();
+                        p.relay = relay;
                         p
                     })
                 }
@@ -439,7 +489,7 @@ async fn register(
     tls: &Arc<rustls::ClientConfig>,
     rid: [u8; 16],
     order: Vec<String>,
-) -> Result<(CtlChannel, String, Vec<String>, Duration), RelayError> {
+) -> Result<Registered, RelayError> {
     let token = cfg.token.clone().unwrap_or_default();
     let mut last = RelayError::Config("empty relay list".into());
     for (i, relay) in order.iter().enumerate() {
@@ -467,7 +517,15 @@ async fn register(
             }
         };
         match attempt.await {
-            Ok((ctl, ttl)) => return Ok((ctl, relay.clone(), order[i + 1..].to_vec(), ttl)),
+            Ok((ctl, ttl)) => {
+                return Ok(Registered {
+                    fingerprint: ctl.peer_certificate().map(|c| sha256(c.as_ref())),
+                    ctl,
+                    relay: relay.clone(),
+                    rest: order[i + 1..].to_vec(),
+                    ttl,
+                })
+            }
             Err(e) if try_next(&e) => last = e,
             Err(e) => return Err(e),
         }
@@ -491,15 +549,12 @@ pub async fn create_session(
     }
     let tls = client_tls(&cfg.trust)?;
     let order = rendezvous_order(&cfg.relays, &rid);
-    let (ctl, relay, rest, ttl) = register(cfg, &tls, rid, order).await?;
+    let reg = register(cfg, &tls, rid, order).await?;
     Ok(WaitingSession {
-        ctl,
-        relay,
-        rest,
+        reg,
         cfg: cfg.clone(),
         tls,
         rid,
-        ttl,
     })
 }
 
@@ -548,6 +603,47 @@ pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Pair
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    //= spec/relay.md#RL-TLS-6
+    #[test]
+    fn pin_mismatch_names_the_presented_and_the_expected_pins() {
+        let one = PinMismatch {
+            presented: [0xaa; 32],
+            expected: vec![[0x01; 32]],
+        }
+        .to_string();
+        assert_eq!(
+            one,
+            format!(
+                "presented SHA-256 {}, expected {}",
+                "aa".repeat(32),
+                "01".repeat(32)
+            )
+        );
+        let many = PinMismatch {
+            presented: [0xaa; 32],
+            expected: (1..=6).map(|i| [i; 32]).collect(),
+        }
+        .to_string();
+        let shown: Vec<String> = (1..=4u8).map(|i| crate::tls::hex(&[i; 32])).collect();
+        assert_eq!(
+            many,
+            format!(
+                "presented SHA-256 {}, expected one of {} (and 2 more)",
+                "aa".repeat(32),
+                shown.join(", ")
+            )
+        );
+    }
+
+    #[test]
+    fn an_empty_pin_set_is_refused() {
+        assert!(matches!(
+            client_tls(&RelayTrust::Fingerprints(Vec::new())),
+            Err(RelayError::Config(_))
+        ));
+        assert!(client_tls(&RelayTrust::Fingerprints(vec![[1; 32], [2; 32]])).is_ok());
+    }
 
     /// The informative fleet vector of spec/relay.md §10, read from the spec.
     #[test]

@@ -113,6 +113,11 @@ impl CtlChannel {
         }
     }
 
+    /// The peer's end-entity certificate, once the handshake is done.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.tls.peer_certificates().and_then(|c| c.first())
+    }
+
     async fn flush_tls(&mut self) -> io::Result<()> {
         let Tls::Rustls(tls) = &mut self.tls else {
             return Ok(());

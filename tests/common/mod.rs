@@ -56,12 +56,12 @@ pub async fn start_relay(cfg: RelayConfig) -> TestRelay {
 }
 
 pub fn client(relays: &[(SocketAddr, [u8; 32])], token: Option<&str>) -> xtcp::Options {
-    // All test relays share the trust mode "pinned"; with several relays the
-    // pin must match each, so fleets use one certificate (see fleet test).
+    // Every test relay is pinned: one pin per relay (a fleet that shares a
+    // certificate gives the same pin twice, which is harmless).
     xtcp::Options {
         relay: RelayClientConfig {
             relays: relays.iter().map(|(a, _)| a.to_string()).collect(),
-            trust: RelayTrust::Fingerprint(relays[0].1),
+            trust: RelayTrust::Fingerprints(relays.iter().map(|(_, fp)| *fp).collect()),
             token: token.map(str::to_string),
             connect_timeout: Duration::from_secs(5),
         },
