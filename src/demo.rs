@@ -178,19 +178,19 @@ fn report_transfer(log: &PathLog, mib: usize, dt: f64, sent: [&[u8]; 2], got: [&
 /// Print what the relay saw of the session (`n` payload bytes each way),
 /// once it has recorded it.
 async fn report_relay(relay: &Relay, n: usize) {
-    // The relay records a session's bytes when it closes; wait for that (bounded).
+    // The relay counts bytes as they pass; wait for the session's end (bounded)
+    // so that its last chunks are in.
     let m = relay.metrics();
     for _ in 0..200 {
-        if m.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        if m.active.get() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "relay saw: 1 session paired; {} B host→guest, {} B guest→host of TLS records it cannot decrypt (payload {} B each way; what it did not carry went direct)",
-        r(&m.bytes_host_to_guest),
-        r(&m.bytes_guest_to_host),
+        m.bytes_host_to_guest.get(),
+        m.bytes_guest_to_host.get(),
         n
     );
 }

@@ -7,7 +7,7 @@ use common::*;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtcp::relay::server::{self, Relay};
+use xtcp::relay::server::{self, RefusalReason, Relay};
 
 async fn pair(relay: &TestRelay) -> (xtcp::Session, xtcp::Session) {
     let peers = [(relay.addr, relay.fingerprint)];
@@ -36,13 +36,13 @@ async fn bulk_256_mib_each_way_byte_exact() {
     assert_eq!(h_sent, sha256_of_gen(LEN, 11));
     let m = relay.relay.metrics();
     for _ in 0..500 {
-        if m.active.load(Ordering::Relaxed) == 0 {
+        if m.active.get() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The relay moved the TLS records: payload plus a small overhead, no more.
-    let h2g = m.bytes_host_to_guest.load(Ordering::Relaxed);
+    let h2g = m.bytes_host_to_guest.get();
     assert!(h2g > LEN && h2g < LEN + LEN / 50, "relay bytes {h2g}");
 }
 
@@ -84,14 +84,7 @@ async fn thousand_concurrent_sessions_byte_exact() {
         }
     }
     assert_eq!(ok, N);
-    assert_eq!(
-        relay
-            .relay
-            .metrics()
-            .sessions_paired
-            .load(Ordering::Relaxed),
-        N as u64
-    );
+    assert_eq!(relay.relay.metrics().sessions_paired.get(), N as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,12 +180,12 @@ async fn host_waiting_follows_to_next_relay_when_its_relay_dies() {
     // Give the host time to notice and re-register (bounded wait on the metric).
     let survivor = relays[0].metrics();
     for _ in 0..1000 {
-        if survivor.sessions_created.load(Ordering::Relaxed) == 1 {
+        if survivor.sessions_created.get() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(survivor.sessions_created.load(Ordering::Relaxed), 1);
+    assert_eq!(survivor.sessions_created.get(), 1);
     let g = xtcp::join(&code, &client(&peers, None)).await.unwrap();
     let h = accept.await.unwrap().unwrap();
     assert_eq!(g.relay(), h.relay());
@@ -305,9 +298,9 @@ async fn wrong_and_expired_codes_count_toward_lockout() {
     let wrong = xtcp::secret::SessionSecret::generate().unwrap().code();
     let e = xtcp::join(&wrong, &client(&peers, None)).await.unwrap_err();
     assert!(matches!(e, xtcp::Error::UnknownSession), "{e}");
-    assert!(relay.relay.metrics().tarpitted.load(Ordering::Relaxed) >= 1);
+    assert!(relay.relay.metrics().tarpitted.get() >= 1);
     assert_eq!(
-        relay.relay.metrics().joins_failed.load(Ordering::Relaxed),
+        relay.relay.metrics().refused(RefusalReason::UnknownSession),
         6
     );
     assert!(e_line(&xtcp::Error::LockedOut(Duration::from_secs(300))).contains("locked out"));
@@ -398,8 +391,8 @@ async fn hundred_thousand_random_joins_pair_nothing_and_state_stays_bounded() {
         "only the first failures and one per second reach the session table: {total:?} in {secs} s"
     );
     let m = relay.relay.metrics();
-    assert_eq!(m.sessions_paired.load(Ordering::Relaxed), 0);
-    assert_eq!(m.waiting.load(Ordering::Relaxed), 1);
+    assert_eq!(m.sessions_paired.get(), 0);
+    assert_eq!(m.waiting.get(), 1);
     assert!(!accept.is_finished());
     // Nothing accumulates per attempt: one waiting session, one tracked
     // source, no connection left half-open.
@@ -575,7 +568,7 @@ async fn unauthenticated_connections_are_bounded_and_timed_out() {
     let mut b = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     let m = relay.relay.metrics();
     for _ in 0..100 {
-        if m.connections.load(Ordering::Relaxed) == 2 {
+        if m.connections.get() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -587,7 +580,7 @@ async fn unauthenticated_connections_are_bounded_and_timed_out() {
         .await
         .expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)));
-    assert_eq!(m.refused_unauthenticated.load(Ordering::Relaxed), 1);
+    assert_eq!(m.refused(RefusalReason::UnauthenticatedLimit), 1);
     // The silent ones are cut by the handshake timeout, freeing the slots.
     // (At most a TLS alert arrives before the close.)
     for s in [&mut a, &mut b] {
@@ -672,8 +665,8 @@ async fn udp_service_answers_each_granted_peer_with_its_own_address() {
         );
     }
     let m = relay.relay.metrics();
-    assert_eq!(m.udp_answers.load(Ordering::Relaxed), 2);
-    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(m.udp_answers.get(), 2);
+    assert_eq!(m.udp_dropped.get(), 0);
     let text = m.render();
     assert!(text.contains("xtcp_relay_udp_answers_total 2"), "{text}");
     assert!(text.contains("xtcp_relay_udp_grants_active 2"), "{text}");
@@ -722,9 +715,9 @@ async fn udp_service_drops_bad_requests_silently() {
         assert_eq!(r.nonce, good_nonce, "the relay answered a {what} request");
     }
     let m = relay.relay.metrics();
-    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), bad.len() as u64);
-    assert_eq!(m.udp_answers.load(Ordering::Relaxed), bad.len() as u64);
-    assert_eq!(m.udp_requests.load(Ordering::Relaxed), 2 * bad.len() as u64);
+    assert_eq!(m.udp_dropped.get(), bad.len() as u64);
+    assert_eq!(m.udp_answers.get(), bad.len() as u64);
+    assert_eq!(m.udp_requests.get(), 2 * bad.len() as u64);
 }
 
 /// A session's two tokens die with it; another session's live on.
@@ -767,7 +760,7 @@ async fn udp_tokens_die_with_their_session() {
         .unwrap();
     let r = answer(&sock).await;
     assert_eq!(r.nonce, 4, "a token of an ended session was answered");
-    assert_eq!(relay.relay.metrics().udp_dropped.load(Ordering::Relaxed), 2);
+    assert_eq!(relay.relay.metrics().udp_dropped.get(), 2);
 }
 
 /// At most UDP_ANSWERS_PER_WINDOW answers per token per window. The marker
@@ -800,8 +793,8 @@ async fn udp_service_rate_limits_each_token() {
     let want: Vec<u64> = (1..=u64::from(server::UDP_ANSWERS_PER_WINDOW)).collect();
     assert_eq!(answered, want);
     let m = relay.relay.metrics();
-    assert_eq!(m.udp_rate_limited.load(Ordering::Relaxed), 5);
-    assert_eq!(m.udp_dropped.load(Ordering::Relaxed), 5);
+    assert_eq!(m.udp_rate_limited.get(), 5);
+    assert_eq!(m.udp_dropped.get(), 5);
 }
 
 //= spec/relay.md#RL-GRANT-2

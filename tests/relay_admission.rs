@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use xtcp::relay::client::{create_session, join_session};
-use xtcp::relay::server::{self, RelayConfig};
+use xtcp::relay::server::{self, RefusalReason, RelayConfig};
 use xtcp::relay::{RelayClientConfig, RelayError, RelayTrust};
 
 fn relay_client(relay: &TestRelay, token: Option<&str>, timeout: Duration) -> RelayClientConfig {
@@ -125,7 +125,7 @@ async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<IpAddr>) {
     // Let the initial wave land (bounded wait on the relay's counter).
     let m = relay.relay.metrics();
     for _ in 0..400 {
-        if m.connections.load(Ordering::Relaxed) >= 1_100 {
+        if m.connections.get() >= 1_100 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -143,7 +143,7 @@ async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<IpAddr>) {
     eprintln!(
         "20/20 pairings during the attack ({opened} attack connections, {} refused at accept, \
          {} still held at the end); slowest {worst:?}",
-        m.refused_source_share.load(Ordering::Relaxed),
+        m.refused(RefusalReason::SourceShare),
         held.load(Ordering::Relaxed),
     );
     assert_eq!(times.len(), 20);
@@ -151,10 +151,10 @@ async fn legit_pairings_survive(cfg: RelayConfig, srcs: Vec<IpAddr>) {
     // The attack really happened and was refused per source.
     assert!(opened >= 1_100, "{opened}");
     assert!(
-        m.refused_source_share.load(Ordering::Relaxed) >= 1_000,
+        m.refused(RefusalReason::SourceShare) >= 1_000,
         "the attacker's surplus was refused at accept"
     );
-    assert_eq!(m.sessions_paired.load(Ordering::Relaxed), 20);
+    assert_eq!(m.sessions_paired.get(), 20);
 }
 
 /// One IPv4 address: 1,100 idle connections, then 200 more per second.
@@ -198,15 +198,15 @@ async fn without_per_source_shares_the_attack_succeeds() {
     // Until the global limit is reached (the churn gets there within ~5 s
     // even if some of the first wave's SYNs overflowed the listen backlog).
     for _ in 0..1_000 {
-        if m.refused_unauthenticated.load(Ordering::Relaxed) > 0 {
+        if m.refused(RefusalReason::UnauthenticatedLimit) > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        m.refused_unauthenticated.load(Ordering::Relaxed) > 0,
+        m.refused(RefusalReason::UnauthenticatedLimit) > 0,
         "global limit not reached: {} connections",
-        m.connections.load(Ordering::Relaxed)
+        m.connections.get()
     );
     let rid = [7u8; 16];
     let r = create_session(
@@ -505,7 +505,7 @@ async fn bad_token_creates_are_throttled_and_valid_hosts_are_not() {
     );
     drop(w);
     assert_eq!(
-        relay.relay.metrics().unauthorized.load(Ordering::Relaxed),
+        relay.relay.metrics().refused(RefusalReason::Unauthorized),
         8
     );
 }

@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -103,6 +104,9 @@ pub enum Kind {
 pub struct SourceShares {
     shards: Vec<Mutex<HashMap<SourceKey, [u32; 3]>>>,
     limits: [u32; 3],
+    /// Entries in all shards (sources holding anything), kept so that
+    /// reading it takes no lock.
+    sources: AtomicUsize,
 }
 
 /// One unit of a source's share; given back on drop.
@@ -119,18 +123,37 @@ impl SourceShares {
         Arc::new(SourceShares {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             limits,
+            sources: AtomicUsize::new(0),
         })
+    }
+
+    /// The counts of `key` in its (locked) shard `m`, created at zero.
+    fn slot<'a>(
+        &self,
+        m: &'a mut HashMap<SourceKey, [u32; 3]>,
+        key: SourceKey,
+    ) -> &'a mut [u32; 3] {
+        m.entry(key).or_insert_with(|| {
+            self.sources.fetch_add(1, Ordering::Relaxed);
+            [0; 3]
+        })
+    }
+
+    /// Drop `key`'s entry from its (locked) shard `m` if it holds nothing.
+    fn forget_if_empty(&self, m: &mut HashMap<SourceKey, [u32; 3]>, key: SourceKey) {
+        if m.get(&key) == Some(&[0; 3]) {
+            m.remove(&key);
+            self.sources.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Take one unit of `kind` for `key`, or `None` if the source holds its share.
     pub fn try_take(self: &Arc<Self>, key: SourceKey, kind: Kind) -> Option<Share> {
         let mut m = lock(&self.shards[key.shard()]);
-        let c = m.entry(key).or_insert([0; 3]);
+        let c = self.slot(&mut m, key);
         let k = kind as usize;
         if c[k] >= self.limits[k] {
-            if *c == [0; 3] {
-                m.remove(&key);
-            }
+            self.forget_if_empty(&mut m, key);
             return None;
         }
         c[k] += 1;
@@ -145,7 +168,7 @@ impl SourceShares {
     /// for what was admitted earlier under another kind).
     pub fn take(self: &Arc<Self>, key: SourceKey, kind: Kind) -> Share {
         let mut m = lock(&self.shards[key.shard()]);
-        let c = m.entry(key).or_insert([0; 3]);
+        let c = self.slot(&mut m, key);
         c[kind as usize] = c[kind as usize].saturating_add(1);
         Share {
             table: self.clone(),
@@ -162,9 +185,9 @@ impl SourceShares {
             .unwrap_or_default()
     }
 
-    /// Sources holding anything now.
+    /// Sources holding anything now (no lock taken).
     pub fn sources(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.sources.load(Ordering::Relaxed)
     }
 }
 
@@ -174,9 +197,7 @@ impl Drop for Share {
         if let Some(c) = m.get_mut(&self.key) {
             let k = self.kind as usize;
             c[k] = c[k].saturating_sub(1);
-            if *c == [0; 3] {
-                m.remove(&self.key);
-            }
+            self.table.forget_if_empty(&mut m, self.key);
         }
     }
 }
@@ -222,6 +243,9 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if self.queued {
+            self.table.queued.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut s = lock(&self.table.shards[self.key.shard()]);
         if let Some(&i) = s.map.get(&self.key) {
             let e = &mut s.nodes[i as usize].e;
@@ -346,7 +370,13 @@ pub struct GuessTable {
     shards: Vec<Mutex<Shard>>,
     rules: GuessRules,
     epoch: Instant,
-    evicted: std::sync::atomic::AtomicU64,
+    evicted: AtomicU64,
+    /// Entries in all shards (nodes are reused, never removed).
+    tracked: AtomicUsize,
+    /// Times a source became throttled.
+    throttles: AtomicU64,
+    /// Guesses waiting for their slot now (queued tickets alive).
+    queued: AtomicU64,
 }
 
 fn ms(d: Duration) -> Ms {
@@ -375,7 +405,24 @@ impl GuessTable {
             rules,
             epoch,
             evicted: Default::default(),
+            tracked: Default::default(),
+            throttles: Default::default(),
+            queued: Default::default(),
         })
+    }
+
+    /// The entry of `key` in its (locked) shard, created or moved to the
+    /// front; counts a new entry or an eviction.
+    fn entry(&self, s: &mut Shard, key: SourceKey) -> u32 {
+        let before = s.nodes.len();
+        let (i, evicted) = s.touch(key);
+        if evicted {
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        if s.nodes.len() > before {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+        }
+        i
     }
 
     fn at(&self, now: Instant) -> Ms {
@@ -415,11 +462,7 @@ impl GuessTable {
         let t = self.at(now);
         let r = self.rules;
         let mut s = lock(&self.shards[key.shard()]);
-        let (i, evicted) = s.touch(key);
-        if evicted {
-            self.evicted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let i = self.entry(&mut s, key);
         let e = &mut s.nodes[i as usize].e;
         self.refresh(e, t);
         // The free lane: failures so far plus lookups in flight stay below
@@ -449,6 +492,7 @@ impl GuessTable {
         let slot = e.next_slot.max(t);
         e.next_slot = slot.saturating_add(interval);
         e.queued = e.queued.saturating_add(1);
+        self.queued.fetch_add(1, Ordering::Relaxed);
         let at = self.instant(slot);
         Verdict::Wait(
             at,
@@ -466,11 +510,7 @@ impl GuessTable {
         let t = self.at(now);
         let r = self.rules;
         let mut s = lock(&self.shards[key.shard()]);
-        let (i, evicted) = s.touch(key);
-        if evicted {
-            self.evicted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let i = self.entry(&mut s, key);
         let e = &mut s.nodes[i as usize].e;
         self.refresh(e, t);
         if e.window_start == 0 {
@@ -479,6 +519,7 @@ impl GuessTable {
         e.failures = e.failures.saturating_add(1);
         if e.failures >= r.threshold {
             if e.until == 0 {
+                self.throttles.fetch_add(1, Ordering::Relaxed);
                 // The next guess waits a full interval after this failure.
                 e.next_slot = e.next_slot.max(t.saturating_add(ms(r.interval).max(1)));
             }
@@ -498,9 +539,9 @@ impl GuessTable {
         (e.until > t).then(|| Duration::from_millis(e.until - t))
     }
 
-    /// Tracked sources now.
+    /// Tracked sources now (no lock taken).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.tracked.load(Ordering::Relaxed)
     }
 
     /// Whether no source is tracked.
@@ -510,7 +551,17 @@ impl GuessTable {
 
     /// Entries evicted to make room so far.
     pub fn evicted(&self) -> u64 {
-        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Times a source became throttled so far.
+    pub fn throttles(&self) -> u64 {
+        self.throttles.load(Ordering::Relaxed)
+    }
+
+    /// Guesses of throttled sources waiting for their slot now.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Bytes per tracked source, as allocated at capacity (node plus map slot).
@@ -569,6 +620,7 @@ mod tests {
         let _w = s.try_take(a, Kind::Waiting).unwrap();
         assert!(s.try_take(a, Kind::Waiting).is_none());
         assert_eq!(s.held(a), [2, 1, 0]);
+        assert_eq!(s.sources(), 1, "b gave its unit back at once");
         drop(x);
         assert!(s.try_take(a, Kind::Unauthenticated).is_some());
         drop(_y);
@@ -606,9 +658,11 @@ mod tests {
             (1..=4).map(Duration::from_secs).collect::<Vec<_>>(),
             "serialised slots"
         );
+        assert_eq!((g.len(), g.throttles(), g.queued()), (1, 1, 4));
         // A fifth waiting guess is refused without a lookup.
         assert!(matches!(g.admit(k, t0), Verdict::Refuse(d) if d >= Duration::from_secs(1)));
         drop(tickets);
+        assert_eq!(g.queued(), 0);
         // The queue emptied: the next takes the next free slot.
         match g.admit(k, t0 + Duration::from_millis(500)) {
             Verdict::Wait(at, _) => assert_eq!(at - t0, Duration::from_secs(5)),
@@ -720,6 +774,8 @@ mod tests {
         }
         assert!(g.len() <= 64, "{}", g.len());
         assert!(g.evicted() >= 10_000 - 64);
+        let held: usize = g.shards.iter().map(|s| lock(s).map.len()).sum();
+        assert_eq!(g.len(), held, "the counter is the tables' size");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   flows and released as soon as the source has nothing more to read, so an
 //!   idle paired session holds no buffer at all.
 
+use prometheus_client::metrics::counter::Counter;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,8 +73,25 @@ impl RateLimiter {
 /// Per-direction accounting shared with the session.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Bytes moved in this direction.
-    pub bytes: AtomicU64,
+    /// Bytes moved in this direction by this session.
+    bytes: AtomicU64,
+    /// The relay's counter for this direction, added to per chunk.
+    total: Counter,
+}
+
+impl Counters {
+    /// Counts of one direction that also add every chunk to `total`.
+    pub fn adding_to(total: Counter) -> Counters {
+        Counters {
+            bytes: AtomicU64::new(0),
+            total,
+        }
+    }
+
+    /// Bytes moved in this direction by this session so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// Shared "last activity" clock of a session, in ms since `epoch`.
@@ -111,6 +129,7 @@ impl Default for Activity {
 /// Account for `n` bytes moved: counters, activity clock, rate limit.
 async fn moved(n: usize, counters: &Counters, activity: &Activity, limiter: Option<&RateLimiter>) {
     counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    counters.total.inc_by(n as u64);
     activity.touch();
     if let Some(l) = limiter {
         l.consume(n).await;

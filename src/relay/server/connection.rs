@@ -3,6 +3,7 @@
 //! within their deadlines, the guess slot of a source that failed too often,
 //! then the `CREATE` (token, shares) or `JOIN` (lookup, hand-over) path.
 
+use super::metrics::RefusalReason;
 use super::session::{host, Guest};
 use super::{Shared, ABORT, RUNNING};
 use crate::relay::admission::{Kind, Share, SourceKey, Verdict};
@@ -10,7 +11,6 @@ use crate::relay::ctl::{CtlChannel, CtlError};
 use crate::relay::refusals::Refusal;
 use proto::relay::wire::{ErrorCode, Frame, VERSION};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections.inc();
         //= spec/relay.md#96-admission-per-source
         //# A connection over its source's unauthenticated share is closed at
         //# accept, before TLS
@@ -37,19 +37,13 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .shares
             .try_take(shared.source(peer.ip()), Kind::Unauthenticated)
         else {
-            shared
-                .metrics
-                .refused_source_share
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.refuse(RefusalReason::SourceShare);
             shared.refusal(peer, Refusal::SourceShare, serde_json::json!({}));
             drop(tcp);
             continue;
         };
         let Ok(permit) = shared.unauth.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .refused_unauthenticated
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.refuse(RefusalReason::UnauthenticatedLimit);
             drop(tcp);
             continue;
         };
@@ -96,12 +90,18 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
     // Boxed, like every step but the wait: a task is as large as its
     // largest state, and a waiting host should not pay for the handshake.
     let first = Box::pin(first_frame(&mut ctl, shared, accepted)).await;
+    let arrived = Instant::now();
+    if first.is_ok() {
+        let m = &shared.metrics;
+        m.handshake_seconds
+            .observe((arrived - accepted).as_secs_f64());
+    }
     let req = match first.and_then(|bytes| request(shared, &bytes)) {
         Ok(req) => req,
-        Err(refuse) => return Box::pin(close(ctl, refuse)).await,
+        Err(refuse) => return Box::pin(close(ctl, shared, refuse)).await,
     };
     if draining(shared) {
-        return Box::pin(ctl.fail(&shutting_down())).await;
+        return Box::pin(close(ctl, shared, Some(shutting_down()))).await;
     }
     // Guessing is slowed per source: joins and token-less or wrong-token
     // creates. A host with a valid operator token is never slowed.
@@ -114,7 +114,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
             Verdict::Wait(at, t) => match tarpit(&ctl, shared, at).await {
                 Ok(()) => Some(t),
                 Err(None) => return,
-                Err(Some(f)) => return Box::pin(ctl.fail(&f)).await,
+                Err(refuse) => return Box::pin(close(ctl, shared, refuse)).await,
             },
             Verdict::Refuse(retry) => {
                 return Box::pin(ctl.fail(&locked_out(shared, peer, retry))).await
@@ -124,12 +124,23 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
     match req {
         Request::Create(_, false) => Box::pin(ctl.fail(&unauthorized(shared, peer, key))).await,
         Request::Create(rid, true) => create(ctl, peer, rid, shared, unauth, key).await,
-        Request::Join(rid) => Box::pin(join(ctl, peer, rid, shared, unauth, key)).await,
+        Request::Join(rid) => Box::pin(join(ctl, (peer, arrived), rid, shared, unauth, key)).await,
     }
 }
 
-/// Close a refused connection: with its frame, or silently.
-async fn close(ctl: CtlChannel, refuse: Refuse) {
+/// Count and close a refused connection: with its frame, or silently.
+async fn close(ctl: CtlChannel, shared: &Shared, refuse: Refuse) {
+    let reason = match &refuse {
+        None => RefusalReason::HandshakeFailed,
+        Some(Frame::Error { code, .. }) => match code {
+            ErrorCode::Timeout => RefusalReason::HandshakeTimeout,
+            ErrorCode::UnsupportedVersion => RefusalReason::UnsupportedVersion,
+            ErrorCode::ShuttingDown => RefusalReason::ShuttingDown,
+            _ => RefusalReason::Malformed,
+        },
+        Some(_) => RefusalReason::Malformed,
+    };
+    shared.metrics.refuse(reason);
     if let Some(f) = refuse {
         ctl.fail(&f).await;
     }
@@ -159,10 +170,7 @@ async fn first_byte(tcp: &TcpStream, shared: &Shared) -> bool {
         Ok(Ok(n)) if n > 0 => true,
         Ok(_) => false,
         Err(_) => {
-            shared
-                .metrics
-                .first_byte_timeouts
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.refuse(RefusalReason::FirstByteTimeout);
             false
         }
     }
@@ -250,7 +258,7 @@ async fn tarpit(ctl: &CtlChannel, shared: &Shared, at: Instant) -> Result<(), Re
     //= spec/relay.md#92-guessing
     //# the connection waits for it (tarpit; the client sees a slow
     //# answer), and only then is the JOIN looked up
-    shared.metrics.tarpitted.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.tarpitted.inc();
     tokio::select! {
         _ = tokio::time::sleep_until(at) => {}
         // The client gave up: its slot stays spent.
@@ -265,7 +273,7 @@ async fn tarpit(ctl: &CtlChannel, shared: &Shared, at: Instant) -> Result<(), Re
 /// Count and log a guess refused because its source's queue is full; the
 /// answer tells when to retry.
 fn locked_out(shared: &Shared, peer: SocketAddr, retry: Duration) -> Frame<'static> {
-    shared.metrics.locked_out.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.refuse(RefusalReason::LockedOut);
     shared.refusal(peer, Refusal::LockedOut, serde_json::json!({}));
     let secs = u32::try_from(retry.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
     Frame::error(
@@ -278,7 +286,7 @@ fn locked_out(shared: &Shared, peer: SocketAddr, retry: Duration) -> Frame<'stat
 /// Count, log and answer a CREATE without a good operator token: a failed
 /// guess of its source.
 fn unauthorized(shared: &Shared, peer: SocketAddr, key: SourceKey) -> Frame<'static> {
-    shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.refuse(RefusalReason::Unauthorized);
     let locked = shared.guesses.fail(key, Instant::now());
     shared.refusal(
         peer,
@@ -294,10 +302,7 @@ fn unauthorized(shared: &Shared, peer: SocketAddr, key: SourceKey) -> Frame<'sta
 
 /// Count, log and answer a request over its source's waiting or paired share.
 fn over_source_share(shared: &Shared, peer: SocketAddr) -> Frame<'static> {
-    shared
-        .metrics
-        .refused_source_share
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.refuse(RefusalReason::SourceShare);
     shared.refusal(peer, Refusal::OverSourceShare, serde_json::json!({}));
     Frame::error(
         ErrorCode::OverCapacity,
@@ -329,19 +334,22 @@ async fn create(
     }
 }
 
-/// A JOIN: within the session limit and its source's paired share, hand the
-/// guest to its waiting host; an unknown session is a failed guess.
+/// A JOIN (from `peer`, arrived at `joined`): within the session limit and
+/// its source's paired share, hand the guest to its waiting host; an
+/// unknown session is a failed guess.
 async fn join(
     ctl: CtlChannel,
-    peer: SocketAddr,
+    (peer, joined): (SocketAddr, Instant),
     rid: [u8; 16],
     shared: &Shared,
     unauth: Unauth,
     key: SourceKey,
 ) {
-    if shared.metrics.active.load(Ordering::Relaxed) >= shared.cfg.max_sessions {
+    let active = usize::try_from(shared.metrics.active.get()).unwrap_or(0);
+    if active >= shared.cfg.max_sessions {
         // Checked before the lookup so a full relay never disturbs the
         // waiting table.
+        shared.metrics.refuse(RefusalReason::OverCapacity);
         ctl.fail(&Frame::error(
             ErrorCode::OverCapacity,
             0,
@@ -365,16 +373,18 @@ async fn join(
                 ctl,
                 addr: peer,
                 share,
+                joined,
             };
             if let Err(g) = w.tx.send(guest) {
                 // The host left between lookup and hand-over.
+                shared.metrics.refuse(RefusalReason::UnknownSession);
                 let f = Frame::error(ErrorCode::UnknownSession, 0, "unknown or expired session");
                 g.ctl.fail(&f).await;
             }
         }
         None => {
             drop(share);
-            shared.metrics.joins_failed.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.refuse(RefusalReason::UnknownSession);
             let locked = shared.guesses.fail(key, Instant::now());
             shared.refusal(
                 peer,

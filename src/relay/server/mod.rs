@@ -37,7 +37,9 @@ pub use config::{
     parse_udp_listen, token_hash, ConfigError, RelayConfig, DEFAULT_UDP_PORT, MAX_CONFIG_COUNT,
     MAX_CONFIG_SECS,
 };
-pub use metrics::Metrics;
+pub use metrics::{
+    Metrics, RefusalReason, METRICS_MAX_CONNECTIONS, METRICS_MAX_REQUEST, METRICS_TIMEOUT,
+};
 pub use udp::{UDP_ANSWERS_PER_WINDOW, UDP_RATE_WINDOW};
 
 use super::admission::{GuessRules, GuessTable, SourceKey, SourceShares};
@@ -45,7 +47,7 @@ use super::refusals::Refusals;
 use audit::{spawn_refusal_log, MAX_LOGGED_SOURCES};
 use config::{parse_token_hashes, Limits};
 use connection::accept_loop;
-use metrics::serve_metrics;
+use metrics::{serve_metrics, Live};
 use session::Waiting;
 use std::collections::HashMap;
 use std::fmt;
@@ -139,8 +141,16 @@ impl Shared {
             Instant::now(),
         );
         let (phase, _) = watch::channel(RUNNING);
+        let unauth = Arc::new(Semaphore::new(cfg.max_unauthenticated));
+        let mut metrics = Metrics::new();
+        metrics.watch(Live {
+            unauth: unauth.clone(),
+            max_unauth: cfg.max_unauthenticated,
+            shares: shares.clone(),
+            guesses: guesses.clone(),
+        });
         Arc::new(Shared {
-            unauth: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+            unauth,
             cfg,
             limits,
             tls: RwLock::new(tls),
@@ -153,7 +163,7 @@ impl Shared {
             udp_tokens: Mutex::new(HashMap::new()),
             udp_port,
             rng: ring::rand::SystemRandom::new(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             audit,
             phase,
         })
@@ -274,6 +284,7 @@ pub struct Relay {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     udp_local_addr: Option<SocketAddr>,
+    metrics_local_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -282,13 +293,15 @@ impl fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("local_addr", &self.local_addr)
             .field("udp_local_addr", &self.udp_local_addr)
+            .field("metrics_local_addr", &self.metrics_local_addr)
             .finish_non_exhaustive()
     }
 }
 
 impl Relay {
     /// Bind and start serving. `cfg.listen`, the limits and tokens come from
-    /// `cfg`; certificates from `tls`.
+    /// `cfg`; certificates from `tls`. Every socket is bound before any task
+    /// starts, so an error leaves nothing running.
     pub async fn start(
         cfg: RelayConfig,
         tls: Arc<rustls::ServerConfig>,
@@ -303,6 +316,18 @@ impl Relay {
         let udp = bind_udp(&cfg).await?;
         let udp_local_addr = udp.as_ref().map(|&(_, addr)| addr);
         let udp_port = udp_local_addr.map(|a| a.port());
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error("metrics_listen (--metrics-listen)", addr))?,
+            ),
+            None => None,
+        };
+        let metrics_local_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(StartError::Io)?),
+            None => None,
+        };
         let shared = Shared::new(cfg, limits, tls, tokens, udp_port, audit);
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         spawn_refusal_log(&shared);
@@ -311,16 +336,14 @@ impl Relay {
             // with the relay.
             spawn_until_abort(&shared, udp_loop(sock, shared.clone()));
         }
-        if let Some(addr) = shared.cfg.metrics_listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(bind_error("metrics_listen (--metrics-listen)", addr))?;
+        if let Some(l) = metrics_listener {
             spawn_until_abort(&shared, serve_metrics(l, shared.metrics.clone()));
         }
         Ok(Relay {
             shared,
             local_addr,
             udp_local_addr,
+            metrics_local_addr,
             task,
         })
     }
@@ -334,6 +357,12 @@ impl Relay {
     /// when `udp_listen` is off.
     pub fn udp_local_addr(&self) -> Option<SocketAddr> {
         self.udp_local_addr
+    }
+
+    /// The bound metrics address (`spec/relay.md` §9.4); `None` when
+    /// `metrics_listen` is not set.
+    pub fn metrics_local_addr(&self) -> Option<SocketAddr> {
+        self.metrics_local_addr
     }
 
     /// Live UDP address service tokens (two per paired session, at most
@@ -392,8 +421,8 @@ impl Relay {
         // Bounded: at most drain / 20 ms iterations. Waiting hosts are told
         // SHUTTING_DOWN (and logged) before the rest is cut.
         let busy = |s: &Shared| {
-            s.metrics.active.load(Ordering::Relaxed) > 0
-                || s.metrics.waiting.load(Ordering::Relaxed) > 0
+            s.metrics.active.get() > 0
+                || s.metrics.waiting.get() > 0
                 || s.finishing.load(Ordering::Relaxed) > 0
         };
         while busy(&self.shared) && Instant::now() < deadline {
@@ -402,7 +431,7 @@ impl Relay {
         let _ = self.shared.phase.send(ABORT);
         // The cut sessions write their `session_closed` records (bounded: 1 s).
         let end = Instant::now() + Duration::from_secs(1);
-        while self.shared.metrics.active.load(Ordering::Relaxed) > 0 && Instant::now() < end {
+        while self.shared.metrics.active.get() > 0 && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

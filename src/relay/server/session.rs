@@ -5,6 +5,7 @@
 
 use super::audit::session_label;
 use super::connection::Unauth;
+use super::metrics::RefusalReason;
 use super::udp::UdpGrants;
 use super::{Finishing, Shared, ABORT, RUNNING};
 use crate::relay::admission::{Kind, Share};
@@ -12,7 +13,6 @@ use crate::relay::ctl::{CtlChannel, CtlError};
 use crate::relay::forward::{self, Activity, Counters, Mode, RateLimiter};
 use proto::relay::wire::{ErrorCode, Frame, UdpGrant};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -29,6 +29,8 @@ pub(super) struct Guest {
     pub(super) addr: SocketAddr,
     /// The guest source's unit of its paired share.
     pub(super) share: Share,
+    /// When its JOIN arrived (the pairing latency starts there).
+    pub(super) joined: Instant,
 }
 
 /// A host whose CREATE was admitted: register the session and tell the
@@ -43,7 +45,8 @@ pub(super) async fn host(
 ) {
     let label = session_label(&rid);
     let (tx, rx) = oneshot::channel();
-    if let Err(f) = register(shared, rid, tx) {
+    if let Err((f, reason)) = register(shared, rid, tx) {
+        shared.metrics.refuse(reason);
         Box::pin(ctl.fail(&f)).await;
         return;
     }
@@ -103,6 +106,7 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
         ctl: guest,
         addr: guest_addr,
         share: guest_share,
+        joined,
     } = guest;
     shared.audit(
         "session_joined",
@@ -123,7 +127,8 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
     let pairing = Box::pin(pair((ctl, peer, host_udp), (guest, guest_addr, guest_udp)));
     //= spec/relay.md#RL-PAIR-1
     //# All of this MUST complete within `handshake_timeout_secs`
-    let Ok(Ok((a, b))) = tokio::time::timeout(shared.limits.handshake_timeout, pairing).await
+    let Ok(Ok((a, b, paired_at))) =
+        tokio::time::timeout(shared.limits.handshake_timeout, pairing).await
     else {
         shared.audit(
             "session_closed",
@@ -133,11 +138,11 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
         );
         return;
     };
-    shared
-        .metrics
-        .sessions_paired
-        .fetch_add(1, Ordering::Relaxed);
-    shared.metrics.active.fetch_add(1, Ordering::Relaxed);
+    let m = &shared.metrics;
+    m.pairing_seconds
+        .observe(paired_at.saturating_duration_since(joined).as_secs_f64());
+    m.sessions_paired.inc();
+    m.active.inc();
     shared.audit(
         "session_paired",
         Some(&label),
@@ -156,25 +161,19 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
 }
 
 /// Enter the session in the waiting table, unless its id is taken or the
-/// table is full (the refusal to send).
+/// table is full (the refusal to send, and why).
 fn register(
     shared: &Shared,
     rid: [u8; 16],
     tx: oneshot::Sender<Guest>,
-) -> Result<(), Frame<'static>> {
+) -> Result<(), (Frame<'static>, RefusalReason)> {
     let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
     if w.contains_key(&rid) {
-        Err(Frame::error(
-            ErrorCode::SessionExists,
-            0,
-            "session already registered",
-        ))
+        let f = Frame::error(ErrorCode::SessionExists, 0, "session already registered");
+        Err((f, RefusalReason::SessionExists))
     } else if w.len() >= shared.cfg.max_waiting {
-        Err(Frame::error(
-            ErrorCode::OverCapacity,
-            0,
-            "too many waiting sessions",
-        ))
+        let f = Frame::error(ErrorCode::OverCapacity, 0, "too many waiting sessions");
+        Err((f, RefusalReason::OverCapacity))
     } else {
         w.insert(rid, Waiting { tx });
         Ok(())
@@ -189,11 +188,8 @@ async fn created(
     label: &str,
     peer: SocketAddr,
 ) -> Result<(), CtlError> {
-    shared.metrics.waiting.fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .sessions_created
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.waiting.inc();
+    shared.metrics.sessions_created.inc();
     shared.audit(
         "session_created",
         Some(label),
@@ -233,7 +229,7 @@ fn stop_waiting(shared: &Arc<Shared>, rid: &[u8; 16], waiting_share: Share) -> F
     // Counted as finishing before it stops counting as waiting, so a drain
     // that waits for both never misses a host still being told.
     let finishing = Finishing::new(shared);
-    shared.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.waiting.dec();
     drop(waiting_share);
     finishing
 }
@@ -254,7 +250,7 @@ async fn close_unpaired(
     );
     let frame = match reason {
         WaitEnd::Expired => {
-            shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.expired.inc();
             Frame::error(ErrorCode::Expired, 0, "no guest joined before the TTL")
         }
         WaitEnd::ShuttingDown => Frame::error(ErrorCode::ShuttingDown, 0, "relay shutting down"),
@@ -270,8 +266,9 @@ async fn close_unpaired(
 type Side = (CtlChannel, SocketAddr, Option<UdpGrant>);
 
 /// `PAIRED` to the host, then to the guest, then `close_notify` both ways:
-/// the raw TCP streams, each positioned right after its TLS session.
-async fn pair(host: Side, guest: Side) -> Result<(TcpStream, TcpStream), CtlError> {
+/// the raw TCP streams, each positioned right after its TLS session, and
+/// when both `PAIRED` frames were sent.
+async fn pair(host: Side, guest: Side) -> Result<(TcpStream, TcpStream, Instant), CtlError> {
     let (mut ctl, peer, host_udp) = host;
     let (mut guest, guest_addr, guest_udp) = guest;
     ctl.send(&Frame::Paired {
@@ -285,8 +282,9 @@ async fn pair(host: Side, guest: Side) -> Result<(TcpStream, TcpStream), CtlErro
             udp: guest_udp,
         })
         .await?;
+    let sent = Instant::now();
     let (a, b) = tokio::try_join!(ctl.finish(), guest.finish())?;
-    Ok((a, b))
+    Ok((a, b, sent))
 }
 
 /// The paired session's task: forward until it ends, then drop its grants,
@@ -317,7 +315,7 @@ async fn run_session(
     );
     // Last: whoever sees the session gone in the gauge (a drain) also
     // finds its record written.
-    shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.active.dec();
 }
 
 /// Forward both streams until either side ends, the session idles out or
@@ -333,10 +331,13 @@ async fn forward_session(
         Mode::Copy
     };
     let buffer = shared.cfg.forward_buffer;
-    let (ca, cb) = (Counters::default(), Counters::default());
+    // Each chunk is added to the relay's byte counters as it is forwarded,
+    // so a long session shows in the metrics while it runs.
+    let m = &shared.metrics;
+    let ca = Counters::adding_to(m.bytes_host_to_guest.clone());
+    let cb = Counters::adding_to(m.bytes_guest_to_host.clone());
     let activity = Activity::new();
     let limiter = shared.cfg.rate_limit_bytes_per_sec.map(RateLimiter::new);
-    let m = &shared.metrics;
     let h2g = forward::pump(a, b, mode, buffer, &ca, &activity, limiter.as_ref());
     let g2h = forward::pump(b, a, mode, buffer, &cb, &activity, limiter.as_ref());
     let idle = shared.limits.idle_timeout;
@@ -355,13 +356,7 @@ async fn forward_session(
         _ = watchdog => "idle timeout",
         _ = phase.wait_for(|p| *p == ABORT) => "relay stopped",
     };
-    let (x, y) = (
-        ca.bytes.load(Ordering::Relaxed),
-        cb.bytes.load(Ordering::Relaxed),
-    );
-    m.bytes_host_to_guest.fetch_add(x, Ordering::Relaxed);
-    m.bytes_guest_to_host.fetch_add(y, Ordering::Relaxed);
-    (x, y, reason)
+    (ca.bytes(), cb.bytes(), reason)
 }
 
 /// Why a host stopped waiting for its guest (audit reason, and what the host is told).

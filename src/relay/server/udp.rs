@@ -5,7 +5,6 @@
 use super::Shared;
 use proto::relay::udp_service;
 use proto::relay::wire::UdpGrant;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -42,10 +41,7 @@ impl Drop for UdpGrants {
         for tok in &self.tokens {
             t.remove(tok);
         }
-        self.shared
-            .metrics
-            .udp_grants
-            .store(t.len(), Ordering::Relaxed);
+        self.shared.metrics.udp_grants.set(gauge_value(t.len()));
     }
 }
 
@@ -81,9 +77,7 @@ impl Shared {
                     },
                 );
             }
-            self.metrics
-                .udp_grants
-                .store(table.len(), Ordering::Relaxed);
+            self.metrics.udp_grants.set(gauge_value(table.len()));
         }
         Some((
             UdpGrants {
@@ -116,6 +110,11 @@ impl Shared {
     }
 }
 
+/// A table size as a gauge value.
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// What the UDP address service does with a well-formed request.
 enum Admit {
     Answer,
@@ -143,13 +142,13 @@ pub(super) async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {
                 continue;
             }
         };
-        m.udp_requests.fetch_add(1, Ordering::Relaxed);
+        m.udp_requests.inc();
         let admit = match udp_service::parse_request(buf.get(..n).unwrap_or(&[])) {
             Ok(req) => match shared.udp_admit(&req.token) {
                 Admit::Answer => Some(req.nonce),
                 Admit::Unknown => None,
                 Admit::RateLimited => {
-                    m.udp_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    m.udp_rate_limited.inc();
                     None
                 }
             },
@@ -158,15 +157,15 @@ pub(super) async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {
             Err(_) => None,
         };
         let Some(nonce) = admit else {
-            m.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            m.udp_dropped.inc();
             continue;
         };
         //= spec/relay.md#124-processing-and-rate-limit
         //# sends the response (§12.2) to the datagram's source address.
         let (resp, len) = udp_service::encode_response(nonce, from);
         match sock.send_to(resp.get(..len).unwrap_or(&[]), from).await {
-            Ok(_) => m.udp_answers.fetch_add(1, Ordering::Relaxed),
-            Err(_) => m.udp_dropped.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => m.udp_answers.inc(),
+            Err(_) => m.udp_dropped.inc(),
         };
     }
 }
