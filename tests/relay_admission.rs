@@ -509,3 +509,72 @@ async fn bad_token_creates_are_throttled_and_valid_hosts_are_not() {
         8
     );
 }
+
+/// Quotas per operator token (spec/relay.md §9.1, RL-TOK-3): a token whose
+/// hosts hold their waiting or paired quota gets OVER_CAPACITY; another
+/// token, from the same address, is not affected; a freed unit can be used
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_held_to_its_quota_and_other_tokens_are_not() {
+    const OTHER: &str = "another-tenant-token";
+    let mut cfg = relay_config();
+    cfg.token_hashes.push(server::token_hash(OTHER));
+    cfg.max_waiting_per_token = 2;
+    cfg.max_sessions_per_token = 1;
+    let relay = start_relay(cfg).await;
+    let t = Duration::from_secs(5);
+    let (a, b) = (
+        relay_client(&relay, Some(TOKEN), t),
+        relay_client(&relay, Some(OTHER), t),
+    );
+    let w1 = create_session(&a, rand_id()).await.expect("first");
+    let _w2 = create_session(&a, rand_id()).await.expect("second");
+    let r = create_session(&a, rand_id()).await;
+    assert!(
+        matches!(r, Err(RelayError::OverCapacity)),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert_eq!(relay.relay.metrics().refused(RefusalReason::TokenQuota), 1);
+    // The other tenant is not affected.
+    let _w3 = create_session(&b, rand_id()).await.expect("other token");
+    // A waiting session that ends gives its unit back: pair it.
+    let rid = rand_id();
+    drop(w1);
+    let w4 = create_when_freed(&a, rid).await;
+    let guest = relay_client(&relay, None, t);
+    let (h, g) = tokio::join!(w4.paired(), join_session(&guest, rid));
+    let (h, g) = (h.expect("paired"), g.expect("joined"));
+    // Token A now holds one waiting and one paired session: its paired
+    // quota (1) is reached, so a new CREATE is refused even though only
+    // one session waits.
+    let r = create_session(&a, rand_id()).await;
+    assert!(
+        matches!(r, Err(RelayError::OverCapacity)),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert_eq!(relay.relay.metrics().refused(RefusalReason::TokenQuota), 2);
+    // The paired session ends (both sides close): the quota frees up.
+    drop((h, g));
+    create_when_freed(&a, rand_id()).await;
+}
+
+/// CREATE `rid` once the relay has noticed that a session of this token
+/// ended (it learns so from the closed socket, asynchronously): retried
+/// while OVER_CAPACITY, for at most 5 s.
+async fn create_when_freed(
+    cfg: &RelayClientConfig,
+    rid: [u8; 16],
+) -> xtcp::relay::client::WaitingSession {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match create_session(cfg, rid).await {
+            Ok(w) => return w,
+            Err(RelayError::OverCapacity) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("quota never freed: {e}"),
+        }
+    }
+}

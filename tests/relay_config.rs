@@ -32,6 +32,8 @@ const KEYS: &[&str] = &[
     "max_unauthenticated_per_source",
     "max_waiting_per_source",
     "max_sessions_per_source",
+    "max_waiting_per_token",
+    "max_sessions_per_token",
     "guess_queue_per_source",
     "max_tracked_sources",
     "lockout_failures",

@@ -26,6 +26,9 @@ mod forward;
 pub mod refusals;
 #[cfg(feature = "relay-server")]
 pub mod server;
+#[cfg(feature = "relay-server")]
+#[doc(hidden)]
+pub mod token_quota;
 
 pub use client::{RelayClientConfig, RelayError, RelayTrust, UdpService};
 #[cfg(feature = "relay-server")]

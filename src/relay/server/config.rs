@@ -71,6 +71,10 @@ pub struct RelayConfig {
     pub max_waiting_per_source: usize,
     /// Paired-session connections (host or guest side) one source may hold.
     pub max_sessions_per_source: usize,
+    /// Waiting sessions the hosts of one operator token may hold (§9.1).
+    pub max_waiting_per_token: usize,
+    /// Paired sessions the hosts of one operator token may hold (§9.1).
+    pub max_sessions_per_token: usize,
     /// The first byte of the TLS handshake must arrive within this after accept.
     pub first_byte_timeout_secs: f64,
     /// After `lockout_failures`, one guess per this many seconds per source.
@@ -132,6 +136,8 @@ impl Default for RelayConfig {
             max_unauthenticated_per_source: 32,
             max_waiting_per_source: 1024,
             max_sessions_per_source: 10_000,
+            max_waiting_per_token: 10_000,
+            max_sessions_per_token: 50_000,
             first_byte_timeout_secs: 3.0,
             guess_interval_secs: 1.0,
             guess_queue_per_source: 4,
@@ -248,6 +254,18 @@ impl RelayConfig {
         count(
             us(self.max_sessions_per_source),
             "max_sessions_per_source",
+            1,
+            m,
+        )?;
+        count(
+            us(self.max_waiting_per_token),
+            "max_waiting_per_token",
+            1,
+            m,
+        )?;
+        count(
+            us(self.max_sessions_per_token),
+            "max_sessions_per_token",
             1,
             m,
         )?;

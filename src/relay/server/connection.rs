@@ -9,6 +9,7 @@ use super::{Shared, ABORT, RUNNING};
 use crate::relay::admission::{Kind, Share, SourceKey, Verdict};
 use crate::relay::ctl::{CtlChannel, CtlError};
 use crate::relay::refusals::Refusal;
+use crate::relay::token_quota::{TokenKey, TokenKind};
 use proto::relay::wire::{ErrorCode, Frame, VERSION};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,8 +62,8 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// What a connection's first frame asks for.
 enum Request {
-    /// Register a waiting session; whether its operator token is good.
-    Create([u8; 16], bool),
+    /// Register a waiting session; its operator token's key, if it is good.
+    Create([u8; 16], Option<TokenKey>),
     /// Join the waiting session with this `rendezvous_id`.
     Join([u8; 16]),
 }
@@ -105,7 +106,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
     }
     // Guessing is slowed per source: joins and token-less or wrong-token
     // creates. A host with a valid operator token is never slowed.
-    let _ticket = if matches!(req, Request::Create(_, true)) {
+    let _ticket = if matches!(req, Request::Create(_, Some(_))) {
         None
     } else {
         match shared.guesses.admit(key, Instant::now()) {
@@ -122,8 +123,10 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, unauth: 
         }
     };
     match req {
-        Request::Create(_, false) => Box::pin(ctl.fail(&unauthorized(shared, peer, key))).await,
-        Request::Create(rid, true) => create(ctl, peer, rid, shared, unauth, key).await,
+        Request::Create(_, None) => Box::pin(ctl.fail(&unauthorized(shared, peer, key))).await,
+        Request::Create(rid, Some(token)) => {
+            create(ctl, (peer, key), rid, shared, unauth, token).await
+        }
         Request::Join(rid) => Box::pin(join(ctl, (peer, arrived), rid, shared, unauth, key)).await,
     }
 }
@@ -240,8 +243,7 @@ fn request(shared: &Shared, bytes: &[u8]) -> Result<Request, Refuse> {
             },
             _,
         )) => {
-            let ok = token_ok(shared, token);
-            Ok(Request::Create(rendezvous_id, ok))
+            Ok(Request::Create(rendezvous_id, token_key(shared, token)))
         }
         Ok((Frame::Join { rendezvous_id, .. }, _)) => Ok(Request::Join(rendezvous_id)),
         _ => Err(Some(Frame::error(
@@ -315,23 +317,47 @@ fn over_source_share(shared: &Shared, peer: SocketAddr) -> Frame<'static> {
 /// guest.
 async fn create(
     ctl: CtlChannel,
-    peer: SocketAddr,
+    (peer, key): (SocketAddr, SourceKey),
     rid: [u8; 16],
     shared: &Arc<Shared>,
     unauth: Unauth,
-    key: SourceKey,
+    token: TokenKey,
 ) {
     //= spec/relay.md#96-admission-per-source
     //# A CREATE or JOIN over the waiting or paired share is answered
     //# `OVER_CAPACITY`.
     let waiting = shared.shares.try_take(key, Kind::Waiting);
     let paired = shared.shares.held(key)[Kind::Paired as usize];
-    match waiting {
-        Some(w) if (paired as usize) < shared.cfg.max_sessions_per_source => {
-            host(ctl, peer, rid, shared, unauth, w).await
-        }
-        _ => Box::pin(ctl.fail(&over_source_share(shared, peer))).await,
-    }
+    let Some(share) = waiting.filter(|_| (paired as usize) < shared.cfg.max_sessions_per_source)
+    else {
+        return Box::pin(ctl.fail(&over_source_share(shared, peer))).await;
+    };
+    //= spec/relay.md#RL-TOK-3
+    //# A CREATE whose token's hosts hold `max_waiting_per_token` waiting sessions, or
+    //# `max_sessions_per_token` paired ones, MUST be answered `OVER_CAPACITY`
+    let quotas = &shared.token_quotas;
+    let waiting = quotas.try_take(token, TokenKind::Waiting);
+    let paired = quotas.held(token)[TokenKind::Paired as usize];
+    let Some(unit) = waiting.filter(|_| (paired as usize) < shared.cfg.max_sessions_per_token)
+    else {
+        return Box::pin(ctl.fail(&over_token_quota(shared, peer))).await;
+    };
+    host(ctl, peer, rid, shared, unauth, (share, unit)).await
+}
+
+/// Count, log and answer a CREATE over its operator token's quota.
+fn over_token_quota(shared: &Shared, peer: SocketAddr) -> Frame<'static> {
+    shared.metrics.refuse(RefusalReason::TokenQuota);
+    shared.refusal(
+        peer,
+        Refusal::OverSourceShare,
+        serde_json::json!({"quota": "token"}),
+    );
+    Frame::error(
+        ErrorCode::OverCapacity,
+        0,
+        "too many sessions for this operator token",
+    )
 }
 
 /// A JOIN (from `peer`, arrived at `joined`): within the session limit and
@@ -401,24 +427,36 @@ async fn join(
     }
 }
 
-/// Whether a CREATE's token is one of the operator tokens (or may be
-/// missing), compared in constant time over all stored hashes.
-fn token_ok(shared: &Shared, token: &[u8]) -> bool {
-    let tokens = shared.tokens.read().unwrap_or_else(|p| p.into_inner());
-    if tokens.is_empty() && token.is_empty() {
-        return shared.cfg.allow_anonymous_hosts;
+/// The key of a CREATE's token if it is one of the operator tokens (its
+/// hash; compared in constant time over all stored hashes, without holding
+/// the table's lock), or [`ANONYMOUS`] if it is missing and anonymous hosts
+/// are allowed.
+fn token_key(shared: &Shared, token: &[u8]) -> Option<TokenKey> {
+    let tokens = shared
+        .tokens
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let anonymous = (shared.cfg.allow_anonymous_hosts && token.is_empty()).then_some(ANONYMOUS);
+    if tokens.is_empty() {
+        return anonymous;
     }
     //= spec/relay.md#RL-TOK-1
     //# It MUST NOT store or log tokens.
     let h = ring::digest::digest(&ring::digest::SHA256, token);
-    let mut ok = false;
+    let mut found = None;
     for t in tokens.iter() {
         // Compare every stored hash in full (no early exit).
         let diff = t
             .iter()
             .zip(h.as_ref())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        ok |= diff == 0;
+        if diff == 0 {
+            found = Some(*t);
+        }
     }
-    ok || (shared.cfg.allow_anonymous_hosts && token.is_empty())
+    found.or(anonymous)
 }
+
+/// The quota key shared by hosts without a token (`allow_anonymous_hosts`).
+const ANONYMOUS: TokenKey = [0; 32];

@@ -74,11 +74,13 @@ pub enum RefusalReason {
     OverCapacity,
     /// `SHUTTING_DOWN`: a request that arrived while the relay drains.
     ShuttingDown,
+    /// `OVER_CAPACITY`: the host's operator token holds its quota (§9.1).
+    TokenQuota,
 }
 
 impl RefusalReason {
     /// Every reason, in label order of the documentation.
-    pub const ALL: [RefusalReason; 13] = [
+    pub const ALL: [RefusalReason; 14] = [
         RefusalReason::UnauthenticatedLimit,
         RefusalReason::SourceShare,
         RefusalReason::FirstByteTimeout,
@@ -92,6 +94,7 @@ impl RefusalReason {
         RefusalReason::SessionExists,
         RefusalReason::OverCapacity,
         RefusalReason::ShuttingDown,
+        RefusalReason::TokenQuota,
     ];
 
     /// The `reason` label value.
@@ -110,6 +113,7 @@ impl RefusalReason {
             RefusalReason::SessionExists => "session_exists",
             RefusalReason::OverCapacity => "over_capacity",
             RefusalReason::ShuttingDown => "shutting_down",
+            RefusalReason::TokenQuota => "token_quota",
         }
     }
 

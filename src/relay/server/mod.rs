@@ -44,6 +44,7 @@ pub use udp::{UDP_ANSWERS_PER_WINDOW, UDP_RATE_WINDOW};
 
 use super::admission::{GuessRules, GuessTable, SourceKey, SourceShares};
 use super::refusals::Refusals;
+use super::token_quota::TokenQuotas;
 use audit::{spawn_refusal_log, MAX_LOGGED_SOURCES};
 use config::{parse_token_hashes, Limits};
 use connection::accept_loop;
@@ -67,7 +68,11 @@ struct Shared {
     cfg: RelayConfig,
     limits: Limits,
     tls: RwLock<Arc<rustls::ServerConfig>>,
-    tokens: RwLock<Vec<[u8; 32]>>,
+    /// Operator token hashes; swapped whole on reload, so a check clones
+    /// the `Arc` and compares without holding the lock.
+    tokens: RwLock<Arc<Vec<[u8; 32]>>>,
+    /// What each operator token's hosts hold now (`spec/relay.md` §9.1).
+    token_quotas: Arc<TokenQuotas>,
     waiting: Mutex<HashMap<[u8; 16], Waiting>>,
     /// What each source holds now (`spec/relay.md` §9.6).
     shares: Arc<SourceShares>,
@@ -125,6 +130,10 @@ impl Shared {
         udp_port: Option<u16>,
         audit: Option<AuditSink>,
     ) -> Arc<Shared> {
+        let token_quotas = TokenQuotas::new([
+            clamp_u32(cfg.max_waiting_per_token),
+            clamp_u32(cfg.max_sessions_per_token),
+        ]);
         let shares = SourceShares::new([
             clamp_u32(cfg.max_unauthenticated_per_source),
             clamp_u32(cfg.max_waiting_per_source),
@@ -154,7 +163,8 @@ impl Shared {
             cfg,
             limits,
             tls: RwLock::new(tls),
-            tokens: RwLock::new(tokens),
+            tokens: RwLock::new(Arc::new(tokens)),
+            token_quotas,
             waiting: Mutex::new(HashMap::new()),
             shares,
             guesses,
@@ -407,7 +417,7 @@ impl Relay {
             .shared
             .tokens
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = t;
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use super::{Finishing, Shared, ABORT, RUNNING};
 use crate::relay::admission::{Kind, Share};
 use crate::relay::ctl::{CtlChannel, CtlError};
 use crate::relay::forward::{self, Activity, Counters, Mode, RateLimiter};
+use crate::relay::token_quota::{TokenKind, TokenUnit};
 use proto::relay::wire::{ErrorCode, Frame, UdpGrant};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub(super) async fn host(
     rid: [u8; 16],
     shared: &Arc<Shared>,
     unauth: Unauth,
-    share: Share,
+    share: (Share, TokenUnit),
 ) {
     let label = session_label(&rid);
     let (tx, rx) = oneshot::channel();
@@ -76,8 +77,8 @@ struct Waiter {
     peer: SocketAddr,
     rid: [u8; 16],
     rx: oneshot::Receiver<Guest>,
-    /// The host source's unit of its waiting share.
-    share: Share,
+    /// The host source's unit of its waiting share, and its token's.
+    share: (Share, TokenUnit),
 }
 
 /// Wait for the guest (`None`: the host is already gone), pair both, then
@@ -94,6 +95,7 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
         Some(ctl) => wait_for_guest(ctl, rx, &shared).await,
         None => Err(WaitEnd::HostGone),
     };
+    let token = share.1.key();
     let finishing = stop_waiting(&shared, &rid, share);
     let (ctl, guest) = match (ctl, outcome) {
         (Some(ctl), Ok(g)) => (ctl, g),
@@ -156,7 +158,8 @@ async fn hosted(ctl: Option<CtlChannel>, w: Waiter, shared: Arc<Shared>) {
     // The host's source holds one paired unit too (may exceed its share by
     // the pairings in progress, like `max_sessions`).
     let host_share = shared.shares.take(shared.source(peer.ip()), Kind::Paired);
-    let shares = (host_share, guest_share);
+    let host_token = shared.token_quotas.take(token, TokenKind::Paired);
+    let shares = (host_share, guest_share, host_token);
     tokio::spawn(run_session(shared.clone(), label, (a, b), grants, shares));
 }
 
@@ -220,7 +223,11 @@ async fn wait_for_guest(
 
 /// Take the session out of the waiting table and its counts, however the
 /// wait ended; it is finishing until paired or told why not.
-fn stop_waiting(shared: &Arc<Shared>, rid: &[u8; 16], waiting_share: Share) -> Finishing {
+fn stop_waiting(
+    shared: &Arc<Shared>,
+    rid: &[u8; 16],
+    waiting_share: (Share, TokenUnit),
+) -> Finishing {
     shared
         .waiting
         .lock()
@@ -294,7 +301,7 @@ async fn run_session(
     label: String,
     (a, b): (TcpStream, TcpStream),
     grants: Option<UdpGrants>,
-    _shares: (Share, Share),
+    _shares: (Share, Share, TokenUnit),
 ) {
     let started = Instant::now();
     let (h2g, g2h, reason) = forward_session(&a, &b, &shared).await;
