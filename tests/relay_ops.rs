@@ -160,10 +160,10 @@ fn audit_log_is_private_and_reopened_on_sighup() {
 }
 
 /// Failing JOINs from one address as fast as 24 parallel clients can go for
-/// 3 s, with `log_interval_secs = 1` (3 intervals): audit log + stderr grow
-/// by at most a few lines per interval. With the default 60 s interval, the
-/// issue's 10 s at 3,000/s spans at most 2 intervals, i.e. less than this
-/// test allows; the growth does not depend on the rate (see spec §9.3).
+/// 10 s (the flood: 3,000/s for 10 s; the rate reached here is
+/// printed), with `log_interval_secs = 1` (10 intervals, where the default
+/// 60 s gives at most 2): audit log + stderr grow by ≤ 20 KB in total. The
+/// growth does not depend on the rate (see spec §9.3).
 #[test]
 fn a_flood_of_failing_joins_grows_the_logs_by_a_bounded_amount() {
     let dir = Dir::new("flood");
@@ -178,7 +178,7 @@ fn a_flood_of_failing_joins_grows_the_logs_by_a_bounded_amount() {
     let sent = Arc::new(AtomicU64::new(0));
     rt.block_on(async {
         let mut lanes = tokio::task::JoinSet::new();
-        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
         for lane in 0..24u8 {
             let cfg = guest(&p);
             let sent = sent.clone();
@@ -201,7 +201,8 @@ fn a_flood_of_failing_joins_grows_the_logs_by_a_bounded_amount() {
     let n = sent.load(Ordering::Relaxed);
     let audit = std::fs::read_to_string(&log).unwrap();
     eprintln!(
-        "{n} failing JOINs in 3 s: audit + stderr grew {grown} bytes ({} audit lines)",
+        "{n} failing JOINs in 10 s ({}/s): audit + stderr grew {grown} bytes ({} audit lines)",
+        n / 10,
         audit.lines().count()
     );
     // Without aggregation each refusal is an audit line (~90 bytes) plus a
