@@ -615,7 +615,7 @@ fn user_timeout_aborts_with_timed_out() {
 /// `take_while` is `all`-true once the front segment was resent), so an RTO
 /// burst the entire flight — up to 2,600 segments in well under 1 ms.
 #[test]
-#[ignore = "known bug, not fixed in time: conn.rs transmit_data `first_rtx` is true for every lost segment once the front one was resent; the one-line fix (front hole lost and unsent) changes sim cwnd_trace_cubic_concave_then_convex, which needs its owner's look"]
+
 fn rto_retransmits_one_segment_then_waits_for_acks() {
     let mut t = T::established_client(plain_config());
     let segs = send_n_segments(&mut t, 4, 100);

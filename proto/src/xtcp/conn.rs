@@ -415,6 +415,13 @@ struct Delivered {
 struct Recovery {
     /// "recover": the highest offset sent when the episode started.
     recover: u64,
+    /// Proportional Rate Reduction (RFC 6937): bytes delivered to the peer
+    /// and bytes we sent since the episode began, the flight at its start,
+    /// and what PRR lets us send now (recomputed on every ACK).
+    prr_delivered: u64,
+    prr_out: u64,
+    recover_fs: u64,
+    prr_allow: u64,
 }
 
 /// The pending-ACK state (RFC 1122 §4.2.3.2, RFC 9293 §3.8.6.3).
@@ -548,6 +555,9 @@ pub struct Connection {
     persist_probe_due: bool,
     /// A tail loss probe is due / has been sent in this flight (RFC 8985 §7).
     tlp_due: bool,
+    /// A lost segment was retransmitted since the loss episode (recovery or
+    /// RTO) began: later ones wait for cwnd (RFC 6675 §5 step 4.3, RFC 5681 §3.1).
+    episode_rtx: bool,
     tlp_outstanding: bool,
     /// A one-byte window probe beyond the window is outstanding (not in `rtx`).
     probe_sent: Option<Instant>,
@@ -650,6 +660,7 @@ impl Connection {
             persist_probe_due: false,
             probe_sent: None,
             tlp_due: false,
+            episode_rtx: false,
             tlp_outstanding: false,
             keepalive_probes: 0,
             keepalive_due: false,
@@ -1616,6 +1627,7 @@ impl Connection {
         }
 
         let window = u64::from(seg.window) << self.opts.snd_wscale;
+        let (una0, sacked0) = (self.snd_una, self.sacked_bytes);
         let mut sacked_new = false;
         if self.opts.sack && !seg.options.sack_blocks().is_empty() {
             sacked_new = self.process_sack(now, seg.options.sack_blocks());
@@ -1664,6 +1676,9 @@ impl Connection {
         if self.opts.sack && (sacked_new || self.sacked_bytes > 0) {
             self.detect_losses(now);
         }
+        // RFC 6937 §3: DeliveredData = change in SND.UNA + change in SACKed bytes.
+        let delivered = (self.snd_una - una0 + self.sacked_bytes).saturating_sub(sacked0);
+        self.prr_on_ack(delivered);
         if sacked_new && d <= 0 {
             // New SACK information answers an outstanding probe and restarts the
             // PTO, as an ACK of new data does (RFC 8985 §7.2; RFC 9002 §6.2.1:
@@ -1994,6 +2009,53 @@ impl Connection {
         }
     }
 
+    /// Proportional Rate Reduction on an ACK during recovery (RFC 6937 §3):
+    /// while more than ssthresh is in flight, send in proportion to what was
+    /// delivered; below it, grow back towards ssthresh no faster than slow
+    /// start (PRR-SSRB). Without it a burst loss (a slow-start overshoot)
+    /// left `pipe` above cwnd and stalled recovery until a timeout.
+    fn prr_on_ack(&mut self, delivered: u64) {
+        let mss = self.mss() as u64;
+        let ssthresh = self.cc.ssthresh();
+        let pipe = self.pipe;
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        //= spec/xtcp.md#XT-PRR-1
+        //# During recovery the sender MUST limit what it sends by Proportional
+        //# Rate Reduction (RFC 6937 §3)
+        r.prr_delivered += delivered;
+        let sndcnt = if pipe > ssthresh {
+            // ceil(prr_delivered * ssthresh / RecoverFS) - prr_out
+            let num = u128::from(r.prr_delivered) * u128::from(ssthresh);
+            let quota = num.div_ceil(u128::from(r.recover_fs));
+            u64::try_from(quota)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(r.prr_out)
+        } else {
+            let limit = r.prr_delivered.saturating_sub(r.prr_out).max(delivered) + mss;
+            (ssthresh - pipe).min(limit)
+        };
+        r.prr_allow = sndcnt;
+    }
+
+    /// Count a transmission against PRR's allowance (RFC 6937 `prr_out`).
+    fn prr_on_send(&mut self, len: u64) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.prr_out += len;
+            r.prr_allow = r.prr_allow.saturating_sub(len);
+        }
+    }
+
+    /// Whether congestion control lets `len` more bytes go: PRR's allowance
+    /// during recovery, else cwnd over pipe.
+    fn cwnd_room(&self) -> u64 {
+        match &self.recovery {
+            Some(r) => r.prr_allow,
+            None => self.cc.window().saturating_sub(self.pipe),
+        }
+    }
+
     fn mark_lost_front(&mut self) {
         if let Some(s) = self.rtx.iter_mut().find(|s| !s.sacked) {
             if !s.lost {
@@ -2010,7 +2072,12 @@ impl Connection {
         self.cc.on_congestion_event(now, flight);
         self.recovery = Some(Recovery {
             recover: self.snd_nxt,
+            prr_delivered: 0,
+            prr_out: 0,
+            recover_fs: flight.max(1),
+            prr_allow: 0,
         });
+        self.episode_rtx = false;
         self.stats.recovery_episodes += 1;
         self.stats.fast_retransmits += 1;
     }
@@ -2235,6 +2302,7 @@ impl Connection {
                     }
                 }
                 self.recovery = None;
+                self.episode_rtx = false;
                 // RFC 6582 §3.2 step 1 / §4: no fast retransmit for the data sent before the timeout.
                 self.recover_floor = self.snd_nxt;
                 self.dupacks = 0;
@@ -2544,15 +2612,14 @@ impl Connection {
         // 1. Retransmit a lost segment (RFC 6675 §5 NextSeg rule 1; the first
         //    retransmission of an episode is sent regardless of cwnd, §5 step 4.3).
         if self.lost_bytes > 0 {
-            let first_rtx = self.pipe == 0
-                || self
-                    .rtx
-                    .iter()
-                    .take_while(|s| s.sacked || s.lost)
-                    .all(|s| s.xmits == 1);
+            let first_rtx = self.pipe == 0 || !self.episode_rtx;
             // A due loss probe (RFC 8985 §7.3; sent whatever cwnd says) is best
             // spent on a segment already known to be lost.
-            if self.pipe + mss as u64 <= cwnd || first_rtx || self.tlp_due {
+            let room = match &self.recovery {
+                Some(r) => r.prr_allow > 0,
+                None => self.pipe + mss as u64 <= cwnd,
+            };
+            if room || first_rtx || self.tlp_due {
                 if let Some(idx) = self.rtx.iter().position(|s| s.lost) {
                     self.tlp_due = false;
                     return self.retransmit(now, idx, buf);
@@ -2579,7 +2646,7 @@ impl Connection {
         let avail = data_end.saturating_sub(self.snd_nxt);
         let fin_unsent = self.fin_off.is_some_and(|f| self.snd_nxt <= f);
         let wnd_room = self.snd_wnd_edge.saturating_sub(self.snd_nxt);
-        let cwnd_room = cwnd.saturating_sub(self.pipe);
+        let cwnd_room = self.cwnd_room();
         let room = wnd_room.min(cwnd_room);
         if avail > 0 || fin_unsent {
             let len = avail.min(room).min(mss as u64) as usize;
@@ -2699,6 +2766,7 @@ impl Connection {
             app_limited,
         });
         self.pipe += end - start;
+        self.prr_on_send(end - start);
         self.snd_nxt = end;
         self.stats.bytes_sent += payload_len as u64;
         if self.cfg.pacing {
@@ -2810,9 +2878,14 @@ impl Connection {
         if was_lost {
             self.lost_bytes = self.lost_bytes.saturating_sub(s.len());
             self.pipe += s.len();
+            self.episode_rtx = true;
+            self.prr_on_send(s.len());
         }
         self.stats.bytes_retransmitted += payload_len as u64;
-        if !self.timers.is_set(Timer::Rto) {
+        // A lost front segment sent again gets a full RTO to be answered in
+        // (as Linux does): otherwise a timer started long before, at the last
+        // cumulative ACK, could fire right after a RACK-driven retransmission.
+        if !self.timers.is_set(Timer::Rto) || (was_lost && idx == 0) {
             self.timers.set(Timer::Rto, now + self.rto_interval());
         }
         if was_lost {
