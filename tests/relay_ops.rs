@@ -392,3 +392,37 @@ fn self_signed_key_survives_a_restart_in_its_state_dir() {
         "without a state_dir every start has a new key"
     );
 }
+
+/// The relay raises its soft descriptor limit to the hard one and says so,
+/// with a warning when the configured session limits need more.
+#[test]
+fn the_descriptor_limit_is_raised_and_reported() {
+    let dir = Dir::new("fds");
+    let p = start(&dir.0, "max_sessions = 100000\nmax_waiting = 100000");
+    let err = std::fs::read_to_string(&p.stderr).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.contains("descriptor limit"))
+        .unwrap_or_else(|| panic!("no descriptor line in {err}"));
+    let n: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    // Root may raise the hard limit too; nobody gets less than the hard one.
+    assert!(n >= hard, "{line} (hard limit {hard})");
+    let from_proc = std::fs::read_to_string(format!("/proc/{}/limits", p.child.id())).unwrap();
+    let soft = from_proc
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .unwrap();
+    assert_eq!(soft, n, "the running relay's soft limit");
+    assert_eq!(
+        err.contains("need up to 300000 descriptors"),
+        n < 300_000,
+        "{err}"
+    );
+}

@@ -321,7 +321,19 @@ fn main() -> ExitCode {
     //= spec/relay.md#RL-OPS-1
     //# Operators SHOULD raise the file descriptor limit (the binary raises its soft
     //# `RLIMIT_NOFILE` to the hard limit)
-    server::raise_fd_limit();
+    let fds = server::raise_fd_limit();
+    // Each paired session holds two descriptors, each waiting host one.
+    let need = cfg
+        .max_sessions
+        .saturating_mul(2)
+        .saturating_add(cfg.max_waiting);
+    eprintln!("xtcp-relay: descriptor limit {fds} (soft raised to hard): room for about {} paired sessions", fds / 2);
+    if (fds as usize) < need {
+        eprintln!(
+            "xtcp-relay: warning: max_sessions = {} and max_waiting = {} need up to {need} descriptors; raise the hard limit (systemd: LimitNOFILE=) or lower them",
+            cfg.max_sessions, cfg.max_waiting
+        );
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
