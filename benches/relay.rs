@@ -276,52 +276,35 @@ fn relay_process(dir: &std::path::Path) -> (std::process::Child, String, [u8; 32
     (child, addr, fp)
 }
 
+/// Relay RSS per idle paired session: `n` pairs, each forwarded and idle.
 async fn idle_memory(n: usize) -> (f64, u64) {
-    let dir = std::env::temp_dir().join(format!("xtcp-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, addr, fp) = relay_process(&dir);
-    let f = Forwarder {
-        addr: addr.parse().unwrap(),
-        fingerprint: Some(fp),
-        cpu_tx: mpsc::unbounded_channel().0,
-    };
-    // Warm up (allocator arenas, TLS config) with a few sessions, then measure.
-    let mut keep = Vec::with_capacity(n + 16);
-    for _ in 0..16 {
-        keep.push(connect_pair(&f).await);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_of(child.id());
-    let f = Arc::new(f);
-    let par = 64;
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..par {
-        let f = f.clone();
-        set.spawn(async move {
-            let mut v = Vec::new();
-            for _ in (w..n).step_by(par) {
-                v.push(connect_pair(&f).await);
-            }
-            v
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        keep.extend(r.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_of(child.id());
-    let per = (after.saturating_sub(before)) as f64 / n as f64;
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(keep);
-    let _ = std::fs::remove_dir_all(&dir);
-    (per, after)
+    relay_memory(n, |f| async move { connect_pair(&f).await }).await
 }
 
 /// Relay RSS per waiting session: `n` hosts CREATE and wait, no guest ever
-/// joins. The baseline is read after 16 warm-up hosts.
+/// joins.
 async fn waiting_memory(n: usize) -> (f64, u64) {
-    let dir = std::env::temp_dir().join(format!("xtcp-bench-w-{}", std::process::id()));
+    relay_memory(n, |f| async move {
+        let rid = xtcp::secret::SessionSecret::generate()
+            .unwrap()
+            .rendezvous_id();
+        create_session(&client_cfg(&f, Some(TOKEN)), rid)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+/// The `xtcp-relay` binary's RSS growth per item that `make` opens against
+/// it, `n` of them held at once (64 opened in parallel), read after 16
+/// warm-up items (allocator arenas, TLS config) and a settling pause.
+async fn relay_memory<T, F, Fut>(n: usize, make: F) -> (f64, u64)
+where
+    T: Send + 'static,
+    F: Fn(Arc<Forwarder>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let dir = std::env::temp_dir().join(format!("xtcp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (mut child, addr, fp) = relay_process(&dir);
     let f = Arc::new(Forwarder {
@@ -329,28 +312,20 @@ async fn waiting_memory(n: usize) -> (f64, u64) {
         fingerprint: Some(fp),
         cpu_tx: mpsc::unbounded_channel().0,
     });
-    let host = |f: Arc<Forwarder>| async move {
-        let rid = xtcp::secret::SessionSecret::generate()
-            .unwrap()
-            .rendezvous_id();
-        create_session(&client_cfg(&f, Some(TOKEN)), rid)
-            .await
-            .unwrap()
-    };
     let mut keep = Vec::with_capacity(n + 16);
     for _ in 0..16 {
-        keep.push(host(f.clone()).await);
+        keep.push(make(f.clone()).await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_of(child.id());
     let par = 64;
     let mut set = tokio::task::JoinSet::new();
     for w in 0..par {
-        let f = f.clone();
+        let (f, make) = (f.clone(), make.clone());
         set.spawn(async move {
             let mut v = Vec::new();
             for _ in (w..n).step_by(par) {
-                v.push(host(f.clone()).await);
+                v.push(make(f.clone()).await);
             }
             v
         });
