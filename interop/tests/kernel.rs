@@ -540,7 +540,7 @@ fn d_loss_10pct_kernel_opened() {
 }
 
 #[test]
-#[ignore = "stalled past its 150 s bound in 1 of 6 full-suite runs (5-10 s otherwise): an XTCP stall at 10 % loss not yet understood, see the session note; run with --ignored"]
+#[ignore = "stalled past its 150 s bound in 1 of 6 full-suite runs before PRR (RFC 6937) and the per-episode retransmission rule landed; since then 19 of 19 runs passed in 7-10 s, one in 92 s under a concurrent benchmark: kept out of CI until it has a longer clean record; run with --include-ignored"]
 fn d_loss_10pct_xtcp_opened() {
     lossy(Opener::Xtcp, 0.10, 10 * MIB, 102);
 }
