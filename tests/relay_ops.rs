@@ -408,7 +408,7 @@ fn the_descriptor_limit_is_raised_and_reported() {
         .unwrap_or_else(|| panic!("no descriptor line in {err}"));
     let n: u64 = line
         .split_whitespace()
-        .nth(3)
+        .nth(2)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     // Root may raise the hard limit too; nobody gets less than the hard one.

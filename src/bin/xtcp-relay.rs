@@ -327,10 +327,13 @@ fn main() -> ExitCode {
         .max_sessions
         .saturating_mul(2)
         .saturating_add(cfg.max_waiting);
-    eprintln!("xtcp-relay: descriptor limit {fds} (soft raised to hard): room for about {} paired sessions", fds / 2);
+    eprintln!(
+        "descriptor limit {fds} (soft raised to hard): room for about {} paired sessions",
+        fds / 2
+    );
     if (fds as usize) < need {
         eprintln!(
-            "xtcp-relay: warning: max_sessions = {} and max_waiting = {} need up to {need} descriptors; raise the hard limit (systemd: LimitNOFILE=) or lower them",
+            "warning: max_sessions = {} and max_waiting = {} need up to {need} descriptors; raise the hard limit (systemd: LimitNOFILE=) or lower them",
             cfg.max_sessions, cfg.max_waiting
         );
     }
