@@ -30,6 +30,22 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Bytes per read and per write on the blocking side.
 pub const BUF: usize = 256 * 1024;
+/// The capacity asked for a pipe on stdin or stdout (Linux's default for an
+/// unprivileged process's maximum, `/proc/sys/fs/pipe-max-size`).
+const PIPE: i32 = 1 << 20;
+
+/// Grow the pipe `fd` is (if it is one, smaller than [`PIPE`]) so that a
+/// `cat FILE |` or `| consumer` on the same core switches to us once per
+/// 1 MiB rather than once per 64 KiB. Only the capacity changes; a refusal
+/// (the per-user pipe quota) leaves the pipe as it was.
+fn grow_pipe<F: std::os::fd::AsFd>(fd: F) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if let Ok(n) = fcntl(&fd, FcntlArg::F_GETPIPE_SZ) {
+        if n < PIPE {
+            let _ = fcntl(&fd, FcntlArg::F_SETPIPE_SZ(PIPE));
+        }
+    }
+}
 /// Buffers in flight between a thread and the async side.
 const DEPTH: usize = 4;
 
@@ -189,6 +205,7 @@ impl Write for Stdout {
                 // Whatever std's own buffer holds goes first.
                 std::io::stdout().flush()?;
                 let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+                grow_pipe(&fd);
                 self.0.insert(std::fs::File::from(fd))
             }
         };
@@ -273,7 +290,12 @@ where
 
 /// Stdin → `w` until stdin's EOF (not shut down).
 async fn copy_stdin<W: AsyncWrite + Unpin>(w: &mut W, counter: &AtomicU64) -> Result<(), String> {
-    let mut rd = ReadThread::spawn("xtcp-stdin", u64::MAX, || Ok(std::io::stdin().lock()))
+    let stdin = || {
+        let s = std::io::stdin().lock();
+        grow_pipe(&s);
+        Ok(s)
+    };
+    let mut rd = ReadThread::spawn("xtcp-stdin", u64::MAX, stdin)
         .map_err(|e| format!("stdin: cannot start a thread: {e}"))?;
     while let Some(c) = rd.next().await {
         let c = c.map_err(|e| format!("stdin: {e}"))?;
