@@ -200,11 +200,11 @@ async fn run_session(session: xtcp::Session, progress: bool) -> Result<(), Strin
     let ctl = session.control();
     let counters = cli::progress::Counters::default();
     let line = progress.then(|| cli::progress::Progress::start(counters.clone(), None, 0));
-    let r = pipe_stdio_counted(session, &counters).await;
+    let r = cli::stdio::pipe(session, &counters).await;
     if let Some(l) = line {
         l.finish();
     }
-    r.map_err(|e| format!("connection: {e}"))?;
+    r?;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ctl.finished()).await;
     Ok(())
 }
@@ -312,36 +312,6 @@ fn relay_config(a: &RelayArgs) -> Result<RelayClientConfig, String> {
     })
 }
 
-/// Copy stdin → session and session → stdout at once; stdin EOF half-closes.
-/// Returns when the peer's stream ended and our side was flushed and closed.
-async fn pipe_stdio<S>(session: S) -> std::io::Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    pipe_stdio_counted(session, &Default::default()).await
-}
-
-/// [`pipe_stdio`], adding the bytes moved to `c` (for `--progress`).
-async fn pipe_stdio_counted<S>(session: S, c: &cli::progress::Counters) -> std::io::Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    use cli::progress::copy_counted;
-    use tokio::io::{AsyncWriteExt, BufWriter};
-    let (mut rd, mut wr) = tokio::io::split(session);
-    let up = async {
-        let mut stdin = tokio::io::stdin();
-        copy_counted(&mut stdin, &mut wr, &c.sent).await?;
-        wr.shutdown().await
-    };
-    let down = async {
-        let mut stdout = BufWriter::new(tokio::io::stdout());
-        copy_counted(&mut rd, &mut stdout, &c.received).await?;
-        stdout.flush().await
-    };
-    tokio::try_join!(up, down).map(|_| ())
-}
-
 /// `listen` / `connect`: XTCP, then (unless --no-tls) e2e TLS authenticated by the code.
 async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Result<(), String> {
     use xtcp::transport::{EndpointOptions, XtcpEndpoint};
@@ -386,10 +356,7 @@ async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Resu
     let progress = a.progress.then(|| spawn_progress(&stream));
     let waiter = stream.close_waiter();
     let r = match secret {
-        None => {
-            let r = pipe_stdio(stream).await;
-            r.map_err(|e| format!("connection: {e}"))
-        }
+        None => cli::stdio::pipe(stream, &Default::default()).await,
         Some(secret) => {
             let role = if listen {
                 xtcp::e2e::Role::Host
@@ -397,7 +364,7 @@ async fn direct(listen: bool, addr: std::net::SocketAddr, a: DirectArgs) -> Resu
                 xtcp::e2e::Role::Guest
             };
             match xtcp::e2e::handshake(stream, role, &secret, &Default::default()).await {
-                Ok(s) => pipe_stdio(s).await.map_err(|e| format!("connection: {e}")),
+                Ok(s) => cli::stdio::pipe(s, &Default::default()).await,
                 Err(e) => {
                     // The stream was dropped (FIN queued): send it before exiting
                     // so the peer fails at once instead of at its timeout.

@@ -737,3 +737,101 @@ fn listen_and_connect_fail_cleanly() {
     );
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// Large streams both ways at once, byte-exact by SHA-256, through each kind
+/// of descriptor `cli::stdio` meets: the listener's stdin is a pipe fed in
+/// odd-sized writes and its stdout a file; the dialer's stdin is a file and
+/// its stdout a pipe. Each side's stdin EOF half-closes while the other
+/// direction is still running.
+#[test]
+fn listen_and_connect_move_large_streams_between_pipes_and_files() {
+    use xtcp_lab::sha256_hex;
+    let (a, b) = (pattern(40 << 20, 5), pattern(24 << 20, 6));
+    let code = String::from_utf8(Command::new(XTCP).arg("code").output().unwrap().stdout).unwrap();
+    for sec in [vec!["--code", code.trim()], vec!["--no-tls"]] {
+        let dir = TempDir::new("xtcp-large");
+        let (fb, l_out) = (dir.0.join("b"), dir.0.join("listener-out"));
+        std::fs::write(&fb, &b).unwrap();
+        let addr = format!("127.0.0.1:{}", free_udp_port());
+        let mut l = Command::new(XTCP)
+            .args(["listen", &addr])
+            .args(&sec)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&l_out).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut l_in = l.stdin.take().unwrap();
+        let feed = a.clone();
+        let feeder = std::thread::spawn(move || {
+            for c in feed.chunks(100_003) {
+                l_in.write_all(c).unwrap();
+            }
+        });
+        let c = Command::new(XTCP)
+            .args(["connect", &addr])
+            .args(&sec)
+            .stdin(std::fs::File::open(&fb).unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        feeder.join().unwrap();
+        let l = l.wait_with_output().unwrap();
+        assert!(
+            l.status.success() && c.status.success(),
+            "{sec:?}: {} | {}",
+            String::from_utf8_lossy(&l.stderr),
+            String::from_utf8_lossy(&c.stderr)
+        );
+        assert_eq!(
+            sha256_hex(&c.stdout),
+            sha256_hex(&a),
+            "{sec:?}: listener stdin (pipe) → dialer stdout (pipe)"
+        );
+        let got = std::fs::read(&l_out).unwrap();
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&b),
+            "{sec:?}: dialer stdin (file) → listener stdout (file)"
+        );
+    }
+}
+
+/// A reader that goes away: the writer fails at once with one line naming
+/// stdout, not the connection.
+#[test]
+fn a_closed_stdout_is_a_one_line_stdout_error() {
+    let dir = TempDir::new("xtcp-epipe");
+    let fa = dir.0.join("a");
+    std::fs::write(&fa, pattern(8 << 20, 7)).unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let mut l = Command::new(XTCP)
+        .args(["listen", &addr, "--no-tls"])
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = Command::new(XTCP)
+        .args(["connect", &addr, "--no-tls"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut c.stdout.take().unwrap(), &mut first).unwrap();
+    // The pipe's read end is closed here: the next write gets EPIPE.
+    let t = Instant::now();
+    let out = c.wait_with_output().unwrap();
+    let _ = l.kill();
+    let _ = l.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.starts_with("xtcp: stdout: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}

@@ -6,7 +6,6 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Byte counters a copy loop adds to and the progress task reads.
 #[derive(Clone, Default)]
@@ -149,25 +148,6 @@ impl Progress {
     pub fn finish(self) {
         self.task.abort();
         self.line.print(true);
-    }
-}
-
-/// `tokio::io::copy` that adds to `counter` as it goes. Returns the bytes copied.
-pub async fn copy_counted<R, W>(r: &mut R, w: &mut W, counter: &AtomicU64) -> std::io::Result<u64>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
-{
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut done = 0u64;
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(done);
-        }
-        w.write_all(&buf[..n]).await?;
-        done += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

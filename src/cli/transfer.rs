@@ -4,6 +4,7 @@
 //! The framing is in [`super::wire`].
 
 use super::progress::{Counters, Progress};
+use super::stdio::{fill, End, ReadThread, WriteThread, BUF};
 use super::wire::{self, Decline, Reply};
 use ring::digest::{Context, SHA256};
 use std::io::{BufRead, Read, Seek, Write};
@@ -120,7 +121,7 @@ pub async fn send(opts: &xtcp::Options, path: &Path) -> Result<(), String> {
     let counters = Counters::default();
     let progress = Progress::start(counters.clone(), Some(size), from);
     let t = Instant::now();
-    let moved = send_body(&mut file, &mut s, &mut ctx, &counters, size - from).await;
+    let moved = send_body(file, &mut s, &mut ctx, &counters, size - from).await;
     progress.finish();
     let moved = moved?;
     let hash = digest(ctx);
@@ -142,29 +143,31 @@ pub async fn send(opts: &xtcp::Options, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The file's bytes from its current position, hashed on the way.
+/// `len` bytes of the file from its current position (read on a thread of
+/// its own, [`super::stdio`]), hashed on the way.
 async fn send_body(
-    file: &mut std::fs::File,
+    file: std::fs::File,
     s: &mut xtcp::Session,
     ctx: &mut Context,
     counters: &Counters,
     len: u64,
 ) -> Result<u64, String> {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut rd = ReadThread::spawn("xtcp-file", len, move || Ok(file))
+        .map_err(|e| format!("reading the file: {e}"))?;
     let mut done = 0u64;
-    while done < len {
-        let want = buf.len().min((len - done) as usize);
-        let n = tokio::task::block_in_place(|| file.read(&mut buf[..want]))
-            .map_err(|e| format!("reading the file: {e}"))?;
-        if n == 0 {
-            return Err("the file shrank while it was sent".into());
-        }
-        ctx.update(&buf[..n]);
-        s.write_all(&buf[..n]).await.map_err(lost)?;
-        done += n as u64;
+    while let Some(c) = rd.next().await {
+        let c = c.map_err(|e| format!("reading the file: {e}"))?;
+        ctx.update(c.bytes());
+        s.write_all(c.bytes()).await.map_err(lost)?;
+        let n = c.bytes().len() as u64;
+        done += n;
         counters
             .sent
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        rd.recycle(c);
+    }
+    if done < len {
+        return Err("the file shrank while it was sent".into());
     }
     Ok(done)
 }
@@ -263,9 +266,9 @@ pub async fn receive(mut s: xtcp::Session, o: &ReceiveOpts) -> Result<(), String
     let counters = Counters::default();
     let progress = Progress::start(counters.clone(), Some(size), from);
     let t = Instant::now();
-    let r = receive_body(&mut s, &mut file, &mut ctx, &counters, size - from).await;
+    let r = receive_body(&mut s, file, &mut ctx, &counters, size - from).await;
     progress.finish();
-    let moved = r?;
+    let (moved, file) = r?;
     let theirs = wire::read_hash(&mut s).await.map_err(lost)?;
     let ours = digest(ctx);
     let ok = ours == theirs;
@@ -294,43 +297,52 @@ pub async fn receive(mut s: xtcp::Session, o: &ReceiveOpts) -> Result<(), String
     Ok(())
 }
 
-/// `len` bytes from the session into the partial file, hashed on the way.
+/// `len` bytes from the session into the partial file (written on a thread
+/// of its own, [`super::stdio`]), hashed on the way; the file back, written.
 async fn receive_body(
     s: &mut xtcp::Session,
-    file: &mut std::fs::File,
+    file: std::fs::File,
     ctx: &mut Context,
     counters: &Counters,
     len: u64,
-) -> Result<u64, String> {
+) -> Result<(u64, std::fs::File), String> {
     let stop_after: Option<u64> = std::env::var(STOP_AFTER_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
-    let mut buf = vec![0u8; 256 * 1024];
+    let failed = |e: std::io::Error| format!("writing the file: {e}");
+    let mut w = WriteThread::spawn("xtcp-file", file).map_err(failed)?;
     let mut done = 0u64;
     while done < len {
-        let mut want = buf.len().min((len - done) as usize);
+        let mut want = BUF.min((len - done) as usize);
         if let Some(stop) = stop_after {
             if done >= stop {
-                let _ = file.sync_all();
+                let _ = w.finish().await.map(|f| f.sync_all());
                 eprintln!("test hook: stopping after {done} bytes");
                 std::process::exit(3);
             }
             want = want.min((stop - done) as usize);
         }
-        let n = s.read(&mut buf[..want]).await.map_err(lost)?;
-        if n == 0 {
-            return Err(format!(
-                "the sender went away after {} of {len} bytes; the partial file is kept: run the same commands again to resume",
-                done
-            ));
+        let mut buf = w.buffer();
+        let (n, end) = fill(s, &mut buf[..want]).await;
+        if n > 0 {
+            ctx.update(&buf[..n]);
+            w.send(buf, n).await.map_err(failed)?;
+            done += n as u64;
+            counters
+                .received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        tokio::task::block_in_place(|| file.write_all(&buf[..n]))
-            .map_err(|e| format!("writing the file: {e}"))?;
-        ctx.update(&buf[..n]);
-        done += n as u64;
-        counters
-            .received
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let gone = match end {
+            End::More => continue,
+            End::Eof => format!(
+                "the sender went away after {done} of {len} bytes; the partial file is kept: run the same commands again to resume"
+            ),
+            End::Failed(e) => lost(e),
+        };
+        // Keep what arrived: a resumed run starts after it.
+        let _ = w.finish().await;
+        return Err(gone);
     }
-    Ok(done)
+    let file = w.finish().await.map_err(failed)?;
+    Ok((done, file))
 }
