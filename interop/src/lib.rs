@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod nat;
 pub mod nfq;
+pub mod pair;
+pub mod peers;
 pub mod tun;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
