@@ -32,6 +32,11 @@ fn s(r: &Obj, k: &str) -> String {
     }
 }
 
+/// A number with `d` decimals, `-` when absent.
+fn n(r: &Obj, k: &str, d: usize) -> String {
+    f(r, k).map_or("-".into(), |x| format!("{x:.d$}"))
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     (!v.is_empty()).then(|| super::median(&mut v))
 }
@@ -103,7 +108,7 @@ fn matrix_section(out: &mut String, rows: &[Obj]) {
             "| {} | {b} | {} | {} | {} |",
             s(r, "site_a"),
             s(r, "path"),
-            s(r, "time_to_direct_ms"),
+            n(r, "time_to_direct_ms", 1),
             s(r, "verified")
         );
     }
@@ -119,9 +124,9 @@ fn rtt_section(out: &mut String, rows: &[Obj]) {
             s(r, "scenario"),
             s(r, "udp_after_s"),
             s(r, "path"),
-            s(r, "time_to_direct_ms"),
-            s(r, "rtt_ms"),
-            s(r, "rtts_beyond_window")
+            n(r, "time_to_direct_ms", 1),
+            n(r, "rtt_ms", 1),
+            n(r, "rtts_beyond_window", 1)
         );
     }
     out.push('\n');
@@ -137,7 +142,7 @@ fn cwnd_section(out: &mut String, rows: &[Obj]) {
             s(r, "scenario"),
             s(r, "algorithm"),
             s(r, "loss_pct"),
-            s(r, "goodput_mbit"),
+            n(r, "goodput_mbit", 1),
             s(r, "max_cwnd_bytes"),
             s(r, "recovery_episodes")
         );
@@ -154,7 +159,7 @@ fn interop_section(out: &mut String, rows: &[Obj]) {
             "| {} | {mib} | {} | {} | {} / {} | {} / {} |",
             s(r, "scenario"),
             s(r, "verified"),
-            s(r, "seconds"),
+            n(r, "seconds", 2),
             s(r, "mss_violations"),
             s(r, "window_violations"),
             s(r, "kernel_retransmits"),
