@@ -305,11 +305,7 @@ pub fn run(opts: &RunOpts) -> Result<SetOutput, String> {
     let xtcp = opts.xtcp()?;
     // Full: 64 MiB, median of 3 (kernel TCP at 5 % moved 223–418 Mbit/s on
     // an idle machine, ≈ 10 on a loaded one: 50 s per run).
-    let (mib, reps) = if opts.quick {
-        (16usize, 1u32)
-    } else {
-        (64, 3)
-    };
+    let (mib, reps) = if opts.quick { (16usize, 1u32) } else { (64, 3) };
     let len = mib << 20;
     let data = crate::payload(opts.seed, len);
     let want = crate::sha256_hex(&data);
