@@ -13,11 +13,12 @@ use std::process::ExitCode;
 use xtcp_lab::results::{self, RunOpts, SETS};
 
 const USAGE: &str = "usage:
-  xtcp-lab run --set SET[,SET…] --out DIR [--seed N] [--quick] [--xtcp PATH] [--relay-bin PATH]
+  xtcp-lab run --set SET[,SET…] --out DIR [--seed N] [--quick] [--pin] [--xtcp PATH] [--relay-bin PATH]
   xtcp-lab readme --results DIR --readme README.md
 
 sets: matrix, rtt, loss, interop, cwnd (or all)
   --quick        small sizes and fewer cells (a few minutes in all); default: full (≤ 15 min on 2 cores)
+  --pin          loss: sender on core 0, receiver on core 1 (default: the scheduler's choice)
   --xtcp PATH    the xtcp program (else $XTCP_BIN, else next to xtcp-lab)
   --relay-bin P  the xtcp-relay program (else $XTCP_RELAY_BIN, else next to xtcp-lab)
 Needs root for every set but cwnd (network namespaces, nftables, iptables for rtt).";
@@ -30,6 +31,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
         quick: false,
         xtcp: None,
         relay: None,
+        pin: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -52,6 +54,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
                     .map_err(|_| format!("--seed {v:?}: not a number"))?;
             }
             "--quick" => o.quick = true,
+            "--pin" => o.pin = true,
             "--xtcp" => o.xtcp = Some(PathBuf::from(val()?)),
             "--relay-bin" => o.relay = Some(PathBuf::from(val()?)),
             other => return Err(format!("unknown argument {other:?}")),

@@ -23,6 +23,8 @@ pub struct Meta {
     pub quick: bool,
     pub sets: Vec<String>,
     pub cores: usize,
+    /// `--pin` (set `loss`).
+    pub pin: bool,
     /// `/proc/loadavg`'s 1, 5 and 15 minute load at the start: the machine
     /// may be shared, and the figures move with it.
     pub loadavg: String,
@@ -98,6 +100,7 @@ impl Meta {
             quick: opts.quick,
             sets: opts.sets.clone(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: opts.pin,
             loadavg: loadavg(),
         }
     }
@@ -129,6 +132,7 @@ impl Meta {
             "mode": if self.quick { "quick" } else { "full" },
             "sets": self.sets,
             "cores": self.cores,
+            "pinned": self.pin,
             "loadavg_start": self.loadavg,
         })
     }

@@ -66,6 +66,9 @@ pub struct RunOpts {
     pub xtcp: Option<PathBuf>,
     /// The `xtcp-relay` program (sets `matrix`, `rtt`).
     pub relay: Option<PathBuf>,
+    /// Set `loss`: sender on core 0, receiver on core 1 (else the
+    /// scheduler's choice).
+    pub pin: bool,
 }
 
 /// Where a program is: the flag, else the environment variable, else next

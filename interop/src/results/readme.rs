@@ -66,9 +66,17 @@ fn loss_section(out: &mut String, rows: &[Obj]) {
         .max()
         .unwrap_or(0)
         >> 20;
+    let pinned = rows
+        .iter()
+        .any(|r| r.get("pinned") == Some(&Value::Bool(true)));
+    let placed = if pinned {
+        "sender on core 0, receiver on core 1"
+    } else {
+        "threads placed by the scheduler"
+    };
     let _ = writeln!(
         out,
-        "Goodput against random loss (`loss`: veth between two namespaces, nftables drops at the receiver; {mib} MiB per run, median of {runs}; every run byte-exact):\n"
+        "Goodput against random loss (`loss`: veth between two namespaces, nftables drops at the receiver; {mib} MiB per run, median of {runs}, {placed}; every run byte-exact):\n"
     );
     out.push_str("| loss | XTCP (`xtcp --no-tls`, CUBIC) Mbit/s | kernel TCP CUBIC Mbit/s | XTCP / TCP | measured drop (XTCP / TCP) |\n|---:|---:|---:|---:|---:|\n");
     let num = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
