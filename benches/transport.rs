@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xtcp_lab::nfq::{DelayConfig, Delayer, Tap};
-use xtcp_lab::{payload, require_root, sha256_hex, veth, Netns};
+use xtcp_lab::{payload, require_root, sha256_hex, Netns};
 
 /// Payload seed shared by the parent and the children.
 const SEED: u64 = 0x7261_6e73;
@@ -309,71 +309,27 @@ impl Drop for Proc {
     }
 }
 
-/// Two namespaces joined by a veth pair; the sender's veth segments in software
-/// (`gso_max_segs 1`) so that nftables drops single packets, not GSO bursts.
-struct Lab {
-    a: Netns,
-    b: Netns,
+/// The lab: `xtcp_lab::pair::Pair` (two namespaces on a veth, the sender's
+/// segmenting in software, nftables loss with counters at the receiver).
+struct Lab(xtcp_lab::pair::Pair);
+
+impl std::ops::Deref for Lab {
+    type Target = xtcp_lab::pair::Pair;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Lab {
     fn new() -> Result<Lab, String> {
-        let a = Netns::new("tA").map_err(|e| format!("netns: {e}"))?;
-        let b = Netns::new("tB").map_err(|e| format!("netns: {e}"))?;
-        veth(&a, "eth0", A_CIDR, &b, "eth0", B_CIDR, 1500).map_err(|e| format!("veth: {e}"))?;
-        a.exec(&["ip", "link", "set", "dev", "eth0", "gso_max_segs", "1"])
-            .map_err(|e| format!("gso_max_segs: {e}"))?;
-        Ok(Lab { a, b })
+        xtcp_lab::pair::Pair::new(("tA", "tB"), A_CIDR, B_CIDR)
+            .map(Lab)
+            .map_err(|e| format!("lab: {e}"))
     }
 
     /// Drop `per_mille` ‰ of the packets arriving at the receiver, at random.
-    /// A counter rule before the drop rule counts everything that arrives.
     fn loss(&self, per_mille: u32) -> Result<(), String> {
-        let thr = per_mille.to_string();
-        let ex = |args: &[&str]| {
-            self.b
-                .exec(args)
-                .map(|_| ())
-                .map_err(|e| format!("nft: {e}"))
-        };
-        ex(&["nft", "add", "table", "inet", "xbench"])?;
-        ex(&[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "xbench",
-            "pre",
-            "{ type filter hook prerouting priority -300; }",
-        ])?;
-        ex(&[
-            "nft", "add", "rule", "inet", "xbench", "pre", "iifname", "eth0", "counter",
-        ])?;
-        ex(&[
-            "nft", "add", "rule", "inet", "xbench", "pre", "iifname", "eth0", "numgen", "random",
-            "mod", "1000", "<", &thr, "counter", "drop",
-        ])
-    }
-
-    /// (packets arriving, packets dropped) by the loss rules.
-    fn loss_counters(&self) -> Option<(u64, u64)> {
-        let out = self
-            .b
-            .exec(&["nft", "list", "chain", "inet", "xbench", "pre"])
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let counts: Vec<u64> = text
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                w.position(|x| x == "packets")?;
-                w.next()?.parse().ok()
-            })
-            .collect();
-        match counts.as_slice() {
-            [all, dropped] => Some((*all, *dropped)),
-            _ => None,
-        }
+        self.0.loss(per_mille).map_err(|e| format!("nft: {e}"))
     }
 }
 

@@ -67,67 +67,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xtcp_lab::nat::{Lab, NatKind, Site, SiteConfig};
 
-/// The matrix's plan: the UDP window scaled down to 1 s.
-const MATRIX_PLAN: HostPlan<'static> = HostPlan {
-    args: &["--udp-after", "1"],
-    grace: DIRECT_GRACE,
-};
-
-/// Port prediction budget of the cells that use it (`--port-prediction`):
-/// 800 sockets on one side and 800 guessed ports on the other make a
-/// collision among ~64,500 random ports all but certain (1 − e^(−800²/64,512)
-/// > 0.99995).
-const PREDICTION: &str = "800";
-
-/// The cells: site A, site B, whether both peers use port prediction.
-fn cells() -> Vec<(SiteConfig, SiteConfig, bool)> {
-    let mut v = Vec::new();
-    for (i, &a) in NatKind::ALL.iter().enumerate() {
-        for &b in &NatKind::ALL[i..] {
-            v.push((a.into(), b.into(), false));
-        }
-    }
-    let fw = |nat, block_inbound_tcp, block_udp| SiteConfig {
-        nat,
-        block_inbound_tcp,
-        block_udp,
-    };
-    use NatKind::*;
-    for (a, b) in [
-        (fw(FullCone, true, false), FullCone.into()),
-        (PortRestricted.into(), fw(PortRestricted, true, false)),
-        (fw(None, false, true), PortRestricted.into()),
-        (
-            fw(PortRestricted, false, true),
-            fw(PortRestricted, false, true),
-        ),
-        (
-            fw(PortRestricted, true, false),
-            fw(PortRestricted, true, false),
-        ),
-        (fw(None, true, false), fw(Symmetric, true, false)),
-        (
-            fw(FullCone, true, false),
-            fw(AddressRestricted, true, false),
-        ),
-    ] {
-        v.push((a, b, false));
-    }
-    // Port prediction through the one EIM pair that needs it, both ways round.
-    v.push((PortRestricted.into(), Symmetric.into(), true));
-    v.push((Symmetric.into(), PortRestricted.into(), true));
-    v
-}
-
-/// "A x B", with the port prediction flag.
-fn cell_name(a: SiteConfig, b: SiteConfig, prediction: bool) -> String {
-    let mut s = format!("{} x {}", label(a), label(b));
-    if prediction {
-        s += " +port prediction";
-    }
-    s
-}
-
 #[test]
 fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
     xtcp_lab::require_root();
@@ -136,7 +75,7 @@ fn nat_matrix_host_join_byte_exact_and_path_per_cell() {
     let mut results = Vec::new();
     // XTCP_NAT_CELLS=substring runs only the cells whose "A x B" contains it.
     let only = std::env::var("XTCP_NAT_CELLS").ok();
-    for (n, (a, b, prediction)) in cells().into_iter().enumerate() {
+    for (n, (a, b, prediction)) in matrix_cells().into_iter().enumerate() {
         let name = cell_name(a, b, prediction);
         if only.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;

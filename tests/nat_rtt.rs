@@ -31,9 +31,8 @@
 mod common_lab;
 
 use common_lab::*;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use xtcp_lab::nat::{udp_bind, Lab, NatKind, Site, SiteConfig, ECHO1};
+use xtcp_lab::nat::{Lab, NatKind, SiteConfig};
 
 /// One-way delay through `inet`.
 const ONE_WAY: Duration = Duration::from_millis(20);
@@ -64,25 +63,7 @@ const TINY: (usize, usize) = (1024, 1024);
 /// The least of 7 UDP round trips from site A's peer to the echo on the
 /// relay's address (the same delay as peer ↔ peer, see [`Lab::delay`]).
 fn echo_rtt(lab: &Lab) -> Duration {
-    let sock = udp_bind(lab.peer(Site::A), "0.0.0.0:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let to = SocketAddr::from(ECHO1);
-    let mut buf = [0u8; 512];
-    let mut v = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        sock.send_to(b"map?", to).expect("send");
-        // Sequential probes, each answered before the next is sent.
-        loop {
-            let (_, from) = sock.recv_from(&mut buf).expect("echo answer");
-            if from == to {
-                break;
-            }
-        }
-        v.push(t.elapsed());
-    }
-    v.into_iter().min().expect("7 round trips")
+    xtcp_lab::peers::echo_rtt(lab).expect("echo round trips")
 }
 
 struct Cell<'a> {

@@ -14,6 +14,12 @@
 //! peer's `eth0` to a pcap file there ([`Netns::capture`]), for Wireshark
 //! with `interop/wireshark/xtcp.lua`.
 //!
+//! [`peers`] runs the `xtcp` and `xtcp-relay` programs in a [`nat::Lab`]
+//! (one host/join cell end to end), [`pair`] is the veth pair with random
+//! loss of the transport bench, and [`results`] is the `xtcp-lab` program:
+//! named scenario sets → a results folder (JSON/CSV rows, SVG figures, pcap
+//! captures) → the README's results block.
+//!
 //! Root is required. [`require_root`] fails loudly (never skips) so that CI,
 //! which runs as root, cannot silently pass without running these tests.
 
@@ -23,6 +29,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod nat;
 pub mod nfq;
+pub mod pair;
+pub mod peers;
+pub mod results;
 pub mod tun;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -83,6 +83,7 @@ use std::io;
 use std::net::{
     Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, ToSocketAddrs, UdpSocket,
 };
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -410,20 +411,31 @@ impl Lab {
             nft_apply(r, &router_ruleset(site, lab.config(site)))?;
         }
         if let Some(dir) = std::env::var_os(crate::PCAP_VAR) {
-            let dir = std::path::PathBuf::from(dir);
-            std::fs::create_dir_all(&dir)?;
-            for site in [Site::A, Site::B] {
-                let ns = lab.peer(site);
-                let cap = ns.capture("eth0", &dir.join(format!("{}-eth0.pcap", ns.name())))?;
-                eprintln!(
-                    "lab: capturing {} eth0 to {}",
-                    ns.name(),
-                    cap.path().display()
-                );
-                lab.captures.push(cap);
-            }
+            lab.capture_peers(Path::new(&dir), None)?;
         }
         Ok(lab)
+    }
+
+    /// Record each peer namespace's `eth0` into `dir` until the lab is
+    /// dropped ([`Netns::capture`]): `<stem>-peer_a.pcap` and
+    /// `<stem>-peer_b.pcap`, or without a stem `<namespace>-eth0.pcap` (as
+    /// [`crate::PCAP_VAR`] does). Returns the files.
+    pub fn capture_peers(&mut self, dir: &Path, stem: Option<&str>) -> io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut files = Vec::new();
+        for site in [Site::A, Site::B] {
+            let ns = &self.peers[site.idx()];
+            let file = match stem {
+                Some(stem) => format!("{stem}-peer_{}.pcap", ["a", "b"][site.idx()]),
+                None => format!("{}-eth0.pcap", ns.name()),
+            };
+            let cap = ns.capture("eth0", &dir.join(file))?;
+            let path = cap.path().display().to_string();
+            eprintln!("lab: capturing {} eth0 to {path}", ns.name());
+            files.push(cap.path().to_owned());
+            self.captures.push(cap);
+        }
+        Ok(files)
     }
 
     /// The internet router namespace (where the relay runs).

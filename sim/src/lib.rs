@@ -142,6 +142,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bulk;
 mod link;
 mod pcap;
 mod rng;
