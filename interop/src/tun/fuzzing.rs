@@ -34,8 +34,9 @@ fn carried(tcp: &[u8], ports: bool) -> Vec<u8> {
 /// Then, if byte 0 is odd, the input drives the bridge's flow table
 /// ([`drive_bridge`]).
 pub fn tun_translate(data: &[u8]) {
-    let mut a = [0u8; 70_000];
-    let mut b = [0u8; 70_000];
+    // Every translation adds at most 20 bytes to what it was given.
+    let mut a = vec![0u8; data.len() + 64];
+    let mut b = vec![0u8; data.len() + 64];
     let virt = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7);
     let kernel = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5000);
     if let Ok((id, tcp)) = parse_xtcp(data) {
@@ -116,6 +117,7 @@ fn drive_bridge(mut d: &[u8]) {
     let mut s = State::new(cfg.clone(), 1);
     let mut ids: Vec<u64> = vec![1, 2];
     let mut out = vec![0u8; 4096];
+    let mut pkt = vec![0u8; 4096];
     while let Some(h) = next(10) {
         let (op, flags, pick) = (h[0], h[1], usize::from(h[2]));
         let seq = u32::from_be_bytes([h[3], h[4], 0, 0]).wrapping_add(u32::from(h[5]));
@@ -137,7 +139,6 @@ fn drive_bridge(mut d: &[u8]) {
         tcp[14..16].copy_from_slice(&window.to_be_bytes());
         tcp.extend_from_slice(&opts);
         tcp.resize(tcp.len() + payload, 0xab);
-        let mut pkt = vec![0u8; 4096];
         if op & 1 == 0 {
             // From the kernel, on one of a few 4-tuples.
             let k = SocketAddrV4::new(cfg.kernel_addr, ports[0]);
