@@ -85,6 +85,9 @@ pub mod transport;
 // benches; `session` only re-exports, under the paths `src/main.rs` still uses.
 #[doc(hidden)]
 pub mod e2e;
+// Fuzz oracles (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
+#[doc(hidden)]
+pub mod fuzzing;
 #[doc(hidden)]
 pub mod secret;
 #[doc(hidden)]

@@ -106,6 +106,18 @@ pub fn seal_with_nonce(
     let mut body = Vec::new();
     encode(&Frame::Candidates(candidates.to_vec()), &mut body)
         .map_err(|e| PreambleError::Local(e.to_string()))?;
+    seal_plaintext(secret, role, body, nonce)
+}
+
+/// Seal any `body` as `role`'s preamble: [`seal_with_nonce`] without the
+/// encoding, so the fuzz oracle (`crate::fuzzing::preamble`) can reach
+/// [`open`]'s frame check with plaintexts that are not CANDIDATES frames.
+pub(crate) fn seal_plaintext(
+    secret: &SessionSecret,
+    role: Role,
+    mut body: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+) -> Result<Vec<u8>, PreambleError> {
     key(secret, role)?
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),

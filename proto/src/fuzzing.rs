@@ -6,6 +6,30 @@
 
 use crate::xtcp::wire::SegmentRepr;
 
+/// Run `oracle` on every file in `<corpus>/<target>/` (the corpus must not
+/// be empty); a failure names the input, so it can be re-run with
+/// `cargo fuzz run <target> <file>`. The replay tests of every crate with
+/// oracles (`proto/tests`, `tests`, `interop/tests`: `fuzz_corpus.rs`) call this.
+pub fn replay(corpus: &std::path::Path, target: &str, oracle: fn(&[u8])) {
+    let dir = corpus.join(target);
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    entries.sort();
+    assert!(!entries.is_empty(), "empty corpus {}", dir.display());
+    for path in &entries {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let result = std::panic::catch_unwind(|| oracle(&data));
+        assert!(
+            result.is_ok(),
+            "{target}: oracle failed on {}",
+            path.display()
+        );
+    }
+}
+
 /// XTCP segment codec oracle.
 ///
 /// Parsing arbitrary bytes must return, never panic. When it succeeds, the

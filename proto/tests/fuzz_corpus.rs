@@ -4,30 +4,12 @@
 //!
 //! Adding a target is one line: `replay!(name, xtcp_proto::fuzzing::name);`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-/// Run `oracle` on every file in `fuzz/corpus/<target>/`; the corpus must not be empty.
+/// Run `oracle` on every file in `fuzz/corpus/<target>/`.
 fn replay(target: &str, oracle: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    entries.sort();
-    assert!(!entries.is_empty(), "empty corpus {}", dir.display());
-    for path in &entries {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // A panic names the input, so it can be re-run with `cargo fuzz run <target> <file>`.
-        let result = std::panic::catch_unwind(|| oracle(&data));
-        assert!(
-            result.is_ok(),
-            "{target}: oracle failed on {}",
-            path.display()
-        );
-    }
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    xtcp_proto::fuzzing::replay(&corpus, target, oracle);
 }
 
 macro_rules! replay {

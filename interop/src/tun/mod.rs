@@ -27,6 +27,8 @@
 //! the SYN options, and can drop segments at random (seeded) in either
 //! direction. [`Bridge::report`] returns all of it.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod translate;
 
 use crate::Netns;

@@ -298,6 +298,32 @@ impl RelayConfig {
         Ok(l)
     }
 
+    /// Every duration [`Self::limits`] derives, by key (the fuzz oracle checks
+    /// that each one can be added to a clock; the destructuring makes a new
+    /// field of [`Limits`] a compile error here until it is listed).
+    pub(crate) fn limit_durations(&self) -> Result<[(&'static str, Duration); 8], ConfigError> {
+        let Limits {
+            waiting_ttl,
+            idle_timeout,
+            handshake_timeout,
+            first_byte_timeout,
+            lockout,
+            guess_interval,
+            drain,
+            log_interval,
+        } = self.limits()?;
+        Ok([
+            ("waiting_ttl_secs", waiting_ttl),
+            ("idle_timeout_secs", idle_timeout),
+            ("handshake_timeout_secs", handshake_timeout),
+            ("first_byte_timeout_secs", first_byte_timeout),
+            ("lockout_secs", lockout),
+            ("guess_interval_secs", guess_interval),
+            ("drain_secs", drain),
+            ("log_interval_secs", log_interval),
+        ])
+    }
+
     /// Check everything that does not need files or sockets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits()?;
