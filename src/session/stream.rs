@@ -41,8 +41,11 @@ impl SessionStream {
     /// The peer's address on the current path if it is direct, and for
     /// direct UDP (XTCP) that path's smoothed RTT.
     pub fn direct_peer(&self) -> Option<(SocketAddr, Option<Duration>)> {
+        // The published path, as `path()` reports it (the manager's own
+        // moves first, before the driver publishes it): `peer_addr` is
+        // `None` whenever `path()` says relay.
+        let cur = *self.path.borrow();
         let g = self.link.lock();
-        let cur = g.m.current_path();
         if cur == Path::Relay {
             return None;
         }
