@@ -14,6 +14,7 @@ pub fn replay(corpus: &std::path::Path, target: &str, oracle: fn(&[u8])) {
     let dir = corpus.join(target);
     let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        // ok: test-only corpus replay over the repository's own files.
         .map(|entry| entry.expect("directory entry").path())
         .filter(|path| path.is_file())
         .collect();
