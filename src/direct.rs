@@ -60,6 +60,11 @@ pub struct DirectOptions {
     /// ports of it are probed (0: off, the default). Bounded birthday
     /// search, `spec/direct.md` §4.3.4.
     pub port_prediction: usize,
+    /// How long a lost relay path is set up again (with backoff, on the
+    /// same relay, else the next of the list) before the session gives up;
+    /// zero: a lost relay path that carries the session ends it
+    /// (`spec/direct.md` §4.8).
+    pub relay_resume: Duration,
 }
 
 impl Default for DirectOptions {
@@ -77,6 +82,7 @@ impl Default for DirectOptions {
             udp_after: Duration::from_secs(10),
             port_prediction: 0,
             relay_keepalive_interval: Duration::from_secs(15),
+            relay_resume: proto::session::RELAY_RESUME,
         }
     }
 }

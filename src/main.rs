@@ -160,6 +160,11 @@ struct RelayArgs {
     /// Costs N sockets and a few N small datagrams per UDP attempt.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=2048))]
     port_prediction: u16,
+    /// Seconds to set a lost relay connection up again (same relay first,
+    /// then the next of the list) before the session gives up; 0: a lost
+    /// relay that carries the session ends it.
+    #[arg(long, default_value_t = 60.0)]
+    relay_resume: f64,
 }
 
 fn direct_options(a: &RelayArgs) -> Result<xtcp::DirectOptions, String> {
@@ -189,6 +194,8 @@ fn direct_options(a: &RelayArgs) -> Result<xtcp::DirectOptions, String> {
         tcp: !a.no_direct_tcp,
         udp: !a.no_direct_udp,
         port_prediction: usize::from(a.port_prediction),
+        relay_resume: std::time::Duration::try_from_secs_f64(a.relay_resume)
+            .map_err(|_| "--relay-resume must be a number of seconds")?,
         ..DirectOptions::default()
     })
 }
@@ -220,9 +227,26 @@ fn report_paths(session: &xtcp::Session) {
         eprintln!("path: {now}");
     }
     tokio::spawn(async move {
+        // A stall (no path while the relay is set up again) is reported
+        // with its length when the bytes flow again.
+        let mut stalled: Option<std::time::Instant> = None;
         while ev.changed().await.is_ok() {
             let p = *ev.borrow_and_update();
-            eprintln!("path: {p}");
+            match (p, stalled) {
+                (xtcp::Path::Reconnecting, None) => {
+                    stalled = Some(std::time::Instant::now());
+                    eprintln!("path: {p} (relay lost; setting it up again)");
+                }
+                (xtcp::Path::Reconnecting, Some(_)) => {}
+                (p, Some(t)) => {
+                    stalled = None;
+                    eprintln!(
+                        "path: {p} (after a stall of {:.1} s)",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                (p, None) => eprintln!("path: {p}"),
+            }
         }
     });
 }
@@ -486,6 +510,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let host = xtcp::host(&opts).await.map_err(|e| explain(e, true))?;
             let ticket = host.ticket();
             eprintln!("code: {}", host.code());
+            eprintln!("relay: {}", host.relay());
             eprintln!("ticket: {ticket}");
             eprintln!("on the other machine run: xtcp join {ticket}");
             let session = host.accept().await.map_err(|e| explain(e, true))?;

@@ -133,6 +133,19 @@ impl SessionSecret {
         self.expand(INFO_RENDEZVOUS)
     }
 
+    /// The rendezvous id of relay connection `generation` (`spec/session.md`
+    /// §2.1): generation 0 is [`SessionSecret::rendezvous_id`]; each relay
+    /// path set up again after a loss (`spec/direct.md` §4.8) uses the next
+    /// one, so a relay that saw one id cannot derive another.
+    pub fn rendezvous_id_for(&self, generation: u32) -> [u8; 16] {
+        if generation == 0 {
+            return self.rendezvous_id();
+        }
+        let mut info = INFO_RENDEZVOUS.to_vec();
+        info.extend_from_slice(&generation.to_be_bytes());
+        self.expand(&info)
+    }
+
     /// The key the peers prove knowledge of the secret with. Never sent anywhere.
     pub fn auth_key(&self) -> [u8; 32] {
         self.expand(INFO_AUTH)
@@ -300,6 +313,26 @@ mod tests {
         // Vector in spec/session.md §2.3 (HKDF-SHA256, RFC 5869).
         let expected = vector_rid();
         assert_eq!(hex(&rid), expected);
+    }
+
+    #[test]
+    fn rendezvous_ids_of_later_relay_generations_match_the_spec() {
+        let s = SessionSecret::from_bytes([0; 16]);
+        assert_eq!(s.rendezvous_id_for(0), s.rendezvous_id());
+        let spec = include_str!("../spec/session.md");
+        let mut seen = 0;
+        for k in 1..=2u32 {
+            let line = format!("    rendezvous_id(S=00…00, generation {k}) = ");
+            let want = spec
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .map(str::trim)
+                .unwrap_or_default();
+            assert_eq!(hex(&s.rendezvous_id_for(k)), want, "generation {k}");
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+        assert_ne!(s.rendezvous_id_for(1), s.rendezvous_id_for(2));
     }
 
     fn hex(b: &[u8]) -> String {

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use xtcp::relay::client::{create_session, join_session};
 use xtcp::relay::{RelayClientConfig, RelayError, RelayTrust};
 
@@ -15,27 +15,7 @@ const XTCP: &str = env!("CARGO_BIN_EXE_xtcp");
 const RELAY: &str = env!("CARGO_BIN_EXE_xtcp-relay");
 
 mod common_cli;
-use common_cli::{stderr_lines, wait_line};
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!(
-            "xtcp-fleet-{tag}-{}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common_cli::{new_token, stderr_lines, until, wait_line, TempDir as Dir};
 
 /// A relay process; its stderr goes to a file.
 struct RelayProc {
@@ -75,35 +55,6 @@ impl RelayProc {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .any(|v| v["event"] == event && v["session"] == label)
     }
-}
-
-/// Bounded wait (20 s) until `f` holds.
-fn until(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn new_token() -> (String, String) {
-    let out = Command::new(RELAY).arg("token").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_string();
-    let line = text
-        .lines()
-        .find_map(|l| l.split_once("add to the relay config:").map(|x| x.1.trim()))
-        .unwrap()
-        .to_string();
-    (token, line)
 }
 
 /// `xtcp-relay --config relay.toml` with `toml` (listen, UDP service and
@@ -195,7 +146,7 @@ enum Guest {
 /// relay's pin is refused with both fingerprints named.
 #[test]
 fn a_two_relay_self_signed_fleet_works_with_two_pins() {
-    let (token, line) = new_token();
+    let (token, line) = new_token(RELAY);
     // Each relay its own config file and state_dir; the same token.
     let toml = format!("self_signed = true\nstate_dir = \"{{dir}}/state\"\n{line}");
     let relays = [start_relay("a", &toml), start_relay("b", &toml)];

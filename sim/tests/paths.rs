@@ -58,6 +58,11 @@ enum Ev {
     Prepared(usize, u32),
     /// Scenario step `n` is due.
     Step(usize),
+    /// `side`'s relay connection of `generation` on pair `pair` is
+    /// re-paired and authenticated (§4.8).
+    RelayOpened(usize, usize, u32),
+    /// `side`'s relay connection attempt of `generation` failed.
+    RelayFailed(usize, u32),
 }
 
 /// What the scenario allows and does.
@@ -92,6 +97,11 @@ struct Scenario {
     /// Each side's runtime left bytes in a socket at some point because the
     /// manager paused reading (§3.2's read-ahead pause was exercised).
     expect_held: bool,
+    /// Longest a side may spend with no path (`Path::Reconnecting`) beyond
+    /// the relay's own downtime (§4.8).
+    max_stall: Duration,
+    /// Each side reconnects its relay path at least this often.
+    min_relay_reconnects: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,6 +121,12 @@ enum Step {
     /// A side's application reads at most this many bytes per millisecond
     /// (`None`: as fast as bytes come).
     ReadRate(usize, Option<u64>),
+    /// The relay dies (both relay connections end, as after SIGKILL) and
+    /// accepts nothing for this long; then it is back, empty.
+    RestartRelay(Duration),
+    /// The relay black-holes its connections (no close, no error) and
+    /// accepts nothing for this long.
+    BlackholeRelay(Duration),
 }
 
 struct Side {
@@ -153,6 +169,12 @@ struct World {
     direct_ok: bool,
     streams: [Vec<u8>; 2],
     log: Vec<String>,
+    /// The relay accepts connections again from then on.
+    relay_up_at: Instant,
+    /// The relay was last down from .. to (for the stall bound).
+    relay_downtime: Vec<(Instant, Instant)>,
+    /// The host's registration waiting at the relay: its generation.
+    host_waiting: Option<u32>,
 }
 
 fn stream(seed: u64, side: usize, len: usize) -> Vec<u8> {
@@ -236,6 +258,9 @@ impl World {
             direct_ok: true,
             streams,
             log: Vec::new(),
+            relay_up_at: Instant::ZERO,
+            relay_downtime: Vec::new(),
+            host_waiting: None,
             sc: sc.clone(),
         };
         for (i, (t, _)) in sc.steps.iter().enumerate() {
@@ -374,13 +399,13 @@ impl World {
                 // No flap: leaving a direct path needs a cause (§4.7): the
                 // harness broke the direct path this side was on.
                 let caused = s.direct_pair.is_some_and(|d| self.pairs[d].cut);
-                if p != Path::Relay {
+                if p != Path::Relay && p != Path::Reconnecting {
                     s.direct_pair = self
                         .pairs
                         .iter()
                         .rposition(|x| x.kind == p && x.handle[side].is_some());
                 }
-                if was != Path::Relay && p == Path::Relay && !caused {
+                if was != Path::Relay && was != Path::Reconnecting && p == Path::Relay && !caused {
                     return Err(format!(
                         "flap: side {side} left {was} at {} with no cause",
                         self.now
@@ -444,8 +469,59 @@ impl World {
             Action::StopUdp => {
                 self.sides[side].udp_start = None;
             }
+            Action::ConnectRelay { generation } => self.connect_relay(side, generation),
+            Action::StopRelay => {
+                if side == H {
+                    self.host_waiting = None;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// One relay connection attempt (§4.8): refused while the relay is
+    /// down; the host's CREATE waits for the guest; the guest's JOIN pairs
+    /// with a waiting host of the same generation, or is answered
+    /// `UNKNOWN_SESSION` a relay round trip later.
+    fn connect_relay(&mut self, side: usize, generation: u32) {
+        let now = self.now;
+        let one = self.sc.relay_one_way;
+        if now < self.relay_up_at {
+            self.at(now + ms(1), Ev::RelayFailed(side, generation));
+            return;
+        }
+        if side == H {
+            self.host_waiting = Some(generation);
+            return;
+        }
+        if self.host_waiting != Some(generation) {
+            self.at(now + one * 2, Ev::RelayFailed(G, generation));
+            return;
+        }
+        self.host_waiting = None;
+        self.pairs.push(Pair {
+            kind: Path::Relay,
+            handle: [None, None],
+            one_way: one,
+            rate: 100_000,
+            busy_until: [Instant::ZERO; 2],
+            cut: false,
+            stall_until: Instant::ZERO,
+            closed: [false; 2],
+            pending: [Vec::new(), Vec::new()],
+        });
+        let p = self.pairs.len() - 1;
+        // JOIN, PAIRED to both; then the e2e handshake: the host has the
+        // guest's tag after ClientHello, flight, Finished + tag.
+        self.at(now + one * 4, Ev::RelayOpened(G, p, generation));
+        self.at(now + one * 5, Ev::RelayOpened(H, p, generation));
+    }
+
+    /// The live relay pair (the newest one).
+    fn relay_pair(&self) -> Option<usize> {
+        self.pairs
+            .iter()
+            .rposition(|p| p.kind == Path::Relay && !p.cut)
     }
 
     /// A direct connection of `kind` whose transport is up at `t`: the
@@ -498,7 +574,31 @@ impl World {
             }
             Step::AllowDirect(b) => self.direct_ok = b,
             Step::StallRelay(d) => {
-                self.pairs[0].stall_until = self.now + d;
+                if let Some(p) = self.relay_pair() {
+                    self.pairs[p].stall_until = self.now + d;
+                }
+            }
+            Step::RestartRelay(d) | Step::BlackholeRelay(d) => {
+                let now = self.now;
+                for p in 0..self.pairs.len() {
+                    if self.pairs[p].kind != Path::Relay || self.pairs[p].cut {
+                        continue;
+                    }
+                    self.pairs[p].cut = true;
+                    if matches!(st, Step::RestartRelay(_)) {
+                        let one = self.pairs[p].one_way;
+                        self.at(now + one, Ev::Closed(H, p));
+                        self.at(now + one, Ev::Closed(G, p));
+                    }
+                }
+                // A host waiting at the relay sees its connection end.
+                if let Some(g) = self.host_waiting.take() {
+                    if matches!(st, Step::RestartRelay(_)) {
+                        self.at(now + self.sc.relay_one_way, Ev::RelayFailed(H, g));
+                    }
+                }
+                self.relay_up_at = now + d;
+                self.relay_downtime.push((now, now + d));
             }
             Step::StopReading(s) => self.sides[s].reading = false,
             Step::Read(s) => self.sides[s].reading = true,
@@ -588,6 +688,43 @@ impl World {
                     round,
                     Some(vec![cand(Transport::Udp, addr)]),
                 );
+                self.drive(side)?;
+            }
+            Ev::RelayOpened(side, p, generation) => {
+                let observed: SocketAddr = if side == H {
+                    "198.18.0.1:40001".parse().expect("addr")
+                } else {
+                    "198.18.0.2:40001".parse().expect("addr")
+                };
+                let cut = self.pairs[p].cut;
+                match self.sides[side]
+                    .m
+                    .handle_relay_connected(now, generation, observed)
+                {
+                    Some(h) if !cut => {
+                        self.pairs[p].handle[side] = Some(h);
+                        for b in std::mem::take(&mut self.pairs[p].pending[side]) {
+                            self.sides[side].m.handle_path_data(now, h, &b);
+                        }
+                        if self.pairs[p].closed[1 - side] {
+                            self.at(now, Ev::Closed(side, p));
+                        }
+                    }
+                    Some(h) => {
+                        // The relay died again during the handshake.
+                        self.pairs[p].handle[side] = Some(h);
+                        self.at(now, Ev::Closed(side, p));
+                    }
+                    None => {
+                        self.pairs[p].closed[side] = true;
+                        let one = self.pairs[p].one_way;
+                        self.at(now + one, Ev::Closed(1 - side, p));
+                    }
+                }
+                self.drive(side)?;
+            }
+            Ev::RelayFailed(side, generation) => {
+                self.sides[side].m.handle_relay_failed(now, generation);
                 self.drive(side)?;
             }
             Ev::Step(i) => {
@@ -700,13 +837,47 @@ impl World {
             let n = self.sides[s]
                 .changes
                 .iter()
-                .filter(|(_, p)| *p != Path::Relay)
+                .filter(|(_, p)| *p != Path::Relay && *p != Path::Reconnecting)
                 .count();
             if n < self.sc.min_direct {
                 return Err(format!(
                     "side {s} went direct {n} times, expected at least {}",
                     self.sc.min_direct
                 ));
+            }
+        }
+        for s in [H, G] {
+            let m = &self.sides[s].m;
+            if m.relay_generation() < self.sc.min_relay_reconnects {
+                return Err(format!(
+                    "side {s} set up {} relay connections again, expected at least {}",
+                    m.relay_generation(),
+                    self.sc.min_relay_reconnects
+                ));
+            }
+            // Each stall (no path) is bounded by the relay's downtime
+            // within it plus `max_stall`.
+            let ch = &self.sides[s].changes;
+            for (i, (t0, p)) in ch.iter().enumerate() {
+                if *p != Path::Reconnecting {
+                    continue;
+                }
+                let t1 = ch.get(i + 1).map_or(self.now, |c| c.0);
+                let down: Duration = self
+                    .relay_downtime
+                    .iter()
+                    .map(|(a, b)| {
+                        let (a, b) = ((*a).max(*t0), (*b).min(t1));
+                        b.saturating_duration_since(a)
+                    })
+                    .sum();
+                let stall = t1.saturating_duration_since(*t0);
+                if stall > down + self.sc.max_stall {
+                    return Err(format!(
+                        "side {s} had no path for {stall:?} from {t0}, the relay was down {down:?} of it (bound + {:?})",
+                        self.sc.max_stall
+                    ));
+                }
             }
         }
         if let Some(bound) = self.sc.direct_within_rtts {
@@ -720,7 +891,7 @@ impl World {
                 let Some((t, _)) = self.sides[s]
                     .changes
                     .iter()
-                    .find(|(_, p)| *p != Path::Relay)
+                    .find(|(_, p)| *p != Path::Relay && *p != Path::Reconnecting)
                 else {
                     return Err(format!("side {s} never went direct"));
                 };
@@ -769,6 +940,8 @@ fn base(name: &'static str) -> Scenario {
         first_direct_at: None,
         guest_proof_delay: Duration::ZERO,
         expect_held: false,
+        max_stall: Duration::ZERO,
+        min_relay_reconnects: 0,
     }
 }
 
@@ -961,6 +1134,8 @@ fn both_apps_stop_reading_for_minutes_on_direct_udp() {
 
 #[test]
 fn chaos_matrix_random_cuts_resets_and_stalls() {
+    // Direct paths cut and reset, the relay stalled, restarted and
+    // black-holed.
     // Each seed draws its own schedule of breaks.
     check_seeds(
         "chaos_matrix_random_cuts_resets_and_stalls",
@@ -974,15 +1149,20 @@ fn chaos_matrix_random_cuts_resets_and_stalls() {
             sc.relay_one_way = ms(5 + r.below(100));
             sc.direct_one_way = ms(1 + r.below(20));
             let mut t = 0;
-            for _ in 0..r.below(4) {
+            for _ in 0..r.below(5) {
                 t += 100 + r.below(3000);
-                let st = match r.below(3) {
+                let st = match r.below(5) {
                     0 => Step::CutDirect,
                     1 => Step::ResetDirect,
+                    2 => Step::RestartRelay(ms(r.below(3000))),
+                    3 if r.chance(0.3) => Step::BlackholeRelay(ms(r.below(1000))),
                     _ => Step::StallRelay(ms(r.below(3000))),
                 };
                 sc.steps.push((ms(t), st));
             }
+            // A relay found dead by silence (3 × 15 s), then the backoff
+            // and the new handshake; a stall on top delays the handshake.
+            sc.max_stall = Duration::from_secs(49) + sc.relay_one_way * 8;
             let mut w = World::new(seed, sc);
             let res = w.run();
             if res.is_err() {
@@ -1012,5 +1192,119 @@ fn direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_dir
         "direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_direct",
         sc,
         SEEDS,
+    );
+}
+
+/// A relay-only session whose relay dies (SIGKILL) at about a third of the
+/// transfer and comes back empty 2 s later: both sides set up a new relay
+/// path under the next generation's rendezvous id, resume from the peer's
+/// `received`, and finish byte-exact; the stall is the relay's downtime
+/// plus at most the backoff in force (1 s) and the new handshake.
+//= spec/direct.md#DI-RELAY-1
+//= spec/direct.md#DI-RELAY-2
+//= spec/direct.md#DI-RELAY-3
+#[test]
+fn relay_only_session_survives_a_relay_restart_byte_exact() {
+    let mut sc = base("relay restart");
+    sc.policy = PathPolicy::RelayOnly;
+    sc.tcp = false;
+    sc.udp = false;
+    sc.bytes = 24 << 20;
+    sc.steps = vec![(ms(80), Step::RestartRelay(Duration::from_secs(2)))];
+    sc.min_relay_reconnects = 1;
+    sc.max_stall = Duration::from_secs(1) + ms(20) * 7;
+    run(
+        "relay_only_session_survives_a_relay_restart_byte_exact",
+        sc,
+        SEEDS,
+    );
+}
+
+/// The relay restarts twice, the second time while the first new relay
+/// path is still being set up, and black-holes once (found dead after
+/// three silent keepalive intervals).
+#[test]
+fn relay_restarts_and_black_holes_repeatedly_byte_exact() {
+    let mut sc = base("relay chaos");
+    sc.policy = PathPolicy::RelayOnly;
+    sc.tcp = false;
+    sc.udp = false;
+    sc.bytes = 24 << 20;
+    sc.steps = vec![
+        (ms(60), Step::RestartRelay(ms(500))),
+        (ms(750), Step::RestartRelay(ms(300))),
+        (Duration::from_secs(3), Step::BlackholeRelay(ms(200))),
+    ];
+    sc.finish_not_before = Duration::from_secs(4);
+    sc.min_relay_reconnects = 3;
+    // The black hole is found after 3 × 15 s of silence.
+    sc.max_stall = Duration::from_secs(46);
+    run(
+        "relay_restarts_and_black_holes_repeatedly_byte_exact",
+        sc,
+        SEEDS,
+    );
+}
+
+/// With a direct path carrying the session the relay's death is no stall:
+/// the new relay connection becomes the idle fallback, and when the direct
+/// path dies later the session falls back onto it.
+//= spec/direct.md#DI-RELAY-3
+#[test]
+fn relay_restart_under_a_direct_path_then_direct_dies_falls_back_to_the_new_relay() {
+    let mut sc = base("relay restart under direct");
+    sc.udp = false;
+    sc.bytes = 8 << 20;
+    sc.finish_not_before = Duration::from_secs(6);
+    sc.steps = vec![
+        (ms(150), Step::RestartRelay(ms(700))),
+        (ms(2500), Step::AllowDirect(false)),
+        (ms(2600), Step::ResetDirect),
+        (ms(5000), Step::AllowDirect(true)),
+    ];
+    sc.min_direct = 1;
+    sc.min_relay_reconnects = 1;
+    run(
+        "relay_restart_under_a_direct_path_then_direct_dies_falls_back_to_the_new_relay",
+        sc,
+        SEEDS,
+    );
+}
+
+/// A relay that never comes back: after `relay_resume` (60 s) both sides
+/// give up with a clear error, not a hang.
+//= spec/direct.md#DI-RELAY-4
+#[test]
+fn relay_that_never_comes_back_fails_the_session_after_60_s() {
+    check_seeds(
+        "relay_that_never_comes_back_fails_the_session_after_60_s",
+        seeds_from_env(SEEDS),
+        |seed| {
+            let mut sc = base("relay gone");
+            sc.policy = PathPolicy::RelayOnly;
+            sc.tcp = false;
+            sc.udp = false;
+            sc.bytes = 24 << 20;
+            sc.steps = vec![(ms(80), Step::RestartRelay(Duration::from_secs(100_000)))];
+            let mut w = World::new(seed, sc);
+            let r = w.run();
+            let Err(e) = r else {
+                return Err("a session without any path completed".into());
+            };
+            for s in [H, G] {
+                let m = &w.sides[s].m;
+                let want =
+                    proto::session::SessionFailure::RelayNotRestored(Duration::from_secs(60));
+                if *m.status() != Status::Failed(want.clone()) {
+                    return Err(format!("side {s}: {:?} ({e})", m.status()));
+                }
+            }
+            // Given up 60 s after the loss (one relay trip after the kill).
+            let t = w.now.as_micros() as f64 / 1e6;
+            if !(60.0..60.5).contains(&t) {
+                return Err(format!("gave up at {t} s"));
+            }
+            Ok(())
+        },
     );
 }

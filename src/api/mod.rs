@@ -24,7 +24,7 @@ pub use options::{Fingerprint, Options, OptionsBuilder};
 
 use crate::direct::DirectOptions;
 use crate::e2e::{self, E2eError, E2eOptions, Role};
-use crate::relay::client::{self, RelayError, RelayTrust, WaitingSession};
+use crate::relay::client::{self, RelayClientConfig, RelayError, RelayTrust, WaitingSession};
 use crate::secret::SessionSecret;
 use crate::session::{SessionControl, SessionStream};
 use std::fmt;
@@ -124,6 +124,8 @@ pub struct HostSession {
     direct: DirectOptions,
     /// Whether the host pins relay certificates (then its tickets carry a pin).
     pinned: bool,
+    /// For setting the relay path up again.
+    relay_cfg: RelayClientConfig,
 }
 
 impl fmt::Debug for HostSession {
@@ -144,6 +146,7 @@ pub async fn host(opts: &Options) -> Result<HostSession, Error> {
         e2e: opts.e2e.clone(),
         direct: opts.direct.clone(),
         pinned: matches!(opts.relay.trust, RelayTrust::Fingerprints(_)),
+        relay_cfg: opts.relay.clone(),
     })
 }
 
@@ -166,6 +169,7 @@ impl HostSession {
             Arc::new(self.secret),
             &self.e2e,
             self.direct,
+            self.relay_cfg,
         )
         .await
     }
@@ -181,6 +185,7 @@ pub async fn join(code: &str, opts: &Options) -> Result<Session, Error> {
         Arc::new(secret),
         &opts.e2e,
         opts.direct.clone(),
+        opts.relay.clone(),
     )
     .await
 }
@@ -246,8 +251,16 @@ impl Session {
         secret: Arc<SessionSecret>,
         e2e_opts: &E2eOptions,
         direct: DirectOptions,
+        relay_cfg: RelayClientConfig,
     ) -> Result<Session, Error> {
         let relay = paired.relay.clone();
+        let reconnect = crate::session::Reconnect {
+            relay_cfg,
+            relay: relay.clone(),
+            secret: secret.clone(),
+            handshake_timeout: e2e_opts.handshake_timeout,
+            binding: e2e_opts.binding.clone(),
+        };
         let udp = relay_udp(&paired);
         let observed = paired.observed;
         let (early, pipe) =
@@ -294,6 +307,7 @@ impl Session {
             observed,
             relay_udp: udp,
             opts: direct,
+            reconnect: Some(reconnect),
         })
         .await
         // The peer's preamble did not open: the relay altered it.
@@ -441,14 +455,16 @@ pub async fn join_ticket(ticket: &str, opts: &Options) -> Result<Session, Error>
         }
         match client::join_session(&cfg, rid).await {
             Ok(paired) => {
+                // Set up again on this relay only: the ticket names it.
                 return Session::begin(
                     paired,
                     Role::Guest,
                     Arc::new(t.secret.clone()),
                     &opts.e2e,
                     opts.direct.clone(),
+                    cfg,
                 )
-                .await
+                .await;
             }
             Err(e @ RelayError::Unreachable(_)) => last = Some(e),
             Err(e) => return Err(e.into()),

@@ -533,10 +533,32 @@ async fn register(
     Err(last)
 }
 
+/// The order in which a lost relay path is set up again (`spec/direct.md`
+/// §4.8): the relay that carried the session first, then the ones after it
+/// in the session's rendezvous order, then those before it.
+pub(crate) fn resume_order(relays: &[String], rid: &[u8; 16], current: &str) -> Vec<String> {
+    let mut order = rendezvous_order(relays, rid);
+    let cur = current.trim().to_ascii_lowercase();
+    match order.iter().position(|r| *r == cur) {
+        Some(i) => order.rotate_left(i),
+        None => order.insert(0, cur),
+    }
+    order
+}
+
 /// Register a session (host side).
 pub async fn create_session(
     cfg: &RelayClientConfig,
     rid: [u8; 16],
+) -> Result<WaitingSession, RelayError> {
+    create_session_in(cfg, rid, rendezvous_order(&cfg.relays, &rid)).await
+}
+
+/// [`create_session`] on the relays of `order`, in that order.
+pub(crate) async fn create_session_in(
+    cfg: &RelayClientConfig,
+    rid: [u8; 16],
+    order: Vec<String>,
 ) -> Result<WaitingSession, RelayError> {
     if cfg
         .token
@@ -548,7 +570,6 @@ pub async fn create_session(
         return Err(RelayError::Config("token too long".into()));
     }
     let tls = client_tls(&cfg.trust)?;
-    let order = rendezvous_order(&cfg.relays, &rid);
     let reg = register(cfg, &tls, rid, order).await?;
     Ok(WaitingSession {
         reg,
@@ -560,8 +581,16 @@ pub async fn create_session(
 
 /// Join a session (guest side): returns once the relay paired us.
 pub async fn join_session(cfg: &RelayClientConfig, rid: [u8; 16]) -> Result<Paired, RelayError> {
+    join_session_in(cfg, rid, rendezvous_order(&cfg.relays, &rid)).await
+}
+
+/// [`join_session`] on the relays of `order`, in that order.
+pub(crate) async fn join_session_in(
+    cfg: &RelayClientConfig,
+    rid: [u8; 16],
+    order: Vec<String>,
+) -> Result<Paired, RelayError> {
     let tls = client_tls(&cfg.trust)?;
-    let order = rendezvous_order(&cfg.relays, &rid);
     let mut last = RelayError::Config("empty relay list".into());
     let mut unknown = false;
     for relay in &order {

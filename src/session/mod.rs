@@ -142,6 +142,88 @@ impl Drop for PathTasks {
     }
 }
 
+/// What setting up a lost relay path again needs (`spec/direct.md` §4.8).
+#[derive(Clone)]
+pub(crate) struct Reconnect {
+    /// The relays, their trust and the host's operator token.
+    pub relay_cfg: crate::relay::RelayClientConfig,
+    /// The relay the session was paired on.
+    pub relay: String,
+    pub secret: Arc<crate::secret::SessionSecret>,
+    /// Bound on each e2e handshake.
+    pub handshake_timeout: Duration,
+    /// The application's own binding bytes (`E2eOptions::binding`).
+    pub binding: Vec<u8>,
+}
+
+/// A relay connection set up again: the authenticated stream, this side's
+/// address and UDP grant as that relay saw it, and the relay's name.
+struct Reconnected {
+    io: Box<dyn PathIo>,
+    observed: SocketAddr,
+    udp: Option<RelayUdp>,
+    relay: String,
+}
+
+/// The tag binding of relay connection `generation` ≥ 1 (`spec/session.md`
+/// §3.3): it names the generation and the first relay path's exporter, so
+/// it proves this very session, and a path of one generation does not pass
+/// for another.
+fn resumed_binding(extra: &[u8], generation: u32, firstexporter: &[u8; 32]) -> Vec<u8> {
+    let mut b = extra.to_vec();
+    b.extend_from_slice(b"xtcp relay resume v1");
+    b.extend_from_slice(&generation.to_be_bytes());
+    b.extend_from_slice(firstexporter);
+    b
+}
+
+/// One attempt at relay connection `generation`: re-pair under that
+/// generation's rendezvous id (the host registers and waits, the guest
+/// joins), then the e2e handshake bound to the session (§4.8).
+async fn reconnect_relay(
+    rc: Reconnect,
+    role: Role,
+    generation: u32,
+    firstexporter: [u8; 32],
+) -> Result<Reconnected, String> {
+    use crate::relay::client;
+    let rid = rc.secret.rendezvous_id_for(generation);
+    let order = client::resume_order(&rc.relay_cfg.relays, &rc.secret.rendezvous_id(), &rc.relay);
+    let paired = match role {
+        Role::Host => {
+            client::create_session_in(&rc.relay_cfg, rid, order)
+                .await
+                .map_err(|e| e.to_string())?
+                .paired()
+                .await
+        }
+        Role::Guest => client::join_session_in(&rc.relay_cfg, rid, order).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let binding = resumed_binding(&rc.binding, generation, &firstexporter);
+    let udp = paired.udp.map(|u| RelayUdp {
+        addr: u.addr,
+        token: u.token,
+    });
+    let io = crate::e2e::handshake_bound(
+        paired.stream,
+        role,
+        &rc.secret,
+        rc.handshake_timeout,
+        async { Some(binding) },
+        |_| {},
+        Vec::new,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(Reconnected {
+        io: Box::new(io),
+        observed: paired.observed,
+        udp,
+        relay: paired.relay,
+    })
+}
+
 /// Everything the driver needs to start.
 pub(crate) struct Start {
     pub relay: Box<dyn PathIo>,
@@ -154,6 +236,9 @@ pub(crate) struct Start {
     /// The relay's UDP address service, when it offers one.
     pub relay_udp: Option<RelayUdp>,
     pub opts: DirectOptions,
+    /// How to set the relay path up again when it is lost (None: a lost
+    /// relay path ends the session).
+    pub reconnect: Option<Reconnect>,
 }
 
 fn path_config(s: &Start) -> PathConfig {
@@ -171,6 +256,11 @@ fn path_config(s: &Start) -> PathConfig {
         port_prediction: o.port_prediction,
         relay_one_way: s.relay_rtt.map_or(Duration::ZERO, |r| r / 2),
         replay_capacity: o.replay_capacity,
+        relay_resume: if s.reconnect.is_some() {
+            o.relay_resume
+        } else {
+            Duration::ZERO
+        },
         receive_window: o
             .replay_capacity
             .max(proto::session::DEFAULT_REPLAY_CAPACITY),
@@ -207,6 +297,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
     });
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE * 2);
     let (udp_tx, udp_rx) = mpsc::channel(2);
+    let (relay_tx, relay_rx) = mpsc::channel(2);
     let mut driver = Driver {
         link: link.clone(),
         clock,
@@ -215,10 +306,13 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
         events_tx,
         received_pub: early.ctx.received.clone(),
         ctx: early.ctx,
-        _exporter: early.exporter,
+        exporter: early.exporter,
         listener: early.listener,
         dialing: early.dialing,
         relay_udp: s.relay_udp,
+        reconnect: s.reconnect,
+        relay_tx,
+        relay_attempt: None,
         udp_tx,
         prepared: None,
         punching: None,
@@ -226,7 +320,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
         woke_app: false,
     };
     driver.add_io(relay_h, s.relay, None);
-    tokio::spawn(driver.run(events_rx, early.found, udp_rx));
+    tokio::spawn(driver.run(events_rx, early.found, udp_rx, relay_rx));
     Ok(SessionStream {
         link,
         path: path_rx,
@@ -245,6 +339,9 @@ type Draining = (
 /// A UDP endpoint prepared for round `u32` (or why it could not be).
 type UdpReady = (u32, io::Result<Prepared>);
 
+/// Relay connection `u32` set up again (or why not).
+type RelayReady = (u32, Result<Reconnected, String>);
+
 struct Driver {
     link: Arc<Link>,
     clock: Clock,
@@ -255,10 +352,14 @@ struct Driver {
     received_pub: Arc<AtomicU64>,
     ctx: DirectCtx,
     /// Keeps the relay exporter published to direct attempts.
-    _exporter: watch::Sender<Option<[u8; 32]>>,
+    exporter: watch::Sender<Option<[u8; 32]>>,
     listener: Option<DirectListener>,
     dialing: Option<tokio::task::JoinHandle<()>>,
     relay_udp: Option<RelayUdp>,
+    reconnect: Option<Reconnect>,
+    relay_tx: mpsc::Sender<RelayReady>,
+    /// The relay connection attempt under way.
+    relay_attempt: Option<tokio::task::JoinHandle<()>>,
     udp_tx: mpsc::Sender<UdpReady>,
     prepared: Option<(u32, Prepared)>,
     punching: Option<tokio::task::JoinHandle<()>>,
@@ -274,6 +375,9 @@ impl Drop for Driver {
             d.abort();
         }
         if let Some(h) = self.punching.take() {
+            h.abort();
+        }
+        if let Some(h) = self.relay_attempt.take() {
             h.abort();
         }
     }
@@ -333,8 +437,12 @@ impl Driver {
         events: mpsc::Receiver<(PathHandle, ReadEvent)>,
         found: mpsc::Receiver<DirectConn>,
         udp: mpsc::Receiver<UdpReady>,
+        relay: mpsc::Receiver<RelayReady>,
     ) {
-        self.run_inner(events, found, udp).await;
+        self.run_inner(events, found, udp, relay).await;
+        if let Some(h) = self.relay_attempt.take() {
+            h.abort();
+        }
         // Whatever the manager did not close (the driver's own end).
         for (_, p) in self.paths.drain() {
             let mut p = p;
@@ -483,6 +591,28 @@ impl Driver {
                 });
             }
             Action::StartUdp(a) => self.start_udp(a),
+            Action::ConnectRelay { generation } => {
+                if let Some(h) = self.relay_attempt.take() {
+                    h.abort();
+                }
+                let first = *self.exporter.borrow();
+                let (Some(rc), Some(first)) = (self.reconnect.clone(), first) else {
+                    let now = g.clock.now();
+                    g.m.handle_relay_failed(now, generation);
+                    return;
+                };
+                tracing::info!(generation, relay = %rc.relay, "relay path lost: connecting again");
+                let (role, tx) = (self.ctx.role, self.relay_tx.clone());
+                self.relay_attempt = Some(tokio::spawn(async move {
+                    let r = reconnect_relay(rc, role, generation, first).await;
+                    let _ = tx.send((generation, r)).await;
+                }));
+            }
+            Action::StopRelay => {
+                if let Some(h) = self.relay_attempt.take() {
+                    h.abort();
+                }
+            }
             Action::StopUdp => {
                 if let Some(h) = self.punching.take() {
                     h.abort();
@@ -531,6 +661,7 @@ impl Driver {
         mut events: mpsc::Receiver<(PathHandle, ReadEvent)>,
         mut found: mpsc::Receiver<DirectConn>,
         mut udp: mpsc::Receiver<UdpReady>,
+        mut relay: mpsc::Receiver<RelayReady>,
     ) {
         loop {
             if !self.apply() {
@@ -590,6 +721,30 @@ impl Driver {
                         Err(e) => {
                             tracing::debug!("direct udp: no endpoint: {e}");
                             g.m.handle_udp_prepared(now, round, None);
+                        }
+                    }
+                }
+                Some((generation, r)) = relay.recv() => {
+                    let link = self.link.clone();
+                    let mut g = link.lock();
+                    let now = g.clock.now();
+                    self.relay_attempt = None;
+                    match r {
+                        Ok(c) => {
+                            if let Some(h) = g.m.handle_relay_connected(now, generation, c.observed) {
+                                tracing::info!(generation, relay = %c.relay, "relay path set up again");
+                                self.observed = c.observed;
+                                self.relay_udp = c.udp;
+                                if let Some(rc) = self.reconnect.as_mut() {
+                                    rc.relay = c.relay;
+                                }
+                                drop(g);
+                                self.add_io(h, c.io, None);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(generation, "relay connection failed: {e}");
+                            g.m.handle_relay_failed(now, generation);
                         }
                     }
                 }

@@ -1,9 +1,11 @@
-//! Helpers shared by the CLI tests (`cli`, `cli_transfer`): a child's stderr
-//! line by line, and a bounded wait for a line.
+//! Helpers shared by the tests that drive the binaries (`cli`,
+//! `cli_transfer`, `fleet`, `relay_resume`): a child's stderr line by line,
+//! bounded waits, a scratch directory, a fresh operator token.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,4 +39,59 @@ pub fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<Strin
             Err(_) => panic!("no line containing {prefix:?}; saw {seen:?}"),
         }
     }
+}
+
+/// A scratch directory under the system's temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "xtcp-test-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&p).expect("create the scratch directory");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bounded wait (20 s) until `f` holds.
+pub fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `xtcp-relay token` (the binary at `relay`): the token and the config
+/// line that admits it.
+pub fn new_token(relay: &str) -> (String, String) {
+    let out = Command::new(relay)
+        .arg("token")
+        .output()
+        .expect("run xtcp-relay token");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token line")
+        .to_string();
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("add to the relay config:").map(|x| x.1.trim()))
+        .expect("a config line")
+        .to_string();
+    (token, line)
 }

@@ -57,7 +57,8 @@ pub mod punch;
 
 pub use paths::{
     Action, Path, PathConfig, PathHandle, PathManager, PathPolicy, PeerFault, Role, SessionFailure,
-    Status, UdpAttempt, READ_AHEAD, READ_PAUSE,
+    Status, UdpAttempt, READ_AHEAD, READ_PAUSE, RELAY_BACKOFF_FIRST, RELAY_BACKOFF_MAX,
+    RELAY_RESUME,
 };
 
 // ---------------------------------------------------------------------------

@@ -74,6 +74,10 @@ pub enum Path {
     DirectTcp,
     /// A direct XTCP (UDP) connection between the peers.
     DirectUdp,
+    /// None: the relay path died with no direct path left, and a new relay
+    /// path is being set up (`spec/direct.md` §4.8). The application's bytes
+    /// wait (a stall); none is lost.
+    Reconnecting,
 }
 
 impl fmt::Display for Path {
@@ -82,6 +86,7 @@ impl fmt::Display for Path {
             Path::Relay => "relay",
             Path::DirectTcp => "direct-tcp",
             Path::DirectUdp => "direct-udp",
+            Path::Reconnecting => "reconnecting",
         })
     }
 }
@@ -136,6 +141,10 @@ pub struct PathConfig {
     pub linger: Duration,
     /// This side's address as the relay observed it (candidate filtering).
     pub observed: SocketAddr,
+    /// How long a lost relay path is re-established before the session
+    /// gives up (§4.8); zero: never (a lost relay path that carried the
+    /// session ends it).
+    pub relay_resume: Duration,
 }
 
 impl PathConfig {
@@ -158,6 +167,7 @@ impl PathConfig {
             receive_window: super::DEFAULT_REPLAY_CAPACITY,
             linger: LINGER,
             observed,
+            relay_resume: RELAY_RESUME,
         }
     }
 }
@@ -227,6 +237,18 @@ pub enum Action {
     },
     /// The session's bytes take this kind of path now.
     PathChanged(Path),
+    /// Set up relay connection number `generation` (1, 2, …: re-pair on a
+    /// relay under that generation's rendezvous id, run the e2e handshake
+    /// bound to it) and report with [`PathManager::handle_relay_connected`]
+    /// or [`PathManager::handle_relay_failed`] (§4.8). Replaces any attempt
+    /// under way.
+    ConnectRelay {
+        /// The relay connection's generation.
+        generation: u32,
+    },
+    /// Stop setting up a relay connection (one is up, the session ended, or
+    /// it gave up).
+    StopRelay,
 }
 
 /// A protocol violation by the peer.
@@ -276,6 +298,9 @@ pub enum SessionFailure {
     DirectLost,
     /// Every path is gone before the peer's end of stream.
     AllPathsLost,
+    /// The relay path carried the session and died, and no relay path
+    /// could be set up again within this long (§4.8).
+    RelayNotRestored(Duration),
 }
 
 impl fmt::Display for SessionFailure {
@@ -288,6 +313,11 @@ impl fmt::Display for SessionFailure {
             SessionFailure::RelayLost => f.write_str("relay path lost"),
             SessionFailure::DirectLost => f.write_str("direct path lost"),
             SessionFailure::AllPathsLost => f.write_str("all paths closed"),
+            SessionFailure::RelayNotRestored(d) => write!(
+                f,
+                "relay path lost and not re-established within {} s",
+                d.as_secs_f64()
+            ),
         }
     }
 }
@@ -342,6 +372,23 @@ pub const READ_AHEAD: usize = 256 << 10;
 pub const READ_PAUSE: Duration = Duration::from_millis(50);
 /// Most candidates this side dials per transport.
 pub const MAX_DIAL: usize = 32;
+/// How long a lost relay path is re-established by default (§4.8).
+pub const RELAY_RESUME: Duration = Duration::from_secs(60);
+/// The first wait between two relay connection attempts (§4.8).
+pub const RELAY_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two relay connection attempts (§4.8).
+pub const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The relay connection being set up again (§4.8).
+#[derive(Clone, Copy, Debug)]
+struct RelayDown {
+    /// When the relay path was lost.
+    since: Instant,
+    /// When the next attempt starts (None: one is under way).
+    next_try: Option<Instant>,
+    /// The wait after the next failure.
+    backoff: Duration,
+}
 
 struct Slot {
     kind: Path,
@@ -419,6 +466,10 @@ pub struct PathManager {
     /// read-ahead pause, §3.2); cleared when it reads them below that.
     ahead_since: Option<Instant>,
     ack_at: Option<Instant>,
+    /// Relay connections set up so far after the first (§4.8).
+    relay_gen: u32,
+    /// The relay path is lost and being set up again.
+    relay_down: Option<RelayDown>,
     now: Instant,
 }
 
@@ -476,6 +527,8 @@ impl PathManager {
             udp_punch_pending: None,
             ack_at: None,
             ahead_since: None,
+            relay_gen: 0,
+            relay_down: None,
             now,
             cfg,
         };
@@ -760,6 +813,90 @@ impl PathManager {
         }
     }
 
+    /// Relay connection `generation` (asked for with
+    /// [`Action::ConnectRelay`]) is up: re-paired and authenticated (§4.8).
+    /// `observed` is this side's address as that relay saw it. Returns the
+    /// new relay path's handle, or `None` when it is not wanted (another
+    /// generation, the session is over; the runtime closes it).
+    pub fn handle_relay_connected(
+        &mut self,
+        now: Instant,
+        generation: u32,
+        observed: SocketAddr,
+    ) -> Option<PathHandle> {
+        self.now = now;
+        if generation != self.relay_gen || self.relay_down.is_none() || self.status != Status::Open
+        {
+            return None;
+        }
+        self.relay_down = None;
+        self.cfg.observed = observed;
+        let h = self.add_slot(Path::Relay, now, None);
+        //= spec/direct.md#DI-RELAY-3
+        //# The host MUST open the new relay path with the next even id above every
+        //# path id it used so far, unless a direct path carries the session
+        if self.cfg.role == Role::Host && self.direct_id.is_none() {
+            let id = (self.relay_epoch + 2).max(2 * self.direct_seq);
+            self.fall_back_to_relay_with(now, id);
+        }
+        // The guest follows the host's RESUME (DI-FALL-2); with a direct
+        // path in use the new connection is the idle fallback.
+        self.fill(now);
+        Some(h)
+    }
+
+    /// Relay connection `generation` could not be set up: the next attempt
+    /// follows after a backoff (§4.8).
+    pub fn handle_relay_failed(&mut self, now: Instant, generation: u32) {
+        self.now = now;
+        if generation == self.relay_gen {
+            if let Some(d) = self.relay_down.as_mut() {
+                if d.next_try.is_none() {
+                    //= spec/direct.md#DI-RELAY-2
+                    //# MUST wait 200 ms before the second attempt, then twice as long
+                    //# after each failure, at most 1 s
+                    d.next_try = Some(now + d.backoff);
+                    d.backoff = (d.backoff * 2).min(RELAY_BACKOFF_MAX);
+                }
+            }
+        }
+        self.fill(now);
+    }
+
+    /// Whether a relay path is being set up again (§4.8).
+    pub fn relay_reconnecting(&self) -> bool {
+        self.relay_down.is_some()
+    }
+
+    /// Relay connections set up after the first so far (§4.8).
+    pub fn relay_generation(&self) -> u32 {
+        self.relay_gen
+    }
+
+    /// Start the next relay connection attempt when due, or give up (§4.8).
+    fn relay_tick(&mut self, now: Instant) {
+        let Some(d) = self.relay_down else { return };
+        //= spec/direct.md#DI-RELAY-4
+        //# gives up `relay_resume` (default 60 s) after the loss
+        if now >= d.since + self.cfg.relay_resume {
+            self.relay_down = None;
+            self.actions.push_back(Action::StopRelay);
+            if self.direct_id.is_none() {
+                self.fail(SessionFailure::RelayNotRestored(self.cfg.relay_resume));
+            }
+            return;
+        }
+        if d.next_try.is_some_and(|t| now >= t) {
+            self.relay_down = Some(RelayDown {
+                next_try: None,
+                ..d
+            });
+            self.actions.push_back(Action::ConnectRelay {
+                generation: self.relay_gen,
+            });
+        }
+    }
+
     /// Timers: keepalives, liveness, retry, the UDP schedule, the ACK timer,
     /// the linger bound. Idempotent.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -805,7 +942,9 @@ impl PathManager {
             }
             //= spec/direct.md#DI-LIVE-1
             //# a peer sends `KEEPALIVE` whenever it sent nothing for `keepalive_interval`
-            if s.out_id.is_some()
+            // A relay connection set up again while a direct path carries
+            // the session has no session id yet: it is kept alive too.
+            if (s.out_id.is_some() || s.kind == Path::Relay)
                 && s.out.is_empty()
                 && now.saturating_duration_since(s.last_sent) >= interval
             {
@@ -858,8 +997,14 @@ impl PathManager {
                 at(s.last_recv + self.cfg.relay_keepalive_interval * 3);
             }
             // With output waiting, the writer is busy: its progress re-arms this.
-            if s.out_id.is_some() && s.out.is_empty() {
+            if (s.out_id.is_some() || s.kind == Path::Relay) && s.out.is_empty() {
                 at(s.last_sent + interval);
+            }
+        }
+        if let Some(d) = self.relay_down {
+            at(d.since + self.cfg.relay_resume);
+            if let Some(t) = d.next_try {
+                at(t);
             }
         }
         if self.cfg.role == Role::Host {
@@ -997,6 +1142,9 @@ impl PathManager {
     /// Move frames from the session state to the active path's output, then
     /// check whether the session is over. The runtime's `pump`.
     fn fill(&mut self, now: Instant) {
+        if self.status == Status::Open {
+            self.relay_tick(now);
+        }
         if let Status::Failed(_) = self.status {
             // The last frames: this side's CLOSE on every path left.
             if !self.slots.is_empty() {
@@ -1043,7 +1191,7 @@ impl PathManager {
             self.status = Status::Done;
             return;
         }
-        if self.slots.is_empty() {
+        if self.slots.is_empty() && self.relay_down.is_none() {
             // Every path is gone (the peer closed, or they failed): nobody
             // may wait forever.
             if self.st.peer_finished() {
@@ -1563,8 +1711,26 @@ impl PathManager {
         self.drop_slot(h);
         if kind == Path::Relay {
             let complete = self.st.is_complete() || self.closing;
-            if self.direct_id.is_none() && !complete {
-                self.fail(SessionFailure::RelayLost);
+            if complete || self.relay_slot().is_some() {
+                return;
+            }
+            if self.cfg.relay_resume.is_zero() {
+                if self.direct_id.is_none() {
+                    self.fail(SessionFailure::RelayLost);
+                }
+                return;
+            }
+            //= spec/direct.md#DI-RELAY-1
+            //# a peer whose relay connection ends or falls silent (§4.7) while the
+            //# session is not complete MUST set up a new one
+            self.relay_gen += 1;
+            self.relay_down = Some(RelayDown {
+                since: self.now,
+                next_try: Some(self.now),
+                backoff: RELAY_BACKOFF_FIRST,
+            });
+            if self.direct_id.is_none() {
+                self.set_path(Path::Reconnecting);
             }
             return;
         }
@@ -1580,6 +1746,12 @@ impl PathManager {
         }
         if self.closing {
             return; // the session is ending: nothing to fall back for
+        }
+        if self.relay_down.is_some() {
+            // The relay path being set up again carries the session once
+            // it is up (§4.8): the bytes wait for it.
+            self.set_path(Path::Reconnecting);
+            return;
         }
         if self.cfg.policy == PathPolicy::NoRelayFallback || self.relay_slot().is_none() {
             if !self.st.is_complete() {
