@@ -103,6 +103,9 @@ pub(crate) struct DirectConn {
     /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
     /// sent right behind its tag (`spec/direct.md` §4.6).
     pub early_resume: Option<u64>,
+    /// The local address of a TCP connection (the driver drops the path
+    /// when this address goes away, `spec/direct.md` §4.9).
+    pub local: Option<SocketAddr>,
 }
 
 /// Most candidates this side advertises (the frame allows 32).
@@ -143,7 +146,9 @@ impl DirectCtx {
     /// Prove the session on `tcp`, then offer it to the driver.
     async fn prove(self, tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        self.prove_io(tcp, remote, Path::DirectTcp, None).await;
+        let local = tcp.local_addr().ok();
+        self.prove_io_from(tcp, local, remote, Path::DirectTcp, None)
+            .await;
     }
 
     /// Prove the session on a direct connection of either transport (e2e
@@ -151,6 +156,18 @@ impl DirectCtx {
     pub(crate) async fn prove_io<S: PathIo>(
         self,
         io: S,
+        remote: SocketAddr,
+        kind: Path,
+        xtcp: Option<crate::transport::CloseWaiter>,
+    ) {
+        self.prove_io_from(io, None, remote, kind, xtcp).await;
+    }
+
+    /// [`DirectCtx::prove_io`] for a connection bound to `local`.
+    async fn prove_io_from<S: PathIo>(
+        self,
+        io: S,
+        local: Option<SocketAddr>,
         remote: SocketAddr,
         kind: Path,
         xtcp: Option<crate::transport::CloseWaiter>,
@@ -196,6 +213,7 @@ impl DirectCtx {
                         kind,
                         xtcp,
                         early_resume: (early != u64::MAX).then_some(early),
+                        local,
                     })
                     .await;
             }

@@ -440,9 +440,11 @@ fn relay_audit_log_and_metrics_never_hold_secrets() {
     ] {
         assert!(names.contains(&want), "{want} missing in {names:?}");
     }
+    // The paired session's record (the host's standby registration of the
+    // next relay generation closes unpaired, spec/direct.md §4.8).
     let closed = events
         .iter()
-        .find(|e| e["event"] == "session_closed")
+        .find(|e| e["event"] == "session_closed" && e["paired"] == true)
         .unwrap();
     assert!(closed["bytes_host_to_guest"].as_u64().unwrap() > 11);
     assert!(closed["duration_secs"].as_f64().is_some());

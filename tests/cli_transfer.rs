@@ -118,6 +118,15 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// `xtcp send PATH` with the relay flags and the token in the environment;
 /// returns the child, its stderr and the ticket it printed.
 fn spawn_send(relay: &RelayProc, path: &Path) -> (Child, mpsc::Receiver<String>, String) {
+    spawn_send_with(relay, path, &[])
+}
+
+/// [`spawn_send`] with extra arguments.
+fn spawn_send_with(
+    relay: &RelayProc,
+    path: &Path,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>, String) {
     let mut c = Command::new(XTCP)
         .arg("send")
         .arg(path)
@@ -127,6 +136,7 @@ fn spawn_send(relay: &RelayProc, path: &Path) -> (Child, mpsc::Receiver<String>,
             "--relay-fingerprint",
             &relay.fingerprint,
         ])
+        .args(extra)
         .env("XTCP_TOKEN", &relay.token)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -250,8 +260,10 @@ fn an_interrupted_transfer_resumes_and_moves_only_the_rest() {
     let src = dir.0.join("big.bin");
     std::fs::write(&src, &data).unwrap();
 
-    // First run: the receiver stops after `cut` bytes, as if killed.
-    let (s, srx, ticket) = spawn_send(&relay, &src);
+    // First run: the receiver stops after `cut` bytes, as if killed. To
+    // the sender that looks like a lost relay path (no CLOSE came): it
+    // tries to set one up again for `--relay-resume` seconds, then fails.
+    let (s, srx, ticket) = spawn_send_with(&relay, &src, &["--relay-resume", "2"]);
     let cut_s = cut.to_string();
     let r = receive(
         &out,

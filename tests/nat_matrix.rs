@@ -186,6 +186,19 @@ fn paced_session(
     direct: &str,
     act: impl FnOnce(&Lines) -> Result<String, String>,
 ) {
+    paced_session_sized(lab, name, args, direct, 24, act);
+}
+
+/// [`paced_session`] with `host_mib` MiB from the host (paced at about
+/// 6.4 MB/s).
+fn paced_session_sized(
+    lab: &Lab,
+    name: &str,
+    args: &[&str],
+    direct: &str,
+    host_mib: usize,
+    act: impl FnOnce(&Lines) -> Result<String, String>,
+) {
     let (token, token_line) = new_token();
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(format!("xtcp-nat-{name}-{}", std::process::id()));
@@ -194,7 +207,7 @@ fn paced_session(
 
     // 24 MiB from the host, paced (64 KiB every 10 ms, ≈ 4 s) so the
     // transfer spans what `act` does; 1 MiB from the guest.
-    let pa = xtcp_lab::payload(71, 24 << 20);
+    let pa = xtcp_lab::payload(71, host_mib << 20);
     let pb = xtcp_lab::payload(72, 1 << 20);
     let mut common = vec!["--relay", &listen, "--relay-fingerprint", &fp];
     common.extend(args);
@@ -498,4 +511,50 @@ fn xtcp_raw_survives_nat_rebinding_mid_transfer() {
     // Path validation costs about one RTT (sub-millisecond here) plus the
     // recovery of what went to the old mapping; well under a second.
     assert!(after < Duration::from_secs(1), "handover stall {after:?}");
+}
+
+/// The guest walks to another network in the middle of a transfer on a
+/// direct TCP path (issue 17 item 2, `spec/direct.md` §4.8–4.9): its old
+/// address disappears, it is now behind a new port-restricted NAT. Its
+/// relay and direct connections die with the address; it re-pairs at once
+/// on the host's standby registration, the relay carries the gap, and a new
+/// direct round puts both back on a direct path within 5 s of the move,
+/// every byte delivered once, in order.
+#[test]
+fn guest_moving_to_another_lan_mid_transfer_is_direct_again_within_5_s() {
+    xtcp_lab::require_root();
+    let lab = Lab::new(
+        NatKind::PortRestricted.into(),
+        NatKind::PortRestricted.into(),
+    )
+    .expect("lab");
+    paced_session_sized(&lab, "move", &[], "direct-tcp", 48, |host_lines| {
+        // The host registers its standby 2 s after the relay path is up
+        // (STANDBY_DELAY); a session moving sooner is found by liveness.
+        std::thread::sleep(Duration::from_millis(2500));
+        let moved_at = Instant::now();
+        let addr = lab
+            .move_peer(Site::B, NatKind::PortRestricted)
+            .map_err(|e| format!("move: {e}"))?;
+        let relay = host_lines.wait_for_after(
+            Some(moved_at),
+            Instant::now() + Duration::from_secs(10),
+            |l| l.starts_with("path: relay"),
+        );
+        let again = host_lines.wait_for_after(
+            Some(moved_at),
+            Instant::now() + Duration::from_secs(10),
+            |l| l.starts_with("path: direct-"),
+        );
+        let relay_after = relay.as_ref().map(|(t, _)| *t - moved_at);
+        let direct_after = again.as_ref().map(|(t, _)| *t - moved_at);
+        let report = format!(
+            "guest moved to {addr}: host on the relay after {relay_after:?}, direct again after {direct_after:?} ({})",
+            again.map(|x| x.1).unwrap_or_default()
+        );
+        match direct_after {
+            Some(d) if d <= Duration::from_secs(5) => Ok(report),
+            _ => Err(format!("not direct again within 5 s: {report}")),
+        }
+    });
 }

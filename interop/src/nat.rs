@@ -224,6 +224,8 @@ pub struct Lab {
     peers: [Netns; 2],
     cfg: [SiteConfig; 2],
     rebinds: [Mutex<Rebinds>; 2],
+    /// Routers of the networks peers moved to ([`Lab::move_peer`]).
+    moved: Mutex<Vec<Netns>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -248,8 +250,11 @@ fn nft_apply(ns: &Netns, script: &str) -> io::Result<()> {
 }
 
 fn router_ruleset(site: Site, cfg: SiteConfig) -> String {
-    let wan = site.wan_addr();
-    let peer = site.peer_addr();
+    router_rules(site.wan_addr(), site.peer_addr(), cfg)
+}
+
+/// The NAT router's ruleset for a WAN and a peer address (see the module doc).
+fn router_rules(wan: Ipv4Addr, peer: Ipv4Addr, cfg: SiteConfig) -> String {
     let nat = cfg.nat;
     let mut s = String::from(
         "table ip xnat {\n  set contacted { type ipv4_addr; flags dynamic,timeout; timeout 300s; }\n  chain rb_pre { }\n  chain rb_post { }\n",
@@ -351,6 +356,7 @@ impl Lab {
             peers,
             cfg: [a, b],
             rebinds: Default::default(),
+            moved: Mutex::new(Vec::new()),
         };
         let inet = &lab.inet;
         inet.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
@@ -547,6 +553,67 @@ impl Lab {
                 "table ip xcut {{}}\ndelete table ip xcut\ntable ip xcut {{\n  chain cut {{ type filter hook forward priority filter - 10; policy accept;\n    ip saddr {set} drop\n    ip daddr {set} drop\n  }}\n}}\n"
             ),
         )
+    }
+
+    /// Move the site's peer to another network behind a new NAT of kind
+    /// `nat`: a new router (`nat_m`, WAN 198.18.30.2 for site A / .40.2 for
+    /// B, LAN 198.19.3.0/24 / .4.0/24) is wired to `inet`, the peer gets an
+    /// interface on its LAN (198.19.3.2 / 198.19.4.2, default route through
+    /// it), and its old address is removed: every socket bound to it is
+    /// dead, as after walking from one Wi-Fi to another. Returns the peer's
+    /// new address.
+    pub fn move_peer(&self, site: Site, nat: NatKind) -> io::Result<Ipv4Addr> {
+        let n = 2 + site.n();
+        let wan = Ipv4Addr::new(198, 18, 10 * n, 2);
+        let wan_gw = Ipv4Addr::new(198, 18, 10 * n, 1);
+        let lan_gw = Ipv4Addr::new(198, 19, n, 1);
+        let addr = Ipv4Addr::new(198, 19, n, 2);
+        let r = Netns::new("nat_m")?;
+        let p = self.peer(site);
+        veth(
+            &self.inet,
+            &format!("to_m{n}"),
+            &format!("{wan_gw}/24"),
+            &r,
+            "wan",
+            &format!("{wan}/24"),
+            1500,
+        )?;
+        veth(
+            &r,
+            "lan",
+            &format!("{lan_gw}/24"),
+            p,
+            "eth1",
+            &format!("{addr}/24"),
+            1500,
+        )?;
+        r.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        r.exec(&["ip", "route", "add", "default", "via", &wan_gw.to_string()])?;
+        nft_apply(
+            &r,
+            &router_rules(
+                wan,
+                addr,
+                SiteConfig {
+                    nat,
+                    ..SiteConfig::default()
+                },
+            ),
+        )?;
+        // The move: the old address goes, the default route follows the
+        // new network.
+        p.exec(&["ip", "addr", "flush", "dev", "eth0"])?;
+        p.exec(&[
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &lan_gw.to_string(),
+        ])?;
+        self.moved.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+        Ok(addr)
     }
 
     /// Undo [`Lab::cut`] (no-op if not cut).

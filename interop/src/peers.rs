@@ -154,7 +154,12 @@ impl Lines {
     pub fn paths(&self) -> Vec<(Instant, String)> {
         self.snapshot()
             .into_iter()
-            .filter_map(|(t, l)| l.strip_prefix("path: ").map(|p| (t, p.trim().to_string())))
+            // "relay (after a stall of 0.4 s)": the path is the first word.
+            .filter_map(|(t, l)| {
+                l.strip_prefix("path: ")
+                    .and_then(|p| p.split_whitespace().next())
+                    .map(|p| (t, p.to_string()))
+            })
             .collect()
     }
 

@@ -63,6 +63,8 @@ enum Ev {
     RelayOpened(usize, usize, u32),
     /// `side`'s relay connection attempt of `generation` failed.
     RelayFailed(usize, u32),
+    /// `side`'s runtime saw its addresses change (§4.9).
+    NetworkChanged(usize),
 }
 
 /// What the scenario allows and does.
@@ -127,6 +129,14 @@ enum Step {
     /// The relay black-holes its connections (no close, no error) and
     /// accepts nothing for this long.
     BlackholeRelay(Duration),
+    /// The guest's relay connection ends (it moved to another network):
+    /// the relay forwards nothing more, and the host's leg of it stays
+    /// open and silent.
+    GuestRelayLegDies,
+    /// The guest moves to another network: its runtime sees its address
+    /// go and closes its relay and direct connections at once; the host
+    /// hears nothing (its legs go silent).
+    GuestMoves,
 }
 
 struct Side {
@@ -578,6 +588,26 @@ impl World {
                     self.pairs[p].stall_until = self.now + d;
                 }
             }
+            Step::GuestMoves => {
+                let now = self.now;
+                for p in 0..self.pairs.len() {
+                    let pair = &mut self.pairs[p];
+                    if pair.cut || pair.handle[G].is_none() {
+                        continue;
+                    }
+                    pair.cut = true;
+                    self.at(now, Ev::Closed(G, p));
+                }
+                self.at(now, Ev::NetworkChanged(G));
+            }
+            Step::GuestRelayLegDies => {
+                if let Some(p) = self.relay_pair() {
+                    self.pairs[p].cut = true;
+                    let one = self.pairs[p].one_way;
+                    let now = self.now;
+                    self.at(now + one, Ev::Closed(G, p));
+                }
+            }
             Step::RestartRelay(d) | Step::BlackholeRelay(d) => {
                 let now = self.now;
                 for p in 0..self.pairs.len() {
@@ -721,6 +751,10 @@ impl World {
                         self.at(now + one, Ev::Closed(1 - side, p));
                     }
                 }
+                self.drive(side)?;
+            }
+            Ev::NetworkChanged(side) => {
+                self.sides[side].m.handle_network_changed(now);
                 self.drive(side)?;
             }
             Ev::RelayFailed(side, generation) => {
@@ -1044,6 +1078,9 @@ fn slow_relay_late_resume_does_not_take_the_sending_back() {
     );
 }
 
+/// A relay that stalls (accepts bytes, forwards them 20 s late) while it
+/// carries the session is not a failure: shorter than three keepalive
+/// intervals, it is waited for (a loaded relay is not torn down, §4.7).
 //= spec/direct.md#DI-LIVE-3
 #[test]
 fn relay_stall_while_relayed_is_not_a_failure() {
@@ -1303,6 +1340,78 @@ fn relay_that_never_comes_back_fails_the_session_after_60_s() {
             let t = w.now.as_micros() as f64 / 1e6;
             if !(60.0..60.5).contains(&t) {
                 return Err(format!("gave up at {t} s"));
+            }
+            Ok(())
+        },
+    );
+}
+
+/// The guest loses its relay connection (it moved) while the relay carries
+/// the session; the host's leg stays open and silent. The guest's first
+/// `JOIN` pairs with the host's standby registration of the next
+/// generation, so both are back on a relay path within the handshake, far
+/// sooner than the host's liveness timeout would notice (§4.8).
+//= spec/direct.md#DI-RELAY-5
+#[test]
+fn guest_losing_its_relay_leg_pairs_with_the_host_standby_at_once() {
+    let mut sc = base("guest relay leg");
+    sc.policy = PathPolicy::RelayOnly;
+    sc.tcp = false;
+    sc.udp = false;
+    sc.bytes = 24 << 20;
+    // After the host registered its standby (STANDBY_DELAY, 2 s).
+    sc.finish_not_before = Duration::from_secs(4);
+    sc.steps = vec![(ms(2500), Step::GuestRelayLegDies)];
+    sc.min_relay_reconnects = 1;
+    // JOIN, PAIRED, the e2e handshake, the host's RESUME: 7 one-way trips
+    // (the host's liveness timeout here is 1 s).
+    sc.max_stall = ms(20) * 8;
+    run(
+        "guest_losing_its_relay_leg_pairs_with_the_host_standby_at_once",
+        sc,
+        SEEDS,
+    );
+}
+
+/// The guest moves to another network while a direct path carries the
+/// session: its runtime closes its relay and direct connections at once,
+/// its first `JOIN` pairs with the host's standby registration, the host
+/// gives its (silent) direct path `SUSPECT_TIMEOUT` to answer, falls back
+/// onto the new relay path and starts the next round 1 s later: direct
+/// again on both sides within 3 s of the move, byte-exact (§4.8, §4.9).
+//= spec/direct.md#DI-RELAY-6
+//= spec/direct.md#DI-NET-1
+#[test]
+fn guest_moving_to_another_network_is_direct_again_within_3_s() {
+    check_seeds(
+        "guest_moving_to_another_network_is_direct_again_within_3_s",
+        seeds_from_env(SEEDS),
+        |seed| {
+            let mut sc = base("guest moves");
+            sc.udp = false;
+            sc.bytes = 8 << 20;
+            sc.finish_not_before = Duration::from_secs(8);
+            // After the host registered its standby (STANDBY_DELAY, 2 s).
+            let moved = ms(2500);
+            sc.steps = vec![(moved, Step::GuestMoves)];
+            sc.min_direct = 2;
+            sc.min_relay_reconnects = 1;
+            // The guest waits for the host's RESUME: the host gives its
+            // direct path SUSPECT_TIMEOUT (1 s) to answer first.
+            sc.max_stall = Duration::from_secs(1) + ms(20) * 8;
+            let mut w = World::new(seed, sc);
+            w.run()?;
+            let at = Instant::ZERO + moved;
+            for s in [H, G] {
+                let back = w.sides[s]
+                    .changes
+                    .iter()
+                    .find(|(t, p)| *t > at && matches!(p, Path::DirectTcp | Path::DirectUdp))
+                    .map(|(t, _)| t.saturating_duration_since(at))
+                    .ok_or(format!("side {s} never direct again after the move"))?;
+                if back > Duration::from_secs(3) {
+                    return Err(format!("side {s} direct again {back:?} after the move"));
+                }
             }
             Ok(())
         },

@@ -263,6 +263,7 @@ impl Session {
         };
         let udp = relay_udp(&paired);
         let observed = paired.observed;
+        let relay_local = paired.stream.local_addr().ok();
         let (early, pipe) =
             crate::early::Early::begin(paired.stream, role, secret.clone(), observed, &direct)
                 .await
@@ -301,6 +302,7 @@ impl Session {
             .unwrap_or_default();
         let inner = crate::session::start(crate::session::Start {
             relay: Box::new(relay_path),
+            relay_local,
             role,
             early,
             relay_rtt,

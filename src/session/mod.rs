@@ -133,6 +133,8 @@ struct PathTasks {
     xtcp: Option<CloseWaiter>,
     /// Output the writer queue had no room for yet.
     out: Vec<u8>,
+    /// The local address of a TCP path (it dies with the address).
+    local: Option<std::net::IpAddr>,
 }
 
 impl Drop for PathTasks {
@@ -160,6 +162,7 @@ pub(crate) struct Reconnect {
 /// address and UDP grant as that relay saw it, and the relay's name.
 struct Reconnected {
     io: Box<dyn PathIo>,
+    local: Option<SocketAddr>,
     observed: SocketAddr,
     udp: Option<RelayUdp>,
     relay: String,
@@ -169,11 +172,11 @@ struct Reconnected {
 /// §3.3): it names the generation and the first relay path's exporter, so
 /// it proves this very session, and a path of one generation does not pass
 /// for another.
-fn resumed_binding(extra: &[u8], generation: u32, firstexporter: &[u8; 32]) -> Vec<u8> {
+fn resumed_binding(extra: &[u8], generation: u32, first_exporter: &[u8; 32]) -> Vec<u8> {
     let mut b = extra.to_vec();
     b.extend_from_slice(b"xtcp relay resume v1");
     b.extend_from_slice(&generation.to_be_bytes());
-    b.extend_from_slice(firstexporter);
+    b.extend_from_slice(first_exporter);
     b
 }
 
@@ -184,7 +187,7 @@ async fn reconnect_relay(
     rc: Reconnect,
     role: Role,
     generation: u32,
-    firstexporter: [u8; 32],
+    first_exporter: [u8; 32],
 ) -> Result<Reconnected, String> {
     use crate::relay::client;
     let rid = rc.secret.rendezvous_id_for(generation);
@@ -200,7 +203,8 @@ async fn reconnect_relay(
         Role::Guest => client::join_session_in(&rc.relay_cfg, rid, order).await,
     }
     .map_err(|e| e.to_string())?;
-    let binding = resumed_binding(&rc.binding, generation, &firstexporter);
+    let binding = resumed_binding(&rc.binding, generation, &first_exporter);
+    let local = paired.stream.local_addr().ok();
     let udp = paired.udp.map(|u| RelayUdp {
         addr: u.addr,
         token: u.token,
@@ -218,6 +222,7 @@ async fn reconnect_relay(
     .map_err(|e| e.to_string())?;
     Ok(Reconnected {
         io: Box::new(io),
+        local,
         observed: paired.observed,
         udp,
         relay: paired.relay,
@@ -227,6 +232,8 @@ async fn reconnect_relay(
 /// Everything the driver needs to start.
 pub(crate) struct Start {
     pub relay: Box<dyn PathIo>,
+    /// The relay connection's local address.
+    pub relay_local: Option<SocketAddr>,
     pub role: Role,
     /// Direct attempts begun at pairing.
     pub early: Early,
@@ -319,7 +326,7 @@ pub(crate) async fn start(mut s: Start) -> Result<SessionStream, PreambleError> 
         draining: Vec::new(),
         woke_app: false,
     };
-    driver.add_io(relay_h, s.relay, None);
+    driver.add_io(relay_h, s.relay, None, s.relay_local);
     tokio::spawn(driver.run(events_rx, early.found, udp_rx, relay_rx));
     Ok(SessionStream {
         link,
@@ -384,7 +391,13 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn add_io(&mut self, h: PathHandle, io: Box<dyn PathIo>, xtcp: Option<CloseWaiter>) {
+    fn add_io(
+        &mut self,
+        h: PathHandle,
+        io: Box<dyn PathIo>,
+        xtcp: Option<CloseWaiter>,
+        local: Option<SocketAddr>,
+    ) {
         let (mut rd, mut wr) = tokio::io::split(io);
         let events = self.events_tx.clone();
         let reader = tokio::spawn(async move {
@@ -428,8 +441,28 @@ impl Driver {
                 writer,
                 xtcp,
                 out: Vec::new(),
+                local: local.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
             },
         );
+    }
+
+    /// This host's addresses changed (`spec/direct.md` §4.9): paths bound
+    /// to an address that went away are dead now, not after their timeout.
+    fn network_changed(&mut self, addrs: &std::collections::BTreeSet<std::net::IpAddr>) {
+        let gone: Vec<PathHandle> = self
+            .paths
+            .iter()
+            .filter(|(_, p)| p.local.is_some_and(|ip| !addrs.contains(&ip)))
+            .map(|(h, _)| *h)
+            .collect();
+        let link = self.link.clone();
+        let mut g = link.lock();
+        let now = g.clock.now();
+        for h in gone {
+            tracing::info!(path = h.index(), "local address gone: path closed");
+            g.m.handle_path_closed(now, h);
+        }
+        g.m.handle_network_changed(now);
     }
 
     async fn run(
@@ -601,7 +634,7 @@ impl Driver {
                     g.m.handle_relay_failed(now, generation);
                     return;
                 };
-                tracing::info!(generation, relay = %rc.relay, "relay path lost: connecting again");
+                tracing::debug!(generation, relay = %rc.relay, "relay connection: setting up");
                 let (role, tx) = (self.ctx.role, self.relay_tx.clone());
                 self.relay_attempt = Some(tokio::spawn(async move {
                     let r = reconnect_relay(rc, role, generation, first).await;
@@ -663,6 +696,11 @@ impl Driver {
         mut udp: mpsc::Receiver<UdpReady>,
         mut relay: mpsc::Receiver<RelayReady>,
     ) {
+        // Local addresses, polled (netlink would wake us sooner; 500 ms is
+        // well inside the keepalive timeout it competes with).
+        let mut addrs = local_addrs();
+        let mut watch = tokio::time::interval(ADDRESS_POLL);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !self.apply() {
                 return;
@@ -704,7 +742,7 @@ impl Driver {
                         sh.direct.retain(|h, _| sh.m.path_kind(*h).is_some());
                         sh.direct.insert(h, (conn.kind, conn.remote, probe));
                         drop(g);
-                        self.add_io(h, conn.io, conn.xtcp);
+                        self.add_io(h, conn.io, conn.xtcp, conn.local);
                     }
                 }
                 Some((round, prep)) = udp.recv() => {
@@ -739,7 +777,7 @@ impl Driver {
                                     rc.relay = c.relay;
                                 }
                                 drop(g);
-                                self.add_io(h, c.io, None);
+                                self.add_io(h, c.io, None, c.local);
                             }
                         }
                         Err(e) => {
@@ -765,6 +803,14 @@ impl Driver {
                         }
                     }
                 }
+                _ = watch.tick() => {
+                    let now_addrs = local_addrs();
+                    if now_addrs != addrs {
+                        tracing::info!(?now_addrs, "local addresses changed");
+                        addrs = now_addrs;
+                        self.network_changed(&addrs);
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     let mut g = self.link.lock();
                     let now = g.clock.now();
@@ -785,6 +831,25 @@ fn on_read(g: &mut Shared, now: proto::Instant, h: PathHandle, ev: ReadEvent) {
         }
         ReadEvent::Data(buf) => g.m.handle_path_data(now, h, &buf),
     }
+}
+
+/// How often the driver reads this host's addresses (§4.9).
+const ADDRESS_POLL: Duration = Duration::from_millis(500);
+
+/// This host's interface addresses (an empty set if they cannot be read:
+/// then nothing ever looks changed).
+fn local_addrs() -> std::collections::BTreeSet<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Default::default();
+    };
+    addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            a.as_sockaddr_in()
+                .map(|s| std::net::IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())))
+        })
+        .collect()
 }
 
 async fn sleep_until(t: Option<Instant>) {

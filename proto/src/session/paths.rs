@@ -379,6 +379,29 @@ pub const RELAY_BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// The longest wait between two relay connection attempts (§4.8).
 pub const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// A relay connection lost while a direct path carried the session starts
+/// the next direct round this soon after the relay path is back (§4.8).
+pub const RECONNECT_ROUND_DELAY: Duration = Duration::from_secs(1);
+/// How long the direct path has to answer after the guest re-paired on
+/// the host's standby registration (§4.8).
+pub const SUSPECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after the relay path is up the host registers its standby (§4.8).
+pub const STANDBY_DELAY: Duration = Duration::from_secs(2);
+/// The longest wait between two standby registrations (§4.8).
+pub const STANDBY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The host's registration of the next relay generation (§4.8).
+#[derive(Clone, Copy, Debug)]
+struct Standby {
+    generation: u32,
+    /// When the next registration starts (None: one is under way).
+    next_try: Option<Instant>,
+    /// The wait after the next failure.
+    backoff: Duration,
+    /// When the registration under way started.
+    started: Instant,
+}
+
 /// The relay connection being set up again (§4.8).
 #[derive(Clone, Copy, Debug)]
 struct RelayDown {
@@ -470,6 +493,15 @@ pub struct PathManager {
     relay_gen: u32,
     /// The relay path is lost and being set up again.
     relay_down: Option<RelayDown>,
+    /// Host: the next generation's registration (§4.8).
+    standby: Option<Standby>,
+    /// The guest re-paired on the standby while a direct path carries the
+    /// session (it likely moved): the direct path must be heard from by
+    /// then, and its loss starts the next round soon (§4.8).
+    direct_suspect: Option<Instant>,
+    /// Since when the relay connection carries the session after a
+    /// fallback, not yet heard from (DI-LIVE-4).
+    relay_probation: Option<Instant>,
     now: Instant,
 }
 
@@ -529,6 +561,9 @@ impl PathManager {
             ahead_since: None,
             relay_gen: 0,
             relay_down: None,
+            standby: None,
+            direct_suspect: None,
+            relay_probation: None,
             now,
             cfg,
         };
@@ -825,9 +860,24 @@ impl PathManager {
         observed: SocketAddr,
     ) -> Option<PathHandle> {
         self.now = now;
-        if generation != self.relay_gen || self.relay_down.is_none() || self.status != Status::Open
-        {
+        if self.status != Status::Open {
             return None;
+        }
+        let lost = self.relay_down.is_some() && generation == self.relay_gen;
+        let standby =
+            self.relay_down.is_none() && self.standby.is_some_and(|s| s.generation == generation);
+        if !lost && !standby {
+            return None;
+        }
+        if standby {
+            //= spec/direct.md#DI-RELAY-5
+            //# a guest that pairs with it has lost its relay connection: the host MUST
+            //# take the new connection as the relay path and close the old one
+            self.standby = None;
+            if let Some(old) = self.relay_slot() {
+                self.drop_slot(old);
+            }
+            self.relay_gen = generation;
         }
         self.relay_down = None;
         self.cfg.observed = observed;
@@ -835,9 +885,21 @@ impl PathManager {
         //= spec/direct.md#DI-RELAY-3
         //# The host MUST open the new relay path with the next even id above every
         //# path id it used so far, unless a direct path carries the session
+        if standby && self.direct_id.is_some() {
+            //= spec/direct.md#DI-RELAY-6
+            //# the host MUST hear from the direct path within `SUSPECT_TIMEOUT`
+            //# of the guest's re-pairing or treat it as dead
+            if let Some(d) = self.direct_id.and_then(|id| self.slot_for_out(id)) {
+                self.queue(d, &Frame::Keepalive { nonce: 0 });
+            }
+            self.direct_suspect = Some(now);
+        }
         if self.cfg.role == Role::Host && self.direct_id.is_none() {
             let id = (self.relay_epoch + 2).max(2 * self.direct_seq);
-            self.fall_back_to_relay_with(now, id);
+            // A lost relay connection often means a changed network: the
+            // next direct round starts soon, on the fresh candidates.
+            let retry = self.cfg.retry_after.min(RECONNECT_ROUND_DELAY);
+            self.fall_back_to_relay_in(now, id, retry);
         }
         // The guest follows the host's RESUME (DI-FALL-2); with a direct
         // path in use the new connection is the idle fallback.
@@ -849,6 +911,17 @@ impl PathManager {
     /// follows after a backoff (§4.8).
     pub fn handle_relay_failed(&mut self, now: Instant, generation: u32) {
         self.now = now;
+        if let Some(s) = self.standby.as_mut().filter(|s| s.generation == generation) {
+            if s.next_try.is_none() {
+                // A registration that waited long (the relay's waiting TTL)
+                // is simply renewed; quick failures back off.
+                if now.saturating_duration_since(s.started) >= STANDBY_BACKOFF_MAX {
+                    s.backoff = RELAY_BACKOFF_MAX;
+                }
+                s.next_try = Some(now + s.backoff);
+                s.backoff = (s.backoff * 2).min(STANDBY_BACKOFF_MAX);
+            }
+        }
         if generation == self.relay_gen {
             if let Some(d) = self.relay_down.as_mut() {
                 if d.next_try.is_none() {
@@ -858,6 +931,35 @@ impl PathManager {
                     d.next_try = Some(now + d.backoff);
                     d.backoff = (d.backoff * 2).min(RELAY_BACKOFF_MAX);
                 }
+            }
+        }
+        self.fill(now);
+    }
+
+    /// This host's addresses changed (an interface came or went, §4.9); the
+    /// runtime already closed the paths bound to an address that went away.
+    /// Without a direct path, fresh candidates go out and the host starts
+    /// the next direct round soon.
+    pub fn handle_network_changed(&mut self, now: Instant) {
+        self.now = now;
+        if self.status != Status::Open
+            || self.closing
+            || self.cfg.policy == PathPolicy::RelayOnly
+            || self.direct_id.is_some()
+        {
+            return;
+        }
+        //= spec/direct.md#DI-NET-1
+        //# a peer whose addresses changed while no direct path carries the session
+        //# SHOULD open a new listener and send fresh candidates at once
+        if self.cfg.tcp {
+            self.actions.push_back(Action::StartListener);
+        }
+        if self.cfg.role == Role::Host {
+            let soon = now + self.cfg.retry_after.min(RECONNECT_ROUND_DELAY);
+            if self.retry_at.is_none_or(|t| t > soon) {
+                self.retry_at = Some(soon);
+                self.udp_new_round(soon);
             }
         }
         self.fill(now);
@@ -873,9 +975,13 @@ impl PathManager {
         self.relay_gen
     }
 
-    /// Start the next relay connection attempt when due, or give up (§4.8).
+    /// Start the next relay connection attempt when due, or give up; the
+    /// host's standby registration (§4.8).
     fn relay_tick(&mut self, now: Instant) {
-        let Some(d) = self.relay_down else { return };
+        let Some(d) = self.relay_down else {
+            self.standby_tick(now);
+            return;
+        };
         //= spec/direct.md#DI-RELAY-4
         //# gives up `relay_resume` (default 60 s) after the loss
         if now >= d.since + self.cfg.relay_resume {
@@ -894,6 +1000,37 @@ impl PathManager {
             self.actions.push_back(Action::ConnectRelay {
                 generation: self.relay_gen,
             });
+        }
+    }
+
+    /// Host: keep a registration of the next relay generation waiting at
+    /// the relay while the relay path is up, so a guest that loses its relay
+    /// connection pairs again at once (§4.8).
+    fn standby_tick(&mut self, now: Instant) {
+        let wanted = self.cfg.role == Role::Host
+            && !self.cfg.relay_resume.is_zero()
+            && !self.closing
+            && !self.st.is_complete()
+            && self.relay_slot().is_some();
+        if !wanted {
+            if self.standby.take().is_some() {
+                self.actions.push_back(Action::StopRelay);
+            }
+            return;
+        }
+        let generation = self.relay_gen + 1;
+        // Not at once: a burst of new sessions does not double the relay's
+        // handshakes, and a session of a few seconds never registers one.
+        let s = self.standby.get_or_insert(Standby {
+            generation,
+            next_try: Some(now + STANDBY_DELAY),
+            backoff: RELAY_BACKOFF_MAX,
+            started: now,
+        });
+        if s.next_try.is_some_and(|t| now >= t) {
+            s.next_try = None;
+            s.started = now;
+            self.actions.push_back(Action::ConnectRelay { generation });
         }
     }
 
@@ -919,6 +1056,7 @@ impl PathManager {
                 continue;
             };
             let is_direct_active = self.is_direct_active(s);
+            let relay_carrying = self.is_relay_carrying(s);
             let interval = if is_direct_active {
                 self.cfg.keepalive_interval
             } else {
@@ -931,6 +1069,26 @@ impl PathManager {
             {
                 dead.push(k);
                 continue;
+            }
+            if let Some(t) = self.direct_suspect.filter(|_| is_direct_active) {
+                if s.last_recv > t {
+                    self.direct_suspect = None; // it answered
+                } else if now >= t + self.suspect_timeout() {
+                    dead.push(k);
+                    continue;
+                }
+            }
+            //= spec/direct.md#DI-LIVE-4
+            //# the relay connection that carries the session after a fallback MUST be
+            //# heard from within `keepalive_timeout`
+            if let Some(t) = self.relay_probation.filter(|_| relay_carrying) {
+                if s.last_recv > t {
+                    self.relay_probation = None; // the peer is there
+                } else if now >= t + self.cfg.keepalive_timeout {
+                    self.relay_probation = None;
+                    relay_dead.push(k);
+                    continue;
+                }
             }
             //= spec/direct.md#DI-LIVE-3
             //# A relay connection that received nothing for three such intervals is dead
@@ -960,6 +1118,9 @@ impl PathManager {
             self.drop_slot(k);
             self.direct_lost(now);
         }
+        if self.direct_id.is_none() {
+            self.direct_suspect = None;
+        }
         for k in relay_dead {
             self.path_lost(k);
         }
@@ -985,6 +1146,9 @@ impl PathManager {
         }
         for s in self.slots.values() {
             let active = self.is_direct_active(s);
+            if let Some(t) = self.relay_probation.filter(|_| self.is_relay_carrying(s)) {
+                at(t + self.cfg.keepalive_timeout);
+            }
             let interval = if active {
                 self.cfg.keepalive_interval
             } else {
@@ -992,6 +1156,9 @@ impl PathManager {
             };
             if active {
                 at(s.last_recv + self.cfg.keepalive_timeout);
+            }
+            if let Some(t) = self.direct_suspect.filter(|_| self.is_direct_active(s)) {
+                at(t + self.suspect_timeout());
             }
             if s.kind == Path::Relay {
                 at(s.last_recv + self.cfg.relay_keepalive_interval * 3);
@@ -1006,6 +1173,9 @@ impl PathManager {
             if let Some(t) = d.next_try {
                 at(t);
             }
+        }
+        if let Some(t) = self.standby.and_then(|s| s.next_try) {
+            at(t);
         }
         if self.cfg.role == Role::Host {
             if let Some(r) = self.retry_at {
@@ -1061,6 +1231,20 @@ impl PathManager {
 
     fn is_direct_active(&self, s: &Slot) -> bool {
         s.kind != Path::Relay && s.out_id.is_some() && s.out_id == self.direct_id
+    }
+
+    /// How long a suspect direct path has to answer (§4.8).
+    fn suspect_timeout(&self) -> Duration {
+        SUSPECT_TIMEOUT.min(self.cfg.keepalive_timeout)
+    }
+
+    /// The relay connection carries the session (no direct path) and can
+    /// be set up again if it dies (§4.8).
+    fn is_relay_carrying(&self, s: &Slot) -> bool {
+        s.kind == Path::Relay
+            && s.out_id.is_some()
+            && self.direct_id.is_none()
+            && !self.cfg.relay_resume.is_zero()
     }
 
     fn add_slot(&mut self, kind: Path, now: Instant, early_resume: Option<u64>) -> PathHandle {
@@ -1724,9 +1908,16 @@ impl PathManager {
             //# a peer whose relay connection ends or falls silent (§4.7) while the
             //# session is not complete MUST set up a new one
             self.relay_gen += 1;
+            // A standby registration under way is this generation's: it is
+            // the attempt (the guest, losing its leg too, joins it); if the
+            // relay itself died it fails, and the backoff goes on from there.
+            let in_flight = self
+                .standby
+                .take()
+                .is_some_and(|s| s.generation == self.relay_gen && s.next_try.is_none());
             self.relay_down = Some(RelayDown {
                 since: self.now,
-                next_try: Some(self.now),
+                next_try: (!in_flight).then_some(self.now),
                 backoff: RELAY_BACKOFF_FIRST,
             });
             if self.direct_id.is_none() {
@@ -1762,11 +1953,26 @@ impl PathManager {
         //= spec/direct.md#DI-FALL-1
         //# reopens the relay stream as the next even id `r + 2`
         let next = self.relay_epoch + 2;
-        self.fall_back_to_relay_with(now, next);
+        // The other peer may have moved (its relay leg gone with it): the
+        // relay must answer soon (DI-LIVE-4).
+        self.relay_probation = Some(now);
+        if self.direct_suspect.take().is_some() {
+            // The guest moved: its fresh candidates are on the way.
+            let retry = self.cfg.retry_after.min(RECONNECT_ROUND_DELAY);
+            self.fall_back_to_relay_in(now, next, retry);
+        } else {
+            self.fall_back_to_relay_with(now, next);
+        }
     }
 
     /// Reopen the relay stream as session path `id` (both sides send RESUME).
     fn fall_back_to_relay_with(&mut self, now: Instant, id: u32) {
+        let retry = self.cfg.retry_after;
+        self.fall_back_to_relay_in(now, id, retry);
+    }
+
+    /// [`Self::fall_back_to_relay_with`], the next direct round `retry` later.
+    fn fall_back_to_relay_in(&mut self, now: Instant, id: u32, retry: Duration) {
         // Drop every direct slot: the peer abandons them too.
         let directs: Vec<PathHandle> = self
             .slots
@@ -1783,12 +1989,16 @@ impl PathManager {
             self.queue(r, &f);
             if let Some(s) = self.slots.get_mut(&r) {
                 s.out_id = Some(id);
+                // Watched as the carrying path from now on (DI-LIVE-4): an
+                // idle fallback heard from up to 3 keepalive intervals ago
+                // gets the full timeout to answer.
+                s.last_recv = s.last_recv.max(now);
             }
             self.relay_epoch = id;
             self.set_path(Path::Relay);
             //= spec/direct.md#DI-FALL-4
             //# the host starts a new direct attempt `retry_after` later
-            let retry_at = now + self.cfg.retry_after;
+            let retry_at = now + retry;
             self.retry_at = Some(retry_at);
             self.udp_new_round(retry_at);
             //= spec/direct.md#DI-FALL-3
