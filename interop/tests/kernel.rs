@@ -894,8 +894,8 @@ async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64, 
 /// room for a stray one (a window update that also acknowledges, say). It
 /// is absolute rather than relative to the kernel's share, which varies from
 /// run to run with how much the kernel coalesces in the socket backlog while
-/// the reader holds the socket (between 1 % and 30 % in six runs of
-/// 2026-12-03, 2.2 to 15.3 segments per ACK on average): the kernel's figure
+/// the reader holds the socket (between 0.4 % and 30 % in eight runs of
+/// 2026-12-03, 1.9 to 15.3 segments per ACK on average): the kernel's figure
 /// is printed for comparison only. Before the rule XTCP's share was 95 %
 /// (one ACK per `recvmmsg` batch of up to 8 segments, 7.6 segments per ACK).
 //= spec/xtcp.md#XT-ACK-1

@@ -1390,6 +1390,36 @@ fn batch_acks_echo_the_earliest_segment_they_cover() {
     );
 }
 
+/// Data going out carries the ACKs a batch owes, oldest first, instead of
+/// one ACK of the whole batch on every segment: no pure ACK is added while
+/// there is data to carry them; those left over go as pure ACKs.
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn batch_acks_ride_on_outgoing_data() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    batch(&mut t, 20, 0, 6);
+    assert_eq!(t.c.write(&[9; 3000]).unwrap(), 3000);
+    let out = drain(&mut t, 20);
+    let got: Vec<(u32, usize)> = out
+        .iter()
+        .map(|s| (s.ack - IRS - 1, s.payload.len()))
+        .collect();
+    assert_eq!(got, vec![(2000, 1000), (4000, 1000), (6000, 1000)]);
+    // Less data than owed ACKs: the rest go as pure ACKs, in order.
+    batch(&mut t, 30, 6000, 6);
+    assert_eq!(t.c.write(&[9; 1000]).unwrap(), 1000);
+    let out = drain(&mut t, 30);
+    let got: Vec<(u32, usize)> = out
+        .iter()
+        .map(|s| (s.ack - IRS - 1, s.payload.len()))
+        .collect();
+    assert_eq!(got, vec![(8000, 1000), (10_000, 0), (12_000, 0)]);
+}
+
 /// The ACKs a batch owes are bounded (spec/xtcp.md §7: 256 queued at
 /// most): 600 small segments in one batch draw 255 ACKs of two segments
 /// each, one that covers the rest but the last two, and the ACK of the end.

@@ -2518,10 +2518,12 @@ impl Connection {
         if let Some(t) = self.transmit_path(now, buf) {
             return Some(t);
         }
-        if let Some(t) = self.transmit_ack_point(now, buf) {
+        // Data segments carry the queued ACK points first (oldest first);
+        // those left go as pure ACKs.
+        if let Some(t) = self.transmit_data(now, buf) {
             return Some(t);
         }
-        if let Some(t) = self.transmit_data(now, buf) {
+        if let Some(t) = self.transmit_ack_point(now, buf) {
             return Some(t);
         }
         if self.keepalive_due {
@@ -2541,38 +2543,61 @@ impl Connection {
         None
     }
 
-    /// The oldest queued ACK point still behind RCV.NXT, as a pure ACK of
-    /// that point (spec/xtcp.md §7): what it acknowledges, the TSval it was
-    /// due to echo, no SACK blocks (none were due then), and the window that
-    /// keeps the right edge where the ACK of the current state puts it. A
-    /// point at RCV.NXT is left to that ACK, which is due as well (`now`).
-    fn transmit_ack_point(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    /// The oldest queued ACK point still behind RCV.NXT (spec/xtcp.md §7),
+    /// taken off the queue. A point at RCV.NXT is left to the ACK of the
+    /// current state, which is due as well (`now`).
+    fn next_ack_point(&mut self) -> Option<AckPoint> {
         let rcv_nxt = self.rcv_nxt_off();
         while let Some(p) = self.ack.points.pop_front() {
-            if p.off >= rcv_nxt {
-                continue;
+            if p.off < rcv_nxt {
+                return Some(p);
             }
-            let ack = self.irs + 1u32 + (p.off as u32);
-            let right = self.recv_buf.contiguous_end() + self.rcv_wnd();
-            let field = (right.saturating_sub(p.off) >> self.opts.rcv_wscale).min(0xffff) as u16;
-            self.rcv_adv_edge = self
-                .rcv_adv_edge
-                .max(p.off + (u64::from(field) << self.opts.rcv_wscale));
-            let mut o = self.base_options(now);
-            if let Some((tsval, _)) = o.timestamps {
-                o.timestamps = Some((tsval, p.tsecr));
-            }
-            let seq = self.snd_seq(self.snd_nxt);
-            let repr = self.repr(seq, ack, TcpFlags::ACK, field, o, &[]);
-            let size = repr.emit(buf).ok()?;
-            self.stats.segments_sent += 1;
-            self.last_send = now;
-            return Some(Transmit {
-                destination: self.remote,
-                size,
-            });
         }
         None
+    }
+
+    /// The ACK fields of point `p`: what it acknowledges, the TSval it was
+    /// due to echo, no SACK blocks (none were due then: a point is only
+    /// owed while nothing is held out of order), and the window that keeps
+    /// the right edge where the ACK of the current state puts it.
+    fn ack_point_fields(&mut self, now: Instant, p: AckPoint) -> (SeqNumber, u16, TcpOptions) {
+        let ack = self.irs + 1u32 + (p.off as u32);
+        let right = self.recv_buf.contiguous_end() + self.rcv_wnd();
+        let field = (right.saturating_sub(p.off) >> self.opts.rcv_wscale).min(0xffff) as u16;
+        self.rcv_adv_edge = self
+            .rcv_adv_edge
+            .max(p.off + (u64::from(field) << self.opts.rcv_wscale));
+        let mut o = self.base_options(now);
+        if let Some((tsval, _)) = o.timestamps {
+            o.timestamps = Some((tsval, p.tsecr));
+        }
+        (ack, field, o)
+    }
+
+    /// The ACK fields a data segment carries: the oldest queued ACK point's
+    /// (so that data going out does not merge the ACKs a receive batch owes),
+    /// else the current state's.
+    fn data_ack_fields(&mut self, now: Instant) -> (SeqNumber, u16, TcpOptions) {
+        match self.next_ack_point() {
+            Some(p) => self.ack_point_fields(now, p),
+            None => self.ack_fields(now),
+        }
+    }
+
+    /// The oldest queued ACK point no data segment carried, as a pure ACK
+    /// (spec/xtcp.md §7). It leaves the ACK of the current state due.
+    fn transmit_ack_point(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let p = self.next_ack_point()?;
+        let (ack, wnd, o) = self.ack_point_fields(now, p);
+        let seq = self.snd_seq(self.snd_nxt);
+        let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, o, &[]);
+        let size = repr.emit(buf).ok()?;
+        self.stats.segments_sent += 1;
+        self.last_send = now;
+        Some(Transmit {
+            destination: self.remote,
+            size,
+        })
     }
 
     /// A PATH_RESPONSE, a PATH_CHALLENGE, or a copy of the last ACK for the
@@ -2846,7 +2871,7 @@ impl Connection {
         let fin = self
             .fin_off
             .is_some_and(|f| start + payload_len as u64 == f && f == data_end);
-        let (ack, wnd, opts) = self.ack_fields(now);
+        let (ack, wnd, opts) = self.data_ack_fields(now);
         let mut flags = TcpFlags::ACK;
         if fin {
             flags = flags | TcpFlags::FIN;
@@ -2933,20 +2958,27 @@ impl Connection {
             // Fast path: the bytes are contiguous in the send buffer.
             let repr = self.repr(seq, ack, flags, wnd, opts, chunk);
             let size = repr.emit(buf).ok()?;
-            return self.after_emit(now, flags, size);
+            return self.after_emit(now, flags, ack, size);
         }
         let mut tmp = vec![0u8; len];
         let n = self.send_buf.copy_out(start, &mut tmp);
         tmp.truncate(n);
         let repr = self.repr(seq, ack, flags, wnd, opts, &tmp);
         let size = repr.emit(buf).ok()?;
-        self.after_emit(now, flags, size)
+        self.after_emit(now, flags, ack, size)
     }
 
-    fn after_emit(&mut self, now: Instant, flags: TcpFlags, size: usize) -> Option<Transmit> {
+    fn after_emit(
+        &mut self,
+        now: Instant,
+        flags: TcpFlags,
+        ack: SeqNumber,
+        size: usize,
+    ) -> Option<Transmit> {
         self.stats.segments_sent += 1;
         self.last_send = now;
-        if flags.ack() {
+        // An ACK of the current state; one of a queued point leaves it due.
+        if flags.ack() && ack == self.rcv_nxt_seq() {
             self.ack.clear();
             self.timers.stop(Timer::DelayedAck);
             self.ack_copy_due = self.path.is_some();
@@ -2975,7 +3007,7 @@ impl Connection {
         let payload_end = s.end.min(data_end);
         let payload_len = payload_end.saturating_sub(s.start) as usize;
         let fin = self.fin_off.is_some_and(|f| s.end == f + 1);
-        let (ack, wnd, opts) = self.ack_fields(now);
+        let (ack, wnd, opts) = self.data_ack_fields(now);
         let mut flags = TcpFlags::ACK;
         if fin {
             flags = flags | TcpFlags::FIN;
