@@ -888,6 +888,17 @@ async fn one_way(lab: &Lab, who: Opener, kernel_sends: bool) -> (f64, u64, u64, 
     )
 }
 
+/// XTCP's receiver acknowledges at least every second segment, also when a
+/// receive batch holds many (spec/xtcp.md §7). The transfer is lossless, so
+/// nothing excuses a stretch ACK (no hole to fill); the bound of 1 % leaves
+/// room for a stray one (a window update that also acknowledges, say). It
+/// is absolute rather than relative to the kernel's share, which varies from
+/// run to run with how much the kernel coalesces in the socket backlog while
+/// the reader holds the socket (between 0.4 % and 30 % in eight runs of
+/// 2026-12-03, 1.9 to 15.3 segments per ACK on average): the kernel's figure
+/// is printed for comparison only. Before the rule XTCP's share was 95 %
+/// (one ACK per `recvmmsg` batch of up to 8 segments, 7.6 segments per ACK).
+//= spec/xtcp.md#XT-ACK-1
 #[test]
 fn j_ack_coverage_xtcp_vs_kernel() {
     rt().block_on(async {
@@ -900,5 +911,13 @@ fn j_ack_coverage_xtcp_vs_kernel() {
             xs * 100.0,
             ks * 100.0
         );
+        assert!(
+            xs <= 0.01,
+            "XTCP stretch ACKs: {:.1} % ({xn}/{xa}) > 1 % (kernel {:.1} %)",
+            xs * 100.0,
+            ks * 100.0
+        );
+        // Every second segment: about two segments per ACK on average.
+        assert!(xm <= 2.2, "XTCP ACKs cover {xm:.2} segments on average");
     });
 }

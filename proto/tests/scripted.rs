@@ -469,6 +469,8 @@ fn active_close_fin_wait_1_2_time_wait() {
     assert_eq!(t.c.state(), State::FinWait2);
     // Half-close: data still flows toward us.
     t.send(40, seg(IRS + 1, ISS + 2, A).data(b"late"));
+    // No delayed ACK in `plain_config`: every segment is ACKed (spec/xtcp.md §7).
+    t.expect(40, ISS + 2, IRS + 5, A);
     let mut b = [0u8; 8];
     assert_eq!(t.c.read(&mut b), Ok(4));
     t.send(50, seg(IRS + 5, ISS + 2, F | A));
@@ -510,6 +512,8 @@ fn fin_with_ack_of_our_fin_goes_straight_to_time_wait() {
 fn passive_close_close_wait_last_ack() {
     let mut t = T::established_server(plain_config());
     t.send(20, seg(IRS + 1, ISS + 1, A).data(b"hello"));
+    // No delayed ACK in `plain_config`: every segment is ACKed (spec/xtcp.md §7).
+    t.expect(20, ISS + 1, IRS + 6, A);
     t.send(21, seg(IRS + 6, ISS + 1, F | A));
     assert_eq!(t.c.state(), State::CloseWait);
     t.expect(21, ISS + 1, IRS + 7, A);
@@ -1271,6 +1275,191 @@ fn delayed_ack_every_second_segment_or_timer() {
     // Out-of-order data is ACKed immediately (RFC 5681 §4.2).
     t.send(80, seg(IRS + 3000, ISS + 1, A).data(&[1; 10]));
     t.expect(80, ISS + 1, IRS + 2011, A);
+}
+
+/// Everything the connection sends at `t`.
+fn drain(t: &mut T, at: u64) -> Vec<Seg> {
+    std::iter::from_fn(|| t.recv(at)).collect()
+}
+
+/// `n` in-order 1000-byte segments from the peer, all at `at` with no
+/// `poll_transmit` in between: one receive batch (a `recvmmsg`, a GRO
+/// super-datagram), the first starting at receive offset `from`.
+fn batch(t: &mut T, at: u64, from: u32, n: u32) {
+    for i in 0..n {
+        t.send(
+            at,
+            seg(IRS + 1 + from + 1000 * i, ISS + 1, A).data(&[1; 1000]),
+        );
+    }
+}
+
+/// Issue 16: ten full-sized segments in one batch draw five ACKs, one for
+/// every second segment, in order, not one ACK for all ten; every ACK
+/// advertises the same right edge (RFC 9293 §3.8.6.2.2: it never moves left).
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn batch_of_ten_full_sized_segments_is_acked_every_second_one() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    batch(&mut t, 20, 0, 10);
+    let acks = drain(&mut t, 20);
+    let got: Vec<u32> = acks.iter().map(|s| s.ack).collect();
+    let want: Vec<u32> = (1..=5).map(|k| IRS + 1 + 2000 * k).collect();
+    assert_eq!(got, want, "{acks:?}");
+    assert!(acks.iter().all(|s| s.flags == A && s.seq == ISS + 1));
+    assert!(acks.iter().all(|s| s.payload.is_empty()));
+    let edges: Vec<u32> = acks
+        .iter()
+        .map(|s| s.ack.wrapping_add(u32::from(s.window)))
+        .collect();
+    assert!(edges.windows(2).all(|w| w[0] == w[1]), "{edges:?}");
+    // Nothing left unacknowledged: no delayed ACK follows.
+    t.expect_none(100);
+}
+
+/// An odd batch: the last segment is acknowledged with the rest at once
+/// (the ACK of the batch's end), never left to the delayed-ACK timer.
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn odd_batch_ends_with_an_ack_of_its_last_segment() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    batch(&mut t, 20, 0, 5);
+    let got: Vec<u32> = drain(&mut t, 20).iter().map(|s| s.ack).collect();
+    let want: Vec<u32> = [2000, 4000, 5000].iter().map(|k| IRS + 1 + k).collect();
+    assert_eq!(got, want);
+    // A lone segment after it waits for the timer, as before.
+    batch(&mut t, 30, 5000, 1);
+    t.expect_none(54);
+    t.expect(55, ISS + 1, IRS + 1 + 6000, A);
+}
+
+/// Without a delayed-ACK timer every segment of a batch is acknowledged.
+#[test]
+fn batch_without_delayed_ack_is_acked_segment_by_segment() {
+    let mut t = T::established_server(plain_config());
+    batch(&mut t, 20, 0, 4);
+    let got: Vec<u32> = drain(&mut t, 20).iter().map(|s| s.ack).collect();
+    let want: Vec<u32> = (1..=4).map(|k| IRS + 1 + 1000 * k).collect();
+    assert_eq!(got, want);
+}
+
+/// With timestamps each ACK of a batch echoes the TSval of the earliest
+/// segment it covers (RFC 7323 §4.3), not the first segment of the batch.
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn batch_acks_echo_the_earliest_segment_they_cover() {
+    let cfg = Config {
+        timestamps: true,
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::server(cfg);
+    t.send(0, seg(IRS, 0, S).mss(1000).ts(100, 0));
+    let sa = t.expect(0, ISS, IRS + 1, S | A);
+    let (my_ts, _) = sa.opts.timestamps.unwrap();
+    t.send(10, seg(IRS + 1, ISS + 1, A).ts(101, my_ts));
+    assert_eq!(t.c.state(), State::Established);
+    for i in 0..6u32 {
+        t.send(
+            20,
+            seg(IRS + 1 + 900 * i, ISS + 1, A)
+                .data(&[1; 900])
+                .ts(200 + i, my_ts),
+        );
+    }
+    let acks = drain(&mut t, 20);
+    let got: Vec<(u32, u32)> = acks
+        .iter()
+        .map(|s| (s.ack, s.opts.timestamps.unwrap().1))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (IRS + 1 + 1800, 200),
+            (IRS + 1 + 3600, 202),
+            (IRS + 1 + 5400, 204)
+        ]
+    );
+}
+
+/// Data going out carries the ACKs a batch owes, oldest first, instead of
+/// one ACK of the whole batch on every segment: no pure ACK is added while
+/// there is data to carry them; those left over go as pure ACKs.
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn batch_acks_ride_on_outgoing_data() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    batch(&mut t, 20, 0, 6);
+    assert_eq!(t.c.write(&[9; 3000]).unwrap(), 3000);
+    let out = drain(&mut t, 20);
+    let got: Vec<(u32, usize)> = out
+        .iter()
+        .map(|s| (s.ack - IRS - 1, s.payload.len()))
+        .collect();
+    assert_eq!(got, vec![(2000, 1000), (4000, 1000), (6000, 1000)]);
+    // Less data than owed ACKs: the rest go as pure ACKs, in order.
+    batch(&mut t, 30, 6000, 6);
+    assert_eq!(t.c.write(&[9; 1000]).unwrap(), 1000);
+    let out = drain(&mut t, 30);
+    let got: Vec<(u32, usize)> = out
+        .iter()
+        .map(|s| (s.ack - IRS - 1, s.payload.len()))
+        .collect();
+    assert_eq!(got, vec![(8000, 1000), (10_000, 0), (12_000, 0)]);
+}
+
+/// The ACKs a batch owes are bounded (spec/xtcp.md §7: 256 queued at
+/// most): 600 small segments in one batch draw 255 ACKs of two segments
+/// each, one that covers the rest but the last two, and the ACK of the end.
+#[test]
+fn batch_ack_points_are_bounded() {
+    let cfg = Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..plain_config()
+    };
+    let mut t = T::established_server(cfg);
+    for i in 0..600u32 {
+        t.send(20, seg(IRS + 1 + 100 * i, ISS + 1, A).data(&[1; 100]));
+    }
+    let got: Vec<u32> = drain(&mut t, 20).iter().map(|s| s.ack - IRS - 1).collect();
+    let mut want: Vec<u32> = (1..=255).map(|k| 200 * k).collect();
+    want.extend([59_800, 60_000]);
+    assert_eq!(got, want);
+}
+
+/// A batch with a hole: the ACKs of the in-order run go first, then the
+/// ACK of the state after the out-of-order segment, with its SACK block.
+//= spec/xtcp.md#XT-ACK-1
+#[test]
+fn batch_with_a_hole_acks_the_run_then_reports_the_hole() {
+    let mut t = T::server(Config {
+        delayed_ack: Some(Duration::from_millis(25)),
+        ..sack_config()
+    });
+    let mut syn = seg(IRS, 0, S).mss(1000);
+    syn.opts.sack_permitted = true;
+    t.send(0, syn);
+    t.expect(0, ISS, IRS + 1, S | A);
+    t.send(10, seg(IRS + 1, ISS + 1, A));
+    batch(&mut t, 20, 0, 4);
+    batch(&mut t, 20, 5000, 1);
+    let acks = drain(&mut t, 20);
+    let got: Vec<(u32, u8)> = acks.iter().map(|s| (s.ack, s.opts.sack_len)).collect();
+    assert_eq!(got, vec![(IRS + 1 + 2000, 0), (IRS + 1 + 4000, 1)]);
+    let b = acks[1].opts.sack[0];
+    assert_eq!((b.left.0, b.right.0), (IRS + 1 + 5000, IRS + 1 + 6000));
 }
 
 // ===================================================================

@@ -425,12 +425,52 @@ struct Recovery {
 }
 
 /// The pending-ACK state (RFC 1122 §4.2.3.2, RFC 9293 §3.8.6.3).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct AckState {
-    /// Full-sized segments received since the last ACK sent.
+    /// In-order segments received since the last ACK (sent or queued in `points`).
     unacked_segments: u32,
-    /// An ACK must go out at the next `poll_transmit`.
+    /// An ACK of the current state must go out at the next `poll_transmit`.
     now: bool,
+    /// The every-second-segment rule made that ACK due (spec/xtcp.md §7):
+    /// the TSval it echoes. If another segment arrives before it goes out,
+    /// it becomes a point, and the ACK of the current state a new one.
+    owed: Option<u32>,
+    /// ACKs owed to segments of the current receive batch that later
+    /// segments of the same batch overtook (spec/xtcp.md §7): each is sent,
+    /// oldest first, as it would have been between those segments, before
+    /// the ACK of the current state. At most [`MAX_ACK_POINTS`].
+    points: VecDeque<AckPoint>,
+}
+
+/// An ACK as it was due after a segment of a receive batch: what it
+/// acknowledges and the TSval it echoes (RFC 7323 §4.3).
+#[derive(Clone, Copy, Debug)]
+struct AckPoint {
+    /// The receive offset it acknowledges (RCV.NXT then).
+    off: u64,
+    /// TS.Recent then: the TSval of the earliest segment it covers.
+    tsecr: u32,
+}
+
+/// ACK points a connection queues at most (one receive batch of the
+/// runtime holds 8 datagrams or GRO super-datagrams, up to 64 segments
+/// each): beyond, the newest replaces the last, so that one ACK covers more.
+const MAX_ACK_POINTS: usize = 256;
+/// Capacity of the point queue kept once it drained (an idle connection
+/// stays small; a busy one does not reallocate on every batch).
+const ACK_POINTS_KEPT: usize = 16;
+
+impl AckState {
+    /// Everything received is acknowledged (an ACK of the current state went out).
+    fn clear(&mut self) {
+        self.unacked_segments = 0;
+        self.now = false;
+        self.owed = None;
+        self.points.clear();
+        if self.points.capacity() > ACK_POINTS_KEPT {
+            self.points.shrink_to(ACK_POINTS_KEPT);
+        }
+    }
 }
 
 /// Options agreed in the handshake.
@@ -1407,6 +1447,9 @@ impl Connection {
         // Seventh check: segment text (RFC 9293 §3.10.7.4).
         match self.state {
             State::Established | State::FinWait1 | State::FinWait2 => {
+                if !seg.payload.is_empty() || seg.flags.fin() {
+                    self.settle_owed_ack();
+                }
                 if !seg.payload.is_empty() {
                     self.receive_data(now, seg);
                 }
@@ -2091,7 +2134,6 @@ impl Connection {
             data = data.get(skip..).unwrap_or(&[]);
             off = 0;
         }
-        let full_sized = seg.payload.len() >= self.mss();
         let res = self.recv_buf.insert(off as u64, data);
         if !res.accepted {
             self.stats.dropped_segments += 1;
@@ -2111,18 +2153,52 @@ impl Connection {
             self.ack.now = true;
         } else if res.advanced > 0 {
             self.ack.unacked_segments += 1;
-            // RFC 1122 §4.2.3.2 / RFC 5681 §4.2: ACK at least every second full-sized segment.
-            if self.ack.unacked_segments >= 2 || !full_sized && self.cfg.delayed_ack.is_none() {
-                self.ack.now = true;
-            }
-            match self.cfg.delayed_ack {
-                None => self.ack.now = true,
-                Some(d) => {
-                    if !self.ack.now && !self.timers.is_set(Timer::DelayedAck) {
-                        self.timers.set(Timer::DelayedAck, now + d);
-                    }
+            // Without a delayed-ACK timer every segment is acknowledged.
+            let every = if self.cfg.delayed_ack.is_some() { 2 } else { 1 };
+            //= spec/xtcp.md#XT-ACK-1
+            //# A receiver MUST acknowledge at least every second in-order data segment,
+            //# full-sized or not, also when several arrive in one receive batch
+            if self.ack.unacked_segments >= every {
+                self.owe_ack();
+            } else if let Some(d) = self.cfg.delayed_ack {
+                if !self.ack.now && !self.timers.is_set(Timer::DelayedAck) {
+                    self.timers.set(Timer::DelayedAck, now + d);
                 }
             }
+        }
+    }
+
+    /// An ACK of everything received so far (this segment included, its FIN
+    /// too) is due (RFC 1122 §4.2.3.2, RFC 5681 §4.2, RFC 9293 §3.8.6.3). It
+    /// goes out at the next `poll_transmit`, unless another segment comes
+    /// first (the rest of a receive batch): then [`Self::settle_owed_ack`]
+    /// queues it as it stood, so later segments do not merge into it.
+    fn owe_ack(&mut self) {
+        self.ack.owed = Some(self.ts_recent);
+        self.ack.unacked_segments = 0;
+        self.ack.now = true;
+        // RFC 7323 §4.3: this ACK counts as sent, so the next segment's
+        // TSval becomes TS.Recent, the one the next ACK echoes (the earliest
+        // segment it covers).
+        self.last_ack_sent = self.rcv_nxt_seq();
+    }
+
+    /// A segment with data or FIN arrived while an ACK owed by the
+    /// every-second-segment rule has not gone out: queue that ACK as a point
+    /// (RCV.NXT before this segment), to be sent before the ACK of the state
+    /// after it (spec/xtcp.md §7).
+    fn settle_owed_ack(&mut self) {
+        let Some(tsecr) = self.ack.owed.take() else {
+            return;
+        };
+        let p = AckPoint {
+            off: self.rcv_nxt_off(),
+            tsecr,
+        };
+        if self.ack.points.len() < MAX_ACK_POINTS {
+            self.ack.points.push_back(p);
+        } else if let Some(last) = self.ack.points.back_mut() {
+            *last = p;
         }
     }
 
@@ -2412,7 +2488,7 @@ impl Connection {
         self.stats.segments_sent += 1;
         self.last_send = now;
         if repr.flags.ack() {
-            self.ack = AckState::default();
+            self.ack.clear();
             self.timers.stop(Timer::DelayedAck);
             self.ack_copy_due = self.path.is_some();
         }
@@ -2442,7 +2518,12 @@ impl Connection {
         if let Some(t) = self.transmit_path(now, buf) {
             return Some(t);
         }
+        // Data segments carry the queued ACK points first (oldest first);
+        // those left go as pure ACKs.
         if let Some(t) = self.transmit_data(now, buf) {
+            return Some(t);
+        }
+        if let Some(t) = self.transmit_ack_point(now, buf) {
             return Some(t);
         }
         if self.keepalive_due {
@@ -2460,6 +2541,63 @@ impl Connection {
             return self.emit(now, &repr, buf);
         }
         None
+    }
+
+    /// The oldest queued ACK point still behind RCV.NXT (spec/xtcp.md §7),
+    /// taken off the queue. A point at RCV.NXT is left to the ACK of the
+    /// current state, which is due as well (`now`).
+    fn next_ack_point(&mut self) -> Option<AckPoint> {
+        let rcv_nxt = self.rcv_nxt_off();
+        while let Some(p) = self.ack.points.pop_front() {
+            if p.off < rcv_nxt {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// The ACK fields of point `p`: what it acknowledges, the TSval it was
+    /// due to echo, no SACK blocks (none were due then: a point is only
+    /// owed while nothing is held out of order), and the window that keeps
+    /// the right edge where the ACK of the current state puts it.
+    fn ack_point_fields(&mut self, now: Instant, p: AckPoint) -> (SeqNumber, u16, TcpOptions) {
+        let ack = self.irs + 1u32 + (p.off as u32);
+        let right = self.recv_buf.contiguous_end() + self.rcv_wnd();
+        let field = (right.saturating_sub(p.off) >> self.opts.rcv_wscale).min(0xffff) as u16;
+        self.rcv_adv_edge = self
+            .rcv_adv_edge
+            .max(p.off + (u64::from(field) << self.opts.rcv_wscale));
+        let mut o = self.base_options(now);
+        if let Some((tsval, _)) = o.timestamps {
+            o.timestamps = Some((tsval, p.tsecr));
+        }
+        (ack, field, o)
+    }
+
+    /// The ACK fields a data segment carries: the oldest queued ACK point's
+    /// (so that data going out does not merge the ACKs a receive batch owes),
+    /// else the current state's.
+    fn data_ack_fields(&mut self, now: Instant) -> (SeqNumber, u16, TcpOptions) {
+        match self.next_ack_point() {
+            Some(p) => self.ack_point_fields(now, p),
+            None => self.ack_fields(now),
+        }
+    }
+
+    /// The oldest queued ACK point no data segment carried, as a pure ACK
+    /// (spec/xtcp.md §7). It leaves the ACK of the current state due.
+    fn transmit_ack_point(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let p = self.next_ack_point()?;
+        let (ack, wnd, o) = self.ack_point_fields(now, p);
+        let seq = self.snd_seq(self.snd_nxt);
+        let repr = self.repr(seq, ack, TcpFlags::ACK, wnd, o, &[]);
+        let size = repr.emit(buf).ok()?;
+        self.stats.segments_sent += 1;
+        self.last_send = now;
+        Some(Transmit {
+            destination: self.remote,
+            size,
+        })
     }
 
     /// A PATH_RESPONSE, a PATH_CHALLENGE, or a copy of the last ACK for the
@@ -2556,7 +2694,7 @@ impl Connection {
             Some(c) if candidate.is_some() => c.sent += size as u64,
             _ => {
                 // An ACK to the current address like any other.
-                self.ack = AckState::default();
+                self.ack.clear();
                 self.timers.stop(Timer::DelayedAck);
             }
         }
@@ -2733,7 +2871,7 @@ impl Connection {
         let fin = self
             .fin_off
             .is_some_and(|f| start + payload_len as u64 == f && f == data_end);
-        let (ack, wnd, opts) = self.ack_fields(now);
+        let (ack, wnd, opts) = self.data_ack_fields(now);
         let mut flags = TcpFlags::ACK;
         if fin {
             flags = flags | TcpFlags::FIN;
@@ -2820,21 +2958,28 @@ impl Connection {
             // Fast path: the bytes are contiguous in the send buffer.
             let repr = self.repr(seq, ack, flags, wnd, opts, chunk);
             let size = repr.emit(buf).ok()?;
-            return self.after_emit(now, flags, size);
+            return self.after_emit(now, flags, ack, size);
         }
         let mut tmp = vec![0u8; len];
         let n = self.send_buf.copy_out(start, &mut tmp);
         tmp.truncate(n);
         let repr = self.repr(seq, ack, flags, wnd, opts, &tmp);
         let size = repr.emit(buf).ok()?;
-        self.after_emit(now, flags, size)
+        self.after_emit(now, flags, ack, size)
     }
 
-    fn after_emit(&mut self, now: Instant, flags: TcpFlags, size: usize) -> Option<Transmit> {
+    fn after_emit(
+        &mut self,
+        now: Instant,
+        flags: TcpFlags,
+        ack: SeqNumber,
+        size: usize,
+    ) -> Option<Transmit> {
         self.stats.segments_sent += 1;
         self.last_send = now;
-        if flags.ack() {
-            self.ack = AckState::default();
+        // An ACK of the current state; one of a queued point leaves it due.
+        if flags.ack() && ack == self.rcv_nxt_seq() {
+            self.ack.clear();
             self.timers.stop(Timer::DelayedAck);
             self.ack_copy_due = self.path.is_some();
         }
@@ -2862,7 +3007,7 @@ impl Connection {
         let payload_end = s.end.min(data_end);
         let payload_len = payload_end.saturating_sub(s.start) as usize;
         let fin = self.fin_off.is_some_and(|f| s.end == f + 1);
-        let (ack, wnd, opts) = self.ack_fields(now);
+        let (ack, wnd, opts) = self.data_ack_fields(now);
         let mut flags = TcpFlags::ACK;
         if fin {
             flags = flags | TcpFlags::FIN;
