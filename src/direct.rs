@@ -12,7 +12,7 @@
 //! too. The first proven connection is offered to the session driver; the
 //! host decides which one carries the session (`RESUME` on it).
 
-use crate::e2e::{self, Role};
+use crate::e2e::{self, Role, SessionTls};
 use crate::secret::SessionSecret;
 use proto::session::{encode, Candidate, CandidateKind, Frame, Transport, PROVISIONAL_PATH};
 use proto::session::{Path, PathPolicy};
@@ -95,7 +95,7 @@ pub(crate) struct DirectConn {
     /// session driver's end).
     pub xtcp: Option<crate::transport::CloseWaiter>,
     /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
-    /// sent right behind its tag (`spec/direct.md` §4.6).
+    /// sent once the host's tag verified (`spec/direct.md` §4.6).
     pub early_resume: Option<u64>,
 }
 
@@ -107,6 +107,9 @@ pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
 pub(crate) struct DirectCtx {
     pub secret: Arc<SessionSecret>,
     pub role: Role,
+    /// The session's TLS configuration: the host's one certificate for all
+    /// of the session's handshakes (`spec/session.md` §3.1).
+    pub tls: SessionTls,
     /// The relay path's TLS exporter, once its e2e handshake is done
     /// (direct attempts begin earlier, at pairing: their tags wait for it).
     pub relay_exporter: watch::Receiver<Option<[u8; 32]>>,
@@ -151,11 +154,16 @@ impl DirectCtx {
     ) {
         let binding = Self::binding(self.relay_exporter.clone());
         let timeout = self.handshake_timeout;
-        // The guest's early RESUME: right behind its tag, so that the host
-        // can switch the moment it has checked that tag, a round trip
-        // sooner than answering the host's RESUME (§4.6).
+        // The guest's early RESUME: the moment the host's tag has verified
+        // (never to whoever merely completed TLS with us, a stranger on our
+        // listener included: it would learn how far the stream got), so
+        // that the host reads it right behind its own RESUME's way out
+        // (§4.6, spec/session.md SE-TAG-2).
         let early = AtomicU64::new(u64::MAX);
-        let after_tag = || {
+        //= spec/direct.md#DI-EARLY-3
+        //# The guest MUST NOT send its early `RESUME`, nor anything else beyond its
+        //# tag, before the host's tag has verified
+        let after_verify = || {
             let mut out = Vec::new();
             if self.role == Role::Guest {
                 let received = self.received.load(Ordering::Acquire);
@@ -169,14 +177,14 @@ impl DirectCtx {
             }
             out
         };
-        let r = e2e::handshake_bound(
+        let r = e2e::handshake_with(
+            &self.tls,
             io,
-            self.role,
             &self.secret,
             timeout,
             binding,
             |_| {},
-            after_tag,
+            after_verify,
         )
         .await;
         match r {
@@ -472,6 +480,7 @@ pub(crate) mod forged {
             DirectCtx {
                 secret: Arc::new(secret),
                 role,
+                tls: SessionTls::new(role).expect("TLS configuration"),
                 relay_exporter: watch::channel(Some(exporter)).1,
                 received: Arc::new(AtomicU64::new(0)),
                 handshake_timeout: Duration::from_secs(5),
@@ -513,5 +522,53 @@ pub(crate) mod forged {
         assert!(gfound.try_recv().is_ok(), "guest proved the path");
         let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
         assert!(matches!(got, Ok(Some(_))), "host proved the path");
+    }
+
+    /// A TLS server that accepts anyone and presents any certificate, as a
+    /// stranger who connected to the guest's listener would.
+    pub(crate) fn stranger_tls_server() -> tokio_rustls::TlsAcceptor {
+        let ck = crate::tls::self_signed(&["stranger.invalid"]).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(ck.chain, ck.key)
+            .unwrap();
+        cfg.alpn_protocols = vec![e2e::ALPN.to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
+
+    /// A stranger connects to the guest's listener and plays TLS server
+    /// with any certificate: it reads the guest's 32-byte tag and nothing
+    /// more. No early `RESUME` (the guest's `received`, 123456 here) goes to
+    /// a peer whose tag has not verified; after the stranger's bogus tag the
+    /// guest closes.
+    //= spec/direct.md#DI-EARLY-3
+    //= spec/session.md#SE-TAG-2
+    #[tokio::test]
+    async fn a_stranger_on_the_guests_listener_reads_the_tag_and_nothing_else() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (guest, _found) = ctx(SessionSecret::generate().unwrap(), Role::Guest, [7; 32]);
+        guest.received.store(123_456, Ordering::Release);
+        let l = DirectListener::start(guest).unwrap();
+        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, l.port))
+            .await
+            .unwrap();
+        let bound = Duration::from_secs(5);
+        let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut tag = [0u8; 32];
+        tokio::time::timeout(bound, tls.read_exact(&mut tag))
+            .await
+            .unwrap()
+            .unwrap();
+        tls.write_all(&[0x5a; 32]).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the guest closed after the bogus tag");
+        assert!(rest.is_empty(), "bytes beyond the tag: {rest:02x?}");
     }
 }
