@@ -228,8 +228,10 @@ struct Attempt {
 impl Attempt {
     async fn act(&mut self, a: PunchAction) {
         match a {
-            PunchAction::Probe { to, nonce: _, echo } => {
-                let _ = self.ep.send_raw(to, &self.prober.probe(to, echo)).await;
+            PunchAction::Probe { to, nonce, echo } => {
+                let p = &self.prober;
+                let d = p.key.probe(p.attempt, p.role, nonce, echo);
+                let _ = self.ep.send_raw(to, &d).await;
             }
             PunchAction::ProbeGuesses => {
                 for g in &self.guesses {

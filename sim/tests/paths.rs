@@ -729,6 +729,12 @@ impl World {
                     self.sc.min_direct
                 ));
             }
+            if self.sides[s].listener_stops < n {
+                return Err(format!(
+                    "side {s} went direct {n} times but closed its listener {} times",
+                    self.sides[s].listener_stops
+                ));
+            }
         }
         if let Some(bound) = self.sc.direct_within_rtts {
             let rtt = self.sc.relay_one_way.as_secs_f64() * 2.0;
