@@ -12,8 +12,9 @@
 //! too. The first proven connection is offered to the session driver; the
 //! host decides which one carries the session (`RESUME` on it).
 
-use crate::e2e::{self, Role};
+use crate::e2e::{self, Role, SessionTls};
 use crate::secret::SessionSecret;
+use proto::session::slots::{AcceptSlots, LISTENER_SLOTS, LISTENER_SLOTS_PER_SOURCE};
 use proto::session::{encode, Candidate, CandidateKind, Frame, Transport, PROVISIONAL_PATH};
 use proto::session::{Path, PathPolicy};
 use std::io;
@@ -101,7 +102,7 @@ pub(crate) struct DirectConn {
     /// session driver's end).
     pub xtcp: Option<crate::transport::CloseWaiter>,
     /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
-    /// sent right behind its tag (`spec/direct.md` §4.6).
+    /// sent once the host's tag verified (`spec/direct.md` §4.6).
     pub early_resume: Option<u64>,
     /// The local address of a TCP connection (the driver drops the path
     /// when this address goes away, `spec/direct.md` §4.9).
@@ -116,6 +117,9 @@ pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
 pub(crate) struct DirectCtx {
     pub secret: Arc<SessionSecret>,
     pub role: Role,
+    /// The session's TLS configuration: the host's one certificate for all
+    /// of the session's handshakes (`spec/session.md` §3.1).
+    pub tls: SessionTls,
     /// The relay path's TLS exporter, once its e2e handshake is done
     /// (direct attempts begin earlier, at pairing: their tags wait for it).
     pub relay_exporter: watch::Receiver<Option<[u8; 32]>>,
@@ -174,11 +178,16 @@ impl DirectCtx {
     ) {
         let binding = Self::binding(self.relay_exporter.clone());
         let timeout = self.handshake_timeout;
-        // The guest's early RESUME: right behind its tag, so that the host
-        // can switch the moment it has checked that tag, a round trip
-        // sooner than answering the host's RESUME (§4.6).
+        // The guest's early RESUME: the moment the host's tag has verified
+        // (never to whoever merely completed TLS with us, a stranger on our
+        // listener included: it would learn how far the stream got), so
+        // that the host reads it right behind its own RESUME's way out
+        // (§4.6, spec/session.md SE-TAG-2).
         let early = AtomicU64::new(u64::MAX);
-        let after_tag = || {
+        //= spec/direct.md#DI-EARLY-3
+        //# The guest MUST NOT send its early `RESUME`, nor anything else beyond its
+        //# tag, before the host's tag has verified
+        let after_verify = || {
             let mut out = Vec::new();
             if self.role == Role::Guest {
                 let received = self.received.load(Ordering::Acquire);
@@ -192,14 +201,14 @@ impl DirectCtx {
             }
             out
         };
-        let r = e2e::handshake_bound(
+        let r = e2e::handshake_with(
+            &self.tls,
             io,
-            self.role,
             &self.secret,
             timeout,
             binding,
             |_| {},
-            after_tag,
+            after_verify,
         )
         .await;
         match r {
@@ -239,12 +248,17 @@ fn reuse_socket(local: SocketAddr) -> io::Result<TcpSocket> {
 /// addresses, and the same port on all IPv6 addresses when this host has
 /// IPv6 (a separate v6-only socket, so the IPv4 socket and its
 /// simultaneous opens stay exactly as they are); every accepted connection
-/// is proven and offered.
+/// is proven (in an accept slot: at most [`LISTENER_SLOTS`] per socket,
+/// [`LISTENER_SLOTS_PER_SOURCE`] of them from one source) and offered. It
+/// lives for one round of direct attempts: [`DirectListener::stop`] closes
+/// its sockets when a path is chosen or the round's TCP attempt is over
+/// (`spec/direct.md` §4.1); dropping it also ends the handshakes under way.
 pub(crate) struct DirectListener {
     pub port: u16,
     /// The IPv6 listener is up on `port` too.
     pub v6: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
 }
 
 impl Drop for DirectListener {
@@ -275,11 +289,12 @@ impl DirectListener {
         let s = reuse_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
         let l: TcpListener = s.listen(64)?;
         let port = l.local_addr()?.port();
-        let mut tasks = vec![tokio::spawn(Self::serve(l, ctx.clone()))];
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(Self::serve(l, ctx.clone(), stopped.clone()))];
         let v6 = has_ipv6()
             && match reuse_socket_v6_only(port).and_then(|s| s.listen(64)) {
                 Ok(l6) => {
-                    tasks.push(tokio::spawn(Self::serve(l6, ctx)));
+                    tasks.push(tokio::spawn(Self::serve(l6, ctx, stopped)));
                     true
                 }
                 Err(e) => {
@@ -287,26 +302,68 @@ impl DirectListener {
                     false
                 }
             };
-        Ok(DirectListener { port, v6, tasks })
+        Ok(DirectListener {
+            port,
+            v6,
+            tasks,
+            stop,
+        })
     }
 
-    async fn serve(l: TcpListener, ctx: DirectCtx) {
+    /// Close the listening sockets now (connections to the port are refused
+    /// from here on); handshakes under way end within their bound.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    async fn serve(l: TcpListener, ctx: DirectCtx, mut stop: watch::Receiver<bool>) {
+        let mut slots = AcceptSlots::new(LISTENER_SLOTS, LISTENER_SLOTS_PER_SOURCE);
         let mut set = tokio::task::JoinSet::new();
+        let mut l = Some(l);
         loop {
+            // Bounded: a flood of connections that never finish their
+            // handshake cannot pile up tasks, nor one source take the slots.
+            let accepting = l.is_some() && !slots.is_full();
             tokio::select! {
-                r = l.accept() => match r {
-                    Ok((tcp, remote)) => {
-                        // Bounded: a flood of connections that never finish
-                        // their handshake cannot pile up tasks.
-                        if set.len() < 64 {
-                            set.spawn(ctx.clone().prove(tcp, remote));
+                r = accept(l.as_ref()), if accepting => match r {
+                    Ok((tcp, remote)) => match slots.take(remote.ip()) {
+                        Ok(slot) => {
+                            let ctx = ctx.clone();
+                            set.spawn(async move {
+                                ctx.prove(tcp, remote).await;
+                                slot
+                            });
                         }
-                    }
+                        //= spec/direct.md#DI-SLOT-1
+                        //# a connection from a source that holds its share is closed at once, unread
+                        Err(e) => tracing::debug!(%remote, "direct tcp: accept refused: {e}"),
+                    },
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 },
-                Some(_) = set.join_next(), if !set.is_empty() => {}
+                //= spec/direct.md#DI-LISTEN-1
+                //# MUST close it once a direct path is chosen or the round's TCP attempt is over
+                () = stopped(&mut stop), if l.is_some() => l = None,
+                Some(r) = set.join_next(), if !set.is_empty() => {
+                    if let Ok(slot) = r {
+                        slots.give_back(slot);
+                    }
+                }
+                else => return,
             }
         }
+    }
+}
+
+/// Ready once the listener is told to stop (or its owner is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accept on `l` (never ready without one).
+async fn accept(l: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -496,6 +553,7 @@ pub(crate) mod forged {
             DirectCtx {
                 secret: Arc::new(secret),
                 role,
+                tls: SessionTls::new(role).expect("TLS configuration"),
                 relay_exporter: watch::channel(Some(exporter)).1,
                 received: Arc::new(AtomicU64::new(0)),
                 handshake_timeout: Duration::from_secs(5),
@@ -537,5 +595,102 @@ pub(crate) mod forged {
         assert!(gfound.try_recv().is_ok(), "guest proved the path");
         let got = tokio::time::timeout(Duration::from_secs(5), found.recv()).await;
         assert!(matches!(got, Ok(Some(_))), "host proved the path");
+    }
+
+    /// A TLS server that accepts anyone and presents any certificate, as a
+    /// stranger who connected to the guest's listener would.
+    pub(crate) fn stranger_tls_server() -> tokio_rustls::TlsAcceptor {
+        let ck = crate::tls::self_signed(&["stranger.invalid"]).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(ck.chain, ck.key)
+            .unwrap();
+        cfg.alpn_protocols = vec![e2e::ALPN.to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
+
+    /// A stranger connects to the guest's listener and plays TLS server
+    /// with any certificate: it reads the guest's 32-byte tag and nothing
+    /// more. No early `RESUME` (the guest's `received`, 123456 here) goes to
+    /// a peer whose tag has not verified; after the stranger's bogus tag the
+    /// guest closes.
+    //= spec/direct.md#DI-EARLY-3
+    //= spec/session.md#SE-TAG-2
+    #[tokio::test]
+    async fn a_stranger_on_the_guests_listener_reads_the_tag_and_nothing_else() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (guest, _found) = ctx(SessionSecret::generate().unwrap(), Role::Guest, [7; 32]);
+        guest.received.store(123_456, Ordering::Release);
+        let l = DirectListener::start(guest).unwrap();
+        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, l.port))
+            .await
+            .unwrap();
+        let bound = Duration::from_secs(5);
+        let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut tag = [0u8; 32];
+        tokio::time::timeout(bound, tls.read_exact(&mut tag))
+            .await
+            .unwrap()
+            .unwrap();
+        tls.write_all(&[0x5a; 32]).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the guest closed after the bogus tag");
+        assert!(rest.is_empty(), "bytes beyond the tag: {rest:02x?}");
+    }
+
+    /// One stranger address (127.0.0.2) opens 100 connections to the host's
+    /// listener and leaves them idle: it holds 4 slots, the rest are closed
+    /// at once, and the rightful guest is proven at once (not after the
+    /// stranger's handshakes time out, 5 s here). Then the listener is
+    /// stopped: its port refuses connections.
+    //= spec/direct.md#DI-SLOT-1
+    //= spec/direct.md#DI-LISTEN-1
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_stranger_address_cannot_take_every_listener_slot() {
+        let s = SessionSecret::generate().unwrap();
+        let code = s.code();
+        let exporter = [7u8; 32];
+        let (host, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Host, exporter);
+        let l = DirectListener::start(host).unwrap();
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), l.port);
+        let mut idle = Vec::new();
+        for _ in 0..100 {
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            idle.push(sock.connect(target).await.unwrap());
+        }
+        let t = std::time::Instant::now();
+        let (guest, mut gfound) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        dial_all(guest, 0, vec![target]).await;
+        assert!(gfound.try_recv().is_ok(), "the guest proved the path");
+        let got = tokio::time::timeout(Duration::from_secs(2), found.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "the host offers the guest's path"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        l.stop();
+        let refused = async {
+            loop {
+                match TcpStream::connect(target).await {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return,
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), refused)
+                .await
+                .is_ok(),
+            "a stopped listener refuses connections"
+        );
+        drop(idle);
     }
 }

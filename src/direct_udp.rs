@@ -10,24 +10,30 @@
 //! Punching: both sides send small probes (first byte `0xA2`, never an XTCP
 //! datagram) to every candidate of the other, from the endpoint's socket, so
 //! that each NAT opens a mapping and a filter entry towards the other. A
-//! probe carries a tag only the two peers can compute (HMAC over the attempt
-//! number, keyed with the relay path's exporter); a probe with a good tag from
-//! an address not among the candidates is a peer-reflexive candidate (the
-//! peer's NAT chose another port for us, as a symmetric NAT does) and is
-//! probed back. The guest (the TLS client) opens XTCP to every address it
-//! received a probe from (the path is then open both ways) once the agreed
-//! time has come; the host accepts. Each XTCP
+//! probe carries the sender's role, its nonce for the destination, the echo
+//! of the last nonce received from there, and a tag only the two peers can
+//! compute (keyed with the relay path's exporter,
+//! `proto::session::probe`). A probe with a good tag from an address not
+//! among the candidates gets one challenge; the address becomes a
+//! peer-reflexive target (the peer's NAT chose another port for us, as a
+//! symmetric NAT does) only when a probe from it echoes our nonce for it
+//! (`proto::session::punch`). The guest (the TLS client) opens XTCP to every
+//! target it received a probe from (the path is then open both ways) once
+//! the agreed time has come; the host accepts, at most
+//! [`XTCP_SLOTS_PER_SOURCE`] connections from one source at once. Each XTCP
 //! connection runs the same e2e TLS and tag as direct TCP
 //! (`DirectCtx::prove_io`), so the first proven connection wins.
 //!
-//! Everything is bounded: probes per address and in total, peer-reflexive
-//! addresses, connection attempts, and the attempt's duration.
+//! Everything is bounded: probes per address and in total, challenges,
+//! peer-reflexive addresses, connection attempts, accept slots, and the
+//! attempt's duration.
 
 use crate::direct::{self, DirectCtx};
 use crate::e2e::Role;
-use crate::transport::{EndpointOptions, XtcpEndpoint};
-use proto::session::probe::ProbeKey;
+use crate::transport::{EndpointOptions, XtcpEndpoint, XtcpStream};
+use proto::session::probe::{NonceKey, Probe, ProbeKey};
 use proto::session::punch::{Punch, PunchAction, GUESS_PHASE, MAX_CONNECTS, PROBE_SLOW};
+use proto::session::slots::{AcceptSlots, Slot, XTCP_SLOTS_PER_SOURCE};
 use proto::session::Path;
 use proto::session::{Candidate, CandidateKind, Transport};
 use std::collections::HashSet;
@@ -171,10 +177,139 @@ pub(crate) struct PunchPlan {
     pub start_at: Option<Instant>,
 }
 
+/// Everything a probe of this attempt needs: the session's probe key, this
+/// side's nonces, the attempt and the roles (`spec/direct.md` §4.3.2).
+#[derive(Clone)]
+struct Prober {
+    key: ProbeKey,
+    nonces: NonceKey,
+    attempt: u32,
+    role: Role,
+}
+
+impl Prober {
+    /// `None` when the system's random source fails (no attempt then).
+    fn new(exporter: &[u8; 32], attempt: u32, role: Role) -> Option<Prober> {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).ok()?;
+        Some(Prober {
+            key: ProbeKey::new(exporter),
+            nonces: NonceKey::new(&secret),
+            attempt,
+            role,
+        })
+    }
+
+    /// This side's probe to `to`, echoing `echo`.
+    fn probe(&self, to: SocketAddr, echo: u64) -> [u8; PROBE_LEN] {
+        let nonce = self.nonces.nonce(to);
+        self.key.probe(self.attempt, self.role, nonce, echo)
+    }
+
+    /// `d` if it is a valid probe of this attempt from the peer (never one
+    /// of this side's own, reflected).
+    fn verify(&self, d: &[u8]) -> Option<Probe> {
+        self.key.verify(d, self.attempt, self.role.peer())
+    }
+}
+
+/// A running attempt's I/O: the endpoint, the connections under way and
+/// the accept slots they hold (`spec/direct.md` §4.3.2).
+struct Attempt {
+    ep: XtcpEndpoint,
+    ctx: DirectCtx,
+    prober: Prober,
+    guesses: Vec<SocketAddr>,
+    connect_from: Instant,
+    tasks: tokio::task::JoinSet<Option<Slot>>,
+    slots: AcceptSlots,
+}
+
+impl Attempt {
+    async fn act(&mut self, a: PunchAction) {
+        match a {
+            PunchAction::Probe { to, nonce, echo } => {
+                let p = &self.prober;
+                let d = p.key.probe(p.attempt, p.role, nonce, echo);
+                let _ = self.ep.send_raw(to, &d).await;
+            }
+            PunchAction::ProbeGuesses => {
+                for g in &self.guesses {
+                    let _ = self.ep.send_raw(*g, &self.prober.probe(*g, 0)).await;
+                }
+            }
+            PunchAction::Connect(to) => {
+                let (ep, ctx) = (self.ep.clone(), self.ctx.clone());
+                self.tasks.spawn(async move {
+                    match tokio::time::timeout(ctx.connect_timeout, ep.connect(to)).await {
+                        Ok(Ok(s)) => {
+                            let w = s.close_waiter();
+                            ctx.prove_io(s, to, Path::DirectUdp, Some(w)).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%to, "direct udp: connect: {e}"),
+                        Err(_) => tracing::debug!(%to, "direct udp: connect timed out"),
+                    }
+                    None
+                });
+            }
+        }
+    }
+
+    /// Host: an XTCP connection was accepted. It proves itself (from the
+    /// agreed start on) in a slot, or is closed at once when its source
+    /// holds its share already.
+    fn accepted(&mut self, s: XtcpStream) {
+        let Some(from) = s.peer_addr() else { return };
+        //= spec/direct.md#DI-SLOT-1
+        //# MUST NOT let one source hold more than its share
+        let slot = match self.slots.take(from.ip()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::debug!(%from, "direct udp: accept refused: {e}");
+                s.abort();
+                return;
+            }
+        };
+        let ctx = self.ctx.clone();
+        let w = s.close_waiter();
+        let connect_from = self.connect_from;
+        self.tasks.spawn(async move {
+            // Nothing is proven over UDP before the window ends.
+            tokio::time::sleep_until(connect_from).await;
+            ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await;
+            Some(slot)
+        });
+    }
+
+    /// A spray socket got through: it becomes an XTCP endpoint of its own;
+    /// the guest connects from it, the host accepts on it.
+    fn spray_hit(&mut self, sock: tokio::net::UdpSocket, from: SocketAddr) {
+        if self.tasks.len() >= MAX_CONNECTS {
+            return;
+        }
+        let Ok(std_sock) = sock.into_std() else {
+            return;
+        };
+        if let Ok(ep2) = XtcpEndpoint::from_std(std_sock, endpoint_options(self.ctx.role)) {
+            let (ctx, at) = (self.ctx.clone(), self.connect_from);
+            self.tasks.spawn(async move {
+                use_spray_socket(ep2, ctx, from, at).await;
+                None
+            });
+        }
+    }
+
+    fn done(&mut self, r: Result<Option<Slot>, tokio::task::JoinError>) {
+        if let Ok(Some(slot)) = r {
+            self.slots.give_back(slot);
+        }
+    }
+}
+
 /// Run a UDP attempt: probe the peer's candidates, follow peer-reflexive
-/// addresses, connect (host) or accept (guest), and offer every proven
-/// connection to the driver. Ends after `duration`, or earlier when the
-/// driver aborts it (a path was chosen).
+/// addresses once they echo, connect (guest) or accept (host), and offer
+/// every proven connection to the driver. Ends after `duration`, or earlier
+/// when the driver aborts it (a path was chosen).
 pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     let PunchPlan {
         attempt,
@@ -186,13 +321,14 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     } = plan;
     let Prepared { ep, mut side, .. } = prep;
     // Punching starts after the relay path's handshake: the exporter is known.
-    let Some(exporter) = ctx.exporter_now() else {
+    // Only the two peers know it: the probes' tag keeps strangers'
+    // datagrams from steering connection attempts.
+    let Some(prober) = ctx
+        .exporter_now()
+        .and_then(|e| Prober::new(&e, attempt, ctx.role))
+    else {
         return;
     };
-    // Only the two peers know the exporter: the probes' tag keeps strangers'
-    // datagrams from steering connection attempts.
-    let key = ProbeKey::new(&exporter);
-    let probe = key.probe(attempt);
     // The schedule is the sans-IO `Punch`; this loop only sends, receives
     // and runs the connections it asks for.
     let base = Instant::now();
@@ -202,93 +338,63 @@ pub(crate) async fn punch(prep: Prepared, ctx: DirectCtx, plan: PunchPlan) {
     };
     let to_tokio = |t: proto::Instant| base + Duration::from_micros(t.as_micros());
     let start = at(start_at.unwrap_or(base));
-    let mut p = Punch::new(ctx.role, at(base), peers, start, duration, prediction > 0);
+    let nonces = prober.nonces.clone();
+    let mut p = Punch::new(
+        ctx.role,
+        at(base),
+        peers,
+        start,
+        duration,
+        prediction > 0,
+        nonces,
+    );
     let connect_from = to_tokio(p.start_at());
     let mut guesses = Vec::new();
     let (hit_tx, mut hits) = mpsc::channel::<(tokio::net::UdpSocket, SocketAddr)>(4);
-    if prediction > 0 {
-        if let Some(r) = reflexive.first() {
-            guesses = guess_ports(r.ip(), prediction);
-            spray(
-                prediction,
-                *r,
-                probe,
-                key.clone(),
-                attempt,
-                hit_tx,
-                duration + connect_from.saturating_duration_since(Instant::now()),
-            );
-        }
+    if let (true, Some(r)) = (prediction > 0, reflexive.first()) {
+        guesses = guess_ports(r.ip(), prediction);
+        let lasts = duration + connect_from.saturating_duration_since(Instant::now());
+        spray(prediction, *r, prober.clone(), hit_tx, lasts);
     }
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut run = Attempt {
+        ep,
+        slots: AcceptSlots::new(MAX_CONNECTS, XTCP_SLOTS_PER_SOURCE),
+        ctx,
+        prober,
+        guesses,
+        connect_from,
+        tasks: tokio::task::JoinSet::new(),
+    };
     loop {
         let now = at(Instant::now());
         p.handle_timeout(now);
         while let Some(a) = p.poll_action() {
-            match a {
-                PunchAction::Probe(t) => {
-                    let _ = ep.send_raw(t, &probe).await;
-                }
-                PunchAction::ProbeGuesses => {
-                    for g in &guesses {
-                        let _ = ep.send_raw(*g, &probe).await;
-                    }
-                }
-                PunchAction::Connect(to) => {
-                    let (ep, ctx) = (ep.clone(), ctx.clone());
-                    tasks.spawn(async move {
-                        match tokio::time::timeout(ctx.connect_timeout, ep.connect(to)).await {
-                            Ok(Ok(s)) => {
-                                let w = s.close_waiter();
-                                ctx.prove_io(s, to, Path::DirectUdp, Some(w)).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(%to, "direct udp: connect: {e}"),
-                            Err(_) => tracing::debug!(%to, "direct udp: connect timed out"),
-                        }
-                    });
-                }
-            }
+            run.act(a).await;
         }
         if p.is_over(now) {
             break;
         }
         let wake = p.poll_timeout().map_or(connect_from, to_tokio);
+        let accepting = !connects(run.ctx.role) && !run.slots.is_full();
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             got = side.recv() => {
                 let Some((from, d)) = got else { break };
-                if key.verify(&d, attempt) {
-                    p.handle_probe(at(Instant::now()), from);
+                if let Some(v) = run.prober.verify(&d) {
+                    p.handle_probe(at(Instant::now()), from, v.nonce, v.echo);
                 }
             }
-            acc = ep.accept(), if !connects(ctx.role) && tasks.len() < MAX_CONNECTS => {
+            acc = run.ep.accept(), if accepting => {
                 if let Ok(s) = acc {
-                    let ctx = ctx.clone();
-                    let from = s.peer_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
-                    let w = s.close_waiter();
-                    tasks.spawn(async move {
-                        // Nothing is proven over UDP before the window ends.
-                        tokio::time::sleep_until(connect_from).await;
-                        ctx.prove_io(s, from, Path::DirectUdp, Some(w)).await
-                    });
+                    run.accepted(s);
                 }
             }
-            Some((sock, from)) = hits.recv() => {
-                // A spray socket got through: it becomes an XTCP endpoint of
-                // its own; the guest connects from it, the host accepts on it.
-                if tasks.len() < MAX_CONNECTS {
-                    if let Ok(std_sock) = sock.into_std() {
-                        if let Ok(ep2) = XtcpEndpoint::from_std(std_sock, endpoint_options(ctx.role)) {
-                            tasks.spawn(use_spray_socket(ep2, ctx.clone(), from, connect_from));
-                        }
-                    }
-                }
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some((sock, from)) = hits.recv() => run.spray_hit(sock, from),
+            Some(r) = run.tasks.join_next(), if !run.tasks.is_empty() => run.done(r),
         }
     }
     // Connections still proving finish (bounded by the handshake timeout).
-    while tasks.join_next().await.is_some() {}
+    while run.tasks.join_next().await.is_some() {}
 }
 
 /// `n` distinct random ports on `ip` (1024–65535, where Linux's random
@@ -317,18 +423,19 @@ fn guess_ports(ip: IpAddr, n: usize) -> Vec<SocketAddr> {
 /// Open `n` sockets, each probing `target` (the peer's reflexive address)
 /// every [`PROBE_SLOW`] during [`GUESS_PHASE`]: behind an endpoint-dependent
 /// NAT each gets its own external port, which the peer's guesses may hit.
-/// The first sockets that receive a valid probe are handed over on `hits`
-/// (with the probe's source); the rest close when the attempt ends.
+/// The first sockets that receive a valid probe (a guess) answer it, echoing
+/// its nonce, so that the peer believes the address at once (§4.3.4), and
+/// are handed over on `hits` (with the probe's source); the rest close when
+/// the attempt ends.
 fn spray(
     n: usize,
     target: SocketAddr,
-    probe: [u8; PROBE_LEN],
-    key: ProbeKey,
-    attempt: u32,
+    prober: Prober,
     hits: mpsc::Sender<(tokio::net::UdpSocket, SocketAddr)>,
     duration: Duration,
 ) {
     let end = Instant::now() + duration;
+    let probe = prober.probe(target, 0);
     for _ in 0..n {
         let Ok(std_sock) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
             return; // out of descriptors: spray what we have
@@ -339,7 +446,7 @@ fn spray(
         let Ok(sock) = tokio::net::UdpSocket::from_std(std_sock) else {
             return;
         };
-        let (key, hits) = (key.clone(), hits.clone());
+        let (prober, hits) = (prober.clone(), hits.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let mut next = start;
@@ -358,12 +465,11 @@ fn spray(
                 tokio::select! {
                     _ = tokio::time::sleep_until(next.min(end)) => {}
                     r = sock.recv_from(&mut buf) => {
-                        if let Ok((len, from)) = r {
-                            if key.verify(buf.get(..len).unwrap_or(&[]), attempt) {
-                                let _ = sock.send_to(&probe, from).await;
-                                let _ = hits.send((sock, from)).await;
-                                return;
-                            }
+                        let Ok((len, from)) = r else { continue };
+                        if let Some(v) = prober.verify(buf.get(..len).unwrap_or(&[])) {
+                            let _ = sock.send_to(&prober.probe(from, v.nonce), from).await;
+                            let _ = hits.send((sock, from)).await;
+                            return;
                         }
                     }
                 }
@@ -471,5 +577,142 @@ mod tests {
             "the host offers the rightful path"
         );
         attempt.abort();
+    }
+
+    /// A probe of the guest, captured on the way, replayed by a stranger 10
+    /// times from each of 20 other source addresses (127.0.0.2–21): the host
+    /// sends each source at most one challenge per 250 ms, at most 3 in all,
+    /// never a stream of probes (before the echo rule, each source became a
+    /// target probed every 20 ms). The real guest's address is probed
+    /// all along, so the attempt did run.
+    //= spec/direct.md#DI-PUNCH-3
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replayed_probes_from_other_sources_do_not_multiply_traffic() {
+        use crate::direct::forged::ctx;
+        use crate::secret::SessionSecret;
+        use proto::session::punch::MAX_CHALLENGES;
+        let exporter = [5u8; 32];
+        let (host, _found) = ctx(SessionSecret::generate().unwrap(), Role::Host, exporter);
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let prep = prepare(Role::Host, lo, None).await.unwrap();
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), prep.ep.local_addr().port());
+        let guest = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let plan = PunchPlan {
+            attempt: 1,
+            peers: vec![guest.local_addr().unwrap()],
+            reflexive: Vec::new(),
+            duration: Duration::from_millis(1500),
+            prediction: 0,
+            start_at: None,
+        };
+        let attempt = tokio::spawn(punch(prep, host, plan));
+        let key = ProbeKey::new(&exporter);
+        let captured = key.probe(1, Role::Guest, 0x55, 0);
+        let mut spoofed = Vec::new();
+        for i in 2..22u8 {
+            let a = SocketAddr::from(([127, 0, 0, i], 0));
+            spoofed.push(tokio::net::UdpSocket::bind(a).await.unwrap());
+        }
+        let t = Instant::now();
+        for _ in 0..10 {
+            for s in &spoofed {
+                s.send_to(&captured, target).await.unwrap();
+            }
+        }
+        let burst = t.elapsed();
+        // The attempt ends after its duration; nothing is sent after it.
+        attempt.await.unwrap();
+        let count = |s: &tokio::net::UdpSocket, echo: u64| {
+            let mut buf = [0u8; 1500];
+            let mut n = 0;
+            while let Ok((len, from)) = s.try_recv_from(&mut buf) {
+                assert_eq!(from, target);
+                let v = key
+                    .verify(&buf[..len], 1, Role::Host)
+                    .expect("a host probe");
+                assert_eq!(v.echo, echo, "what the probe echoes");
+                n += 1;
+            }
+            n
+        };
+        // A challenge echoes the replayed probe's nonce.
+        let per_source: Vec<usize> = spoofed.iter().map(|s| count(s, 0x55)).collect();
+        eprintln!("replays sent in {burst:?}; datagrams per spoofed source: {per_source:?}");
+        let cap = if burst < PROBE_SLOW {
+            1
+        } else {
+            usize::from(MAX_CHALLENGES)
+        };
+        assert!(
+            per_source.iter().all(|n| (1..=cap).contains(n)),
+            "{per_source:?}"
+        );
+        assert!(
+            count(&guest, 0) >= 10,
+            "the guest's address is probed all along"
+        );
+    }
+
+    /// One stranger address (127.0.0.2) opens many XTCP connections to the
+    /// host's endpoint and leaves them idle: it holds at most its share of
+    /// the attempt's accept slots, and the rightful guest is proven at once,
+    /// not after the stranger's handshakes time out (5 s here).
+    //= spec/direct.md#DI-SLOT-1
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_stranger_address_cannot_take_every_xtcp_accept_slot() {
+        use crate::direct::forged::ctx;
+        use crate::secret::SessionSecret;
+        let s = SessionSecret::generate().unwrap();
+        let code = s.code();
+        let exporter = [5u8; 32];
+        let (host, mut found) = ctx(SessionSecret::parse(&code).unwrap(), Role::Host, exporter);
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let prep = prepare(Role::Host, lo, None).await.unwrap();
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), prep.ep.local_addr().port());
+        let plan = PunchPlan {
+            attempt: 0,
+            peers: Vec::new(),
+            reflexive: Vec::new(),
+            duration: Duration::from_secs(20),
+            prediction: 0,
+            start_at: None,
+        };
+        let attempt = tokio::spawn(punch(prep, host, plan));
+        let mut idle = Vec::new();
+        for _ in 0..2 * MAX_CONNECTS {
+            let ep = XtcpEndpoint::bind(
+                "127.0.0.2:0".parse().unwrap(),
+                endpoint_options(Role::Guest),
+            )
+            .unwrap();
+            // Refused ones are reset by the host at once: fine.
+            if let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_secs(2), ep.connect(target)).await
+            {
+                idle.push((ep, c));
+            }
+        }
+        assert!(!idle.is_empty(), "the stranger got connections");
+        let (guest, mut gfound) = ctx(SessionSecret::parse(&code).unwrap(), Role::Guest, exporter);
+        let ep = XtcpEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            endpoint_options(Role::Guest),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let c = tokio::time::timeout(Duration::from_secs(2), ep.connect(target))
+            .await
+            .expect("the guest's connection is accepted at once")
+            .unwrap();
+        guest.prove_io(c, target, Path::DirectUdp, None).await;
+        assert!(gfound.try_recv().is_ok(), "the guest proved the path");
+        let got = tokio::time::timeout(Duration::from_secs(2), found.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(ref c)) if c.kind == Path::DirectUdp),
+            "the host offers the guest's path at once"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        attempt.abort();
+        drop(idle);
     }
 }

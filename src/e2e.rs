@@ -122,7 +122,49 @@ fn client_config() -> Result<rustls::ClientConfig, E2eError> {
     Ok(cfg)
 }
 
+/// The TLS configuration of one session's end-to-end handshakes
+/// (`spec/session.md` §3.1). For the host it holds the self-signed
+/// certificate and its P-256 key, generated once, here, and presented in
+/// every handshake of the session (the relay path's and each direct
+/// path's): a stranger's ClientHello on a direct listener costs the host
+/// an ECDHE share and one signature, no key generation. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionTls(Side);
+
+#[derive(Clone)]
+enum Side {
+    Guest(Arc<rustls::ClientConfig>),
+    Host(Arc<rustls::ServerConfig>),
+}
+
+impl fmt::Debug for SessionTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionTls").field(&self.role()).finish()
+    }
+}
+
+impl SessionTls {
+    /// The configuration of `role`'s handshakes for one session (the host's
+    /// certificate is generated now).
+    pub fn new(role: Role) -> Result<SessionTls, E2eError> {
+        Ok(SessionTls(match role {
+            Role::Guest => Side::Guest(Arc::new(client_config()?)),
+            Role::Host => Side::Host(Arc::new(server_config()?)),
+        }))
+    }
+
+    /// The role whose handshakes this configures.
+    pub fn role(&self) -> Role {
+        match self.0 {
+            Side::Guest(_) => Role::Guest,
+            Side::Host(_) => Role::Host,
+        }
+    }
+}
+
 fn server_config() -> Result<rustls::ServerConfig, E2eError> {
+    //= spec/session.md#SE-CERT-1
+    //# The host MUST generate its certificate and key once per session
     let ck = tls::self_signed(&[PEER_NAME]).map_err(|e| E2eError::Setup(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(tls::crypto_provider())
         //= spec/session.md#SE-TLS-1
@@ -135,6 +177,8 @@ fn server_config() -> Result<rustls::ServerConfig, E2eError> {
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.send_tls13_tickets = 0;
     cfg.max_early_data_size = 0;
+    // Shared by the session's handshakes: nothing of one may resume another.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
@@ -180,10 +224,11 @@ where
 /// with [`E2eError::Closed`]. `timeout` bounds everything, the wait included.
 /// `on_tls` gets the exporter as soon as TLS is done, before the tags (the
 /// relay path hands it to direct attempts already under way: their own
-/// tags then bind it, so nothing is trusted on it yet). `after_tag` gives
-/// bytes sent right behind this side's tag, in the same flight, before the
-/// peer's tag is checked (the guest's early `RESUME` on a direct path); the
-/// caller sees them as already sent on the returned stream.
+/// tags then bind it, so nothing is trusted on it yet). `after_verify`
+/// gives bytes sent the moment the peer's tag has verified, before the
+/// stream is returned (the guest's early `RESUME` on a direct path); the
+/// caller sees them as already sent on the returned stream. Nothing but
+/// the tag ever goes to a peer that has not proven the session.
 //= spec/session.md#SE-TAG-4
 //# It MUST NOT retry on the same stream.
 pub async fn handshake_bound<S, F>(
@@ -193,13 +238,33 @@ pub async fn handshake_bound<S, F>(
     timeout: Duration,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
-    after_tag: impl FnOnce() -> Vec<u8>,
+    after_verify: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
-    let run = handshake_inner(io, role, secret, binding, on_tls, after_tag);
+    let tls = SessionTls::new(role)?;
+    handshake_with(&tls, io, secret, timeout, binding, on_tls, after_verify).await
+}
+
+/// [`handshake_bound`] with the session's TLS configuration (one host
+/// certificate per session, [`SessionTls`]); the role is the
+/// configuration's.
+pub async fn handshake_with<S, F>(
+    tls: &SessionTls,
+    io: S,
+    secret: &SessionSecret,
+    timeout: Duration,
+    binding: F,
+    on_tls: impl FnOnce([u8; 32]),
+    after_verify: impl FnOnce() -> Vec<u8>,
+) -> Result<E2eStream<S>, E2eError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = Option<Vec<u8>>>,
+{
+    let run = handshake_inner(io, tls, secret, binding, on_tls, after_verify);
     //= spec/session.md#SE-TAG-5
     //# TLS handshake plus tag exchange MUST be bounded in time
     match tokio::time::timeout(timeout, run).await {
@@ -210,27 +275,28 @@ where
 
 async fn handshake_inner<S, F>(
     io: S,
-    role: Role,
+    tls: &SessionTls,
     secret: &SessionSecret,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
-    after_tag: impl FnOnce() -> Vec<u8>,
+    after_verify: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
-    let mut stream: TlsStream<S> = match role {
-        Role::Guest => {
+    let role = tls.role();
+    let mut stream: TlsStream<S> = match &tls.0 {
+        Side::Guest(cfg) => {
             let name =
                 ServerName::try_from(PEER_NAME).map_err(|e| E2eError::Setup(e.to_string()))?;
-            TlsConnector::from(Arc::new(client_config()?))
+            TlsConnector::from(cfg.clone())
                 .connect(name, io)
                 .await
                 .map_err(io_to_e2e)?
                 .into()
         }
-        Role::Host => TlsAcceptor::from(Arc::new(server_config()?))
+        Side::Host(cfg) => TlsAcceptor::from(cfg.clone())
             .accept(io)
             .await
             .map_err(io_to_e2e)?
@@ -268,9 +334,7 @@ where
     let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
     //= spec/session.md#SE-TAG-1
     //# A peer MUST NOT send application bytes before its tag
-    let mut flight = mine.as_ref().to_vec();
-    flight.extend_from_slice(&after_tag());
-    stream.write_all(&flight).await.map_err(io_to_e2e)?;
+    stream.write_all(mine.as_ref()).await.map_err(io_to_e2e)?;
     stream.flush().await.map_err(io_to_e2e)?;
     let mut theirs = [0u8; TAG_LEN];
     stream
@@ -295,6 +359,11 @@ where
     //= spec/session.md#SE-TAG-2
     //# MUST NOT deliver any received application byte, nor send any of its own beyond the
     //# tag, before the peer's tag has verified.
+    let after = after_verify();
+    if !after.is_empty() {
+        stream.write_all(&after).await.map_err(io_to_e2e)?;
+        stream.flush().await.map_err(io_to_e2e)?;
+    }
     Ok(E2eStream {
         inner: stream,
         suite,
@@ -366,5 +435,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for E2eStream<S> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl<S> E2eStream<S> {
+        /// The certificate the TLS server presented (on the guest's side).
+        fn peer_certificate(&self) -> Option<Vec<u8>> {
+            let certs = match &self.inner {
+                TlsStream::Client(c) => c.get_ref().1.peer_certificates(),
+                TlsStream::Server(c) => c.get_ref().1.peer_certificates(),
+            };
+            certs.and_then(|c| c.first()).map(|c| c.as_ref().to_vec())
+        }
+    }
+
+    async fn run(host: &SessionTls, secret: &SessionSecret) -> Vec<u8> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let guest = SessionTls::new(Role::Guest).expect("config");
+        let t = Duration::from_secs(5);
+        let none = || async { Some(Vec::new()) };
+        let (h, g) = tokio::join!(
+            handshake_with(host, a, secret, t, none(), |_| {}, Vec::new),
+            handshake_with(&guest, b, secret, t, none(), |_| {}, Vec::new)
+        );
+        assert!(h.is_ok(), "host: {h:?}");
+        g.expect("guest").peer_certificate().expect("a certificate")
+    }
+
+    /// The host's certificate (and its key) is made once per session and
+    /// presented in each of the session's handshakes; another session has
+    /// another one.
+    //= spec/session.md#SE-CERT-1
+    #[tokio::test]
+    async fn the_host_presents_one_certificate_per_session() {
+        let secret = SessionSecret::generate().expect("rng");
+        let host = SessionTls::new(Role::Host).expect("config");
+        let first = run(&host, &secret).await;
+        let second = run(&host.clone(), &secret).await;
+        assert_eq!(
+            first, second,
+            "one certificate for the session's handshakes"
+        );
+        let other = run(&SessionTls::new(Role::Host).expect("config"), &secret).await;
+        assert_ne!(first, other, "another session, another certificate");
     }
 }

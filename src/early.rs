@@ -7,7 +7,7 @@
 
 use crate::direct::DirectOptions;
 use crate::direct::{self, DirectConn, DirectCtx, DirectListener, PathIo};
-use crate::e2e::Role;
+use crate::e2e::{Role, SessionTls};
 use crate::preamble::{self, PreambleError, PreambleReader};
 use crate::secret::SessionSecret;
 use proto::session::Candidate;
@@ -62,6 +62,7 @@ impl Early {
         let ctx = DirectCtx {
             secret: secret.clone(),
             role,
+            tls: SessionTls::new(role).map_err(io::Error::other)?,
             relay_exporter: exporter_rx,
             handshake_timeout: opts.handshake_timeout,
             connect_timeout: opts.connect_timeout,
@@ -145,6 +146,12 @@ impl Early {
             }
             Some(b)
         }
+    }
+
+    /// The session's TLS configuration (the host's one certificate), for the
+    /// relay path's handshake too.
+    pub(crate) fn tls(&self) -> &SessionTls {
+        &self.ctx.tls
     }
 
     /// Where the relay path's exporter is published to the direct attempts.

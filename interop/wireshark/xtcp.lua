@@ -48,7 +48,7 @@ local T_PROBE = 0xA2
 
 local REQUEST_LEN = 48
 local TOKEN_LEN = 16
-local PROBE_LEN = 37
+local PROBE_LEN = 54
 
 local EXID_CHALLENGE = 0x5843
 local EXID_RESPONSE = 0x5852
@@ -95,9 +95,13 @@ local rf = {
 }
 relay_udp.fields = rf
 
+local probe_roles = { [1] = "host", [2] = "guest" }
 local pf = {
     type = ProtoField.uint8("xtcp_probe.type", "Type", base.HEX),
     attempt = ProtoField.uint32("xtcp_probe.attempt", "Attempt", base.DEC),
+    role = ProtoField.uint8("xtcp_probe.role", "Sender role", base.DEC, probe_roles),
+    nonce = ProtoField.uint64("xtcp_probe.nonce", "Nonce", base.HEX),
+    echo = ProtoField.uint64("xtcp_probe.echo", "Echo", base.HEX),
     tag = ProtoField.bytes("xtcp_probe.tag", "Tag (HMAC-SHA256)"),
 }
 probe.fields = pf
@@ -446,12 +450,26 @@ local function dissect_probe(tvb, pinfo, tree)
         return len
     end
     t:add(pf.attempt, tvb(1, 4))
-    pinfo.cols.info = "Punch probe, attempt " .. tvb(1, 4):uint()
-    if len > 5 then
-        t:add(pf.tag, tvb(5, math.min(len - 5, 32)))
+    local info = "Punch probe, attempt " .. tvb(1, 4):uint()
+    if len >= 6 then
+        t:add(pf.role, tvb(5, 1))
+        info = info .. " from the " .. (probe_roles[tvb(5, 1):uint()] or "?")
     end
+    if len >= 14 then
+        t:add(pf.nonce, tvb(6, 8))
+    end
+    if len >= 22 then
+        t:add(pf.echo, tvb(14, 8))
+        if tvb(14, 8):uint64() ~= UInt64(0) then
+            info = info .. " (echo)"
+        end
+    end
+    if len > 22 then
+        t:add(pf.tag, tvb(22, math.min(len - 22, 32)))
+    end
+    pinfo.cols.info = info
     if len ~= PROBE_LEN then
-        t:add_proto_expert_info(pex.malformed, "A probe is exactly 37 bytes (spec/direct.md §4.3)")
+        t:add_proto_expert_info(pex.malformed, "A probe is exactly 54 bytes (spec/direct.md §4.3.2)")
     end
     return len
 end
@@ -508,7 +526,7 @@ local function heuristic(tvb, pinfo, tree)
         dissect_relay_udp(tvb, pinfo, tree)
         return true
     elseif b == T_PROBE then
-        if tvb:len() ~= PROBE_LEN then
+        if tvb:len() ~= PROBE_LEN or probe_roles[tvb(5, 1):uint()] == nil then
             return false
         end
         dissect_probe(tvb, pinfo, tree)

@@ -416,34 +416,41 @@ pub fn udp_service(data: &[u8]) {
     }
 }
 
-/// Punch probe oracle (`spec/direct.md` §4.3): any datagram parses to a
+/// Punch probe oracle (`spec/direct.md` §4.3.2): any datagram parses to a
 /// probe or a typed error; a parsed probe re-encodes to exactly the same
 /// bytes; a probe is never also a UDP address service datagram (the first
-/// bytes are registered apart); and a probe verifies under a key exactly
-/// when its tag is that key's tag for its attempt.
+/// bytes are registered apart); a probe verifies under a key exactly when
+/// its tag is that key's tag for its fields, and only for the role it
+/// names (a probe reflected to its sender's role never verifies).
 pub fn punch_probe(data: &[u8]) {
     use crate::relay::udp_service::{parse_request, parse_response};
     use crate::session::probe::{encode_probe, parse_probe, ProbeKey};
+    use crate::session::Role;
     let key = ProbeKey::new(&[0x11; 32]);
     let parsed = parse_probe(data);
     let attempt = parsed.map_or(0, |p| p.attempt);
-    let valid = key.verify(data, attempt);
+    let host = key.verify(data, attempt, Role::Host);
+    let guest = key.verify(data, attempt, Role::Guest);
     let Ok(p) = parsed else {
-        assert!(!valid, "an unparseable datagram verified");
+        assert!(
+            host.is_none() && guest.is_none(),
+            "an unparseable datagram verified"
+        );
         return;
     };
-    assert_eq!(
-        &encode_probe(p.attempt, &p.tag)[..],
-        data,
-        "encode(parse(probe)) != probe"
-    );
+    assert_eq!(&encode_probe(&p)[..], data, "encode(parse(probe)) != probe");
     assert!(
         parse_request(data).is_err() && parse_response(data).is_err(),
         "a probe parsed as an address service datagram"
     );
-    assert_eq!(
-        valid,
-        p.tag == key.tag(p.attempt),
-        "verify disagrees with tag"
-    );
+    let valid = p.tag == key.tag(p.attempt, p.role, p.nonce, p.echo);
+    let (mine, other) = match p.role {
+        Role::Host => (host, guest),
+        Role::Guest => (guest, host),
+    };
+    assert!(other.is_none(), "a probe verified for the other role");
+    assert_eq!(mine.is_some(), valid, "verify disagrees with tag");
+    if let Some(v) = mine {
+        assert_eq!(v, p, "verify returned other fields");
+    }
 }

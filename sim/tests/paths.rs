@@ -153,6 +153,10 @@ struct Side {
     changes: Vec<(Instant, Path)>,
     /// Pending UDP attempt start.
     udp_start: Option<Instant>,
+    /// Its direct TCP listener is open.
+    listening: bool,
+    /// How often it closed one.
+    listener_stops: usize,
     prepared_round: Option<u32>,
     /// The pair of the direct path in use.
     direct_pair: Option<usize>,
@@ -240,6 +244,8 @@ impl World {
             path: Path::Relay,
             changes: Vec::new(),
             udp_start: None,
+            listening: true,
+            listener_stops: 0,
             prepared_round: None,
             direct_pair: None,
             held: std::collections::VecDeque::new(),
@@ -409,6 +415,10 @@ impl World {
                 // No flap: leaving a direct path needs a cause (§4.7): the
                 // harness broke the direct path this side was on.
                 let caused = s.direct_pair.is_some_and(|d| self.pairs[d].cut);
+                if p != Path::Relay && p != Path::Reconnecting && s.listening {
+                    // DI-LISTEN-1: a chosen direct path closes the listener.
+                    return Err(format!("side {side} is on {p} with its listener open"));
+                }
                 if p != Path::Relay && p != Path::Reconnecting {
                     s.direct_pair = self
                         .pairs
@@ -441,13 +451,23 @@ impl World {
                 }
             }
             Action::DialTcp { .. } => {
+                if !self.sides[side].listening {
+                    return Err(format!("side {side} dials with its listener closed"));
+                }
                 // Both sides dial; one connection per attempt succeeds (the
                 // host's dial, say), proven after a round trip.
                 if self.sc.tcp && self.direct_ok && side == H {
                     self.open_direct(Path::DirectTcp, self.now);
                 }
             }
+            Action::StopListener => {
+                // DI-LISTEN-1: closed once a direct path is chosen or the
+                // round's TCP attempt is over.
+                self.sides[side].listening = false;
+                self.sides[side].listener_stops += 1;
+            }
             Action::StartListener => {
+                self.sides[side].listening = true;
                 let port = 7000 + self.rng.below(1000) as u16;
                 let addr = if side == H {
                     "198.18.0.1"
@@ -534,9 +554,10 @@ impl World {
             .rposition(|p| p.kind == Path::Relay && !p.cut)
     }
 
-    /// A direct connection of `kind` whose transport is up at `t`: the
-    /// guest proves it (and sends its early RESUME) one way later, the host
-    /// a round trip later (it reads the guest's tag and early RESUME).
+    /// A direct connection of `kind` whose transport is up at `t`: the host
+    /// proves it three ways later (ClientHello, its flight, the guest's
+    /// Finished and tag), the guest four (the host's tag), and only then
+    /// sends its early RESUME (spec/direct.md DI-EARLY-3).
     fn open_direct(&mut self, kind: Path, t: Instant) {
         let one = self.sc.direct_one_way + ms(self.rng.below(3));
         self.pairs.push(Pair {
@@ -556,7 +577,7 @@ impl World {
         } else {
             Duration::ZERO
         };
-        self.at(t + one * 2 + slow, Ev::Opened(G, p));
+        self.at(t + one * 4 + slow, Ev::Opened(G, p));
         self.at(t + one * 3, Ev::Opened(H, p));
     }
 
@@ -687,7 +708,7 @@ impl World {
                             self.at(now, Ev::Closed(side, p));
                         }
                         if let Some(r) = early {
-                            // The early RESUME, right behind the guest's tag.
+                            // The early RESUME, once the host's tag verified.
                             let mut b = Vec::new();
                             let f = Frame::Resume {
                                 path_id: PROVISIONAL_PATH,
@@ -877,6 +898,12 @@ impl World {
                 return Err(format!(
                     "side {s} went direct {n} times, expected at least {}",
                     self.sc.min_direct
+                ));
+            }
+            if self.sides[s].listener_stops < n {
+                return Err(format!(
+                    "side {s} went direct {n} times but closed its listener {} times",
+                    self.sides[s].listener_stops
                 ));
             }
         }

@@ -11,6 +11,7 @@ mod common;
 use common::{payload, sim_config, App};
 use proto::relay::udp_service;
 use proto::session::probe::ProbeKey;
+use proto::session::Role;
 use proto::xtcp::wire::{PathOption, SegmentRepr, TcpFlags, TcpOptions};
 use proto::{Instant, SeqNumber};
 use std::collections::VecDeque;
@@ -275,7 +276,7 @@ fn tshark_decodes_address_service_and_punch_probes() {
     let (r4, n4) =
         udp_service::encode_response(0x0102_0304_0506_0708, "198.18.0.7:40000".parse().unwrap());
     let (r6, n6) = udp_service::encode_response(1, "[2001:db8::1]:443".parse().unwrap());
-    let probe = ProbeKey::new(&[0x11; 32]).probe(1);
+    let probe = ProbeKey::new(&[0x11; 32]).probe(1, Role::Host, 0x1112_1314_1516_1718, 7);
     // Pure ACKs carrying path validation (spec/xtcp.md §8.2).
     let challenge = segment(
         1000,
@@ -324,6 +325,9 @@ fn tshark_decodes_address_service_and_punch_probes() {
         "xtcp_relay_udp.addr6",
         "xtcp_relay_udp.port",
         "xtcp_probe.attempt",
+        "xtcp_probe.role",
+        "xtcp_probe.nonce",
+        "xtcp_probe.echo",
         "xtcp_probe.tag",
         "xtcp.conn_id",
         "xtcp.path",
@@ -372,12 +376,15 @@ fn tshark_decodes_address_service_and_punch_probes() {
             ("xtcp_relay_udp.port", "443"),
         ],
     );
-    let tag: String = probe[5..].iter().map(|b| format!("{b:02x}")).collect();
+    let tag: String = probe[22..].iter().map(|b| format!("{b:02x}")).collect();
     check(
         3,
         &[
             ("_ws.col.Protocol", "XTCP-PROBE"),
             ("xtcp_probe.attempt", "1"),
+            ("xtcp_probe.role", "1"),
+            ("xtcp_probe.nonce", "0x1112131415161718"),
+            ("xtcp_probe.echo", "0x0000000000000007"),
             ("xtcp_probe.tag", &tag),
         ],
     );

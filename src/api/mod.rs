@@ -281,9 +281,9 @@ impl Session {
         // out, the host's flight back (the agreed UDP start, §4.3.2).
         let started = tokio::time::Instant::now();
         let mut tls_done = None;
-        let relay_path = e2e::handshake_bound(
+        let relay_path = e2e::handshake_with(
+            early.tls(),
             pipe,
-            role,
             &secret,
             e2e_opts.handshake_timeout,
             binding,

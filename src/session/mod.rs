@@ -260,6 +260,7 @@ fn path_config(s: &Start) -> PathConfig {
         retry_after: o.retry_after,
         udp_after: o.udp_after,
         udp_attempt: o.connect_timeout + o.handshake_timeout,
+        tcp_attempt: o.connect_timeout + o.handshake_timeout,
         port_prediction: o.port_prediction,
         relay_one_way: s.relay_rtt.map_or(Duration::ZERO, |r| r / 2),
         replay_capacity: o.replay_capacity,
@@ -613,6 +614,13 @@ impl Driver {
                         tracing::debug!("direct tcp: no listener: {e}");
                         g.m.handle_listener(now, None);
                     }
+                }
+            }
+            Action::StopListener => {
+                // No more connections (§4.1); handshakes under way end
+                // within their bound.
+                if let Some(l) = &self.listener {
+                    l.stop();
                 }
             }
             Action::PrepareUdp { round } => {

@@ -224,7 +224,13 @@ mod tests {
         let req = udp_service::encode_request(&[7; 16], 9);
         let (resp, n) = udp_service::encode_response(9, "192.0.2.1:5".parse().unwrap());
         let resp = resp.get(..n).unwrap_or_default();
-        let probe = probe::encode_probe(3, &[1; 32]);
+        let probe = probe::encode_probe(&probe::Probe {
+            attempt: 3,
+            role: crate::session::Role::Guest,
+            nonce: 1,
+            echo: 0,
+            tag: [1; 32],
+        });
         let seg = [0u8; 64];
         assert_eq!(req[0], datagram::UDP_SERVICE_REQUEST);
         assert_eq!(resp[0], datagram::UDP_SERVICE_RESPONSE);

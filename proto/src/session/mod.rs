@@ -54,6 +54,7 @@ pub const PROVISIONAL_PATH: u32 = u32::MAX;
 
 pub mod paths;
 pub mod punch;
+pub mod slots;
 
 pub use paths::{
     Action, Path, PathConfig, PathHandle, PathManager, PathPolicy, PeerFault, Role, SessionFailure,

@@ -129,6 +129,9 @@ pub struct PathConfig {
     pub udp_after: Duration,
     /// Bound on one UDP attempt after its start (connect + handshake).
     pub udp_attempt: Duration,
+    /// Bound on one TCP attempt after its start (connect + handshake): the
+    /// round's listener closes then (`spec/direct.md` §4.1).
+    pub tcp_attempt: Duration,
     /// Port prediction budget (0: off), §4.3.4.
     pub port_prediction: usize,
     /// Guest: half the relay path's round trip as its handshake measured it.
@@ -161,6 +164,7 @@ impl PathConfig {
             retry_after: Duration::from_secs(10),
             udp_after: Duration::from_secs(10),
             udp_attempt: Duration::from_secs(15),
+            tcp_attempt: Duration::from_secs(15),
             port_prediction: 0,
             relay_one_way: Duration::ZERO,
             replay_capacity: super::DEFAULT_REPLAY_CAPACITY,
@@ -215,6 +219,10 @@ pub enum Action {
     /// Open a new direct TCP listener and report it with
     /// [`PathManager::handle_listener`].
     StartListener,
+    /// Close the direct TCP listener's sockets (a direct path was chosen, or
+    /// the round's TCP attempt is over): nothing more is accepted; the
+    /// handshakes under way end within their bound.
+    StopListener,
     /// Prepare a UDP endpoint for `round` and report it with
     /// [`PathManager::handle_udp_prepared`].
     PrepareUdp {
@@ -469,6 +477,9 @@ pub struct PathManager {
     current: Path,
     peer_candidates: Vec<Candidate>,
     listener: Option<(u16, bool)>,
+    /// When the listener closes (its round's TCP attempt ends); `None`:
+    /// waiting for the round's attempt to start.
+    listener_until: Option<Instant>,
     /// Current relay path id (even).
     relay_epoch: u32,
     /// Direct attempts so far (the host numbers them).
@@ -545,6 +556,7 @@ impl PathManager {
             closing: false,
             current: Path::Relay,
             peer_candidates,
+            listener_until: listener.map(|_| now + cfg.tcp_attempt),
             listener,
             relay_epoch: 0,
             // Attempt 0 was dialled at pairing, on the preambles' candidates.
@@ -768,6 +780,7 @@ impl PathManager {
                 }
                 self.direct_id = Some(id);
                 self.udp_stop();
+                self.stop_listener();
             }
             Err(_) => {
                 self.drop_slot(h);
@@ -813,6 +826,7 @@ impl PathManager {
         self.now = now;
         if let Some((port, v6, cands)) = l {
             self.listener = Some((port, v6));
+            self.listener_until = None;
             if let Some(r) = self.relay_slot() {
                 self.queue(r, &Frame::Candidates(cands));
             }
@@ -1128,6 +1142,9 @@ impl PathManager {
             self.retry_at = None;
             self.punch();
         }
+        if self.listener_until.is_some_and(|t| now >= t) {
+            self.stop_listener();
+        }
         if self.cfg.role == Role::Host {
             self.udp_schedule(now);
         }
@@ -1191,6 +1208,9 @@ impl PathManager {
         }
         if let Some(c) = self.closed_at {
             at(c + self.cfg.linger);
+        }
+        if let Some(l) = self.listener_until {
+            at(l);
         }
         if let Some(end) = self.ahead_since.map(|t| t + READ_PAUSE) {
             if end > self.now {
@@ -1677,6 +1697,7 @@ impl PathManager {
         }
         self.direct_id = Some(new_id);
         self.udp_stop();
+        self.stop_listener();
         //= spec/direct.md#DI-ONE-2
         //# and closes its other not-yet-resumed direct connections
         let losers: Vec<PathHandle> = self
@@ -1806,6 +1827,11 @@ impl PathManager {
         let one_way = self.cfg.relay_one_way.min(MAX_ONE_WAY);
         let at = now + delay.saturating_sub(one_way);
         self.udp_punch_pending = Some((n, at));
+        if self.listener_until.is_none() {
+            // A round without a TCP PUNCH so far: its listener lives as
+            // long as its UDP attempt at most (a TCP PUNCH extends it).
+            self.listener_deadline(at + self.cfg.udp_attempt);
+        }
         self.udp_schedule(now);
     }
 
@@ -1855,10 +1881,32 @@ impl PathManager {
     /// from their listening port, §4.2).
     fn punch(&mut self) {
         if self.direct_id.is_some() || self.listener.is_none() || !self.peer_has(Transport::Tcp) {
+            // No TCP attempt this round: its listener waits for nothing.
+            self.stop_listener();
             return;
         }
         self.send_punch(Transport::Tcp, Duration::ZERO);
         self.dial();
+        self.listener_deadline(self.now + self.cfg.tcp_attempt);
+    }
+
+    /// The round's listener lives until `t` at least.
+    fn listener_deadline(&mut self, t: Instant) {
+        if self.listener.is_some() {
+            self.listener_until = Some(self.listener_until.map_or(t, |u| u.max(t)));
+        }
+    }
+
+    /// Close the round's listener (a direct path was chosen, or its TCP
+    /// attempt is over): strangers who learnt its port find it closed, and
+    /// a new round opens a new one (§4.7 step 4).
+    fn stop_listener(&mut self) {
+        self.listener_until = None;
+        //= spec/direct.md#DI-LISTEN-1
+        //# MUST close it once a direct path is chosen or the round's TCP attempt is over
+        if self.listener.take().is_some() {
+            self.actions.push_back(Action::StopListener);
+        }
     }
 
     fn on_punch(&mut self, n: u32) {
@@ -1869,6 +1917,7 @@ impl PathManager {
             if self.guest_dialed != Some(n) {
                 self.guest_dialed = Some(n);
                 self.dial();
+                self.listener_deadline(self.now + self.cfg.tcp_attempt);
             }
         }
     }
