@@ -13,8 +13,11 @@
 //! → wait for bytes, a proven connection, a prepared UDP endpoint, the
 //! application or the manager's timeout", like quinn's `ConnectionDriver`.
 
+mod reconnect;
 mod stream;
 
+pub(crate) use reconnect::Reconnect;
+use reconnect::{local_addrs, reconnect_relay, Reconnected, ADDRESS_POLL};
 pub use stream::SessionControl;
 pub(crate) use stream::SessionStream;
 
@@ -142,91 +145,6 @@ impl Drop for PathTasks {
         self.reader.abort();
         self.writer.abort();
     }
-}
-
-/// What setting up a lost relay path again needs (`spec/direct.md` §4.8).
-#[derive(Clone)]
-pub(crate) struct Reconnect {
-    /// The relays, their trust and the host's operator token.
-    pub relay_cfg: crate::relay::RelayClientConfig,
-    /// The relay the session was paired on.
-    pub relay: String,
-    pub secret: Arc<crate::secret::SessionSecret>,
-    /// Bound on each e2e handshake.
-    pub handshake_timeout: Duration,
-    /// The application's own binding bytes (`E2eOptions::binding`).
-    pub binding: Vec<u8>,
-}
-
-/// A relay connection set up again: the authenticated stream, this side's
-/// address and UDP grant as that relay saw it, and the relay's name.
-struct Reconnected {
-    io: Box<dyn PathIo>,
-    local: Option<SocketAddr>,
-    observed: SocketAddr,
-    udp: Option<RelayUdp>,
-    relay: String,
-}
-
-/// The tag binding of relay connection `generation` ≥ 1 (`spec/session.md`
-/// §3.3): it names the generation and the first relay path's exporter, so
-/// it proves this very session, and a path of one generation does not pass
-/// for another.
-fn resumed_binding(extra: &[u8], generation: u32, first_exporter: &[u8; 32]) -> Vec<u8> {
-    let mut b = extra.to_vec();
-    b.extend_from_slice(b"xtcp relay resume v1");
-    b.extend_from_slice(&generation.to_be_bytes());
-    b.extend_from_slice(first_exporter);
-    b
-}
-
-/// One attempt at relay connection `generation`: re-pair under that
-/// generation's rendezvous id (the host registers and waits, the guest
-/// joins), then the e2e handshake bound to the session (§4.8).
-async fn reconnect_relay(
-    rc: Reconnect,
-    role: Role,
-    generation: u32,
-    first_exporter: [u8; 32],
-) -> Result<Reconnected, String> {
-    use crate::relay::client;
-    let rid = rc.secret.rendezvous_id_for(generation);
-    let order = client::resume_order(&rc.relay_cfg.relays, &rc.secret.rendezvous_id(), &rc.relay);
-    let paired = match role {
-        Role::Host => {
-            client::create_session_in(&rc.relay_cfg, rid, order)
-                .await
-                .map_err(|e| e.to_string())?
-                .paired()
-                .await
-        }
-        Role::Guest => client::join_session_in(&rc.relay_cfg, rid, order).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let binding = resumed_binding(&rc.binding, generation, &first_exporter);
-    let local = paired.stream.local_addr().ok();
-    let udp = paired.udp.map(|u| RelayUdp {
-        addr: u.addr,
-        token: u.token,
-    });
-    let io = crate::e2e::handshake_bound(
-        paired.stream,
-        role,
-        &rc.secret,
-        rc.handshake_timeout,
-        async { Some(binding) },
-        |_| {},
-        Vec::new,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(Reconnected {
-        io: Box::new(io),
-        local,
-        observed: paired.observed,
-        udp,
-        relay: paired.relay,
-    })
 }
 
 /// Everything the driver needs to start.
@@ -445,6 +363,33 @@ impl Driver {
                 local: local.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
             },
         );
+    }
+
+    /// Relay connection `generation` came up (or failed): hand it to the
+    /// manager (§4.8).
+    fn relay_ready(&mut self, generation: u32, r: Result<Reconnected, String>) {
+        let link = self.link.clone();
+        let mut g = link.lock();
+        let now = g.clock.now();
+        self.relay_attempt = None;
+        match r {
+            Ok(c) => {
+                if let Some(h) = g.m.handle_relay_connected(now, generation, c.observed) {
+                    tracing::info!(generation, relay = %c.relay, "relay path set up again");
+                    self.observed = c.observed;
+                    self.relay_udp = c.udp;
+                    if let Some(rc) = self.reconnect.as_mut() {
+                        rc.relay = c.relay;
+                    }
+                    drop(g);
+                    self.add_io(h, c.io, None, c.local);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(generation, "relay connection failed: {e}");
+                g.m.handle_relay_failed(now, generation);
+            }
+        }
     }
 
     /// This host's addresses changed (`spec/direct.md` §4.9): paths bound
@@ -770,30 +715,7 @@ impl Driver {
                         }
                     }
                 }
-                Some((generation, r)) = relay.recv() => {
-                    let link = self.link.clone();
-                    let mut g = link.lock();
-                    let now = g.clock.now();
-                    self.relay_attempt = None;
-                    match r {
-                        Ok(c) => {
-                            if let Some(h) = g.m.handle_relay_connected(now, generation, c.observed) {
-                                tracing::info!(generation, relay = %c.relay, "relay path set up again");
-                                self.observed = c.observed;
-                                self.relay_udp = c.udp;
-                                if let Some(rc) = self.reconnect.as_mut() {
-                                    rc.relay = c.relay;
-                                }
-                                drop(g);
-                                self.add_io(h, c.io, None, c.local);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(generation, "relay connection failed: {e}");
-                            g.m.handle_relay_failed(now, generation);
-                        }
-                    }
-                }
+                Some((generation, r)) = relay.recv() => self.relay_ready(generation, r),
                 _ = self.link.notify.notified() => {
                     let mut g = self.link.lock();
                     let now = g.clock.now();
@@ -839,25 +761,6 @@ fn on_read(g: &mut Shared, now: proto::Instant, h: PathHandle, ev: ReadEvent) {
         }
         ReadEvent::Data(buf) => g.m.handle_path_data(now, h, &buf),
     }
-}
-
-/// How often the driver reads this host's addresses (§4.9).
-const ADDRESS_POLL: Duration = Duration::from_millis(500);
-
-/// This host's interface addresses (an empty set if they cannot be read:
-/// then nothing ever looks changed).
-fn local_addrs() -> std::collections::BTreeSet<std::net::IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Default::default();
-    };
-    addrs
-        .filter_map(|ifa| {
-            let a = ifa.address?;
-            a.as_sockaddr_in()
-                .map(|s| std::net::IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())))
-        })
-        .collect()
 }
 
 async fn sleep_until(t: Option<Instant>) {
