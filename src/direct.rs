@@ -102,12 +102,15 @@ pub(crate) struct DirectConn {
     /// session driver's end).
     pub xtcp: Option<crate::transport::CloseWaiter>,
     /// Guest: the `received` of the early `RESUME(PROVISIONAL_PATH, …)` it
-    /// sent once the host's tag verified (`spec/direct.md` §4.6).
+    /// sent (masked) right behind its tag (`spec/direct.md` §4.6).
     pub early_resume: Option<u64>,
     /// The local address of a TCP connection (the driver drops the path
     /// when this address goes away, `spec/direct.md` §4.9).
     pub local: Option<SocketAddr>,
 }
+
+/// The guest's early `RESUME` on the wire: header and body (§2.2.3).
+const EARLY_RESUME_LEN: usize = proto::session::HEADER_LEN + 12;
 
 /// Most candidates this side advertises (the frame allows 32).
 pub(crate) const MAX_OWN_CANDIDATES: usize = 16;
@@ -178,18 +181,18 @@ impl DirectCtx {
     ) {
         let binding = Self::binding(self.relay_exporter.clone());
         let timeout = self.handshake_timeout;
-        // The guest's early RESUME: the moment the host's tag has verified
-        // (never to whoever merely completed TLS with us, a stranger on our
-        // listener included: it would learn how far the stream got), so
-        // that the host reads it right behind its own RESUME's way out
-        // (§4.6, spec/session.md SE-TAG-2).
+        // The guest's early RESUME: right behind its tag, so that the host
+        // can switch the moment it has checked that tag, a round trip
+        // sooner than answering the host's RESUME (§4.6). It goes before
+        // the host's tag is checked, to whoever completed TLS with us (a
+        // stranger on our listener included), so it is masked with a pad
+        // only holders of the code can compute, fresh per connection: a
+        // stranger learns nothing of how far the stream got.
+        let exporter = std::sync::OnceLock::new();
         let early = AtomicU64::new(u64::MAX);
-        //= spec/direct.md#DI-EARLY-3
-        //# The guest MUST NOT send its early `RESUME`, nor anything else beyond its
-        //# tag, before the host's tag has verified
-        let after_verify = || {
+        let after_tag = || {
             let mut out = Vec::new();
-            if self.role == Role::Guest {
+            if let (Role::Guest, Some(e)) = (self.role, exporter.get()) {
                 let received = self.received.load(Ordering::Acquire);
                 early.store(received, Ordering::Relaxed);
                 let f = Frame::Resume {
@@ -198,6 +201,9 @@ impl DirectCtx {
                 };
                 // A RESUME always encodes.
                 let _ = encode(&f, &mut out);
+                //= spec/direct.md#DI-EARLY-3
+                //# The guest MUST NOT send its early `RESUME` unmasked
+                e2e::apply_mask(&mut out, &e2e::early_mask(&self.secret, e));
             }
             out
         };
@@ -207,17 +213,29 @@ impl DirectCtx {
             &self.secret,
             timeout,
             binding,
-            |_| {},
-            after_verify,
+            |e| {
+                let _ = exporter.set(e);
+            },
+            after_tag,
         )
         .await;
         match r {
             Ok(s) => {
                 let early = early.load(Ordering::Relaxed);
+                let io: Box<dyn PathIo> = match self.role {
+                    Role::Guest => Box::new(s),
+                    // The guest's masked early RESUME comes first.
+                    //= spec/direct.md#DI-EARLY-3
+                    //# the host unmasks the first 15 bytes it reads after the guest's tag
+                    Role::Host => {
+                        let mask = e2e::early_mask(&self.secret, &s.exporter());
+                        Box::new(e2e::Unmasked::new(s, mask, EARLY_RESUME_LEN))
+                    }
+                };
                 let _ = self
                     .found
                     .send(DirectConn {
-                        io: Box::new(s),
+                        io,
                         remote,
                         kind,
                         xtcp,
@@ -612,37 +630,68 @@ pub(crate) mod forged {
     }
 
     /// A stranger connects to the guest's listener and plays TLS server
-    /// with any certificate: it reads the guest's 32-byte tag and nothing
-    /// more. No early `RESUME` (the guest's `received`, 123456 here) goes to
-    /// a peer whose tag has not verified; after the stranger's bogus tag the
-    /// guest closes.
+    /// with any certificate, twice: it reads the guest's 32-byte tag and 15
+    /// masked bytes, other ones each time, that are not the early `RESUME`
+    /// (the guest's `received`, 123456 here) but turn into it under the
+    /// session's mask, which the stranger cannot compute; after the
+    /// stranger's bogus tag the guest closes, nothing more.
     //= spec/direct.md#DI-EARLY-3
     //= spec/session.md#SE-TAG-2
     #[tokio::test]
-    async fn a_stranger_on_the_guests_listener_reads_the_tag_and_nothing_else() {
+    async fn a_stranger_on_the_guests_listener_learns_nothing_from_the_early_resume() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (guest, _found) = ctx(SessionSecret::generate().unwrap(), Role::Guest, [7; 32]);
+        let secret = SessionSecret::generate().unwrap();
+        let code = secret.code();
+        let (guest, _found) = ctx(secret, Role::Guest, [7; 32]);
         guest.received.store(123_456, Ordering::Release);
         let l = DirectListener::start(guest).unwrap();
-        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, l.port))
-            .await
-            .unwrap();
+        let mut plain = Vec::new();
+        let f = Frame::Resume {
+            path_id: PROVISIONAL_PATH,
+            received: 123_456,
+        };
+        encode(&f, &mut plain).unwrap();
         let bound = Duration::from_secs(5);
-        let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut tag = [0u8; 32];
-        tokio::time::timeout(bound, tls.read_exact(&mut tag))
-            .await
-            .unwrap()
-            .unwrap();
-        tls.write_all(&[0x5a; 32]).await.unwrap();
-        tls.flush().await.unwrap();
-        let mut rest = Vec::new();
-        let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
-        assert!(end.is_ok(), "the guest closed after the bogus tag");
-        assert!(rest.is_empty(), "bytes beyond the tag: {rest:02x?}");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, l.port))
+                .await
+                .unwrap();
+            let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut flight = [0u8; 32 + EARLY_RESUME_LEN];
+            tokio::time::timeout(bound, tls.read_exact(&mut flight))
+                .await
+                .unwrap()
+                .unwrap();
+            let early = flight[32..].to_vec();
+            assert_ne!(early, plain, "the early RESUME in the clear");
+            // Only the session's mask (auth_key, the stranger's own E) opens it.
+            let e = tls
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], e2e::EXPORTER_LABEL, None)
+                .unwrap();
+            let mut opened = early.clone();
+            e2e::apply_mask(
+                &mut opened,
+                &e2e::early_mask(&SessionSecret::parse(&code).unwrap(), &e),
+            );
+            assert_eq!(opened, plain);
+            seen.push(early);
+            tls.write_all(&[0x5a; 32]).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut rest = Vec::new();
+            let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
+            assert!(end.is_ok(), "the guest closed after the bogus tag");
+            assert!(
+                rest.is_empty(),
+                "bytes beyond the early RESUME: {rest:02x?}"
+            );
+        }
+        assert_ne!(seen[0], seen[1], "a fresh mask per connection");
     }
 
     /// One stranger address (127.0.0.2) opens 100 connections to the host's

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-xtcp-e2e-auth";
+pub(crate) const EXPORTER_LABEL: &[u8] = b"EXPORTER-xtcp-e2e-auth";
 const TAG_CONTEXT: &[u8] = b"xtcp e2e v1";
 const TAG_LEN: usize = 32;
 /// ALPN of the peers' TLS.
@@ -224,11 +224,12 @@ where
 /// with [`E2eError::Closed`]. `timeout` bounds everything, the wait included.
 /// `on_tls` gets the exporter as soon as TLS is done, before the tags (the
 /// relay path hands it to direct attempts already under way: their own
-/// tags then bind it, so nothing is trusted on it yet). `after_verify`
-/// gives bytes sent the moment the peer's tag has verified, before the
-/// stream is returned (the guest's early `RESUME` on a direct path); the
-/// caller sees them as already sent on the returned stream. Nothing but
-/// the tag ever goes to a peer that has not proven the session.
+/// tags then bind it, so nothing is trusted on it yet). `after_tag` gives
+/// bytes sent right behind this side's tag, in the same flight, before the
+/// peer's tag is checked: the caller makes them unreadable to anyone but
+/// the peer (the guest's masked early `RESUME` on a direct path,
+/// `spec/direct.md` §4.6); it sees them as already sent on the returned
+/// stream.
 //= spec/session.md#SE-TAG-4
 //# It MUST NOT retry on the same stream.
 pub async fn handshake_bound<S, F>(
@@ -238,14 +239,14 @@ pub async fn handshake_bound<S, F>(
     timeout: Duration,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
-    after_verify: impl FnOnce() -> Vec<u8>,
+    after_tag: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
     let tls = SessionTls::new(role)?;
-    handshake_with(&tls, io, secret, timeout, binding, on_tls, after_verify).await
+    handshake_with(&tls, io, secret, timeout, binding, on_tls, after_tag).await
 }
 
 /// [`handshake_bound`] with the session's TLS configuration (one host
@@ -258,13 +259,13 @@ pub async fn handshake_with<S, F>(
     timeout: Duration,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
-    after_verify: impl FnOnce() -> Vec<u8>,
+    after_tag: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
-    let run = handshake_inner(io, tls, secret, binding, on_tls, after_verify);
+    let run = handshake_inner(io, tls, secret, binding, on_tls, after_tag);
     //= spec/session.md#SE-TAG-5
     //# TLS handshake plus tag exchange MUST be bounded in time
     match tokio::time::timeout(timeout, run).await {
@@ -279,7 +280,7 @@ async fn handshake_inner<S, F>(
     secret: &SessionSecret,
     binding: F,
     on_tls: impl FnOnce([u8; 32]),
-    after_verify: impl FnOnce() -> Vec<u8>,
+    after_tag: impl FnOnce() -> Vec<u8>,
 ) -> Result<E2eStream<S>, E2eError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -334,7 +335,9 @@ where
     let mine = ring::hmac::sign(&key, &tag_input(role, &exporter, binding));
     //= spec/session.md#SE-TAG-1
     //# A peer MUST NOT send application bytes before its tag
-    stream.write_all(mine.as_ref()).await.map_err(io_to_e2e)?;
+    let mut flight = mine.as_ref().to_vec();
+    flight.extend_from_slice(&after_tag());
+    stream.write_all(&flight).await.map_err(io_to_e2e)?;
     stream.flush().await.map_err(io_to_e2e)?;
     let mut theirs = [0u8; TAG_LEN];
     stream
@@ -359,16 +362,97 @@ where
     //= spec/session.md#SE-TAG-2
     //# MUST NOT deliver any received application byte, nor send any of its own beyond the
     //# tag, before the peer's tag has verified.
-    let after = after_verify();
-    if !after.is_empty() {
-        stream.write_all(&after).await.map_err(io_to_e2e)?;
-        stream.flush().await.map_err(io_to_e2e)?;
-    }
     Ok(E2eStream {
         inner: stream,
         suite,
         exporter,
     })
+}
+
+/// What the early-bytes mask of a connection is derived under.
+const EARLY_LABEL: &[u8] = b"xtcp early resume v1";
+
+/// The one-time mask of the bytes a peer sends behind its tag, before the
+/// other's tag is checked (the guest's early `RESUME` on a direct path,
+/// `spec/direct.md` §4.6): HMAC-SHA256(auth_key, "xtcp early resume v1" ‖
+/// E), with E this connection's exporter. Whoever completed TLS without the
+/// code (a stranger on a listener) cannot compute it, and no two
+/// connections share an E, so masked bytes tell it nothing.
+pub(crate) fn early_mask(secret: &SessionSecret, exporter: &[u8; 32]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.auth_key());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(EARLY_LABEL);
+    ctx.update(exporter);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// XOR `bytes` with `mask` (at most its 32 bytes; masking twice unmasks).
+pub(crate) fn apply_mask(bytes: &mut [u8], mask: &[u8; 32]) {
+    for (b, m) in bytes.iter_mut().zip(mask) {
+        *b ^= m;
+    }
+}
+
+/// A stream whose first `len` bytes read are unmasked with `mask` (the
+/// host's side of a direct path: the guest's early `RESUME`); everything
+/// else passes through.
+pub(crate) struct Unmasked<S> {
+    inner: S,
+    mask: [u8; 32],
+    /// How many of the first bytes are masked, and how many were read.
+    len: usize,
+    done: usize,
+}
+
+impl<S> Unmasked<S> {
+    /// Unmask the first `len` (at most 32) bytes read from `inner`.
+    pub(crate) fn new(inner: S, mask: [u8; 32], len: usize) -> Self {
+        Unmasked {
+            inner,
+            mask,
+            len: len.min(32),
+            done: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Unmasked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.done < this.len {
+            let fresh = buf.filled_mut().get_mut(before..).unwrap_or_default();
+            let mask = this.mask.get(this.done..this.len).unwrap_or_default();
+            for (b, m) in fresh.iter_mut().zip(mask) {
+                *b ^= m;
+            }
+            this.done = (this.done + fresh.len()).min(this.len);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Unmasked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// An authenticated end-to-end stream. Constructed only by [`handshake`],
@@ -482,5 +566,58 @@ mod tests {
         );
         let other = run(&SessionTls::new(Role::Host).expect("config"), &secret).await;
         assert_ne!(first, other, "another session, another certificate");
+    }
+
+    /// The early `RESUME`'s mask: the known answer of `spec/direct.md` §4.6
+    /// (computed with Python's `hmac`), and the host's unmasking through
+    /// reads of any size.
+    //= spec/direct.md#DI-EARLY-3
+    #[tokio::test]
+    async fn early_resume_mask_matches_the_spec_vector_and_unmasks_in_pieces() {
+        let mask = early_mask(&SessionSecret::from_bytes([0; 16]), &[0; 32]);
+        let mut frame = Vec::new();
+        let resume = proto::session::Frame::Resume {
+            path_id: proto::session::PROVISIONAL_PATH,
+            received: 65541,
+        };
+        proto::session::encode(&resume, &mut frame).expect("encodes");
+        let plain = frame.clone();
+        apply_mask(&mut frame, &mask);
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let lines = [
+            format!("mask[0..15] = {}", hex(&mask[..15])),
+            format!("frame       = {}", hex(&plain)),
+            format!("sent        = {}", hex(&frame)),
+        ];
+        let spec = include_str!("../spec/direct.md");
+        for l in &lines {
+            assert!(
+                spec.lines().any(|s| s.trim() == l),
+                "not in spec/direct.md: {l}"
+            );
+        }
+        // The host reads it back in pieces, then the stream as it is.
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut wire = frame.clone();
+        wire.extend_from_slice(b"after");
+        a.write_all(&wire).await.expect("write");
+        drop(a);
+        let mut r = Unmasked::new(b, mask, plain.len());
+        let mut got = Vec::new();
+        let mut one = [0u8; 4];
+        loop {
+            let n = r.read(&mut one[..1 + got.len() % 4]).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&one[..n]);
+        }
+        assert_eq!(&got[..plain.len()], &plain[..]);
+        assert_eq!(&got[plain.len()..], b"after");
     }
 }

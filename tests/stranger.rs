@@ -1,8 +1,8 @@
 //! What a stranger who learns a peer's direct listening port can do (issue
 //! 17, point 4; `spec/direct.md` §4.1, §4.2, §4.6, `spec/session.md` §3.2):
 //! connect and play TLS server to the guest, and read its tag but no
-//! `RESUME`; find the listener closed once a direct path is chosen or the
-//! attempt is over; open many connections from one address and still not
+//! readable `RESUME`; find the listener closed once a direct path is chosen
+//! or the attempt is over; open many connections from one address and still not
 //! keep the peers off their direct path. Loopback only; a stranger's own
 //! address is 127.0.0.2. (Spoofed probe replays are counted in
 //! `src/direct_udp.rs`'s tests and `proto/src/session/punch.rs`.)
@@ -75,7 +75,7 @@ async fn pair(
     relay: &TestRelay,
     host: DirectOptions,
     guest: DirectOptions,
-) -> (xtcp::Session, xtcp::Session) {
+) -> (xtcp::Session, xtcp::Session, String) {
     init_log();
     let waiting = xtcp::host(&opts(relay, Some(TOKEN), host))
         .await
@@ -83,7 +83,7 @@ async fn pair(
     let code = waiting.code();
     let g = opts(relay, None, guest);
     let (h, g) = tokio::join!(waiting.accept(), xtcp::join(&code, &g));
-    (h.expect("host accept"), g.expect("guest join"))
+    (h.expect("host accept"), g.expect("guest join"), code)
 }
 
 /// Wait (bounded) until the session reports `want`.
@@ -130,19 +130,22 @@ fn stranger_tls_server() -> tokio_rustls::TlsAcceptor {
 }
 
 /// The guest listens for direct TCP (the host does not: it neither listens
-/// nor dials, so nothing else reaches the guest's listener). While 64 KiB
-/// cross the relay, a stranger connects to the guest's listener, plays TLS
-/// server with its own certificate and reads what the guest sends: the
-/// 32-byte tag, bound to the stranger's own connection, and nothing else —
-/// before this change the early `RESUME` followed, telling how far the
-/// transfer had got, as often as the stranger asked. After the stranger's
-/// bogus tag the guest closes. The listener closes when the attempt is over
-/// (`connect_timeout + handshake_timeout`, 3 s here).
+/// nor dials, so nothing else reaches the guest's listener). Once 64 KiB
+/// crossed the relay, a stranger connects to the guest's listener twice,
+/// plays TLS server with its own certificate and reads what the guest
+/// sends: the 32-byte tag, bound to the stranger's own connection, and 15
+/// bytes that are not the early `RESUME(0xFFFFFFFF, 65536)` and differ
+/// between the two connections; only the session's mask, which needs the
+/// code, turns them into it. Before this change the `RESUME` came in the
+/// clear, telling how far the transfer had got, as often as the stranger
+/// asked. After the stranger's bogus tag the guest closes. The listener
+/// closes when the attempt is over (`connect_timeout + handshake_timeout`,
+/// 3 s here).
 //= spec/direct.md#DI-EARLY-3
 //= spec/session.md#SE-TAG-2
 //= spec/direct.md#DI-LISTEN-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stranger_on_the_guests_listener_reads_a_tag_and_no_resume() {
+async fn a_stranger_on_the_guests_listener_reads_a_tag_and_no_readable_resume() {
     let _one = ONE_AT_A_TIME.lock().await;
     let relay = start_relay(relay_config()).await;
     let host = DirectOptions {
@@ -157,7 +160,7 @@ async fn a_stranger_on_the_guests_listener_reads_a_tag_and_no_resume() {
         ..Default::default()
     };
     let before = own_listening_ports();
-    let (mut h, mut g) = pair(&relay, host, guest).await;
+    let (mut h, mut g, code) = pair(&relay, host, guest).await;
     let paired = Instant::now();
     let ports = new_listeners(&before, 1).await;
     assert_eq!(
@@ -172,32 +175,55 @@ async fn a_stranger_on_the_guests_listener_reads_a_tag_and_no_resume() {
     let mut got = vec![0u8; data.len()];
     g.read_exact(&mut got).await.expect("guest reads");
     assert_eq!(got, data);
+    // RESUME(0xFFFFFFFF, 65536), as it would go in the clear.
+    let mut plain = vec![0x03, 0x00, 0x0c, 0xff, 0xff, 0xff, 0xff];
+    plain.extend_from_slice(&65536u64.to_be_bytes());
 
     let bound = Duration::from_secs(2);
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the guest's listener is open during the attempt");
-    let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
-        .await
-        .expect("the guest runs TLS with whoever answers")
-        .expect("TLS with the stranger");
-    let mut tag = [0u8; 32];
-    tokio::time::timeout(bound, tls.read_exact(&mut tag))
-        .await
-        .expect("the guest's tag comes")
-        .expect("32 bytes");
-    tls.write_all(&[0x5a; 32])
-        .await
-        .expect("the stranger's tag");
-    tls.flush().await.expect("flush");
-    let mut rest = Vec::new();
-    let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
-    assert!(end.is_ok(), "the guest closed after the bogus tag");
-    assert!(
-        rest.is_empty(),
-        "the stranger read {} bytes beyond the tag: {rest:02x?}",
-        rest.len()
-    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("the guest's listener is open during the attempt");
+        let mut tls = tokio::time::timeout(bound, stranger_tls_server().accept(tcp))
+            .await
+            .expect("the guest runs TLS with whoever answers")
+            .expect("TLS with the stranger");
+        let mut flight = [0u8; 32 + 15];
+        tokio::time::timeout(bound, tls.read_exact(&mut flight))
+            .await
+            .expect("the guest's flight comes")
+            .expect("tag and early RESUME");
+        let early = flight[32..].to_vec();
+        assert_ne!(early, plain, "the early RESUME in the clear");
+        // The mask needs auth_key (the code) and this connection's E.
+        let e = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], b"EXPORTER-xtcp-e2e-auth", None)
+            .expect("exporter");
+        let auth_key = xtcp::secret::SessionSecret::parse(&code)
+            .expect("code")
+            .auth_key();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &auth_key);
+        let mask = ring::hmac::sign(&key, &[&b"xtcp early resume v1"[..], &e].concat());
+        let opened: Vec<u8> = early
+            .iter()
+            .zip(mask.as_ref())
+            .map(|(a, m)| a ^ m)
+            .collect();
+        assert_eq!(opened, plain, "the session's mask opens it");
+        seen.push(early);
+        tls.write_all(&[0x5a; 32])
+            .await
+            .expect("the stranger's tag");
+        tls.flush().await.expect("flush");
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(bound, tls.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the guest closed after the bogus tag");
+        assert!(rest.is_empty(), "{} bytes more: {rest:02x?}", rest.len());
+    }
+    assert_ne!(seen[0], seen[1], "same offset, other bytes: a fresh mask");
     // The session is unharmed, still on the relay.
     assert_eq!(g.path(), Path::Relay);
     h.write_all(b"still here").await.expect("host writes");
@@ -226,7 +252,7 @@ async fn the_listeners_close_once_a_direct_path_is_chosen() {
         udp: false,
         ..Default::default()
     };
-    let (h, g) = pair(&relay, d.clone(), d).await;
+    let (h, g, _) = pair(&relay, d.clone(), d).await;
     let within = Duration::from_secs(10);
     assert!(wait_path(&h, Path::DirectTcp, within).await, "host direct");
     assert!(wait_path(&g, Path::DirectTcp, within).await, "guest direct");
@@ -265,7 +291,7 @@ async fn one_stranger_address_cannot_keep_the_peers_off_the_direct_path() {
         retry_after: retry,
         ..Default::default()
     };
-    let (h, g) = pair(&relay, d.clone(), d).await;
+    let (h, g, _) = pair(&relay, d.clone(), d).await;
     let within = Duration::from_secs(10);
     assert!(wait_path(&h, Path::DirectTcp, within).await, "host direct");
     assert!(wait_path(&g, Path::DirectTcp, within).await, "guest direct");
