@@ -1259,6 +1259,16 @@ fn direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_dir
     );
 }
 
+/// A relay-only session moving 24 MiB each way (the relay scenarios).
+fn relay_only(name: &'static str) -> Scenario {
+    let mut sc = base(name);
+    sc.policy = PathPolicy::RelayOnly;
+    sc.tcp = false;
+    sc.udp = false;
+    sc.bytes = 24 << 20;
+    sc
+}
+
 /// A relay-only session whose relay dies (SIGKILL) at about a third of the
 /// transfer and comes back empty 2 s later: both sides set up a new relay
 /// path under the next generation's rendezvous id, resume from the peer's
@@ -1269,11 +1279,7 @@ fn direct_proven_by_the_guest_after_a_fallback_is_dropped_and_the_retry_goes_dir
 //= spec/direct.md#DI-RELAY-3
 #[test]
 fn relay_only_session_survives_a_relay_restart_byte_exact() {
-    let mut sc = base("relay restart");
-    sc.policy = PathPolicy::RelayOnly;
-    sc.tcp = false;
-    sc.udp = false;
-    sc.bytes = 24 << 20;
+    let mut sc = relay_only("relay restart");
     sc.steps = vec![(ms(80), Step::RestartRelay(Duration::from_secs(2)))];
     sc.min_relay_reconnects = 1;
     sc.max_stall = Duration::from_secs(1) + ms(20) * 7;
@@ -1289,11 +1295,7 @@ fn relay_only_session_survives_a_relay_restart_byte_exact() {
 /// three silent keepalive intervals).
 #[test]
 fn relay_restarts_and_black_holes_repeatedly_byte_exact() {
-    let mut sc = base("relay chaos");
-    sc.policy = PathPolicy::RelayOnly;
-    sc.tcp = false;
-    sc.udp = false;
-    sc.bytes = 24 << 20;
+    let mut sc = relay_only("relay chaos");
     sc.steps = vec![
         (ms(60), Step::RestartRelay(ms(500))),
         (ms(750), Step::RestartRelay(ms(300))),
@@ -1344,11 +1346,7 @@ fn relay_that_never_comes_back_fails_the_session_after_60_s() {
         "relay_that_never_comes_back_fails_the_session_after_60_s",
         seeds_from_env(SEEDS),
         |seed| {
-            let mut sc = base("relay gone");
-            sc.policy = PathPolicy::RelayOnly;
-            sc.tcp = false;
-            sc.udp = false;
-            sc.bytes = 24 << 20;
+            let mut sc = relay_only("relay gone");
             sc.steps = vec![(ms(80), Step::RestartRelay(Duration::from_secs(100_000)))];
             let mut w = World::new(seed, sc);
             let r = w.run();
@@ -1381,11 +1379,7 @@ fn relay_that_never_comes_back_fails_the_session_after_60_s() {
 //= spec/direct.md#DI-RELAY-5
 #[test]
 fn guest_losing_its_relay_leg_pairs_with_the_host_standby_at_once() {
-    let mut sc = base("guest relay leg");
-    sc.policy = PathPolicy::RelayOnly;
-    sc.tcp = false;
-    sc.udp = false;
-    sc.bytes = 24 << 20;
+    let mut sc = relay_only("guest relay leg");
     // After the host registered its standby (STANDBY_DELAY, 2 s).
     sc.finish_not_before = Duration::from_secs(4);
     sc.steps = vec![(ms(2500), Step::GuestRelayLegDies)];
